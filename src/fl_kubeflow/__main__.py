@@ -1,0 +1,5 @@
+"""Allow ``python -m fl_kubeflow``."""
+
+from fl_kubeflow.cli import main
+
+raise SystemExit(main())

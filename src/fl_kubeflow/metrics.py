@@ -33,7 +33,7 @@ class WeightedMetrics:
 
 
 def validate(metrics: object, *, max_keys: int = 64, max_key_length: int = 64) -> Metrics:
-    """Check a client's metric dict: string keys, finite numbers; raise ValueError naming the fault."""
+    """Check a client's metric dict (string keys, finite numbers); ValueError names the fault."""
     if not isinstance(metrics, dict):
         raise ValueError(f"metrics must be a JSON object, got {type(metrics).__name__}")
     if len(metrics) > max_keys:

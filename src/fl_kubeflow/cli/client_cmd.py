@@ -1,0 +1,163 @@
+"""``fl-kubeflow client``: take part in a run as one client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fl_kubeflow import files
+from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int, shapes
+
+TRAINERS = ("keras", "numpy-linear", "numpy-delta")
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """What each client trains: shared with ``local``."""
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits (bundled, offline), mnist, fashion_mnist, cifar10, "
+        "or npz:PATH containing {client_id}",
+    )
+    parser.add_argument(
+        "--partition", default="iid", help="split of a built-in dataset: iid or dirichlet:ALPHA"
+    )
+    parser.add_argument("--model", default="mlp", help="mlp, cnn, or a path to a .keras model")
+    parser.add_argument(
+        "--local-epochs", type=positive_int, default=1, help="epochs each client trains per round"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="local batch size")
+    parser.add_argument(
+        "--learning-rate", type=positive_float, default=0.05, help="local learning rate"
+    )
+    parser.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "adam"],
+        help="local optimizer (sgd uses momentum 0.9)",
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for data and init")
+
+
+def add_client_timeouts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retry-timeout",
+        type=positive_float,
+        default=300.0,
+        help="seconds to keep retrying an unreachable server (it may start after the client)",
+    )
+    parser.add_argument(
+        "--round-wait-timeout",
+        type=positive_float,
+        default=3600.0,
+        help="longest wait for the next round to open",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "client",
+        help="run one federated client",
+        description="Join a run, train each round, and stop when the server says finished.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument(
+        "--client-id",
+        type=non_negative_int,
+        default=0,
+        help="this client's index, 0..N-1 (also picks its data shard)",
+    )
+    parser.add_argument(
+        "--num-clients",
+        type=positive_int,
+        default=1,
+        help="clients in the run, to partition a built-in dataset",
+    )
+    parser.add_argument("--trainer", default="keras", choices=TRAINERS, help="what trains")
+    add_training_options(parser)
+    add_client_timeouts(parser)
+    parser.add_argument(
+        "--summary", type=Path, default=None, help="write this client's metrics here as JSON"
+    )
+    delta = parser.add_argument_group("numpy-delta trainer (tests and benchmarks)")
+    delta.add_argument("--delta", type=float, default=0.0, help="added to every weight")
+    delta.add_argument(
+        "--num-examples", type=positive_int, default=1, help="example count reported"
+    )
+    delta.add_argument("--shapes", type=shapes, default=[(16, 8), (8,)], help="tensor shapes")
+    delta.add_argument(
+        "--fit-delay", type=float, default=0.0, help="seconds each fit sleeps (a slow client)"
+    )
+    parser.set_defaults(run=run)
+
+
+def build_trainer(args: argparse.Namespace):
+    """The trainer named by --trainer; Keras is imported only here, only if chosen."""
+    if args.trainer == "numpy-delta":
+        from fl_kubeflow.client.numpy_trainers import DeltaTrainer
+
+        return DeltaTrainer(
+            shapes=args.shapes,
+            delta=args.delta,
+            num_examples=args.num_examples,
+            seed=args.seed,
+            fit_delay=args.fit_delay,
+            evaluate_rounds=True,
+        )
+    if args.trainer == "numpy-linear":
+        from fl_kubeflow.client.numpy_trainers import LinearRegressionTrainer
+
+        return LinearRegressionTrainer(
+            client_id=args.client_id,
+            learning_rate=args.learning_rate,
+            local_epochs=args.local_epochs,
+            seed=args.seed,
+        )
+    from fl_kubeflow.training.keras_trainer import KerasTrainer, TrainerOptions
+
+    return KerasTrainer(
+        TrainerOptions(
+            dataset=args.dataset,
+            partition=args.partition,
+            model=args.model,
+            client_id=args.client_id,
+            num_clients=args.num_clients,
+            local_epochs=args.local_epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            optimizer=args.optimizer,
+            seed=args.seed,
+        )
+    )
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
+    from fl_kubeflow.client.transport import ServerError, ServerUnreachable
+
+    if args.client_id >= args.num_clients and args.trainer == "keras":
+        parser.error(f"--client-id {args.client_id} must be below --num-clients {args.num_clients}")
+    try:
+        trainer = build_trainer(args)
+        client = FederatedClient(
+            args.server,
+            str(args.client_id),
+            trainer,
+            retry_timeout=args.retry_timeout,
+            round_wait_timeout=args.round_wait_timeout,
+        )
+    except ValueError as exc:
+        print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = client.run()
+    except (FederationFailed, ServerError, ServerUnreachable, TimeoutError) as exc:
+        print(f"fl-kubeflow client {args.client_id}: {exc}", file=sys.stderr)
+        return 1
+    if args.summary is not None:
+        files.write_json(args.summary, summary.to_dict())
+    print(json.dumps(summary.to_dict()), flush=True)
+    return 0

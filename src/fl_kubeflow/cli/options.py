@@ -1,0 +1,48 @@
+"""Argument types shared by subcommands: each names the bad value in its error."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def shapes(text: str) -> list[tuple[int, ...]]:
+    """'16x8,8' -> [(16, 8), (8,)]."""
+    try:
+        result = [tuple(int(d) for d in part.split("x")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of shapes like '16x8,8'"
+        ) from None
+    if not result or any(not s or min(s) < 1 for s in result):
+        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be at least 1")
+    return result

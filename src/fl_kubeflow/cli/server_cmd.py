@@ -1,0 +1,160 @@
+"""``fl-kubeflow server``: run the aggregation server for one federated run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fl_kubeflow import files
+from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The run's shape and timeouts: shared with ``local``."""
+    parser.add_argument("--rounds", type=positive_int, default=3, help="training rounds (R)")
+    parser.add_argument(
+        "--min-clients",
+        type=positive_int,
+        default=None,
+        help="quorum: fewest clients a round may close with (default: all clients)",
+    )
+    parser.add_argument(
+        "--join-timeout",
+        type=positive_float,
+        default=300.0,
+        help="seconds to wait for the clients to join",
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=positive_float,
+        default=600.0,
+        help="seconds a round waits for updates before closing with those that came",
+    )
+    parser.add_argument(
+        "--strategy",
+        default="fedavg",
+        help="aggregation strategy",
+    )
+    parser.add_argument(
+        "--max-update-mb",
+        type=positive_float,
+        default=512.0,
+        help="largest update body accepted, in MiB (larger: HTTP 413)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=positive_float,
+        default=30.0,
+        help="seconds to wait after the last round for every client to hear 'finished'",
+    )
+    parser.add_argument(
+        "--poll-timeout",
+        type=positive_float,
+        default=30.0,
+        help="longest the server holds a model long-poll before answering 'not yet'",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "server",
+        help="run the aggregation server",
+        description="Run the aggregation server until the run finishes or fails.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clients", type=positive_int, default=2, help="clients expected (N)")
+    add_server_options(parser)
+    parser.add_argument("--host", default="0.0.0.0", help="interface to bind")
+    parser.add_argument("--port", type=non_negative_int, default=8080, help="port (0: any free)")
+    parser.add_argument(
+        "--client-ids",
+        default=None,
+        help="comma-separated ids allowed to join (default: any, up to --clients)",
+    )
+    parser.add_argument(
+        "--initial-weights",
+        type=Path,
+        default=None,
+        help="safetensors file with the starting model (default: the first client's)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for weights.safetensors and history.json",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write {'port': P} here once listening (for scripts using --port 0)",
+    )
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace, num_clients: int, **overrides):
+    """Build a ServerConfig from parsed options (ValueError names the bad value)."""
+    from fl_kubeflow.server.config import ServerConfig
+
+    values = dict(
+        num_clients=num_clients,
+        num_rounds=args.rounds,
+        min_clients=args.min_clients,
+        join_timeout=args.join_timeout,
+        round_timeout=args.round_timeout,
+        max_update_bytes=int(args.max_update_mb * 1024 * 1024),
+        grace_period=args.grace_period,
+        poll_timeout=args.poll_timeout,
+        strategy=args.strategy,
+    )
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_kubeflow import strategies
+    from fl_kubeflow.server.serve import serve
+
+    if args.strategy not in strategies.STRATEGIES:
+        parser.error(
+            f"--strategy {args.strategy!r} is unknown; choose one of "
+            f"{', '.join(sorted(strategies.STRATEGIES))}"
+        )
+    client_ids = None
+    if args.client_ids:
+        client_ids = tuple(c.strip() for c in args.client_ids.split(",") if c.strip())
+    if args.initial_weights is not None and not args.initial_weights.is_file():
+        parser.error(f"--initial-weights {str(args.initial_weights)!r} is not a file")
+    try:
+        config = config_from_args(
+            args,
+            args.clients,
+            host=args.host,
+            port=args.port,
+            client_ids=client_ids,
+            initial_weights=args.initial_weights,
+            output_dir=args.output,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    def announce(port: int) -> None:
+        if args.ready_file is not None:
+            files.write_json(args.ready_file, {"port": port})
+
+    try:
+        result = serve(config, on_listening=announce)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not result.ok:
+        print(f"fl-kubeflow server: run failed: {result.error}", flush=True)
+        return 1
+    last = result.history["rounds"][-1]
+    print(
+        json.dumps(
+            {"status": "finished", "rounds": last["round"], "evaluate": last.get("evaluate")}
+        ),
+        flush=True,
+    )
+    return 0

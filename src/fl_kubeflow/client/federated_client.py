@@ -1,0 +1,213 @@
+"""The client side of a run: join, then fetch -> fit -> submit until "finished"."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fl_kubeflow import wire
+from fl_kubeflow.client.trainer import Trainer
+from fl_kubeflow.client.transport import ServerError, Transport
+
+log = logging.getLogger("fl_kubeflow.client")
+
+
+class FederationFailed(Exception):
+    """The server reported that the run failed; the message is its reason."""
+
+
+@dataclass
+class ClientSummary:
+    """What one client did: per round, its training and evaluation metrics."""
+
+    client_id: str
+    rounds_trained: list[int] = field(default_factory=list)
+    fit_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    eval_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    stale_rounds: list[int] = field(default_factory=list)
+    final_round: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "rounds_trained": self.rounds_trained,
+            "stale_rounds": self.stale_rounds,
+            "final_round": self.final_round,
+            "fit": {str(k): v for k, v in self.fit_metrics.items()},
+            "evaluate": {str(k): v for k, v in self.eval_metrics.items()},
+        }
+
+
+@dataclass
+class _Model:
+    phase: str
+    server_round: int
+    weights: wire.Weights
+    config: dict[str, Any]
+
+
+class FederatedClient:
+    """Drives one ``Trainer`` through a federated run.
+
+    Args:
+        server_url: Base URL of the aggregation server, e.g. http://fl-abc.ns.svc:8080.
+        client_id: This client's id, unique in the run.
+        trainer: The model and data (see ``fl_kubeflow.client.trainer``).
+        retry_timeout: How long a request keeps retrying an unreachable server.
+        round_wait_timeout: Longest wait for the next round to open.
+        poll_wait: Seconds each long-poll asks the server to hold.
+        request_timeout: Read timeout of ordinary requests.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        client_id: str,
+        trainer: Trainer,
+        *,
+        retry_timeout: float = 300.0,
+        round_wait_timeout: float = 3600.0,
+        poll_wait: float = 30.0,
+        request_timeout: float = 120.0,
+        headers: dict[str, str] | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        self.client_id = client_id
+        self.trainer = trainer
+        self.round_wait_timeout = round_wait_timeout
+        self.poll_wait = poll_wait
+        self.transport = Transport(
+            server_url,
+            retry_timeout=retry_timeout,
+            request_timeout=request_timeout,
+            headers={"X-FL-Client-Id": client_id, **(headers or {})},
+            verify=verify,
+        )
+
+    def run(self) -> ClientSummary:
+        """Take part in the run until the server says it is finished."""
+        summary = ClientSummary(self.client_id)
+        try:
+            info = self._post_json("/v1/join", {"client_id": self.client_id})
+            log.info("client %s joined (%d rounds)", self.client_id, info["num_rounds"])
+            if info.get("propose_initial"):
+                body = wire.encode(self.trainer.initial_weights())
+                self.transport.request("POST", "/v1/initial", data=body)
+            evaluated: set[int] = set()
+            next_round = 1
+            while True:
+                model = self._wait_for_model(next_round)
+                if model.phase == "finished":
+                    self._evaluate(model.weights, model.server_round, summary, evaluated)
+                    summary.final_round = model.server_round
+                    self._post_json("/v1/leave", {"client_id": self.client_id})
+                    log.info(
+                        "client %s: finished after round %d", self.client_id, model.server_round
+                    )
+                    return summary
+                self._evaluate(model.weights, model.server_round - 1, summary, evaluated)
+                self._fit(model, summary)
+                next_round = model.server_round + 1
+        finally:
+            self.transport.close()
+
+    def _fit(self, model: _Model, summary: ClientSummary) -> None:
+        result = self.trainer.fit(model.weights, model.server_round, model.config)
+        headers = {
+            "X-FL-Round": str(model.server_round),
+            "X-FL-Num-Examples": str(result.num_examples),
+            "X-FL-Metrics": json.dumps(result.metrics),
+            "Content-Type": wire.CONTENT_TYPE,
+        }
+        try:
+            self.transport.request(
+                "POST", "/v1/update", data=wire.encode(result.weights), headers=headers
+            )
+        except ServerError as exc:
+            if exc.code == "run_failed":
+                raise FederationFailed(exc.message) from None
+            if exc.code != "wrong_round":
+                raise
+            # Too late: the round closed without us. Catch up with the next one.
+            log.warning(
+                "client %s: update for round %d refused: %s",
+                self.client_id,
+                model.server_round,
+                exc.message,
+            )
+            summary.stale_rounds.append(model.server_round)
+            return
+        summary.rounds_trained.append(model.server_round)
+        summary.fit_metrics[model.server_round] = result.metrics
+        log.info(
+            "client %s: round %d trained on %d examples %s",
+            self.client_id,
+            model.server_round,
+            result.num_examples,
+            _fmt(result.metrics),
+        )
+
+    def _evaluate(
+        self, weights: wire.Weights, server_round: int, summary: ClientSummary, done: set[int]
+    ) -> None:
+        if server_round in done:
+            return
+        done.add(server_round)
+        result = self.trainer.evaluate(weights, server_round)
+        if result is None:
+            return
+        summary.eval_metrics[server_round] = result.metrics
+        self._post_json(
+            "/v1/evaluate",
+            {
+                "client_id": self.client_id,
+                "round": server_round,
+                "num_examples": result.num_examples,
+                "metrics": result.metrics,
+            },
+        )
+
+    def _wait_for_model(self, server_round: int) -> _Model:
+        deadline = time.monotonic() + self.round_wait_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"client {self.client_id}: round {server_round} did not open within "
+                    f"round_wait_timeout={self.round_wait_timeout:g}s"
+                )
+            wait = min(self.poll_wait, remaining)
+            try:
+                response = self.transport.request(
+                    "GET",
+                    "/v1/model",
+                    params={"round": server_round, "wait": f"{wait:.3f}"},
+                    read_timeout=wait + self.transport.request_timeout,
+                )
+            except ServerError as exc:
+                if exc.code == "run_failed":
+                    raise FederationFailed(exc.message) from None
+                raise
+            if response.status_code == 204:
+                continue
+            return _Model(
+                phase=response.headers.get("X-FL-Phase", "fit"),
+                server_round=int(response.headers["X-FL-Round"]),
+                weights=wire.decode(response.content),
+                config=json.loads(response.headers.get("X-FL-Config") or "{}"),
+            )
+
+    def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.transport.request("POST", path, json=payload).json()
+        except ServerError as exc:
+            if exc.code == "run_failed":
+                raise FederationFailed(exc.message) from None
+            raise
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

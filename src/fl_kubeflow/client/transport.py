@@ -1,0 +1,115 @@
+"""HTTP to the aggregation server, with retries that outlast a server still starting.
+
+In Kubernetes a client pod often starts before the server pod or its Service, so
+connection errors and 5xx answers are retried with exponential backoff and jitter
+until a deadline. A 4xx answer is the server's considered "no": it is raised at
+once with the server's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import requests
+
+log = logging.getLogger("fl_kubeflow.client")
+
+
+class ServerError(Exception):
+    """The server refused a request (4xx); ``code`` and ``message`` come from its JSON body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"server answered {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class ServerUnreachable(Exception):
+    """No usable answer before the retry deadline."""
+
+
+class Transport:
+    """One keep-alive session to the server; every call bounded in time."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        retry_timeout: float = 300.0,
+        request_timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        headers: dict[str, str] | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"server URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.retry_timeout = retry_timeout
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.session = requests.Session()
+        self.session.headers.update(headers or {})
+        self.session.verify = verify
+        self._random = random.Random()
+
+    def request(
+        self, method: str, path: str, *, read_timeout: float | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """Send, retrying transient failures until ``retry_timeout`` after the first one."""
+        timeout = (self.connect_timeout, read_timeout or self.request_timeout)
+        url = self.base_url + path
+        deadline: float | None = None
+        delay = self.backoff_initial
+        while True:
+            try:
+                response = self.session.request(method, url, timeout=timeout, **kwargs)
+            except requests.RequestException as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code < 500:
+                    raise _server_error(response)
+                problem = f"HTTP {response.status_code}: {_reason(response)}"
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.retry_timeout
+            if now >= deadline:
+                raise ServerUnreachable(
+                    f"{method} {url} failed for {self.retry_timeout:g}s "
+                    f"(retry_timeout); last error: {problem}"
+                )
+            log.debug("%s %s: %s; retrying in %.2fs", method, path, problem, delay)
+            # Full jitter: clients that lost the server together do not return together.
+            time.sleep(min(self._random.uniform(0, delay), max(0.0, deadline - now)))
+            delay = min(delay * 2, self.backoff_max)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _reason(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("message") or body)
+    return str(body)[:200]
+
+
+def _server_error(response: requests.Response) -> ServerError:
+    code = "http_error"
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            code = str(body.get("error", code))
+    except ValueError:
+        pass
+    return ServerError(response.status_code, code, _reason(response))

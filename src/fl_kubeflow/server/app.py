@@ -1,0 +1,217 @@
+"""The HTTP face of a Federation: a Flask app factory, no module-level state.
+
+Protocol v1 is documented in docs/protocol.md. Weights travel as safetensors
+bodies; everything else is small JSON or headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from fl_kubeflow import metrics as metrics_lib
+from fl_kubeflow import wire
+from fl_kubeflow.server.config import ServerConfig
+from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge
+from fl_kubeflow.server.federation import Federation, Phase
+
+log = logging.getLogger("fl_kubeflow.server")
+
+MAX_JSON_BYTES = 64 * 1024
+MAX_METRICS_HEADER = 4096
+
+
+def create_app(federation: Federation, config: ServerConfig) -> Flask:
+    """Build the Flask app serving ``federation``."""
+    app = Flask("fl_kubeflow.server")
+    # Backstop only: handlers check sizes themselves to answer with a JSON reason.
+    app.config["MAX_CONTENT_LENGTH"] = config.max_update_bytes + MAX_JSON_BYTES
+
+    @app.errorhandler(RequestError)
+    def _request_error(exc: RequestError) -> tuple[Response, int]:
+        return jsonify(exc.body()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = exc.code or 500
+        return jsonify(
+            {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
+        ), code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return jsonify({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}), 500
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        phase = federation.phase
+        ready = phase is not Phase.FAILED
+        return jsonify({"ready": ready, "phase": phase.value}), 200 if ready else 503
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(federation.prometheus(), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/v1/status")
+    def status() -> Response:
+        return jsonify(federation.status())
+
+    @app.post("/v1/join")
+    def join() -> Response:
+        body = _json_body()
+        return jsonify(federation.join(_str_field(body, "client_id")))
+
+    @app.post("/v1/initial")
+    def initial() -> tuple[Response, int]:
+        accepted = federation.propose_initial(_client_id(), _weights_body(config))
+        return jsonify({"accepted": accepted}), 201 if accepted else 200
+
+    @app.get("/v1/model")
+    def model() -> Response:
+        client_id = _client_id()
+        server_round = _int_arg("round")
+        wait = _float_arg("wait", default=config.poll_timeout)
+        answer = federation.wait_for_model(client_id, server_round, wait)
+        if answer is None:
+            return Response(status=204, headers={"Retry-After": "0"})
+        return Response(
+            answer.body,
+            mimetype=wire.CONTENT_TYPE,
+            headers={
+                "X-FL-Round": str(answer.server_round),
+                "X-FL-Phase": answer.phase.value,
+                "X-FL-Config": json.dumps(answer.config),
+            },
+        )
+
+    @app.post("/v1/update")
+    def update() -> Response:
+        client_id = _client_id()
+        server_round = _int_header("X-FL-Round")
+        num_examples = _int_header("X-FL-Num-Examples")
+        metrics = _metrics_header()
+        body = _weights_body(config)
+        return jsonify(
+            federation.submit_update(client_id, server_round, num_examples, metrics, body)
+        )
+
+    @app.post("/v1/evaluate")
+    def evaluate() -> Response:
+        body = _json_body()
+        result = federation.submit_evaluation(
+            _str_field(body, "client_id"),
+            _int_field(body, "round"),
+            _int_field(body, "num_examples"),
+            _validated_metrics(body.get("metrics", {})),
+        )
+        return jsonify(result)
+
+    @app.post("/v1/leave")
+    def leave() -> Response:
+        federation.leave(_str_field(_json_body(), "client_id"))
+        return jsonify({"left": True})
+
+    return app
+
+
+def _client_id() -> str:
+    value = request.headers.get("X-FL-Client-Id")
+    if not value:
+        raise BadRequest("missing header X-FL-Client-Id")
+    return value
+
+
+def _int_header(name: str) -> int:
+    raw = request.headers.get(name)
+    if raw is None:
+        raise BadRequest(f"missing header {name}")
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise BadRequest(f"header {name} must be an integer, got {raw[:40]!r}") from None
+
+
+def _int_arg(name: str) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        raise BadRequest(f"missing query parameter {name!r}")
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be an integer, got {raw[:40]!r}") from None
+
+
+def _float_arg(name: str, default: float) -> float:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be a number, got {raw[:40]!r}") from None
+    if not value >= 0:
+        raise BadRequest(f"query parameter {name!r} must be >= 0, got {raw[:40]!r}")
+    return value
+
+
+def _metrics_header() -> dict[str, float]:
+    raw = request.headers.get("X-FL-Metrics", "{}")
+    if len(raw) > MAX_METRICS_HEADER:
+        raise BadRequest(f"header X-FL-Metrics is {len(raw)} bytes; at most {MAX_METRICS_HEADER}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"header X-FL-Metrics is not JSON: {exc}") from None
+    return _validated_metrics(value)
+
+
+def _validated_metrics(value: Any) -> dict[str, float]:
+    try:
+        return metrics_lib.validate(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _weights_body(config: ServerConfig) -> bytes:
+    length = request.content_length
+    limit = config.max_update_bytes
+    if length is not None and length > limit:
+        raise TooLarge(f"body of {length} bytes exceeds max_update_bytes={limit}", limit=limit)
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
+    if length is not None and len(data) != length:
+        raise BadRequest(f"body is truncated: {len(data)} of {length} bytes arrived")
+    return data
+
+
+def _json_body() -> dict[str, Any]:
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise TooLarge(f"JSON body exceeds {MAX_JSON_BYTES} bytes")
+    value = request.get_json(silent=True, force=True)
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object")
+    return value
+
+
+def _str_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"field {name!r} must be a non-empty string")
+    return value
+
+
+def _int_field(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"field {name!r} must be an integer, got {value!r:.40}")
+    return value

@@ -1,0 +1,78 @@
+"""Server configuration: one immutable value passed to the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How one federated run is conducted.
+
+    Attributes:
+        num_clients: Clients expected to join (N).
+        num_rounds: Training rounds (R).
+        min_clients: Quorum: fewest contributions a round may close with (default N).
+        join_timeout: Seconds to wait for N clients (and an initial model) before starting.
+        round_timeout: Seconds a round stays open for updates.
+        max_update_bytes: Largest update body accepted (HTTP 413 above).
+        host: Interface to bind; 0.0.0.0 because the server runs in a pod.
+        port: TCP port; 0 picks a free one.
+        client_ids: If given, only these ids may join.
+        initial_weights: Safetensors file with the starting model; else the first client's.
+        output_dir: Where the final weights and history are written.
+        grace_period: Seconds to wait after the last round for clients to hear "finished".
+        poll_timeout: Longest a model long-poll is held before answering 204.
+        strategy: Aggregation rule name.
+        strategy_options: Keyword options for the strategy.
+    """
+
+    num_clients: int
+    num_rounds: int
+    min_clients: int | None = None
+    join_timeout: float = 300.0
+    round_timeout: float = 600.0
+    max_update_bytes: int = 512 * 1024 * 1024
+    host: str = "0.0.0.0"
+    port: int = 8080
+    client_ids: tuple[str, ...] | None = None
+    initial_weights: Path | None = None
+    output_dir: Path | None = None
+    grace_period: float = 30.0
+    poll_timeout: float = 30.0
+    strategy: str = "fedavg"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 1:
+            raise ValueError(f"num_clients must be at least 1, got {self.num_clients}")
+        if self.num_rounds < 1:
+            raise ValueError(f"num_rounds must be at least 1, got {self.num_rounds}")
+        if not 1 <= self.quorum <= self.num_clients:
+            raise ValueError(
+                f"min_clients must be between 1 and num_clients={self.num_clients}, "
+                f"got {self.min_clients}"
+            )
+        for name in ("join_timeout", "round_timeout", "grace_period", "poll_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_update_bytes < 1024:
+            raise ValueError(f"max_update_bytes must be at least 1024, got {self.max_update_bytes}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.client_ids is not None and len(set(self.client_ids)) != self.num_clients:
+            raise ValueError(
+                f"client_ids must list num_clients={self.num_clients} distinct ids, "
+                f"got {list(self.client_ids)}"
+            )
+
+    @property
+    def quorum(self) -> int:
+        return self.num_clients if self.min_clients is None else self.min_clients
+
+    @property
+    def server_threads(self) -> int:
+        """Every client may hold a long-poll while others submit: threads grow with N."""
+        return 2 * self.num_clients + 8

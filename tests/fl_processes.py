@@ -1,0 +1,235 @@
+"""Real server and client processes on loopback for tests, each bounded in time."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from fl_kubeflow import wire
+
+PYTHON = sys.executable
+DEFAULT_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """An ``fl-kubeflow server`` child process with its folder and port."""
+
+    proc: subprocess.Popen
+    folder: Path
+    port: int
+    log_path: Path
+    token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> Path:
+        return self.folder / "out"
+
+    def wait(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"server did not exit within {timeout}s:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def history(self) -> dict:
+        return json.loads((self.output / "history.json").read_text())
+
+    def final_weights(self) -> wire.Weights:
+        return wire.decode((self.output / "weights.safetensors").read_bytes())
+
+
+def start_server(
+    folder: Path, *args: str, port: int = 0, ready_timeout: float = 30.0
+) -> ServerProcess:
+    """Start a server (``args`` are extra CLI options) and wait until it listens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ready = folder / f"ready-{time.monotonic_ns()}.json"
+    log_path = folder / "server.log"
+    command = [
+        PYTHON,
+        "-m",
+        "fl_kubeflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ready-file",
+        str(ready),
+        "--output",
+        str(folder / "out"),
+        *args,
+    ]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env())
+    deadline = time.monotonic() + ready_timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server not listening after {ready_timeout}s")
+        time.sleep(0.05)
+    port = json.loads(ready.read_text())["port"]
+    return ServerProcess(proc, folder, port, log_path)
+
+
+@dataclass
+class ClientProcess:
+    proc: subprocess.Popen
+    client_id: str
+    log_path: Path
+    summary_path: Path
+
+    def wait(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(
+                f"client {self.client_id} did not exit within {timeout}s:\n{self.log()}"
+            ) from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+
+def start_client(
+    folder: Path, server_url: str, client_id: int, *args: str, trainer: str = "numpy-delta"
+) -> ClientProcess:
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"client-{client_id}.log"
+    summary = folder / f"client-{client_id}.json"
+    command = [
+        PYTHON,
+        "-m",
+        "fl_kubeflow",
+        "client",
+        "--server",
+        server_url,
+        "--client-id",
+        str(client_id),
+        "--trainer",
+        trainer,
+        "--summary",
+        str(summary),
+        *args,
+    ]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env())
+    return ClientProcess(proc, str(client_id), log_path, summary)
+
+
+def wait_all(processes: Sequence, timeout: float = DEFAULT_TIMEOUT) -> list[int]:
+    deadline = time.monotonic() + timeout
+    return [p.wait(max(1.0, deadline - time.monotonic())) for p in processes]
+
+
+@dataclass
+class RawClient:
+    """A hand-driven client over real HTTP, for sending exactly the requests a test needs."""
+
+    url: str
+    client_id: str
+    session: requests.Session = field(default_factory=requests.Session)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def _h(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {"X-FL-Client-Id": self.client_id, **self.headers, **(extra or {})}
+
+    def join(self) -> requests.Response:
+        return self.session.post(
+            f"{self.url}/v1/join",
+            json={"client_id": self.client_id},
+            headers=self._h(),
+            timeout=30,
+        )
+
+    def propose(self, weights: wire.Weights) -> requests.Response:
+        return self.session.post(
+            f"{self.url}/v1/initial", data=wire.encode(weights), headers=self._h(), timeout=30
+        )
+
+    def model(self, server_round: int, wait: float = 10.0) -> requests.Response:
+        return self.session.get(
+            f"{self.url}/v1/model",
+            params={"round": server_round, "wait": wait},
+            headers=self._h(),
+            timeout=wait + 30,
+        )
+
+    def update(
+        self,
+        server_round: int | str,
+        body: bytes,
+        num_examples: int | str = 1,
+        metrics: str = "{}",
+        extra: dict[str, str] | None = None,
+    ) -> requests.Response:
+        headers = self._h(
+            {
+                "X-FL-Round": str(server_round),
+                "X-FL-Num-Examples": str(num_examples),
+                "X-FL-Metrics": metrics,
+                **(extra or {}),
+            }
+        )
+        return self.session.post(f"{self.url}/v1/update", data=body, headers=headers, timeout=60)
+
+    def evaluate(self, server_round: int, num_examples: int, metrics: dict) -> requests.Response:
+        return self.session.post(
+            f"{self.url}/v1/evaluate",
+            json={
+                "client_id": self.client_id,
+                "round": server_round,
+                "num_examples": num_examples,
+                "metrics": metrics,
+            },
+            headers=self._h(),
+            timeout=30,
+        )
+
+    def leave(self) -> requests.Response:
+        return self.session.post(
+            f"{self.url}/v1/leave",
+            json={"client_id": self.client_id},
+            headers=self._h(),
+            timeout=30,
+        )

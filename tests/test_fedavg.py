@@ -1,0 +1,47 @@
+"""FedAvg's arithmetic, checked against numbers worked out by hand."""
+
+import numpy as np
+import pytest
+
+from fl_kubeflow import strategies
+from fl_kubeflow.strategies.fedavg import WeightedSum, weighted_average
+
+
+def test_weighted_average_by_hand():
+    a = {"w": np.array([1.0, 2.0], dtype=np.float32)}
+    b = {"w": np.array([3.0, 6.0], dtype=np.float32)}
+    # (1*1 + 3*3) / 4 = 2.5 ; (2*1 + 6*3) / 4 = 5.0
+    result = weighted_average([(a, 1), (b, 3)])
+    np.testing.assert_array_equal(result["w"], np.array([2.5, 5.0], dtype=np.float32))
+    assert result["w"].dtype == np.float32
+
+
+def test_accumulates_in_float64():
+    # In float32, 1e8 + 1 == 1e8: only a float64 accumulator keeps the small updates.
+    big = {"w": np.array([1e8], dtype=np.float32)}
+    ones = {"w": np.array([1.0], dtype=np.float32)}
+    updates = [(big, 1)] + [(ones, 1)] * 999
+    exact = (1e8 + 999) / 1000
+    assert weighted_average(updates)["w"][0] == pytest.approx(exact, rel=1e-6)
+
+
+def test_integer_tensors_are_rounded_not_truncated():
+    a = {"step": np.array([1], dtype=np.int64)}
+    b = {"step": np.array([2], dtype=np.int64)}
+    # (1*1 + 2*2) / 3 = 1.67 -> 2
+    assert weighted_average([(a, 1), (b, 2)])["step"][0] == 2
+
+
+def test_streaming_keeps_one_model_of_state():
+    acc = WeightedSum()
+    rng = np.random.default_rng(0)
+    for n in range(1, 50):
+        acc.add({"w": rng.standard_normal(100).astype(np.float32)}, n)
+    assert set(acc._sums) == {"w"}
+    assert acc.count == 49
+    assert acc.total_examples == sum(range(1, 50))
+
+
+def test_create_unknown_strategy_lists_known():
+    with pytest.raises(ValueError, match="fedavg"):
+        strategies.create("nope")

@@ -13,13 +13,14 @@ idempotently. Outside a cluster (no service-account token) all of this is skippe
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -306,21 +307,22 @@ def publish_run_service(
         )
         return None
     api = core_v1_api if core_v1_api is not None else make_core_v1_api(in_cluster=True)
-    owner = resolve_owner_pod(api, context)
-    if owner is None:
-        log.warning(
-            "could not identify the server pod (set KFP_POD_NAME/KFP_POD_UID): the Service "
-            "gets no ownerReference and is removed only by explicit cleanup"
+    with _name_service_account(context):
+        owner = resolve_owner_pod(api, context)
+        if owner is None:
+            log.warning(
+                "could not identify the server pod (set KFP_POD_NAME/KFP_POD_UID): the Service "
+                "gets no ownerReference and is removed only by explicit cleanup"
+            )
+        create_run_service(
+            api,
+            context.namespace,
+            run_id,
+            port,
+            owner[0] if owner else None,
+            owner[1] if owner else None,
+            timeout=timeout,
         )
-    create_run_service(
-        api,
-        context.namespace,
-        run_id,
-        port,
-        owner[0] if owner else None,
-        owner[1] if owner else None,
-        timeout=timeout,
-    )
     return RunService(
         core_v1_api=api,
         namespace=context.namespace,
@@ -347,7 +349,8 @@ def cleanup_run_service(
         log.info("not running in a Kubernetes pod: no per-run Service to clean up")
         return False
     api = core_v1_api if core_v1_api is not None else make_core_v1_api(in_cluster=True)
-    return delete_run_service(api, context.namespace, run_id)
+    with _name_service_account(context):
+        return delete_run_service(api, context.namespace, run_id)
 
 
 def discover_server_url(
@@ -471,6 +474,19 @@ def _permission_error(
     match = _FORBIDDEN_USER.search(detail)
     service_account = match.group(1) if match else None
     return KubernetesPermissionError(verb, resource, namespace, service_account, detail)
+
+
+@contextlib.contextmanager
+def _name_service_account(context: InClusterContext) -> Iterator[None]:
+    """Fill in the service account from the token when the API server's reason lacked it."""
+    try:
+        yield
+    except KubernetesPermissionError as exc:
+        if exc.service_account or not context.service_account:
+            raise
+        raise KubernetesPermissionError(
+            exc.verb, exc.resource, exc.namespace, context.service_account, exc.detail
+        ) from exc
 
 
 def _read_text(path: Path) -> str:

@@ -1,9 +1,108 @@
-"""``fl-kubeflow local``: placeholder until the local runner lands."""
+"""``fl-kubeflow local``: a whole federation on this machine, no cluster needed."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from fl_kubeflow.cli.client_cmd import add_training_options
+from fl_kubeflow.cli.options import positive_float, positive_int
+from fl_kubeflow.cli.server_cmd import add_server_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    del sub
+    parser = sub.add_parser(
+        "local",
+        help="run a whole federation on this machine",
+        description=(
+            "Start the aggregation server and N client processes on loopback, show progress, "
+            "and write model.keras, weights.safetensors, history.json and report.html."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clients", type=positive_int, default=3, help="client processes (N)")
+    add_server_options(parser)
+    add_training_options(parser)
+    parser.add_argument(
+        "--trainer",
+        default="keras",
+        choices=["keras", "numpy-linear"],
+        help="keras trains the model on the dataset; numpy-linear is a TensorFlow-free demo",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("runs/local"), help="folder for the run's outputs"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=7200.0,
+        help="seconds the whole run may take before everything is stopped",
+    )
+    parser.set_defaults(rounds=5, run=run)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from fl_kubeflow import strategies
+    from fl_kubeflow.local.runner import LocalRun, LocalRunError, LocalRunOptions, summary_lines
+
+    if args.strategy not in strategies.STRATEGIES:
+        parser.error(
+            f"--strategy {args.strategy!r} is unknown; choose one of "
+            f"{', '.join(sorted(strategies.STRATEGIES))}"
+        )
+    if args.min_clients is not None and args.min_clients > args.clients:
+        parser.error(f"--min-clients {args.min_clients} exceeds --clients {args.clients}")
+    if args.trainer == "keras":
+        from fl_kubeflow.local.preflight import check_options
+
+        try:
+            check_options(args.dataset, args.partition, args.model, args.clients)
+        except ValueError as exc:
+            parser.error(str(exc))
+    options = LocalRunOptions(
+        clients=args.clients,
+        rounds=args.rounds,
+        min_clients=args.min_clients,
+        dataset=args.dataset,
+        partition=args.partition,
+        model=args.model,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        strategy=args.strategy,
+        trainer=args.trainer,
+        output=args.output,
+        join_timeout=args.join_timeout,
+        round_timeout=args.round_timeout,
+        timeout=args.timeout,
+        extra_server_args=[
+            "--grace-period",
+            str(args.grace_period),
+            "--poll-timeout",
+            str(args.poll_timeout),
+            "--max-update-mb",
+            str(args.max_update_mb),
+        ],
+    )
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        result = LocalRun(options, emit).run()
+    except LocalRunError as exc:
+        print(f"fl-kubeflow local: run failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("fl-kubeflow local: interrupted; every process stopped", file=sys.stderr)
+        return 130
+    emit("")
+    for line in summary_lines(result.history):
+        emit(line)
+    emit("")
+    for name, path in result.files.items():
+        emit(f"{name:>8}: {path}")
+    return 0

@@ -63,7 +63,8 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
     @app.get("/v1/status")
     def status() -> Response:
-        return jsonify(federation.status())
+        since = request.args.get("since")
+        return jsonify(federation.status(None if since is None else _int_arg("since")))
 
     @app.post("/v1/join")
     def join() -> Response:

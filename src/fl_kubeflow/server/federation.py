@@ -554,7 +554,8 @@ class Federation:
         with self._cond:
             return self._global
 
-    def status(self) -> dict[str, Any]:
+    def status(self, since: int | None = None) -> dict[str, Any]:
+        """A snapshot of the run; with ``since``, also the records of rounds >= since."""
         with self._cond:
             current = self._current
             return {
@@ -570,7 +571,15 @@ class Federation:
                 "error": self._error,
                 "last_round": self._round_record(self._rounds[-1]) if self._rounds else None,
                 "last_evaluation": self._last_evaluation(),
+                **({"rounds": self._records(since)} if since is not None else {}),
             }
+
+    def _records(self, since: int = 0) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        if since <= 0:
+            records.append({"round": 0, "evaluate": self._eval_record(0)})
+        records += [self._round_record(r) for r in self._rounds if r.number >= since]
+        return records
 
     def _last_evaluation(self) -> dict[str, Any] | None:
         if not self._evals:
@@ -606,8 +615,7 @@ class Federation:
     def history(self) -> dict[str, Any]:
         """Everything that happened, as written to history.json."""
         with self._cond:
-            rounds: list[dict[str, Any]] = [{"round": 0, "evaluate": self._eval_record(0)}]
-            rounds += [self._round_record(r) for r in self._rounds]
+            rounds = self._records()
             return {
                 "status": self._phase.value,
                 "error": self._error,

@@ -1,0 +1,1 @@
+"""``fl-kubeflow local``: a whole federation on one machine, as real processes."""

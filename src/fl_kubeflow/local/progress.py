@@ -1,0 +1,73 @@
+"""Progress lines of a local run, read from the server's /v1/status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+
+def fmt_metrics(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return "-"
+    names = {"loss": "loss", "accuracy": "acc"}
+    parts = [f"{names[k]} {metrics[k]:.4f}" for k in names if k in metrics]
+    parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k not in names]
+    return " ".join(parts)
+
+
+class ProgressReporter:
+    """Prints a line when clients join, for every completed round, and for every evaluation.
+
+    A round's evaluation arrives while the next round trains, so it is printed once
+    the next round has closed (or the run has ended), when every client has sent it.
+    """
+
+    def __init__(self, url: str, num_clients: int, num_rounds: int, emit: Callable[[str], None]):
+        self.url = url
+        self.num_clients = num_clients
+        self.num_rounds = num_rounds
+        self.emit = emit
+        self.session = requests.Session()
+        self._joined = 0
+        self._trained = 0
+        self._evaluated = -1
+
+    def poll(self, final: bool = False) -> dict[str, Any] | None:
+        """Read the status once (short timeout: a busy server must not stall the runner)."""
+        try:
+            response = self.session.get(
+                f"{self.url}/v1/status", params={"since": self._evaluated + 1}, timeout=2
+            )
+            status = response.json()
+        except (requests.RequestException, ValueError):
+            return None
+        self._show(status, final)
+        return status
+
+    def _show(self, status: dict[str, Any], final: bool) -> None:
+        joined = len(status.get("joined", []))
+        if joined != self._joined and status.get("phase") == "waiting":
+            self.emit(f"waiting for clients: {joined}/{self.num_clients} joined")
+        self._joined = joined
+        ended = final or status.get("phase") in ("finished", "failed")
+        for record in status.get("rounds", []):
+            number = record["round"]
+            if number > self._trained:
+                self._trained = number
+                line = (
+                    f"round {number:>3}/{self.num_rounds}: {len(record['contributors'])} clients,"
+                    f" {record['num_examples']} examples, train {fmt_metrics(record['train'])}"
+                    f" ({record['duration_s']:.1f}s)"
+                )
+                if record.get("timed_out"):
+                    line += f"; timed out: {', '.join(record['timed_out'])}"
+                self.emit(line)
+            evaluation = record.get("evaluate")
+            if evaluation and number > self._evaluated and (number < self._trained or ended):
+                self._evaluated = number
+                self.emit(
+                    f"          evaluation of the round-{number} model on "
+                    f"{evaluation['num_clients']} clients: {fmt_metrics(evaluation['metrics'])}"
+                )

@@ -1,0 +1,275 @@
+"""Run a whole federation on this machine: one server and N client processes on loopback.
+
+The processes are the same ``fl-kubeflow server`` and ``fl-kubeflow client`` that
+run in the Kubeflow pods; only the address differs. The runner watches them,
+prints progress, stops everything when one fails, and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fl_kubeflow import files
+from fl_kubeflow.local import processes
+from fl_kubeflow.local.processes import Child
+from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
+
+POLL_INTERVAL_S = 0.25
+STATUS_INTERVAL_S = 0.5
+READY_TIMEOUT_S = 60.0
+EXPORT_TIMEOUT_S = 300.0
+
+
+class LocalRunError(Exception):
+    """The run did not finish; the message says which process failed and why."""
+
+
+@dataclass
+class LocalRunOptions:
+    """Everything ``fl-kubeflow local`` takes; see its --help for each field."""
+
+    clients: int = 3
+    rounds: int = 5
+    min_clients: int | None = None
+    dataset: str = "digits"
+    partition: str = "iid"
+    model: str = "mlp"
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    seed: int = 0
+    strategy: str = "fedavg"
+    trainer: str = "keras"
+    output: Path = Path("runs/local")
+    join_timeout: float = 300.0
+    round_timeout: float = 600.0
+    timeout: float = 7200.0
+    extra_server_args: list[str] = field(default_factory=list)
+
+    def params(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["output"] = str(self.output)
+        values.pop("extra_server_args")
+        return values
+
+
+@dataclass
+class LocalRunResult:
+    history: dict[str, Any]
+    output: Path
+    files: dict[str, Path]
+
+
+class LocalRun:
+    """One local federation from start to outputs."""
+
+    def __init__(self, options: LocalRunOptions, emit: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.emit = emit
+        self.output = Path(options.output)
+        self.logs = self.output / "logs"
+        self.server: Child | None = None
+        self.clients: list[Child] = []
+
+    # ------------------------------------------------------------------ phases
+
+    def run(self) -> LocalRunResult:
+        opts = self.options
+        self.output.mkdir(parents=True, exist_ok=True)
+        files.write_json(self.output / "params.json", opts.params())
+        deadline = time.monotonic() + opts.timeout
+        try:
+            port = self._start_server()
+            url = f"http://127.0.0.1:{port}"
+            self.emit(
+                f"server on {url}; starting {opts.clients} {opts.trainer} clients "
+                f"({opts.dataset}, {opts.partition}, {opts.model}); logs in {self.logs}"
+            )
+            self._start_clients(url)
+            self._supervise(ProgressReporter(url, opts.clients, opts.rounds, self.emit), deadline)
+            self._wait_clients()
+        finally:
+            processes.stop_all([c for c in [self.server, *self.clients] if c is not None])
+        history = json.loads((self.output / "history.json").read_text())
+        outputs = {
+            "weights": self.output / "weights.safetensors",
+            "history": self.output / "history.json",
+        }
+        if opts.trainer == "keras":
+            outputs["model"] = self._export_keras()
+        outputs["report"] = self._write_report(history)
+        return LocalRunResult(history, self.output, outputs)
+
+    def _start_server(self) -> int:
+        opts = self.options
+        ready = self.output / ".server-ready.json"
+        ready.unlink(missing_ok=True)
+        args = [
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--clients",
+            str(opts.clients),
+            "--rounds",
+            str(opts.rounds),
+            "--client-ids",
+            ",".join(str(i) for i in range(opts.clients)),
+            "--strategy",
+            opts.strategy,
+            "--output",
+            str(self.output),
+            "--join-timeout",
+            str(opts.join_timeout),
+            "--round-timeout",
+            str(opts.round_timeout),
+            *opts.extra_server_args,
+        ]
+        if opts.min_clients is not None:
+            args += ["--min-clients", str(opts.min_clients)]
+        self.server = processes.start("server", args, self.logs / "server.log")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.exists():
+            if self.server.returncode is not None:
+                raise LocalRunError(f"the server exited at start:\n{self.server.last_words()}")
+            if time.monotonic() > deadline:
+                raise LocalRunError(f"the server did not listen within {READY_TIMEOUT_S:g}s")
+            time.sleep(0.05)
+        return int(json.loads(ready.read_text())["port"])
+
+    def _start_clients(self, url: str) -> None:
+        opts = self.options
+        for i in range(opts.clients):
+            args = [
+                "client",
+                "--server",
+                url,
+                "--client-id",
+                str(i),
+                "--num-clients",
+                str(opts.clients),
+                "--trainer",
+                opts.trainer,
+                "--dataset",
+                opts.dataset,
+                "--partition",
+                opts.partition,
+                "--model",
+                opts.model,
+                "--local-epochs",
+                str(opts.local_epochs),
+                "--batch-size",
+                str(opts.batch_size),
+                "--learning-rate",
+                str(opts.learning_rate),
+                "--optimizer",
+                opts.optimizer,
+                "--seed",
+                str(opts.seed),
+                "--retry-timeout",
+                "60",
+                "--summary",
+                str(self.output / "clients" / f"client-{i}.json"),
+            ]
+            self.clients.append(processes.start(f"client {i}", args, self.logs / f"client-{i}.log"))
+
+    def _supervise(self, reporter: ProgressReporter, deadline: float) -> None:
+        """Watch the children until the server exits; a failing client ends the run."""
+        opts = self.options
+        quorum = opts.clients if opts.min_clients is None else opts.min_clients
+        server = self.server
+        assert server is not None
+        lost: set[str] = set()
+        next_status = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_status:
+                reporter.poll()
+                next_status = now + STATUS_INTERVAL_S
+            code = server.returncode
+            if code is not None:
+                if code != 0:
+                    raise LocalRunError(f"the server failed (exit {code}):\n{server.last_words()}")
+                return
+            for client in self.clients:
+                if client.name in lost or client.returncode in (None, 0):
+                    continue
+                lost.add(client.name)
+                message = f"{client.name} failed (exit {client.returncode}):\n{client.last_words()}"
+                if opts.clients - len(lost) < quorum:
+                    raise LocalRunError(message)
+                self.emit(f"warning: {message}\ncontinuing: min_clients={quorum} still reachable")
+            if now >= deadline:
+                raise LocalRunError(f"the run did not finish within --timeout {opts.timeout:g}s")
+            time.sleep(POLL_INTERVAL_S)
+
+    def _wait_clients(self) -> None:
+        grace = time.monotonic() + 60
+        for client in self.clients:
+            try:
+                client.proc.wait(max(0.1, grace - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.emit(f"warning: {client.name} still running after the server finished")
+
+    def _export_keras(self) -> Path:
+        target = self.output / "model.keras"
+        opts = self.options
+        command = [
+            sys.executable,
+            "-m",
+            "fl_kubeflow.training.export",
+            "--weights",
+            str(self.output / "weights.safetensors"),
+            "--model",
+            opts.model,
+            "--dataset",
+            opts.dataset,
+            "--output",
+            str(target),
+        ]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=EXPORT_TIMEOUT_S,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        if done.returncode != 0:
+            raise LocalRunError(f"exporting model.keras failed:\n{done.stderr.strip()[-2000:]}")
+        return target
+
+    def _write_report(self, history: dict[str, Any]) -> Path:
+        from fl_kubeflow.report import write_report
+
+        target = self.output / "report.html"
+        write_report(history, self.options.params(), target)
+        return target
+
+
+def summary_lines(history: dict[str, Any]) -> list[str]:
+    """A table of the run, one row per round, for the terminal."""
+    lines = ["round  clients  examples  train                        evaluation"]
+    for record in history["rounds"]:
+        evaluation = (record.get("evaluate") or {}).get("metrics")
+        if record["round"] == 0:
+            lines.append(
+                f"{0:>5}  {'':>7}  {'':>8}  {'(initial model)':<27}  {fmt_metrics(evaluation)}"
+            )
+            continue
+        lines.append(
+            f"{record['round']:>5}  {len(record['contributors']):>7}  {record['num_examples']:>8}"
+            f"  {fmt_metrics(record['train']):<27}  {fmt_metrics(evaluation)}"
+        )
+    return lines

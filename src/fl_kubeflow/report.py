@@ -1,0 +1,288 @@
+"""A self-contained HTML report of a federated run, from the server's ``history.json``.
+
+Learning curves (matplotlib, Agg, imported lazily; no TensorFlow) are embedded as
+a base64 PNG so the single file renders anywhere: a KFP ``Output[HTML]`` artifact,
+a browser, a mail attachment. Failed and partial histories, rounds without
+evaluation and round 0 (evaluation of the initial model only) are all expected
+input: every field is optional and missing values show as a dash.
+
+History schema (written by the server)::
+
+    {"status": "finished"|"failed", "error": null|str, "num_rounds": R, "num_clients": N,
+     "strategy": "fedavg", "started_at": ISO, "finished_at": ISO,
+     "rounds": [{"round": 0, "evaluate": {"num_clients", "num_examples", "metrics"}},
+                {"round": 1, "started_at", "duration_s", "contributors", "timed_out",
+                 "refused": [{"client", "reason"}], "num_examples",
+                 "train": {"loss", "accuracy"}, "evaluate": {...} | null,
+                 "bytes_in", "bytes_out"}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+DASH = "\u2013"
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything missing or unplottable."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _rounds(history: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rounds = history.get("rounds")
+    if not isinstance(rounds, list):
+        return []
+    good = [r for r in rounds if isinstance(r, dict) and isinstance(r.get("round"), int)]
+    return sorted(good, key=lambda r: r["round"])
+
+
+def _metric(section: Any, key: str) -> float | None:
+    """``section["metrics"][key]`` for evaluate entries, ``section[key]`` for train entries."""
+    if not isinstance(section, dict):
+        return None
+    metrics = section.get("metrics", section)
+    return _number(metrics.get(key)) if isinstance(metrics, dict) else None
+
+
+def _series(
+    rounds: Sequence[Mapping[str, Any]], section: str, key: str
+) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for entry in rounds:
+        value = _metric(entry.get(section), key)
+        if value is not None:
+            xs.append(entry["round"])
+            ys.append(value)
+    return xs, ys
+
+
+def learning_curves_png(history: Mapping[str, Any]) -> bytes:
+    """Accuracy and loss per round (evaluation and training) as PNG bytes.
+
+    Evaluation includes round 0 (the initial model); training starts at round 1.
+    A history without any metrics still gives a PNG, saying so.
+    """
+    # Figure + Agg canvas directly: no pyplot global state, safe in a server thread.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = _rounds(history)
+    figure = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    plotted = False
+    for ax, key, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
+        for section, label, style in (
+            ("evaluate", "evaluation (global model)", "o-"),
+            ("train", "training (clients, last local epoch)", "s--"),
+        ):
+            xs, ys = _series(rounds, section, key)
+            if xs:
+                ax.plot(xs, ys, style, label=label, markersize=4)
+                plotted = True
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if not plotted:
+        for ax in axes:
+            ax.text(
+                0.5, 0.5, "no metrics recorded", ha="center", va="center", transform=ax.transAxes
+            )
+    status = history.get("status")
+    if status and status != "finished":
+        figure.suptitle(f"run {status}", color="firebrick")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    number = _number(value)
+    if number is None:
+        return DASH
+    return format(number, spec)
+
+
+def _text(value: Any) -> str:
+    if value is None or value == "":
+        return DASH
+    return html.escape(value if isinstance(value, str) else json.dumps(value, default=str))
+
+
+def _round_row(entry: Mapping[str, Any]) -> str:
+    evaluate = entry.get("evaluate") if isinstance(entry.get("evaluate"), dict) else {}
+    train = entry.get("train") if isinstance(entry.get("train"), dict) else {}
+    contributors = entry.get("contributors")
+    if isinstance(contributors, list):
+        clients = str(len(contributors))
+    elif evaluate.get("num_clients") is not None:  # round 0: only evaluation happened
+        clients = f"{_fmt(evaluate.get('num_clients'), '.0f')} (eval)"
+    else:
+        clients = DASH
+    examples = entry.get("num_examples")
+    if examples is None and evaluate:
+        examples = evaluate.get("num_examples")
+    problems = []
+    timed_out = entry.get("timed_out")
+    if isinstance(timed_out, list) and timed_out:
+        problems.append("timed out: " + ", ".join(str(c) for c in timed_out))
+    refused = entry.get("refused")
+    if isinstance(refused, list):
+        for item in refused:
+            if isinstance(item, dict):
+                problems.append(f"refused {item.get('client')}: {item.get('reason')}")
+            else:
+                problems.append(f"refused {item}")
+    traffic = DASH
+    if entry.get("bytes_in") is not None or entry.get("bytes_out") is not None:
+        traffic = f"{_fmt(entry.get('bytes_in'), ',.0f')} / {_fmt(entry.get('bytes_out'), ',.0f')}"
+    cells = [
+        str(entry["round"]),
+        clients,
+        _fmt(examples, ",.0f"),
+        _fmt(train.get("loss")),
+        _fmt(train.get("accuracy")),
+        _fmt(_metric(evaluate, "loss")),
+        _fmt(_metric(evaluate, "accuracy")),
+        _fmt(entry.get("duration_s"), ".2f"),
+        traffic,
+        html.escape("; ".join(problems)) if problems else "",
+    ]
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;font-size:.9em}
+th{background:#f2f2f2}td:last-child,.params td{text-align:left}
+.status{padding:.5em 1em;border-radius:4px;display:inline-block}
+.finished{background:#e6f4ea}.failed{background:#fde8e8}.other{background:#fff4e0}
+pre{white-space:pre-wrap;background:#f8f8f8;padding:.5em}
+img{max-width:100%}
+"""
+
+
+def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The report as an HTML string (see ``write_report``)."""
+    rounds = _rounds(history)
+    status = str(history.get("status") or "unknown")
+    css = status if status in ("finished", "failed") else "other"
+    trained = [r for r in rounds if r["round"] > 0]
+    evaluated = [r for r in rounds if _metric(r.get("evaluate"), "accuracy") is not None]
+    summary = {
+        "strategy": history.get("strategy"),
+        "clients": history.get("num_clients"),
+        "rounds completed": f"{len(trained)} of {history.get('num_rounds', DASH)}",
+        "started": history.get("started_at"),
+        "finished": history.get("finished_at"),
+    }
+    if evaluated:
+        last = evaluated[-1]
+        best = max(evaluated, key=lambda r: _metric(r["evaluate"], "accuracy") or 0.0)
+        summary["final eval accuracy"] = (
+            f"{_fmt(_metric(last['evaluate'], 'accuracy'))} (round {last['round']})"
+        )
+        summary["final eval loss"] = _fmt(_metric(last["evaluate"], "loss"))
+        summary["best eval accuracy"] = (
+            f"{_fmt(_metric(best['evaluate'], 'accuracy'))} (round {best['round']})"
+        )
+    png = base64.b64encode(learning_curves_png(history)).decode("ascii")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>Federated learning report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>Federated learning report</h1>",
+        f'<p class="status {css}">Status: <b>{html.escape(status)}</b></p>',
+    ]
+    if history.get("error"):
+        parts.append(f"<h2>Error</h2><pre>{_text(history.get('error'))}</pre>")
+    parts.append('<table class="params">')
+    parts += [f"<tr><th>{html.escape(k)}</th><td>{_text(v)}</td></tr>" for k, v in summary.items()]
+    parts.append("</table>")
+    parts.append(f'<img alt="learning curves" src="data:image/png;base64,{png}">')
+    parts.append("<h2>Rounds</h2>")
+    if rounds:
+        headers = (
+            "round",
+            "clients",
+            "examples",
+            "train loss",
+            "train acc",
+            "eval loss",
+            "eval acc",
+            "duration (s)",
+            "bytes in / out",
+            "problems",
+        )
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>")
+        parts += [_round_row(entry) for entry in rounds]
+        parts.append("</table>")
+    else:
+        parts.append("<p>No rounds were recorded.</p>")
+    parts.append("<h2>Parameters</h2>")
+    if params:
+        parts.append('<table class="params">')
+        parts += [
+            f"<tr><th>{html.escape(str(k))}</th><td>{_text(v)}</td></tr>"
+            for k, v in sorted(params.items(), key=lambda item: str(item[0]))
+        ]
+        parts.append("</table>")
+    else:
+        parts.append("<p>None recorded.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(history: Mapping[str, Any], params: Mapping[str, Any], path: str | Path) -> None:
+    """Write a self-contained HTML report: status, curves, per-round table, parameters.
+
+    Args:
+        history: the server's history (see the module docstring); partial is fine.
+        params: the run's parameters, shown as a table.
+        path: destination file (parent directories are created).
+    """
+    destination = Path(path)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(render_report(history, params), encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fl_kubeflow.report history.json [--params p.json] --output report.html``."""
+    parser = argparse.ArgumentParser(prog="python -m fl_kubeflow.report")
+    parser.add_argument("history", help="history.json written by the server")
+    parser.add_argument("--params", help="JSON object of run parameters")
+    parser.add_argument("--output", required=True, help="HTML file to write")
+    args = parser.parse_args(argv)
+    try:
+        history = json.loads(Path(args.history).read_text(encoding="utf-8"))
+        params = json.loads(Path(args.params).read_text(encoding="utf-8")) if args.params else {}
+        if not isinstance(history, dict) or not isinstance(params, dict):
+            raise ValueError("history and params must be JSON objects")
+        write_report(history, params, args.output)
+    except (OSError, ValueError) as exc:
+        print(f"report failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,22 +23,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fl_kubeflow import defaults
 from fl_kubeflow.training.datasets import ClientData, client_splits, load_full_dataset
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--local-epochs", type=int, default=defaults.LOCAL_EPOCHS)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--partition", default="iid", help="iid or dirichlet:<alpha>")
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--model", default="mlp")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=0.05)
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    parser.add_argument("--dataset", default=defaults.DATASET)
+    parser.add_argument("--model", default=defaults.MODEL)
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
+    parser.add_argument("--learning-rate", type=float, default=defaults.LEARNING_RATE)
+    parser.add_argument("--optimizer", default=defaults.OPTIMIZER, choices=["sgd", "adam"])
     parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=defaults.SEED)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     return parser
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fl_kubeflow import files
+from fl_kubeflow import defaults, files
 from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int, shapes
 
 TRAINERS = ("keras", "numpy-linear", "numpy-delta")
@@ -17,28 +17,42 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     """What each client trains: shared with ``local``."""
     parser.add_argument(
         "--dataset",
-        default="digits",
+        default=defaults.DATASET,
         help="digits (bundled, offline), mnist, fashion_mnist, cifar10, "
         "or npz:PATH containing {client_id}",
     )
     parser.add_argument(
-        "--partition", default="iid", help="split of a built-in dataset: iid or dirichlet:ALPHA"
+        "--partition",
+        default=defaults.PARTITION,
+        help="split of a built-in dataset: iid or dirichlet:ALPHA",
     )
-    parser.add_argument("--model", default="mlp", help="mlp, cnn, or a path to a .keras model")
     parser.add_argument(
-        "--local-epochs", type=positive_int, default=1, help="epochs each client trains per round"
+        "--model", default=defaults.MODEL, help="mlp, cnn, or a path to a .keras model"
     )
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="local batch size")
     parser.add_argument(
-        "--learning-rate", type=positive_float, default=0.05, help="local learning rate"
+        "--local-epochs",
+        type=positive_int,
+        default=defaults.LOCAL_EPOCHS,
+        help="epochs each client trains per round",
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=defaults.BATCH_SIZE, help="local batch size"
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=defaults.LEARNING_RATE,
+        help="local learning rate",
     )
     parser.add_argument(
         "--optimizer",
-        default="sgd",
+        default=defaults.OPTIMIZER,
         choices=["sgd", "adam"],
         help="local optimizer (sgd uses momentum 0.9)",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for data and init")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=defaults.SEED, help="seed for data and init"
+    )
 
 
 def add_client_timeouts(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl_kubeflow import files
+from fl_kubeflow import defaults, files
 from fl_kubeflow.local import processes
 from fl_kubeflow.local.processes import Child
 from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
@@ -39,14 +39,14 @@ class LocalRunOptions:
     clients: int = 3
     rounds: int = 5
     min_clients: int | None = None
-    dataset: str = "digits"
-    partition: str = "iid"
-    model: str = "mlp"
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
-    optimizer: str = "sgd"
-    seed: int = 0
+    dataset: str = defaults.DATASET
+    partition: str = defaults.PARTITION
+    model: str = defaults.MODEL
+    local_epochs: int = defaults.LOCAL_EPOCHS
+    batch_size: int = defaults.BATCH_SIZE
+    learning_rate: float = defaults.LEARNING_RATE
+    optimizer: str = defaults.OPTIMIZER
+    seed: int = defaults.SEED
     strategy: str = "fedavg"
     trainer: str = "keras"
     output: Path = Path("runs/local")

@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+from fl_kubeflow import defaults
 from fl_kubeflow.client.trainer import EvaluateResult, FitResult
 from fl_kubeflow.training.datasets import ClientData, load_client_data
 from fl_kubeflow.training.models import (
@@ -55,17 +56,17 @@ class TrainerOptions:
     ``dataset``, ``partition``, ``num_clients`` and ``model``.
     """
 
-    dataset: str = "digits"
-    partition: str = "iid"
-    model: str = "mlp"
+    dataset: str = defaults.DATASET
+    partition: str = defaults.PARTITION
+    model: str = defaults.MODEL
     client_id: int = 0
     num_clients: int = 1
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
-    optimizer: str = "sgd"
+    local_epochs: int = defaults.LOCAL_EPOCHS
+    batch_size: int = defaults.BATCH_SIZE
+    learning_rate: float = defaults.LEARNING_RATE
+    optimizer: str = defaults.OPTIMIZER
     momentum: float = 0.9
-    seed: int = 0
+    seed: int = defaults.SEED
     test_fraction: float = 0.2
 
     def validate(self) -> None:

@@ -1,0 +1,209 @@
+"""The bodies of the KFP components: thin calls into ``fl_kubeflow.tasks``.
+
+KFP copies each function's source into the pipeline YAML and runs it in the image with
+``from kfp.dsl import *`` and ``from typing import *`` in scope, so a function may use
+nothing from this module: every import happens inside the body. Docstrings become the
+component and parameter descriptions shown in the KFP UI (``Returns:`` describes the
+output artifacts).
+
+No ``from __future__ import annotations`` here: KFP reads the annotations as objects.
+"""
+
+from kfp.dsl import HTML, Input, Markdown, Metrics, Model, Output
+
+
+def client_ids(num_clients: int) -> list[int]:
+    """List the client ids 0..num_clients-1 for the ParallelFor over clients.
+
+    Args:
+        num_clients: Number of federated clients (N >= 1).
+
+    Returns:
+        The ids [0, 1, ..., N-1].
+    """
+    from fl_kubeflow.tasks import client_ids as ids
+
+    return ids(num_clients)
+
+
+def fl_server(
+    run_id: str,
+    num_clients: int,
+    num_rounds: int,
+    trained_model: Output[Model],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    min_clients: int = 0,
+    join_timeout: float = 900.0,
+    round_timeout: float = 600.0,
+    strategy: str = "fedavg",
+    port: int = 8080,
+    dataset: str = "digits",
+    partition: str = "iid",
+    model: str = "mlp",
+    local_epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 0.05,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    initial_model: Input[Model] | None = None,
+):
+    """Run the federated-learning aggregation server for one pipeline run.
+
+    In a pod it first creates the Service fl-<run_id> that the clients reach it through
+    (and deletes it at the end). It waits for num_clients clients, runs num_rounds rounds
+    of aggregation, then exports the final model.
+
+    Args:
+        run_id: The pipeline run UUID (pass dsl.PIPELINE_JOB_ID_PLACEHOLDER whole).
+        num_clients: Clients expected to join (N).
+        num_rounds: Training rounds (R).
+        min_clients: Fewest updates a round may close with; 0 means all N.
+        join_timeout: Seconds to wait for all clients to join.
+        round_timeout: Seconds a round waits for updates before closing with those that came.
+        strategy: Aggregation strategy (fedavg).
+        port: TCP port the server listens on and the Service exposes.
+        dataset: Dataset the clients train on; gives the exported model's input shape.
+        partition: How the clients split the dataset (shown in the report).
+        model: Model the clients train (mlp, cnn or a .keras path); rebuilt for export.
+        local_epochs: Epochs each client trains per round (shown in the report).
+        batch_size: Clients' local batch size (shown in the report).
+        learning_rate: Clients' local learning rate (shown in the report).
+        optimizer: Clients' local optimizer (shown in the report).
+        seed: Seed for data split and initial weights (shown in the report).
+        initial_model: Optional starting weights: the trained_model of an earlier run.
+
+    Returns:
+        trained_model: Folder with model.keras, weights.safetensors and history.json.
+        metrics: Final evaluation accuracy and loss, rounds completed, clients.
+        report: HTML report with learning curves and a per-round table.
+        summary: Markdown summary of the run.
+    """
+    import logging
+
+    from fl_kubeflow.tasks import run_server_task
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result = run_server_task(
+        run_id=run_id,
+        num_clients=num_clients,
+        num_rounds=num_rounds,
+        model_dir=trained_model.path,
+        min_clients=min_clients,
+        join_timeout=join_timeout,
+        round_timeout=round_timeout,
+        strategy=strategy,
+        port=port,
+        dataset=dataset,
+        model=model,
+        initial_model=initial_model.path if initial_model is not None else None,
+        report_path=report.path,
+        summary_path=summary.path,
+        params={
+            "num_clients": num_clients,
+            "num_rounds": num_rounds,
+            "min_clients": min_clients,
+            "join_timeout": join_timeout,
+            "round_timeout": round_timeout,
+            "strategy": strategy,
+            "dataset": dataset,
+            "partition": partition,
+            "model": model,
+            "local_epochs": local_epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "optimizer": optimizer,
+            "seed": seed,
+            "initial_model": initial_model.uri if initial_model is not None else "",
+        },
+    )
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    trained_model.metadata.update(result.model_metadata)
+
+
+def fl_client(
+    run_id: str,
+    client_id: int,
+    num_clients: int,
+    metrics: Output[Metrics],
+    server_address: str = "",
+    port: int = 8080,
+    dataset: str = "digits",
+    partition: str = "iid",
+    model: str = "mlp",
+    local_epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 0.05,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    retry_timeout: float = 900.0,
+    round_wait_timeout: float = 3600.0,
+):
+    """Train as one federated client until the server says the run is finished.
+
+    Args:
+        run_id: The pipeline run UUID; names the server's Service fl-<run_id>.
+        client_id: This client's index 0..N-1; also picks its data shard.
+        num_clients: Clients in the run (N), to partition the dataset.
+        server_address: Server URL override; empty means this run's in-cluster Service.
+        port: Server port when the address is derived from the run id.
+        dataset: digits (bundled), mnist, fashion_mnist, cifar10, or npz:PATH with {client_id}.
+        partition: iid or dirichlet:ALPHA.
+        model: mlp, cnn, or a path to a .keras model.
+        local_epochs: Epochs trained per round.
+        batch_size: Local batch size.
+        learning_rate: Local learning rate.
+        optimizer: sgd (momentum 0.9) or adam.
+        seed: Seed for data split and initial weights; the same for every client.
+        retry_timeout: Seconds to keep retrying an unreachable server (it may start later).
+        round_wait_timeout: Longest wait in seconds for the next round to open.
+
+    Returns:
+        metrics: This client's final evaluation accuracy and loss, and rounds trained.
+    """
+    import logging
+
+    from fl_kubeflow.tasks import run_client_task
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result = run_client_task(
+        run_id=run_id,
+        client_id=client_id,
+        num_clients=num_clients,
+        server_address=server_address,
+        port=port,
+        dataset=dataset,
+        partition=partition,
+        model=model,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        seed=seed,
+        retry_timeout=retry_timeout,
+        round_wait_timeout=round_wait_timeout,
+    )
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+
+
+def fl_cleanup(run_id: str):
+    """Delete this run's server Service if it is still there (the pipeline's exit handler).
+
+    Args:
+        run_id: The pipeline run UUID (pass dsl.PIPELINE_JOB_ID_PLACEHOLDER whole).
+    """
+    import logging
+
+    from fl_kubeflow.tasks import run_cleanup_task
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_cleanup_task(run_id)

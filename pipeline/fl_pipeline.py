@@ -1,0 +1,174 @@
+"""The federated-learning pipeline: one server task and N client tasks, running at once.
+
+Shape (inside an exit handler that deletes the run's Service whatever happens)::
+
+    client-ids ──> ParallelFor(ids, no parallelism limit) ──> fl-client x N
+    fl-server   (no data dependency on the clients: starts at the same time)
+
+The server creates the Service ``fl-<run uuid>`` selecting its own pod by the label
+``pipeline/runid`` (put on every pod by KFP) and ``fl-kubeflow/role=server`` (put on
+the server pod here); clients derive the same name from the run UUID. With an initial
+model URI, an importer feeds the server (a ``dsl.If``/``dsl.Else`` pair of server tasks,
+because an importer cannot take an empty URI).
+
+``build_pipeline(image)`` builds it for a chosen image; ``compile_pipeline`` writes YAML.
+No ``from __future__ import annotations``: KFP reads the pipeline's annotations as objects.
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Model
+
+from components import DEFAULT_IMAGE, FLComponents, build_components
+from fl_kubeflow.kube.naming import DEFAULT_PORT, SERVER_ROLE, SERVER_ROLE_LABEL
+
+PIPELINE_NAME = "fl-kubeflow"
+CLIENT_ROLE = "client"
+NAMESPACE_ENV = "POD_NAMESPACE"
+
+# Static: kfp-kubernetes and older KFP backends do not take parameters here. The server
+# only averages weights, but exports model.keras through TensorFlow at the end; clients
+# train. Raise these (and recompile) for CNNs on cifar10 or many parameters.
+SERVER_RESOURCES = {"cpu_request": "500m", "cpu_limit": "2", "memory_request": "1Gi"}
+SERVER_MEMORY_LIMIT = "4Gi"
+CLIENT_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1Gi"}
+CLIENT_MEMORY_LIMIT = "4Gi"
+
+
+def _resources(task: dsl.PipelineTask, requests: dict[str, str], memory_limit: str) -> None:
+    task.set_cpu_request(requests["cpu_request"])
+    task.set_cpu_limit(requests["cpu_limit"])
+    task.set_memory_request(requests["memory_request"])
+    task.set_memory_limit(memory_limit)
+
+
+def _namespace_env(task: dsl.PipelineTask) -> None:
+    # The service-account namespace file is the first source; this is the fallback.
+    kubernetes.use_field_path_as_env(task, NAMESPACE_ENV, "metadata.namespace")
+
+
+def build_pipeline(image: str = DEFAULT_IMAGE):
+    """The pipeline function with every component using ``image``."""
+    comps: FLComponents = build_components(image)
+
+    @dsl.pipeline(name=PIPELINE_NAME)
+    def fl_pipeline(
+        num_clients: int = 3,
+        num_rounds: int = 5,
+        dataset: str = "digits",
+        partition: str = "iid",
+        model: str = "mlp",
+        local_epochs: int = 1,
+        batch_size: int = 32,
+        learning_rate: float = 0.05,
+        optimizer: str = "sgd",
+        strategy: str = "fedavg",
+        min_clients: int = 0,
+        round_timeout: float = 600.0,
+        join_timeout: float = 900.0,
+        seed: int = 0,
+        server_address: str = "",
+        initial_model_uri: str = "",
+    ):
+        """Federated learning: an aggregation server and N clients training together.
+
+        Args:
+            num_clients: Number of federated clients (N); one client pod each.
+            num_rounds: Training rounds (R).
+            dataset: digits (bundled, offline), mnist, fashion_mnist, cifar10, or npz:PATH.
+            partition: How the dataset is split across clients: iid or dirichlet:ALPHA.
+            model: mlp, cnn, or a path to a .keras model inside the image.
+            local_epochs: Epochs each client trains per round.
+            batch_size: Clients' local batch size.
+            learning_rate: Clients' local learning rate.
+            optimizer: Clients' local optimizer: sgd (momentum 0.9) or adam.
+            strategy: Aggregation strategy: fedavg.
+            min_clients: Fewest client updates a round may close with; 0 means all clients.
+            round_timeout: Seconds a round waits for updates before closing with those that came.
+            join_timeout: Seconds the server waits for all clients (and clients for the server).
+            seed: Seed for the data split and the initial weights.
+            server_address: Server URL for the clients; empty means this run's in-cluster Service.
+            initial_model_uri: URI of an earlier run's trained_model to start from; empty: none.
+        """
+        cleanup = comps.cleanup(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        cleanup.set_display_name("fl-cleanup")
+        cleanup.set_caching_options(False)
+        _namespace_env(cleanup)
+
+        with dsl.ExitHandler(cleanup, name="federated-run"):
+            ids = comps.client_ids(num_clients=num_clients)
+            ids.set_display_name("client-ids")
+
+            def server(**initial) -> None:
+                task = comps.server(
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    num_clients=num_clients,
+                    num_rounds=num_rounds,
+                    min_clients=min_clients,
+                    join_timeout=join_timeout,
+                    round_timeout=round_timeout,
+                    strategy=strategy,
+                    port=DEFAULT_PORT,
+                    dataset=dataset,
+                    partition=partition,
+                    model=model,
+                    local_epochs=local_epochs,
+                    batch_size=batch_size,
+                    learning_rate=learning_rate,
+                    optimizer=optimizer,
+                    seed=seed,
+                    **initial,
+                )
+                task.set_display_name("fl-server")
+                task.set_caching_options(False)
+                _resources(task, SERVER_RESOURCES, SERVER_MEMORY_LIMIT)
+                kubernetes.add_pod_label(task, SERVER_ROLE_LABEL, SERVER_ROLE)
+                _namespace_env(task)
+
+            with dsl.If(initial_model_uri != "", name="with-initial-model"):
+                imported = dsl.importer(
+                    artifact_uri=initial_model_uri, artifact_class=Model, reimport=False
+                )
+                imported.set_display_name("initial-model")
+                server(initial_model=imported.output)
+            with dsl.Else(name="fresh-model"):
+                server()
+
+            # No parallelism limit: synchronous FL needs every client running at once.
+            with dsl.ParallelFor(ids.output, name="clients") as client_id:
+                client = comps.client(
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    client_id=client_id,
+                    num_clients=num_clients,
+                    server_address=server_address,
+                    port=DEFAULT_PORT,
+                    dataset=dataset,
+                    partition=partition,
+                    model=model,
+                    local_epochs=local_epochs,
+                    batch_size=batch_size,
+                    learning_rate=learning_rate,
+                    optimizer=optimizer,
+                    seed=seed,
+                    # Clients may start long before the server pod is scheduled.
+                    retry_timeout=join_timeout,
+                )
+                client.set_display_name("fl-client")
+                client.set_caching_options(False)
+                _resources(client, CLIENT_RESOURCES, CLIENT_MEMORY_LIMIT)
+                kubernetes.add_pod_label(client, SERVER_ROLE_LABEL, CLIENT_ROLE)
+                _namespace_env(client)
+
+    return fl_pipeline
+
+
+fl_pipeline = build_pipeline(DEFAULT_IMAGE)
+
+
+def compile_pipeline(output: str | Path = "fl_pipeline.yaml", image: str = DEFAULT_IMAGE) -> Path:
+    """Compile the pipeline for ``image`` into ``output``; the same inputs give the same bytes."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image), package_path=str(output))
+    return output

@@ -1,0 +1,32 @@
+"""Entry points of the pipeline's pods: one plain function per KFP component.
+
+The components in ``components/`` (outside this package) are thin wrappers that call
+these, so everything a pod does can run and be tested without KFP; this package never
+imports kfp, and nothing here imports TensorFlow at import time.
+"""
+
+from fl_kubeflow.tasks.cleanup_task import run_cleanup_task
+from fl_kubeflow.tasks.client_task import (
+    ClientTaskError,
+    ClientTaskResult,
+    client_ids,
+    resolve_server_address,
+    run_client_task,
+)
+from fl_kubeflow.tasks.server_task import (
+    ServerTaskError,
+    ServerTaskResult,
+    run_server_task,
+)
+
+__all__ = [
+    "ClientTaskError",
+    "ClientTaskResult",
+    "ServerTaskError",
+    "ServerTaskResult",
+    "client_ids",
+    "resolve_server_address",
+    "run_cleanup_task",
+    "run_client_task",
+    "run_server_task",
+]

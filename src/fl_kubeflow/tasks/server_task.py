@@ -1,0 +1,243 @@
+"""What the server pod of the pipeline does: publish its Service, serve, write outputs.
+
+Called by the ``fl-server`` KFP component; plain Python (no kfp, no TensorFlow: the
+``.keras`` export runs in a subprocess), so it can be run and tested without KFP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fl_kubeflow.kube.naming import DEFAULT_PORT
+from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, publish_run_service
+
+log = logging.getLogger("fl_kubeflow.tasks.server")
+
+KERAS_FILE = "model.keras"
+WEIGHTS_FILE = "weights.safetensors"  # as written by fl_kubeflow.server.serve
+# Exporting builds one model and saves it; minutes would mean something is wrong.
+DEFAULT_EXPORT_TIMEOUT = 900.0
+
+
+class ServerTaskError(RuntimeError):
+    """The federated run (or writing its outputs) failed; the message says why."""
+
+
+@dataclass
+class ServerTaskResult:
+    """What the component logs to its artifacts."""
+
+    history: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_metadata: dict[str, Any] = field(default_factory=dict)
+    keras_path: Path | None = None
+    weights_path: Path | None = None
+
+
+def resolve_initial_weights(path: str | os.PathLike[str] | None) -> Path | None:
+    """The safetensors file inside an initial-model artifact, or None if there is none.
+
+    Accepts a safetensors file, or a folder holding ``weights.safetensors`` (the Model
+    artifact of an earlier run). A ``.keras`` file is refused: reading it needs
+    TensorFlow, which the server never imports.
+    """
+    if path is None or not str(path):
+        return None
+    candidate = Path(path)
+    if candidate.is_dir():
+        candidate = candidate / WEIGHTS_FILE
+    if not candidate.is_file():
+        raise ServerTaskError(
+            f"initial model {str(path)!r}: expected a safetensors file or a folder with "
+            f"{WEIGHTS_FILE} (the Model artifact of an earlier fl-server run)"
+        )
+    if candidate.suffix == ".keras":
+        raise ServerTaskError(
+            f"initial model {str(path)!r} is a .keras file; give the {WEIGHTS_FILE} "
+            "written next to it (the server reads safetensors only)"
+        )
+    return candidate
+
+
+def run_server_task(
+    *,
+    run_id: str,
+    num_clients: int,
+    num_rounds: int,
+    model_dir: str | os.PathLike[str],
+    min_clients: int = 0,
+    join_timeout: float = 300.0,
+    round_timeout: float = 600.0,
+    strategy: str = "fedavg",
+    port: int = DEFAULT_PORT,
+    dataset: str = "digits",
+    model: str = "mlp",
+    initial_model: str | os.PathLike[str] | None = None,
+    report_path: str | os.PathLike[str] | None = None,
+    summary_path: str | os.PathLike[str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    export_timeout: float = DEFAULT_EXPORT_TIMEOUT,
+    token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
+) -> ServerTaskResult:
+    """Serve one federated run and write its outputs.
+
+    ``model_dir`` receives ``weights.safetensors``, ``history.json`` and ``model.keras``;
+    ``report_path`` the HTML report, ``summary_path`` a Markdown summary. In a pod the
+    per-run Service is created first and deleted at the end. ``min_clients=0`` means all.
+
+    Raises ServerTaskError with the server's reason if the run fails; the history,
+    report and summary are written first, so a failed run can still be inspected.
+    """
+    from fl_kubeflow import strategies
+    from fl_kubeflow.server.config import ServerConfig
+    from fl_kubeflow.server.serve import serve
+
+    if strategy not in strategies.STRATEGIES:
+        known = ", ".join(sorted(strategies.STRATEGIES))
+        raise ServerTaskError(f"unknown strategy {strategy!r}; choose one of {known}")
+    model_dir = Path(model_dir)
+    try:
+        config = ServerConfig(
+            num_clients=num_clients,
+            num_rounds=num_rounds,
+            min_clients=min_clients or None,
+            join_timeout=join_timeout,
+            round_timeout=round_timeout,
+            port=port,
+            initial_weights=resolve_initial_weights(initial_model),
+            output_dir=model_dir,
+            strategy=strategy,
+        )
+    except ValueError as exc:
+        raise ServerTaskError(f"bad server options: {exc}") from exc
+
+    # Before serving: clients started alongside keep retrying until the Service resolves.
+    service = publish_run_service(run_id, port, token_dir=token_dir)
+    try:
+        try:
+            result = serve(config)
+        except ValueError as exc:  # e.g. an unreadable initial model
+            raise ServerTaskError(str(exc)) from exc
+    finally:
+        if service is not None:
+            try:
+                service.delete()
+            except Exception as exc:
+                # The exit handler deletes it again; the run's own outcome matters more.
+                log.warning("could not delete Service %s: %s", service.name, exc)
+
+    history = result.history
+    all_params = {"run_id": run_id, **dict(params or {})}
+    if report_path is not None:
+        from fl_kubeflow.report import write_report
+
+        write_report(history, all_params, report_path)
+    metrics = history_metrics(history)
+    if summary_path is not None:
+        summary_file = Path(summary_path)
+        summary_file.parent.mkdir(parents=True, exist_ok=True)
+        summary_file.write_text(markdown_summary(history, metrics), encoding="utf-8")
+    if not result.ok:
+        raise ServerTaskError(f"federated run failed: {result.error or history.get('error')}")
+    if result.weights_path is None:
+        raise ServerTaskError("the run finished but no final weights were written")
+
+    keras_path = export_keras_model(
+        result.weights_path, model_dir / KERAS_FILE, model, dataset, export_timeout
+    )
+    metadata: dict[str, Any] = {
+        "framework": "keras",
+        "files": [KERAS_FILE, WEIGHTS_FILE, "history.json"],
+        "model": model,
+        "dataset": dataset,
+        "rounds": int(metrics.get("rounds", 0)),
+        "clients": num_clients,
+        "strategy": strategy,
+    }
+    if "accuracy" in metrics:
+        metadata["accuracy"] = metrics["accuracy"]
+    return ServerTaskResult(history, metrics, metadata, keras_path, result.weights_path)
+
+
+def export_keras_model(
+    weights: Path, output: Path, model: str, dataset: str, timeout: float
+) -> Path:
+    """Write ``model.keras`` in a child process, keeping TensorFlow out of the server."""
+    command = [
+        sys.executable,
+        "-m",
+        "fl_kubeflow.training.export",
+        "--weights",
+        str(weights),
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--output",
+        str(output),
+    ]
+    log.info("exporting %s", output)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ServerTaskError(f"exporting {output.name} took longer than {timeout:g}s") from exc
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
+        raise ServerTaskError(f"exporting {output.name} failed (exit {done.returncode}):\n{tail}")
+    return output
+
+
+def _last_evaluation(history: Mapping[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    for entry in reversed(history.get("rounds") or []):
+        evaluation = entry.get("evaluate") if isinstance(entry, dict) else None
+        if isinstance(evaluation, dict) and isinstance(evaluation.get("metrics"), dict):
+            return int(entry.get("round", 0)), evaluation["metrics"]
+    return None
+
+
+def history_metrics(history: Mapping[str, Any]) -> dict[str, float]:
+    """Scalars for a KFP Metrics artifact: final evaluation, rounds done, clients."""
+    rounds = [r for r in history.get("rounds") or [] if isinstance(r, dict)]
+    metrics: dict[str, float] = {
+        "rounds": float(sum(1 for r in rounds if int(r.get("round", 0)) > 0)),
+        "clients": float(history.get("num_clients") or 0),
+    }
+    last = _last_evaluation(history)
+    if last is not None:
+        for key in ("accuracy", "loss"):
+            value = last[1].get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[key] = float(value)
+    return metrics
+
+
+def markdown_summary(history: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
+    """A short Markdown summary for the KFP UI's Markdown viewer."""
+    status = history.get("status", "unknown")
+    lines = [
+        "# Federated learning run",
+        "",
+        f"**Status:** {status}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| strategy | {history.get('strategy', '-')} |",
+        f"| clients | {history.get('num_clients', '-')} |",
+        f"| rounds completed | {int(metrics.get('rounds', 0))} of "
+        f"{history.get('num_rounds', '-')} |",
+    ]
+    last = _last_evaluation(history)
+    if last is not None:
+        for key in ("accuracy", "loss"):
+            if key in metrics:
+                lines.append(f"| final eval {key} (round {last[0]}) | {metrics[key]:.4f} |")
+    if history.get("error"):
+        lines += ["", f"**Error:** {history['error']}"]
+    return "\n".join(lines) + "\n"

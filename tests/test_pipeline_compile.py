@@ -1,0 +1,285 @@
+"""The compiled pipeline YAML has the shape synchronous FL on KFP needs.
+
+Compiles with ``compile.py`` (the documented entry point) into a temporary folder and
+checks the result: parameters, the client fan-out, the server's independence of the
+clients, caching, the Kubernetes platform section, the exit handler and the image.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "fl_pipeline.yaml"
+DEFAULT_IMAGE = "ghcr.io/fl-on-kubeflow/fl-kubeflow:0.1.0"
+RUN_UUID = "{{$.pipeline_job_uuid}}"
+
+EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
+    "num_clients": ("NUMBER_INTEGER", 3),
+    "num_rounds": ("NUMBER_INTEGER", 5),
+    "dataset": ("STRING", "digits"),
+    "partition": ("STRING", "iid"),
+    "model": ("STRING", "mlp"),
+    "local_epochs": ("NUMBER_INTEGER", 1),
+    "batch_size": ("NUMBER_INTEGER", 32),
+    "learning_rate": ("NUMBER_DOUBLE", 0.05),
+    "optimizer": ("STRING", "sgd"),
+    "strategy": ("STRING", "fedavg"),
+    "min_clients": ("NUMBER_INTEGER", 0),
+    "round_timeout": ("NUMBER_DOUBLE", 600.0),
+    "join_timeout": ("NUMBER_DOUBLE", 900.0),
+    "seed": ("NUMBER_INTEGER", 0),
+    "server_address": ("STRING", ""),
+    "initial_model_uri": ("STRING", ""),
+}
+
+
+def compile_to(path: Path, *image_args: str) -> Path:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "compile.py"), "--output", str(path), *image_args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_to(tmp_path_factory.mktemp("compiled") / "fl_pipeline.yaml")
+
+
+@pytest.fixture(scope="module")
+def docs(compiled: Path) -> tuple[dict, dict]:
+    pipeline, platform = list(yaml.safe_load_all(compiled.read_text()))
+    return pipeline, platform
+
+
+@pytest.fixture(scope="module")
+def spec(docs: tuple[dict, dict]) -> dict:
+    return docs[0]
+
+
+def dags(spec: dict) -> Iterator[tuple[str, dict]]:
+    """(name, dag) for the root and every DAG component."""
+    yield "root", spec["root"]["dag"]
+    for name, component in spec["components"].items():
+        if "dag" in component:
+            yield name, component["dag"]
+
+
+def tasks_of(spec: dict, component: str) -> list[tuple[str, str, dict]]:
+    """(dag name, task name, task) for every task running ``component``."""
+    return [
+        (dag_name, task_name, task)
+        for dag_name, dag in dags(spec)
+        for task_name, task in dag["tasks"].items()
+        if task["componentRef"]["name"] == component
+    ]
+
+
+def parent_of(spec: dict, dag_component: str) -> tuple[str, str, dict]:
+    """The task (with its DAG) that runs the DAG component ``dag_component``."""
+    (found,) = tasks_of(spec, dag_component)
+    return found
+
+
+def ancestors(spec: dict, dag_name: str) -> list[str]:
+    """DAG components enclosing ``dag_name``, innermost first, ending with root."""
+    chain = [dag_name]
+    while chain[-1] != "root":
+        chain.append(parent_of(spec, chain[-1])[0])
+    return chain
+
+
+def test_yaml_loads_back_with_kfp(compiled: Path, docs: tuple[dict, dict]) -> None:
+    from kfp import components
+
+    loaded = components.load_component_from_file(str(compiled))
+    assert loaded.name == "fl-kubeflow"
+    assert set(loaded.component_spec.inputs) == set(EXPECTED_PARAMETERS)
+    # The backend parses the same two documents into these protos.
+    json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+
+
+def test_every_parameter_with_default_and_description(spec: dict) -> None:
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(EXPECTED_PARAMETERS)
+    for name, (kind, default) in EXPECTED_PARAMETERS.items():
+        assert params[name]["parameterType"] == kind, name
+        assert params[name]["defaultValue"] == default, name
+        assert params[name].get("isOptional") is True, name
+        assert len(params[name].get("description", "")) > 10, f"{name} has no description"
+    assert spec["pipelineInfo"]["description"]
+
+
+def test_component_inputs_and_outputs_are_documented(spec: dict) -> None:
+    for name in ("comp-fl-server", "comp-fl-client", "comp-fl-cleanup", "comp-client-ids"):
+        component = spec["components"][name]
+        for section in ("inputDefinitions", "outputDefinitions"):
+            for kind in ("parameters", "artifacts"):
+                for key, value in component.get(section, {}).get(kind, {}).items():
+                    if section == "outputDefinitions" and key == "Output":
+                        continue  # a return value: KFP has no name to attach a description to
+                    assert value.get("description"), f"{name}: {key} has no description"
+
+
+def test_server_outputs_are_typed_artifacts(spec: dict) -> None:
+    outputs = spec["components"]["comp-fl-server"]["outputDefinitions"]["artifacts"]
+    kinds = {name: value["artifactType"]["schemaTitle"] for name, value in outputs.items()}
+    assert kinds == {
+        "trained_model": "system.Model",
+        "metrics": "system.Metrics",
+        "report": "system.HTML",
+        "summary": "system.Markdown",
+    }
+    initial = spec["components"]["comp-fl-server"]["inputDefinitions"]["artifacts"]
+    assert initial["initial_model"]["isOptional"] is True
+    client_outputs = spec["components"]["comp-fl-client"]["outputDefinitions"]["artifacts"]
+    assert client_outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+
+
+def test_clients_fan_out_over_the_ids_without_a_parallelism_limit(spec: dict) -> None:
+    ((loop_dag, client_task_name, client_task),) = tasks_of(spec, "comp-fl-client")
+    outer_dag, _, loop_task = parent_of(spec, loop_dag)
+    iterator = loop_task["parameterIterator"]
+    assert "iteratorPolicy" not in loop_task and "iteratorPolicy" not in iterator
+    assert "parallelism" not in yaml.safe_dump(loop_task)
+    channel = iterator["items"]["inputParameter"]
+    producer = loop_task["inputs"]["parameters"][channel]["taskOutputParameter"]
+    ids_task = dict(dags(spec))[outer_dag]["tasks"][producer["producerTask"]]
+    assert ids_task["componentRef"]["name"] == "comp-client-ids"
+    # Each client gets its loop item as client_id, and the run UUID whole.
+    inputs = client_task["inputs"]["parameters"]
+    assert inputs["client_id"]["componentInputParameter"] == iterator["itemInput"]
+    assert inputs["run_id"]["runtimeValue"]["constant"] == RUN_UUID
+    assert client_task_name == "fl-client"
+
+
+def test_server_does_not_depend_on_the_clients(spec: dict) -> None:
+    ((loop_dag, _, _),) = tasks_of(spec, "comp-fl-client")
+    _, loop_task_name, _ = parent_of(spec, loop_dag)
+    servers = tasks_of(spec, "comp-fl-server") + tasks_of(spec, "comp-fl-server-2")
+    assert len(servers) == 2  # with and without an initial model
+    for dag_name, _, server in servers:
+        assert server["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == RUN_UUID
+        assert all(d != loop_task_name for d in server.get("dependentTasks", []))
+        # Nor does any enclosing condition wait for the loop or the clients.
+        for enclosing in ancestors(spec, dag_name)[:-1]:
+            _, _, wrapper = parent_of(spec, enclosing)
+            assert loop_task_name not in wrapper.get("dependentTasks", [])
+            assert "client-ids" not in wrapper.get("dependentTasks", [])
+        text = yaml.safe_dump(server)
+        assert "fl-client" not in text and loop_task_name not in text
+
+
+def test_caching_is_off_on_every_fl_task(spec: dict) -> None:
+    fl_components = ("comp-fl-server", "comp-fl-server-2", "comp-fl-client", "comp-fl-cleanup")
+    for component in fl_components:
+        for _, name, task in tasks_of(spec, component):
+            assert task["cachingOptions"] == {}, f"{name} is cached"
+
+
+def test_cleanup_is_the_exit_task(spec: dict) -> None:
+    root_tasks = spec["root"]["dag"]["tasks"]
+    ((dag_name, name, cleanup),) = tasks_of(spec, "comp-fl-cleanup")
+    assert dag_name == "root"
+    assert cleanup["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    (handler,) = cleanup["dependentTasks"]
+    assert root_tasks[handler]["componentRef"]["name"].startswith("comp-exit-handler")
+    assert cleanup["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == RUN_UUID
+    # Every other FL task sits inside the exit handler.
+    assert set(root_tasks) == {name, handler}
+    for component in ("comp-fl-server", "comp-fl-server-2", "comp-fl-client", "comp-client-ids"):
+        for dag_name, _, _ in tasks_of(spec, component):
+            assert root_tasks[handler]["componentRef"]["name"] in ancestors(spec, dag_name)
+
+
+def test_kubernetes_section_labels_the_server_and_exposes_the_namespace(
+    docs: tuple[dict, dict],
+) -> None:
+    spec, platform = docs
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    server_executors = [
+        spec["components"][component]["executorLabel"]
+        for component in ("comp-fl-server", "comp-fl-server-2")
+    ]
+    for label in server_executors:
+        assert executors[label]["podMetadata"]["labels"] == {"fl-kubeflow/role": "server"}
+    client_label = spec["components"]["comp-fl-client"]["executorLabel"]
+    assert executors[client_label]["podMetadata"]["labels"]["fl-kubeflow/role"] != "server"
+    cleanup_label = spec["components"]["comp-fl-cleanup"]["executorLabel"]
+    for label in [*server_executors, client_label, cleanup_label]:
+        assert {"name": "POD_NAMESPACE", "fieldPath": "metadata.namespace"} in executors[label][
+            "fieldPathAsEnv"
+        ]
+
+
+def test_resources_are_set_on_server_and_clients(spec: dict) -> None:
+    containers = spec["deploymentSpec"]["executors"]
+    for component in ("comp-fl-server", "comp-fl-server-2", "comp-fl-client"):
+        label = spec["components"][component]["executorLabel"]
+        resources = containers[label]["container"]["resources"]
+        for key in ("resourceCpuRequest", "resourceCpuLimit"):
+            assert resources[key], f"{component}: {key}"
+        for key in ("resourceMemoryRequest", "resourceMemoryLimit"):
+            assert resources[key].endswith("Gi"), f"{component}: {key}"
+
+
+def _container_images(spec: dict) -> set[str]:
+    executors = spec["deploymentSpec"]["executors"]
+    return {e["container"]["image"] for e in executors.values() if "container" in e}
+
+
+def test_components_run_without_pip_at_runtime(spec: dict) -> None:
+    for executor in spec["deploymentSpec"]["executors"].values():
+        if "container" not in executor:
+            continue  # the importer
+        command = " ".join(executor["container"]["command"])
+        assert "pip install" not in command
+        assert "kfp.dsl.executor_main" in command
+
+
+def test_image_is_configurable(spec: dict, tmp_path: Path) -> None:
+    assert _container_images(spec) == {DEFAULT_IMAGE}
+    custom = "registry.example.com/team/fl-kubeflow:test"
+    other = yaml.safe_load_all(compile_to(tmp_path / "custom.yaml", "--image", custom).read_text())
+    other_spec = next(other)
+    assert _container_images(other_spec) == {custom}
+    assert len(other_spec["deploymentSpec"]["executors"]) == len(spec["deploymentSpec"]["executors"])
+
+
+def test_bad_image_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "compile.py"), "--output", str(tmp_path / "x.yaml")]
+        + ["--image", "has space"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "image" in done.stderr and not (tmp_path / "x.yaml").exists()
+
+
+def test_compilation_is_deterministic(compiled: Path, tmp_path: Path) -> None:
+    again = compile_to(tmp_path / "again.yaml")
+    assert again.read_bytes() == compiled.read_bytes()
+
+
+def test_committed_yaml_is_up_to_date(compiled: Path) -> None:
+    assert COMMITTED.is_file(), "fl_pipeline.yaml is missing: run python compile.py"
+    assert COMMITTED.read_bytes() == compiled.read_bytes(), (
+        "fl_pipeline.yaml is stale: run python compile.py and commit it"
+    )

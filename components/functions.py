@@ -7,6 +7,8 @@ component and parameter descriptions shown in the KFP UI (``Returns:`` describes
 output artifacts).
 
 No ``from __future__ import annotations`` here: KFP reads the annotations as objects.
+Defaults must be literals (the source is copied); they match ``fl_kubeflow.defaults``,
+which tests check. The pipeline passes every value anyway.
 """
 
 from kfp.dsl import HTML, Input, Markdown, Metrics, Model, Output
@@ -42,8 +44,8 @@ def fl_server(
     dataset: str = "digits",
     partition: str = "iid",
     model: str = "mlp",
-    local_epochs: int = 1,
-    batch_size: int = 32,
+    local_epochs: int = 2,
+    batch_size: int = 16,
     learning_rate: float = 0.05,
     optimizer: str = "sgd",
     seed: int = 0,
@@ -135,8 +137,8 @@ def fl_client(
     dataset: str = "digits",
     partition: str = "iid",
     model: str = "mlp",
-    local_epochs: int = 1,
-    batch_size: int = 32,
+    local_epochs: int = 2,
+    batch_size: int = 16,
     learning_rate: float = 0.05,
     optimizer: str = "sgd",
     seed: int = 0,

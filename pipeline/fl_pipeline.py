@@ -21,6 +21,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Model
 
 from components import DEFAULT_IMAGE, FLComponents, build_components
+from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT, SERVER_ROLE, SERVER_ROLE_LABEL
 
 PIPELINE_NAME = "fl-kubeflow"
@@ -56,18 +57,18 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     def fl_pipeline(
         num_clients: int = 3,
         num_rounds: int = 5,
-        dataset: str = "digits",
-        partition: str = "iid",
-        model: str = "mlp",
-        local_epochs: int = 1,
-        batch_size: int = 32,
-        learning_rate: float = 0.05,
-        optimizer: str = "sgd",
+        dataset: str = defaults.DATASET,
+        partition: str = defaults.PARTITION,
+        model: str = defaults.MODEL,
+        local_epochs: int = defaults.LOCAL_EPOCHS,
+        batch_size: int = defaults.BATCH_SIZE,
+        learning_rate: float = defaults.LEARNING_RATE,
+        optimizer: str = defaults.OPTIMIZER,
         strategy: str = "fedavg",
         min_clients: int = 0,
         round_timeout: float = 600.0,
         join_timeout: float = 900.0,
-        seed: int = 0,
+        seed: int = defaults.SEED,
         server_address: str = "",
         initial_model_uri: str = "",
     ):

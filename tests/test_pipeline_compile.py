@@ -18,26 +18,39 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from fl_kubeflow import defaults
+
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "fl_pipeline.yaml"
 DEFAULT_IMAGE = "ghcr.io/fl-on-kubeflow/fl-kubeflow:0.1.0"
 RUN_UUID = "{{$.pipeline_job_uuid}}"
+TRAINING_OPTIONS = (
+    "dataset",
+    "partition",
+    "model",
+    "local_epochs",
+    "batch_size",
+    "learning_rate",
+    "optimizer",
+    "seed",
+)
 
 EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "num_clients": ("NUMBER_INTEGER", 3),
     "num_rounds": ("NUMBER_INTEGER", 5),
-    "dataset": ("STRING", "digits"),
-    "partition": ("STRING", "iid"),
-    "model": ("STRING", "mlp"),
-    "local_epochs": ("NUMBER_INTEGER", 1),
-    "batch_size": ("NUMBER_INTEGER", 32),
-    "learning_rate": ("NUMBER_DOUBLE", 0.05),
-    "optimizer": ("STRING", "sgd"),
+    # The training options share their defaults with ``fl-kubeflow local``.
+    "dataset": ("STRING", defaults.DATASET),
+    "partition": ("STRING", defaults.PARTITION),
+    "model": ("STRING", defaults.MODEL),
+    "local_epochs": ("NUMBER_INTEGER", defaults.LOCAL_EPOCHS),
+    "batch_size": ("NUMBER_INTEGER", defaults.BATCH_SIZE),
+    "learning_rate": ("NUMBER_DOUBLE", defaults.LEARNING_RATE),
+    "optimizer": ("STRING", defaults.OPTIMIZER),
     "strategy": ("STRING", "fedavg"),
     "min_clients": ("NUMBER_INTEGER", 0),
     "round_timeout": ("NUMBER_DOUBLE", 600.0),
     "join_timeout": ("NUMBER_DOUBLE", 900.0),
-    "seed": ("NUMBER_INTEGER", 0),
+    "seed": ("NUMBER_INTEGER", defaults.SEED),
     "server_address": ("STRING", ""),
     "initial_model_uri": ("STRING", ""),
 }
@@ -134,6 +147,15 @@ def test_component_inputs_and_outputs_are_documented(spec: dict) -> None:
                     if section == "outputDefinitions" and key == "Output":
                         continue  # a return value: KFP has no name to attach a description to
                     assert value.get("description"), f"{name}: {key} has no description"
+
+
+def test_component_defaults_match_the_shared_defaults(spec: dict) -> None:
+    # Component defaults are literals (KFP copies the source); keep them in step.
+    shared = {k: v for k, (_, v) in EXPECTED_PARAMETERS.items() if k in TRAINING_OPTIONS}
+    for name in ("comp-fl-server", "comp-fl-client"):
+        params = spec["components"][name]["inputDefinitions"]["parameters"]
+        for key, value in shared.items():
+            assert params[key]["defaultValue"] == value, f"{name}: {key}"
 
 
 def test_server_outputs_are_typed_artifacts(spec: dict) -> None:
@@ -258,19 +280,21 @@ def test_image_is_configurable(spec: dict, tmp_path: Path) -> None:
     other = yaml.safe_load_all(compile_to(tmp_path / "custom.yaml", "--image", custom).read_text())
     other_spec = next(other)
     assert _container_images(other_spec) == {custom}
-    assert len(other_spec["deploymentSpec"]["executors"]) == len(spec["deploymentSpec"]["executors"])
+    assert other_spec["deploymentSpec"]["executors"].keys() == (
+        spec["deploymentSpec"]["executors"].keys()
+    )
 
 
 def test_bad_image_is_refused(tmp_path: Path) -> None:
+    output = tmp_path / "x.yaml"
     done = subprocess.run(
-        [sys.executable, str(REPO / "compile.py"), "--output", str(tmp_path / "x.yaml")]
-        + ["--image", "has space"],
+        [sys.executable, str(REPO / "compile.py"), "--output", str(output), "--image", "a b"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 2
-    assert "image" in done.stderr and not (tmp_path / "x.yaml").exists()
+    assert "image" in done.stderr and not output.exists()
 
 
 def test_compilation_is_deterministic(compiled: Path, tmp_path: Path) -> None:

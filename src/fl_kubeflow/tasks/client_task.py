@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl_kubeflow import files
+from fl_kubeflow import defaults, files
 from fl_kubeflow.kube.naming import DEFAULT_PORT, server_url
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, discover_server_url
 
@@ -79,14 +79,14 @@ def run_client_task(
     num_clients: int,
     server_address: str = "",
     port: int = DEFAULT_PORT,
-    dataset: str = "digits",
-    partition: str = "iid",
-    model: str = "mlp",
-    local_epochs: int = 1,
-    batch_size: int = 32,
-    learning_rate: float = 0.05,
-    optimizer: str = "sgd",
-    seed: int = 0,
+    dataset: str = defaults.DATASET,
+    partition: str = defaults.PARTITION,
+    model: str = defaults.MODEL,
+    local_epochs: int = defaults.LOCAL_EPOCHS,
+    batch_size: int = defaults.BATCH_SIZE,
+    learning_rate: float = defaults.LEARNING_RATE,
+    optimizer: str = defaults.OPTIMIZER,
+    seed: int = defaults.SEED,
     retry_timeout: float = 300.0,
     round_wait_timeout: float = 3600.0,
     summary_path: str | os.PathLike[str] | None = None,

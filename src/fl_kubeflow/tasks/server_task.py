@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, publish_run_service
 
@@ -77,8 +78,8 @@ def run_server_task(
     round_timeout: float = 600.0,
     strategy: str = "fedavg",
     port: int = DEFAULT_PORT,
-    dataset: str = "digits",
-    model: str = "mlp",
+    dataset: str = defaults.DATASET,
+    model: str = defaults.MODEL,
     initial_model: str | os.PathLike[str] | None = None,
     report_path: str | os.PathLike[str] | None = None,
     summary_path: str | os.PathLike[str] | None = None,

@@ -28,6 +28,24 @@ class WeightedMetrics:
             self._sums[key] = self._sums.get(key, 0.0) + float(value) * num_examples
             self._weights[key] = self._weights.get(key, 0.0) + num_examples
 
+    def to_state(self) -> dict:
+        """JSON-able state, for checkpoints."""
+        return {
+            "sums": self._sums,
+            "weights": self._weights,
+            "num_clients": self.num_clients,
+            "num_examples": self.num_examples,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> WeightedMetrics:
+        restored = cls()
+        restored._sums = {k: float(v) for k, v in state["sums"].items()}
+        restored._weights = {k: float(v) for k, v in state["weights"].items()}
+        restored.num_clients = int(state["num_clients"])
+        restored.num_examples = int(state["num_examples"])
+        return restored
+
     def mean(self) -> Metrics:
         return {k: self._sums[k] / self._weights[k] for k in sorted(self._sums) if self._weights[k]}
 

@@ -96,6 +96,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--summary", type=Path, default=None, help="write this client's metrics here as JSON"
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the run's bearer token (or set FL_KUBEFLOW_TOKEN)",
+    )
     delta = parser.add_argument_group("numpy-delta trainer (tests and benchmarks)")
     delta.add_argument("--delta", type=float, default=0.0, help="added to every weight")
     delta.add_argument(
@@ -104,6 +110,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     delta.add_argument("--shapes", type=shapes, default=[(16, 8), (8,)], help="tensor shapes")
     delta.add_argument(
         "--fit-delay", type=float, default=0.0, help="seconds each fit sleeps (a slow client)"
+    )
+    delta.add_argument(
+        "--slow-rounds",
+        default=None,
+        help="comma-separated rounds in which --fit-delay applies (default: every round)",
     )
     parser.set_defaults(run=run)
 
@@ -119,6 +130,7 @@ def build_trainer(args: argparse.Namespace):
             num_examples=args.num_examples,
             seed=args.seed,
             fit_delay=args.fit_delay,
+            slow_rounds=[int(r) for r in args.slow_rounds.split(",")] if args.slow_rounds else None,
             evaluate_rounds=True,
         )
     if args.trainer == "numpy-linear":

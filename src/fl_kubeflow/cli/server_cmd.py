@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from fl_kubeflow import files
+from fl_kubeflow.auth import TOKEN_ENV, read_token
 from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int
 
 
@@ -85,6 +87,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="folder for weights.safetensors and history.json",
     )
     parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the run's bearer token (or set FL_KUBEFLOW_TOKEN); "
+        "without either, any client that reaches the server may join",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="save the run after every round here, and resume from it after a restart",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         default=None,
@@ -127,6 +142,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.initial_weights is not None and not args.initial_weights.is_file():
         parser.error(f"--initial-weights {str(args.initial_weights)!r} is not a file")
     try:
+        token = read_token(args.token_file)
         config = config_from_args(
             args,
             args.clients,
@@ -135,9 +151,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             client_ids=client_ids,
             initial_weights=args.initial_weights,
             output_dir=args.output,
+            token=token,
+            checkpoint_dir=args.checkpoint_dir,
         )
     except ValueError as exc:
         parser.error(str(exc))
+    if token is None:
+        logging.getLogger("fl_kubeflow.server").warning(
+            "no token (--token-file or %s): any client that reaches the server may join",
+            TOKEN_ENV,
+        )
 
     def announce(port: int) -> None:
         if args.ready_file is not None:

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
+
 from fl_kubeflow import wire
 from fl_kubeflow.client.trainer import Trainer
 from fl_kubeflow.client.transport import ServerError, Transport
@@ -95,7 +97,7 @@ class FederatedClient:
             log.info("client %s joined (%d rounds)", self.client_id, info["num_rounds"])
             if info.get("propose_initial"):
                 body = wire.encode(self.trainer.initial_weights())
-                self.transport.request("POST", "/v1/initial", data=body)
+                self._call("POST", "/v1/initial", data=body)
             evaluated: set[int] = set()
             next_round = 1
             while True:
@@ -123,9 +125,7 @@ class FederatedClient:
             "Content-Type": wire.CONTENT_TYPE,
         }
         try:
-            self.transport.request(
-                "POST", "/v1/update", data=wire.encode(result.weights), headers=headers
-            )
+            self._call("POST", "/v1/update", data=wire.encode(result.weights), headers=headers)
         except ServerError as exc:
             if exc.code == "run_failed":
                 raise FederationFailed(exc.message) from None
@@ -181,7 +181,7 @@ class FederatedClient:
                 )
             wait = min(self.poll_wait, remaining)
             try:
-                response = self.transport.request(
+                response = self._call(
                     "GET",
                     "/v1/model",
                     params={"round": server_round, "wait": f"{wait:.3f}"},
@@ -200,9 +200,22 @@ class FederatedClient:
                 config=json.loads(response.headers.get("X-FL-Config") or "{}"),
             )
 
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A request; if the server no longer knows us (it restarted), join again and retry."""
+        try:
+            return self.transport.request(method, path, **kwargs)
+        except ServerError as exc:
+            if exc.code != "unknown_client" or path == "/v1/join":
+                raise
+            log.warning(
+                "client %s: the server does not know us (restarted?); rejoining", self.client_id
+            )
+            self.transport.request("POST", "/v1/join", json={"client_id": self.client_id})
+            return self.transport.request(method, path, **kwargs)
+
     def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self.transport.request("POST", path, json=payload).json()
+            return self._call("POST", path, json=payload).json()
         except ServerError as exc:
             if exc.code == "run_failed":
                 raise FederationFailed(exc.message) from None

@@ -30,6 +30,7 @@ class DeltaTrainer:
         num_examples: Reported example count (FedAvg's weight).
         seed: Seed of the initial weights; clients with one seed propose the same model.
         fit_delay: Seconds to sleep in ``fit``, to play a slow client.
+        slow_rounds: If given, sleep only in these rounds.
         evaluate_rounds: If True, report the mean weight as a metric after every round.
     """
 
@@ -42,12 +43,14 @@ class DeltaTrainer:
         fit_delay: float = 0.0,
         evaluate_rounds: bool = False,
         dtype: str = "float32",
+        slow_rounds: Sequence[int] | None = None,
     ) -> None:
         self.shapes = [tuple(s) for s in shapes]
         self.delta = delta
         self.num_examples = num_examples
         self.seed = seed
         self.fit_delay = fit_delay
+        self.slow_rounds = set(slow_rounds) if slow_rounds else None
         self.evaluate_rounds = evaluate_rounds
         self.dtype = dtype
 
@@ -55,7 +58,7 @@ class DeltaTrainer:
         return random_weights(self.shapes, self.seed, self.dtype)
 
     def fit(self, weights: Weights, server_round: int, config: dict[str, Any]) -> FitResult:
-        if self.fit_delay:
+        if self.fit_delay and (self.slow_rounds is None or server_round in self.slow_rounds):
             time.sleep(self.fit_delay)
         updated = {name: (value + value.dtype.type(self.delta)) for name, value in weights.items()}
         return FitResult(updated, self.num_examples, {"delta": self.delta})

@@ -44,14 +44,14 @@ class Child:
             self.proc.wait(STOP_TIMEOUT_S)
 
 
-def start(name: str, args: list[str], log_path: Path) -> Child:
+def start(name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Child:
     """Run ``python -m fl_kubeflow ARGS`` with output to ``log_path``.
 
     A new session keeps a terminal's Ctrl-C away from the children, so the runner
     alone decides how they stop.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fl_kubeflow", *args],

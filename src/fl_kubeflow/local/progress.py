@@ -7,6 +7,8 @@ from typing import Any
 
 import requests
 
+from fl_kubeflow.auth import auth_headers
+
 
 def fmt_metrics(metrics: dict[str, float] | None) -> str:
     if not metrics:
@@ -24,12 +26,20 @@ class ProgressReporter:
     the next round has closed (or the run has ended), when every client has sent it.
     """
 
-    def __init__(self, url: str, num_clients: int, num_rounds: int, emit: Callable[[str], None]):
+    def __init__(
+        self,
+        url: str,
+        num_clients: int,
+        num_rounds: int,
+        emit: Callable[[str], None],
+        token: str | None = None,
+    ) -> None:
         self.url = url
         self.num_clients = num_clients
         self.num_rounds = num_rounds
         self.emit = emit
         self.session = requests.Session()
+        self.session.headers.update(auth_headers(token))
         self._joined = 0
         self._trained = 0
         self._evaluated = -1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_kubeflow import defaults, files
+from fl_kubeflow.auth import TOKEN_ENV, new_token
 from fl_kubeflow.local import processes
 from fl_kubeflow.local.processes import Child
 from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
@@ -79,6 +80,9 @@ class LocalRun:
         self.logs = self.output / "logs"
         self.server: Child | None = None
         self.clients: list[Child] = []
+        # A fresh token per run, handed to the children in their environment only.
+        self.token = new_token()
+        self.child_env = {TOKEN_ENV: self.token}
 
     # ------------------------------------------------------------------ phases
 
@@ -95,7 +99,9 @@ class LocalRun:
                 f"({opts.dataset}, {opts.partition}, {opts.model}); logs in {self.logs}"
             )
             self._start_clients(url)
-            self._supervise(ProgressReporter(url, opts.clients, opts.rounds, self.emit), deadline)
+            self._supervise(
+                ProgressReporter(url, opts.clients, opts.rounds, self.emit, self.token), deadline
+            )
             self._wait_clients()
         finally:
             processes.stop_all([c for c in [self.server, *self.clients] if c is not None])
@@ -139,7 +145,7 @@ class LocalRun:
         ]
         if opts.min_clients is not None:
             args += ["--min-clients", str(opts.min_clients)]
-        self.server = processes.start("server", args, self.logs / "server.log")
+        self.server = processes.start("server", args, self.logs / "server.log", self.child_env)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists():
             if self.server.returncode is not None:
@@ -183,7 +189,8 @@ class LocalRun:
                 "--summary",
                 str(self.output / "clients" / f"client-{i}.json"),
             ]
-            self.clients.append(processes.start(f"client {i}", args, self.logs / f"client-{i}.log"))
+            log_path = self.logs / f"client-{i}.log"
+            self.clients.append(processes.start(f"client {i}", args, log_path, self.child_env))
 
     def _supervise(self, reporter: ProgressReporter, deadline: float) -> None:
         """Watch the children until the server exits; a failing client ends the run."""

@@ -6,6 +6,7 @@ bodies; everything else is small JSON or headers.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Any
@@ -16,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from fl_kubeflow import metrics as metrics_lib
 from fl_kubeflow import wire
 from fl_kubeflow.server.config import ServerConfig
-from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge
+from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge, Unauthorized
 from fl_kubeflow.server.federation import Federation, Phase
 
 log = logging.getLogger("fl_kubeflow.server")
@@ -30,6 +31,17 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
     app = Flask("fl_kubeflow.server")
     # Backstop only: handlers check sizes themselves to answer with a JSON reason.
     app.config["MAX_CONTENT_LENGTH"] = config.max_update_bytes + MAX_JSON_BYTES
+
+    @app.before_request
+    def _authenticate() -> None:
+        if config.token is None or not request.path.startswith("/v1/"):
+            return
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {config.token}"
+        # compare_digest: the time taken must not reveal how much of a guess was right.
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            federation.count_rejection("unauthorized")
+            raise Unauthorized("missing or wrong bearer token in the Authorization header")
 
     @app.errorhandler(RequestError)
     def _request_error(exc: RequestError) -> tuple[Response, int]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MIN_TOKEN_LENGTH = 22  # 128 bits in URL-safe base64
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -27,6 +29,8 @@ class ServerConfig:
         poll_timeout: Longest a model long-poll is held before answering 204.
         strategy: Aggregation rule name.
         strategy_options: Keyword options for the strategy.
+        token: Bearer token every /v1 request must carry; None leaves the run open.
+        checkpoint_dir: Where the run is saved after every round, and resumed from.
     """
 
     num_clients: int
@@ -44,6 +48,8 @@ class ServerConfig:
     poll_timeout: float = 30.0
     strategy: str = "fedavg"
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    token: str | None = field(default=None, repr=False)
+    checkpoint_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -62,6 +68,11 @@ class ServerConfig:
             raise ValueError(f"max_update_bytes must be at least 1024, got {self.max_update_bytes}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"the token must be at least {MIN_TOKEN_LENGTH} characters (128 bits of "
+                f"randomness, e.g. from secrets.token_urlsafe(32)); got {len(self.token)}"
+            )
         if self.client_ids is not None and len(set(self.client_ids)) != self.num_clients:
             raise ValueError(
                 f"client_ids must list num_clients={self.num_clients} distinct ids, "

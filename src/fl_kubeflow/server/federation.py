@@ -21,6 +21,7 @@ import numpy as np
 
 from fl_kubeflow import wire
 from fl_kubeflow.metrics import WeightedMetrics
+from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import (
     BadRequest,
@@ -70,14 +71,46 @@ class _Round:
     number: int
     started_mono: float
     started_at: str
-    aggregator: RoundAggregator
+    aggregator: RoundAggregator | None
     train: WeightedMetrics = field(default_factory=WeightedMetrics)
+    num_examples: int = 0
     contributors: dict[str, int] = field(default_factory=dict)
     refused: list[dict[str, str]] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     bytes_in: int = 0
     bytes_out: int = 0
     duration_s: float | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "started_at": self.started_at,
+            "train": self.train.to_state(),
+            "num_examples": self.num_examples,
+            "contributors": self.contributors,
+            "refused": self.refused,
+            "timed_out": self.timed_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_s": self.duration_s,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Round:
+        return cls(
+            number=int(state["number"]),
+            started_mono=0.0,
+            started_at=state["started_at"],
+            aggregator=None,
+            train=WeightedMetrics.from_state(state["train"]),
+            num_examples=int(state["num_examples"]),
+            contributors=dict(state["contributors"]),
+            refused=list(state["refused"]),
+            timed_out=list(state["timed_out"]),
+            bytes_in=int(state["bytes_in"]),
+            bytes_out=int(state["bytes_out"]),
+            duration_s=state["duration_s"],
+        )
 
 
 def _now_iso() -> str:
@@ -97,7 +130,11 @@ class Federation:
     """One run: clients, rounds, the global model and its history."""
 
     def __init__(
-        self, config: ServerConfig, strategy: Strategy, initial_weights: Weights | None = None
+        self,
+        config: ServerConfig,
+        strategy: Strategy,
+        initial_weights: Weights | None = None,
+        resume: checkpoint.Checkpoint | None = None,
     ) -> None:
         self.config = config
         self.strategy = strategy
@@ -123,7 +160,9 @@ class Federation:
             "bytes_out": 0,
         }
         self._rejections: dict[str, int] = {}
-        if initial_weights is not None:
+        if resume is not None:
+            self._restore(resume)
+        elif initial_weights is not None:
             self._set_global(self._validated_initial(initial_weights), initial=True)
 
     # ----------------------------------------------------------------- clients
@@ -212,7 +251,9 @@ class Federation:
                     client.told_end = True
                     self._cond.notify_all()
                     return self._answer(Phase.FINISHED, self._round, {})
-                if self._phase is Phase.FIT and self._round >= server_round:
+                if self._phase is Phase.FIT and (
+                    self._round >= server_round or self._owes_update(client_id)
+                ):
                     if not client.active:
                         log.info("client %s is back for round %d", client_id, self._round)
                         client.active = True
@@ -223,6 +264,16 @@ class Federation:
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+
+    def _owes_update(self, client_id: str) -> bool:
+        """True if the client should train the open round but has not sent its update.
+
+        A client asks for round k+1 only after its round-k update was accepted or
+        refused. If this server has no such update (it restarted from a checkpoint
+        and lost the round in flight), the client gets round k again, not a wait.
+        """
+        current = self._current
+        return current is not None and client_id not in current.contributors
 
     def _answer(self, phase: Phase, server_round: int, config: dict[str, Any]) -> ModelAnswer:
         size = len(self._global_body)
@@ -261,7 +312,7 @@ class Federation:
             if duplicate:
                 return duplicate
             current = self._current
-            assert current is not None
+            assert current is not None and current.aggregator is not None
             current.aggregator.add(weights, num_examples)
             current.contributors[client_id] = num_examples
             current.train.add(metrics, num_examples)
@@ -310,6 +361,11 @@ class Federation:
     def _count_rejection(self, code: str) -> None:
         self._rejections[code] = self._rejections.get(code, 0) + 1
 
+    def count_rejection(self, code: str) -> None:
+        """Count a request refused before it reached the run (e.g. unauthenticated)."""
+        with self._cond:
+            self._count_rejection(code)
+
     # -------------------------------------------------------------- evaluation
 
     def submit_evaluation(
@@ -357,7 +413,7 @@ class Federation:
                 deadline = self._join_deadline
                 joined = len(self._clients)
                 if self._global is not None and joined >= self.config.num_clients:
-                    self._open_round(1)
+                    self._open_round(self._round + 1)
                     continue
                 if now >= deadline:
                     if self._global is None:
@@ -371,7 +427,7 @@ class Federation:
                             joined,
                             self.config.num_clients,
                         )
-                        self._open_round(1)
+                        self._open_round(self._round + 1)
                     else:
                         self._fail(
                             f"only {joined} of {self.config.num_clients} clients joined within "
@@ -426,13 +482,16 @@ class Federation:
 
     def _aggregate(self) -> None:
         current = self._current
-        assert current is not None and self._global is not None
+        assert current is not None and current.aggregator is not None
+        assert self._global is not None
         aggregate = current.aggregator.result()
         new_global = self.strategy.finish_round(current.number, self._global, aggregate)
         self._check_signature(new_global, what="aggregate")
         body = wire.encode(new_global)
         with self._cond:
             current.duration_s = time.monotonic() - current.started_mono
+            current.num_examples = current.aggregator.total_examples
+            current.aggregator = None  # the round's buffers are no longer needed
             self._rounds.append(current)
             self._current = None
             self._global, self._global_body = new_global, body
@@ -441,7 +500,7 @@ class Federation:
                 current.number,
                 self.config.num_rounds,
                 len(current.contributors),
-                current.aggregator.total_examples,
+                current.num_examples,
                 _fmt(current.train.mean()),
                 current.duration_s,
             )
@@ -453,6 +512,10 @@ class Federation:
             else:
                 self._open_round(current.number + 1)
             self._cond.notify_all()
+            snapshot = self._checkpoint_state() if self.config.checkpoint_dir else None
+        if snapshot is not None:
+            assert self.config.checkpoint_dir is not None
+            checkpoint.save(self.config.checkpoint_dir, snapshot)
 
     def _open_round(self, number: int) -> None:
         assert self._global is not None
@@ -540,6 +603,43 @@ class Federation:
         if initial:
             self._signature = wire.describe(weights)
 
+    # ------------------------------------------------------------- checkpoints
+
+    def _checkpoint_state(self) -> checkpoint.Checkpoint:
+        assert self._global is not None
+        return checkpoint.Checkpoint(
+            completed_round=self._rounds[-1].number,
+            global_weights=self._global,
+            strategy_state=self.strategy.state_dict(),
+            run_state={
+                "rounds": [r.to_state() for r in self._rounds],
+                "evals": {
+                    str(number): {"metrics": agg.to_state(), "seen": sorted(seen)}
+                    for number, (agg, seen) in self._evals.items()
+                },
+                "started_at": self._started_at,
+            },
+        )
+
+    def _restore(self, saved: checkpoint.Checkpoint) -> None:
+        run = saved.run_state
+        self._set_global(saved.global_weights, initial=True)
+        self.strategy.load_state_dict(saved.strategy_state)
+        self._rounds = [_Round.from_state(r) for r in run["rounds"]]
+        self._evals = {
+            int(number): (WeightedMetrics.from_state(e["metrics"]), set(e["seen"]))
+            for number, e in run["evals"].items()
+        }
+        self._started_at = run["started_at"]
+        self._round = saved.completed_round
+        if self._round >= self.config.num_rounds:
+            self._phase = Phase.FINISHED
+            self._finished_at = _now_iso()
+            self._end_deadline = time.monotonic() + self.config.grace_period
+        log.info(
+            "resumed from checkpoint after round %d of %d", self._round, self.config.num_rounds
+        )
+
     # ----------------------------------------------------------------- reading
 
     @property
@@ -605,7 +705,7 @@ class Federation:
             "contributors": sorted(record.contributors),
             "timed_out": record.timed_out,
             "refused": record.refused,
-            "num_examples": record.aggregator.total_examples,
+            "num_examples": record.num_examples,
             "train": record.train.mean(),
             "evaluate": self._eval_record(record.number),
             "bytes_in": record.bytes_in,

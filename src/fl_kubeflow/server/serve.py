@@ -11,6 +11,7 @@ from pathlib import Path
 from waitress import create_server
 
 from fl_kubeflow import files, strategies, wire
+from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
@@ -45,8 +46,11 @@ def load_initial_weights(path: Path) -> wire.Weights:
 def serve(config: ServerConfig, on_listening: Callable[[int], None] | None = None) -> ServeResult:
     """Serve one run to its end. ``on_listening`` receives the bound port."""
     strategy = strategies.create(config.strategy, **config.strategy_options)
-    initial = load_initial_weights(config.initial_weights) if config.initial_weights else None
-    federation = Federation(config, strategy, initial)
+    resume = checkpoint.load(config.checkpoint_dir) if config.checkpoint_dir else None
+    initial = None
+    if resume is None and config.initial_weights:
+        initial = load_initial_weights(config.initial_weights)
+    federation = Federation(config, strategy, initial, resume=resume)
     server = create_server(
         create_app(federation, config),
         host=config.host,
@@ -57,6 +61,8 @@ def serve(config: ServerConfig, on_listening: Callable[[int], None] | None = Non
         # large bodies to disk, so this does not cost memory.
         max_request_body_size=2 * config.max_update_bytes + 16 * 1024 * 1024,
         channel_timeout=max(120, int(config.poll_timeout) + 30),
+        # Our headers are small; a 64 KiB cap refuses header floods early.
+        max_request_header_size=64 * 1024,
         ident="fl-kubeflow",
     )
     port = int(server.effective_port)  # type: ignore[union-attr]

@@ -28,20 +28,20 @@ PIPELINE_NAME = "fl-kubeflow"
 CLIENT_ROLE = "client"
 NAMESPACE_ENV = "POD_NAMESPACE"
 
-# Static: kfp-kubernetes and older KFP backends do not take parameters here. The server
-# only averages weights, but exports model.keras through TensorFlow at the end; clients
-# train. Raise these (and recompile) for CNNs on cifar10 or many parameters.
-SERVER_RESOURCES = {"cpu_request": "500m", "cpu_limit": "2", "memory_request": "1Gi"}
-SERVER_MEMORY_LIMIT = "4Gi"
-CLIENT_RESOURCES = {"cpu_request": "1", "cpu_limit": "2", "memory_request": "1Gi"}
-CLIENT_MEMORY_LIMIT = "4Gi"
+# Static: the SDK can compile parameterised resources, but only recent KFP backends resolve
+# them at run time; literal values work on every v2 backend. The server only averages
+# weights, but exports model.keras through TensorFlow at the end; clients train. Raise these
+# (and recompile) for CNNs on cifar10 or larger models.
+SERVER_RESOURCES = {"cpu": ("500m", "2"), "memory": ("1Gi", "4Gi")}
+CLIENT_RESOURCES = {"cpu": ("1", "2"), "memory": ("1Gi", "4Gi")}
 
 
-def _resources(task: dsl.PipelineTask, requests: dict[str, str], memory_limit: str) -> None:
-    task.set_cpu_request(requests["cpu_request"])
-    task.set_cpu_limit(requests["cpu_limit"])
-    task.set_memory_request(requests["memory_request"])
-    task.set_memory_limit(memory_limit)
+def _resources(task: dsl.PipelineTask, resources: dict[str, tuple[str, str]]) -> None:
+    """Set (request, limit) for CPU and memory."""
+    cpu_request, cpu_limit = resources["cpu"]
+    memory_request, memory_limit = resources["memory"]
+    task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
+    task.set_memory_request(memory_request).set_memory_limit(memory_limit)
 
 
 def _namespace_env(task: dsl.PipelineTask) -> None:
@@ -123,7 +123,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 )
                 task.set_display_name("fl-server")
                 task.set_caching_options(False)
-                _resources(task, SERVER_RESOURCES, SERVER_MEMORY_LIMIT)
+                _resources(task, SERVER_RESOURCES)
                 kubernetes.add_pod_label(task, SERVER_ROLE_LABEL, SERVER_ROLE)
                 _namespace_env(task)
 
@@ -157,7 +157,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 )
                 client.set_display_name("fl-client")
                 client.set_caching_options(False)
-                _resources(client, CLIENT_RESOURCES, CLIENT_MEMORY_LIMIT)
+                _resources(client, CLIENT_RESOURCES)
                 kubernetes.add_pod_label(client, SERVER_ROLE_LABEL, CLIENT_ROLE)
                 _namespace_env(client)
 

@@ -180,3 +180,119 @@ def _tail(log: Path, lines: int = 60) -> str:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+# --- the runtime entry points the components call, without KFP ---------------------------
+
+
+def test_client_ids_lists_every_client_and_refuses_none() -> None:
+    from fl_kubeflow.tasks import client_ids
+
+    assert client_ids(1) == [0]
+    assert client_ids(4) == [0, 1, 2, 3]
+    for bad in (0, -2, True, 2.0):
+        with pytest.raises(ValueError, match="num_clients"):
+            client_ids(bad)  # type: ignore[arg-type]
+
+
+def test_server_address_override_then_service_then_clear_error(tmp_path: Path) -> None:
+    from fl_kubeflow.tasks import ClientTaskError, resolve_server_address
+
+    nowhere = tmp_path / "no-token"
+    assert resolve_server_address("10.0.0.5:9000", "abc", token_dir=nowhere) == (
+        "http://10.0.0.5:9000"
+    )
+    assert resolve_server_address(" https://fl.example.com ", "abc", token_dir=nowhere) == (
+        "https://fl.example.com"
+    )
+    # In a pod: the service-account namespace file gives the Service's namespace.
+    pod = tmp_path / "serviceaccount"
+    pod.mkdir()
+    (pod / "token").write_text("not-a-jwt")
+    (pod / "namespace").write_text("team-a\n")
+    run_id = "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
+    assert resolve_server_address("", run_id, 8080, token_dir=pod, environ={}) == (
+        f"http://fl-{run_id}.team-a.svc:8080"
+    )
+    # No token but the downward-API namespace: still derivable.
+    assert resolve_server_address(
+        "", run_id, token_dir=nowhere, environ={"POD_NAMESPACE": "b"}
+    ) == (f"http://fl-{run_id}.b.svc:8080")
+    with pytest.raises(ClientTaskError, match="server_address"):
+        resolve_server_address("", run_id, token_dir=nowhere, environ={})
+
+
+def test_initial_model_accepts_weights_or_an_earlier_model_folder(tmp_path: Path) -> None:
+    from fl_kubeflow.tasks import ServerTaskError
+    from fl_kubeflow.tasks.server_task import resolve_initial_weights
+
+    folder = tmp_path / "trained_model"
+    folder.mkdir()
+    assert resolve_initial_weights(None) is None and resolve_initial_weights("") is None
+    with pytest.raises(ServerTaskError, match=r"weights\.safetensors"):
+        resolve_initial_weights(folder)
+    (folder / "weights.safetensors").write_bytes(b"x")
+    assert resolve_initial_weights(folder) == folder / "weights.safetensors"
+    assert resolve_initial_weights(folder / "weights.safetensors") == folder / "weights.safetensors"
+    (folder / "model.keras").write_bytes(b"x")
+    with pytest.raises(ServerTaskError, match="keras"):
+        resolve_initial_weights(folder / "model.keras")
+
+
+def test_failed_run_raises_the_servers_reason_after_writing_report(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fl_kubeflow import wire
+    from fl_kubeflow.tasks import ServerTaskError, run_server_task
+
+    initial = tmp_path / "earlier"
+    initial.mkdir()
+    (initial / "weights.safetensors").write_bytes(wire.encode({"w": np.zeros(3, np.float32)}))
+    started = time.monotonic()
+    with pytest.raises(ServerTaskError, match=r"federated run failed: .*join") as failure:
+        run_server_task(
+            run_id="no-clients",
+            num_clients=2,
+            num_rounds=1,
+            model_dir=tmp_path / "model",
+            join_timeout=1.0,
+            port=0,
+            initial_model=initial,
+            report_path=tmp_path / "report.html",
+            summary_path=tmp_path / "summary.md",
+            token_dir=tmp_path / "no-token",  # not in a pod: no Service
+        )
+    assert time.monotonic() - started < 30
+    history = json.loads((tmp_path / "model" / "history.json").read_text())
+    assert history["status"] == "failed" and history["error"] in str(failure.value)
+    assert "failed" in (tmp_path / "report.html").read_text()
+    assert "**Status:** failed" in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "model" / "model.keras").exists()
+
+
+def test_runtime_never_imports_kfp_and_tasks_import_light() -> None:
+    src = REPO / "src" / "fl_kubeflow"
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in src.rglob("*.py")
+        if path.name != "submit_cmd.py"  # imports kfp lazily, inside run()
+        and any(
+            line.strip().startswith(("import kfp", "from kfp"))
+            for line in path.read_text().splitlines()
+        )
+    ]
+    assert offenders == []
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, fl_kubeflow.tasks, fl_kubeflow.cli; fl_kubeflow.cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'kfp', 'tensorflow', 'keras', 'kubernetes'}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,24 +1,124 @@
-"""Aggregation strategies, selectable by name."""
+"""Aggregation strategies, selectable by name, each with keyword options.
+
+``create("fedadam", eta=0.01)`` builds one; adding ``noise_multiplier`` and
+``clipping_norm`` (and optionally ``clipping``, ``target_delta``) wraps an
+averaging strategy in central differential privacy (``privacy.central``).
+Every strategy also takes ``fraction_fit``, ``fraction_evaluate`` and ``seed``.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from fl_kubeflow.strategies.base import RoundAggregator, Strategy
+from fl_kubeflow.strategies.base import COMMON_OPTIONS, RoundAggregator, Strategy
 from fl_kubeflow.strategies.fedavg import FedAvg, weighted_average
+from fl_kubeflow.strategies.fedavgm import FedAvgM
+from fl_kubeflow.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
+from fl_kubeflow.strategies.fedprox import FedProx
+from fl_kubeflow.strategies.krum import Krum, MultiKrum
+from fl_kubeflow.strategies.options import parse_option_pairs
+from fl_kubeflow.strategies.robust import FedMedian, FedTrimmedAvg
+from fl_kubeflow.strategies.sampling import sample_clients
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        FedAvg,
+        FedAvgM,
+        FedProx,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        FedMedian,
+        FedTrimmedAvg,
+        Krum,
+        MultiKrum,
+    )
+}
+
+# Options that wrap the strategy in central DP instead of going to its constructor.
+DP_OPTIONS = ("noise_multiplier", "clipping_norm", "clipping", "target_delta")
 
 
-def create(name: str, **options: Any) -> Strategy:
-    """Build the strategy called ``name``; unknown names raise ValueError listing the known ones."""
+def option_names(name: str) -> list[str]:
+    """Every option ``create(name, ...)`` accepts, its own first."""
+    cls = _lookup(name)
+    own: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is Strategy:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind is param.KEYWORD_ONLY and param.name not in own:
+                own.append(param.name)
+    dp = list(DP_OPTIONS) if cls.averaging else []
+    return own + list(COMMON_OPTIONS) + dp
+
+
+def _lookup(name: str) -> type[Strategy]:
     try:
-        cls = STRATEGIES[name]
+        return STRATEGIES[name]
     except KeyError:
         raise ValueError(
             f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}"
         ) from None
-    return cls(**options)
 
 
-__all__ = ["STRATEGIES", "FedAvg", "RoundAggregator", "Strategy", "create", "weighted_average"]
+def create(name: str, **options: Any) -> Strategy:
+    """Build the strategy called ``name`` with ``options``.
+
+    Raises:
+        ValueError: unknown name (listing the known ones), unknown option (listing
+            the valid ones), or a bad option value (naming the option).
+    """
+    cls = _lookup(name)
+    valid = option_names(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        extra = (
+            ""
+            if cls.averaging or not set(unknown) & set(DP_OPTIONS)
+            else ("; differential privacy needs an averaging strategy")
+        )
+        raise ValueError(
+            f"strategy {name!r} has no option {', '.join(unknown)}{extra}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    dp = {k: options.pop(k) for k in DP_OPTIONS if k in options}
+    strategy = cls(**options)
+    if dp:
+        for required in ("noise_multiplier", "clipping_norm"):
+            if required not in dp:
+                raise ValueError(
+                    f"differential privacy options {', '.join(sorted(dp))} need {required} too "
+                    "(noise_multiplier=0 clips without noise)"
+                )
+        from fl_kubeflow.privacy.central import DPFixedClipping
+
+        strategy = DPFixedClipping(strategy, **dp)
+    return strategy
+
+
+__all__ = [
+    "COMMON_OPTIONS",
+    "DP_OPTIONS",
+    "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedMedian",
+    "FedProx",
+    "FedTrimmedAvg",
+    "FedYogi",
+    "Krum",
+    "MultiKrum",
+    "RoundAggregator",
+    "Strategy",
+    "create",
+    "option_names",
+    "parse_option_pairs",
+    "sample_clients",
+    "weighted_average",
+]

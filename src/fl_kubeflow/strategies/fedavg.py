@@ -34,7 +34,7 @@ class WeightedSum(RoundAggregator):
         self._dtypes: dict[str, np.dtype] = {}
         self._scratch: dict[str, np.ndarray] = {}
 
-    def _add(self, weights: Weights, num_examples: int) -> None:
+    def _add(self, weights: Weights, num_examples: int, client_id: str | None = None) -> None:
         scale = float(num_examples)
         for name, value in weights.items():
             acc = self._sums.get(name)
@@ -58,10 +58,16 @@ class WeightedSum(RoundAggregator):
         return out
 
 
+def is_float(array: np.ndarray) -> bool:
+    """Server optimizers and DP move floating tensors only; integer ones are averaged as-is."""
+    return bool(np.issubdtype(array.dtype, np.floating))
+
+
 class FedAvg(Strategy):
     """Example-weighted averaging, streamed."""
 
     name = "fedavg"
+    averaging = True
 
     def start_round(self, server_round: int, global_weights: Weights) -> RoundAggregator:
         return WeightedSum()

@@ -10,6 +10,14 @@ local optimisation from the global weights, as in FedAvg's ClientUpdate; carried
 over momentum would point along a previous global model's gradients, and would
 differ between clients that skipped rounds. (Flower's Keras examples keep one
 compiled optimizer across rounds; with plain SGD both are the same.)
+
+FedProx: when the round's config carries ``proximal_mu > 0`` the local objective
+is ``loss(w) + proximal_mu / 2 * ||w - w_global||^2`` over the trainable weights
+(Li et al. 2020). Keras' ``fit`` has no hook for a term that depends on the
+round's global weights, so such rounds run a small custom training loop (one
+``tf.function`` step: forward, loss, proximal term, gradient, optimizer update)
+over the same seeded batches ``fit`` would see. ``proximal_mu == 0`` keeps
+``model.fit`` itself.
 """
 
 from __future__ import annotations
@@ -140,7 +148,7 @@ class KerasTrainer:
         optimizer.build(self.model.trainable_variables)
         self._fresh_optimizer_state = [np.array(v.numpy()) for v in optimizer.variables]
         self._initial = get_weights(self.model)
-        self._warned_keys: set[str] = set()
+        self._proximal: _ProximalLoop | None = None
 
     @staticmethod
     def _load(options: TrainerOptions) -> ClientData:
@@ -187,15 +195,24 @@ class KerasTrainer:
         Raises:
             FloatingPointError: training diverged (non-finite loss).
         """
-        self._note_ignored(config)
+        mu = proximal_mu(config)
         set_weights(self.model, weights)
         self._reset_optimizer()
         x, y = self.data.x_train, self.data.y_train
         # Our own seeded shuffles: the same round replays identically on a restart.
         rng = np.random.default_rng([self.options.seed, self.options.client_id, server_round])
         metrics: dict[str, float] = {}
+        if mu > 0 and self._proximal is None:
+            self._proximal = _ProximalLoop(self.model)
+        if mu > 0:
+            assert self._proximal is not None
+            self._proximal.start(mu)  # anchors = the global weights just set
         for _ in range(self.options.local_epochs):
             order = rng.permutation(len(x))
+            if mu > 0:
+                assert self._proximal is not None
+                metrics = self._proximal.epoch(x[order], y[order], self.options.batch_size)
+                continue
             history = self.model.fit(
                 x[order],
                 y[order],
@@ -211,10 +228,11 @@ class KerasTrainer:
                 f"(loss {metrics.get('loss')}); lower the learning rate "
                 f"(now {self.options.learning_rate})"
             )
+        extra = {"proximal_term": metrics["proximal_term"]} if mu > 0 else {}
         return FitResult(
             weights=get_weights(self.model),
             num_examples=len(x) * self.options.local_epochs,
-            metrics={"loss": metrics["loss"], "accuracy": metrics["accuracy"]},
+            metrics={"loss": metrics["loss"], "accuracy": metrics["accuracy"], **extra},
         )
 
     def evaluate(self, weights: Weights, server_round: int) -> EvaluateResult | None:
@@ -234,9 +252,98 @@ class KerasTrainer:
             metrics={"loss": float(result["loss"]), "accuracy": float(result["accuracy"])},
         )
 
-    def _note_ignored(self, config: dict[str, Any]) -> None:
-        """Warn once about config keys that would change training but are not implemented."""
-        mu = config.get("proximal_mu")
-        if mu and "proximal_mu" not in self._warned_keys:
-            self._warned_keys.add("proximal_mu")
-            log.warning("proximal_mu=%s ignored: KerasTrainer does not implement FedProx", mu)
+
+def proximal_mu(config: dict[str, Any]) -> float:
+    """The round's FedProx ``proximal_mu`` (0 when absent); a bad value is a ValueError."""
+    value = config.get("proximal_mu")
+    if value is None:
+        return 0.0
+    if isinstance(value, bool):
+        raise ValueError(f"proximal_mu must be a number >= 0, got {value!r}")
+    try:
+        mu = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"proximal_mu must be a number >= 0, got {value!r}") from None
+    if not (math.isfinite(mu) and mu >= 0):
+        raise ValueError(f"proximal_mu must be a number >= 0, got {value!r}")
+    return mu
+
+
+class _ProximalLoop:
+    """FedProx's local training: the compiled model's loss plus mu/2 * ||w - w_global||^2.
+
+    One compiled step serves every round: the anchors (global weights) and mu are
+    variables assigned at the start of each fit, so nothing retraces. The step is
+    Keras' own ``train_step`` with one term added: forward pass in training mode,
+    the compiled loss (mean over the batch) plus any layer losses, gradients of
+    the total, the compiled optimizer's update. Loss and accuracy are reported as
+    ``fit`` reports them (batch-size-weighted means over the epoch) and exclude the
+    proximal term, which is reported separately, so they compare across strategies.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.variables = list(model.trainable_variables)
+        self.anchors = [
+            tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in self.variables
+        ]
+        self.mu = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+        loss_fn = model.loss
+        optimizer = model.optimizer
+
+        def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            with tf.GradientTape() as tape:
+                pred = model(x, training=True)
+                data_loss = loss_fn(y, pred)
+                if model.losses:
+                    data_loss = data_loss + tf.add_n(model.losses)
+                prox = tf.add_n(
+                    [
+                        tf.cast(tf.reduce_sum(tf.square(v - a)), tf.float32)
+                        for v, a in zip(self.variables, self.anchors, strict=True)
+                    ]
+                )
+                total = data_loss + 0.5 * self.mu * prox
+            grads = tape.gradient(total, self.variables)
+            optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+            correct = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(pred, axis=-1), tf.cast(y, tf.int64)), tf.float32)
+            )
+            return data_loss, correct, prox
+
+        input_shape = tuple(model.inputs[0].shape[1:])
+        self._step = tf.function(
+            step,
+            input_signature=[
+                tf.TensorSpec((None, *input_shape), tf.float32),
+                tf.TensorSpec((None,), tf.int64),
+            ],
+            jit_compile=False,
+        )
+
+    def start(self, mu: float) -> None:
+        """Anchor the proximal term at the model's current (global) weights."""
+        self.mu.assign(mu)
+        for anchor, variable in zip(self.anchors, self.variables, strict=True):
+            anchor.assign(variable.value)
+
+    def epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
+        """One pass over (x, y) in order, in batches; returns the epoch's metrics."""
+        loss_sum = correct = 0.0
+        prox = 0.0
+        for start in range(0, len(x), batch_size):
+            xb = np.asarray(x[start : start + batch_size], np.float32)
+            yb = np.asarray(y[start : start + batch_size], np.int64)
+            batch_loss, batch_correct, batch_prox = self._step(xb, yb)
+            loss_sum += float(batch_loss) * len(xb)
+            correct += float(batch_correct)
+            prox = float(batch_prox)
+        n = max(1, len(x))
+        return {
+            "loss": loss_sum / n,
+            "accuracy": correct / n,
+            # ||w - w_global||^2 before the epoch's last step, times mu / 2: the term's size
+            "proximal_term": 0.5 * float(self.mu.numpy()) * prox,
+        }

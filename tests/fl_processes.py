@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from fl_kubeflow import wire
+from fl_kubeflow.auth import TOKEN_ENV
 
 PYTHON = sys.executable
 DEFAULT_TIMEOUT = 120.0
@@ -26,9 +27,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+def _env(token: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.pop(TOKEN_ENV, None)
+    if token is not None:
+        env[TOKEN_ENV] = token
     return env
 
 
@@ -65,6 +69,22 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
+    def status(self) -> dict:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return requests.get(f"{self.url}/v1/status", headers=headers, timeout=5).json()
+
+    def wait_for_round(self, completed: int, timeout: float = 60.0) -> None:
+        """Block until ``completed`` rounds are aggregated."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.status()["completed_rounds"] >= completed:
+                    return
+            except (requests.RequestException, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{completed} rounds not completed in {timeout}s:\n{self.log()}")
+
     def history(self) -> dict:
         return json.loads((self.output / "history.json").read_text())
 
@@ -73,7 +93,12 @@ class ServerProcess:
 
 
 def start_server(
-    folder: Path, *args: str, port: int = 0, ready_timeout: float = 30.0
+    folder: Path,
+    *args: str,
+    port: int = 0,
+    ready_timeout: float = 30.0,
+    token: str | None = None,
+    log_level: str = "INFO",
 ) -> ServerProcess:
     """Start a server (``args`` are extra CLI options) and wait until it listens."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,6 +108,8 @@ def start_server(
         PYTHON,
         "-m",
         "fl_kubeflow",
+        "--log-level",
+        log_level,
         "server",
         "--host",
         "127.0.0.1",
@@ -95,7 +122,7 @@ def start_server(
         *args,
     ]
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env())
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env(token))
     deadline = time.monotonic() + ready_timeout
     while not ready.exists():
         if proc.poll() is not None:
@@ -105,7 +132,7 @@ def start_server(
             raise AssertionError(f"server not listening after {ready_timeout}s")
         time.sleep(0.05)
     port = json.loads(ready.read_text())["port"]
-    return ServerProcess(proc, folder, port, log_path)
+    return ServerProcess(proc, folder, port, log_path, token)
 
 
 @dataclass
@@ -132,7 +159,13 @@ class ClientProcess:
 
 
 def start_client(
-    folder: Path, server_url: str, client_id: int, *args: str, trainer: str = "numpy-delta"
+    folder: Path,
+    server_url: str,
+    client_id: int,
+    *args: str,
+    trainer: str = "numpy-delta",
+    token: str | None = None,
+    log_level: str = "INFO",
 ) -> ClientProcess:
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"client-{client_id}.log"
@@ -141,6 +174,8 @@ def start_client(
         PYTHON,
         "-m",
         "fl_kubeflow",
+        "--log-level",
+        log_level,
         "client",
         "--server",
         server_url,
@@ -153,7 +188,7 @@ def start_client(
         *args,
     ]
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env())
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env(token))
     return ClientProcess(proc, str(client_id), log_path, summary)
 
 

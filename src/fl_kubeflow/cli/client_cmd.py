@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fl_kubeflow import defaults, files
+from fl_kubeflow.auth import auth_headers, read_token
 from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int, shapes
 
 TRAINERS = ("keras", "numpy-linear", "numpy-delta")
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.client_id >= args.num_clients and args.trainer == "keras":
         parser.error(f"--client-id {args.client_id} must be below --num-clients {args.num_clients}")
     try:
+        token = read_token(args.token_file)
         trainer = build_trainer(args)
         client = FederatedClient(
             args.server,
@@ -174,6 +176,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             trainer,
             retry_timeout=args.retry_timeout,
             round_wait_timeout=args.round_wait_timeout,
+            headers=auth_headers(token),
         )
     except ValueError as exc:
         print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)

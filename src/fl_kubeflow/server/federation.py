@@ -467,10 +467,14 @@ class Federation:
                     continue
             elif self._phase in (Phase.FINISHED, Phase.FAILED):
                 deadline = self._end_deadline
+                # Wait (up to the grace period) until every client has heard how the run
+                # ended, stragglers included; those still working also get to send their
+                # final evaluation and leave.
+                failed = self._phase is Phase.FAILED
                 pending = [
                     c
                     for c, s in self._clients.items()
-                    if s.active and not s.left and not (self._phase is Phase.FAILED and s.told_end)
+                    if not s.left and not (s.told_end and (failed or not s.active))
                 ]
                 if not pending or now >= deadline:
                     if pending:

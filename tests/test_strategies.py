@@ -338,3 +338,23 @@ def test_fedmedian_in_a_real_run(tmp_path):
     for name, w0 in initial.items():
         np.testing.assert_allclose(final[name], w0 + rounds * 1.0, atol=1e-5)
     assert server.history()["strategy"] == "fedmedian"
+
+
+# ------------------------------------------------------------------ the Byzantine client
+
+
+def test_adversarial_updates_by_hand():
+    from fl_kubeflow.client.adversarial import AdversarialTrainer, corrupt
+    from fl_kubeflow.client.numpy_trainers import DeltaTrainer
+
+    g = w(a=[1.0, 2.0])
+    trained = w(a=[1.5, 1.0])  # honest change (0.5, -1.0)
+    rng = np.random.default_rng(0)
+    close(corrupt(trained, g, "scale", 10.0, rng), {"a": [6.0, -8.0]})
+    close(corrupt(trained, g, "sign-flip", 2.0, rng), {"a": [0.0, 4.0]})
+    noisy = corrupt(trained, g, "noise", 100.0, rng)["a"] - g["a"]
+    assert noisy.dtype == np.float32 and np.abs(noisy).max() > 1.0  # garbage, not training
+    bad = AdversarialTrainer(DeltaTrainer(shapes=[(2,)], delta=1.0, num_examples=7), "scale", 3)
+    result = bad.fit(g, 1, {})
+    close(result.weights, {"a": [4.0, 5.0]})
+    assert result.num_examples == 7  # the count stays honest

@@ -1,0 +1,201 @@
+"""Run one real federation for the strategy benchmarks: a server process and client processes.
+
+The server is the runtime's own ``serve`` with a ``ServerConfig`` carrying the
+strategy and its options (``python benchmarks/fl_bench.py serve ...``): the CLI
+takes only ``--strategy NAME`` so far. Clients are ``python -m fl_kubeflow
+client`` processes; a Byzantine one is ``python -m fl_kubeflow.client.adversarial``.
+Everything runs on loopback and is stopped when the run ends or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fl_kubeflow import defaults
+
+HERE = Path(__file__).resolve().parent
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Attack:
+    """Which client misbehaves, and how (see ``fl_kubeflow.client.adversarial``)."""
+
+    client_id: int
+    kind: str = "noise"
+    scale: float = 10.0
+
+
+@dataclass
+class RunSpec:
+    strategy: str
+    options: dict[str, Any] = field(default_factory=dict)
+    clients: int = 5
+    rounds: int = 10
+    partition: str = "iid"
+    dataset: str = defaults.DATASET
+    model: str = defaults.MODEL
+    seed: int = defaults.SEED
+    attack: Attack | None = None
+
+
+def _env() -> dict[str, str]:
+    # Many single-threaded clients share two cores better than many multi-threaded ones.
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run(spec: RunSpec, folder: Path, timeout: float = 1800.0) -> dict[str, Any]:
+    """Run ``spec`` to the end and return its history.json (raises RuntimeError on failure)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ready = folder / "ready.json"
+    ready.unlink(missing_ok=True)
+    procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(name: str, command: list[str]) -> subprocess.Popen:
+        log = folder / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
+            )
+        procs.append((name, proc, log))
+        return proc
+
+    try:
+        server = start(
+            "server",
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "serve",
+                "--strategy",
+                spec.strategy,
+                "--options",
+                json.dumps(spec.options),
+                "--clients",
+                str(spec.clients),
+                "--rounds",
+                str(spec.rounds),
+                "--ready-file",
+                str(ready),
+                "--output",
+                str(folder / "out"),
+            ],
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{_tail(folder / 'server.log')}")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+        for i in range(spec.clients):
+            common = [
+                "--server",
+                url,
+                "--client-id",
+                str(i),
+                "--num-clients",
+                str(spec.clients),
+                "--trainer",
+                "keras",
+                "--dataset",
+                spec.dataset,
+                "--partition",
+                spec.partition,
+                "--model",
+                spec.model,
+                "--seed",
+                str(spec.seed),
+            ]
+            if spec.attack is not None and spec.attack.client_id == i:
+                module = ["-m", "fl_kubeflow.client.adversarial"]
+                extra = ["--attack", spec.attack.kind, "--attack-scale", str(spec.attack.scale)]
+            else:
+                module, extra = ["-m", "fl_kubeflow", "client"], []
+            start(f"client-{i}", [sys.executable, *module, *common, *extra])
+        deadline = time.monotonic() + timeout
+        for name, proc, log in procs:
+            code = proc.wait(max(1.0, deadline - time.monotonic()))
+            if code != 0:
+                raise RuntimeError(f"{name} exited with {code}:\n{_tail(log)}")
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"run did not finish within {timeout:g}s") from None
+    finally:
+        for _, proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    return json.loads((folder / "out" / "history.json").read_text())
+
+
+def accuracies(history: dict[str, Any]) -> list[float]:
+    """Federated evaluation accuracy of the global model after each round (round 0 first)."""
+    return [r["evaluate"]["metrics"]["accuracy"] for r in history["rounds"]]
+
+
+def rounds_to(target: float, accs: list[float]) -> int | None:
+    """The first round whose global model reaches ``target`` accuracy (None: never)."""
+    return next((i for i, a in enumerate(accs) if a >= target), None)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _serve(argv: list[str]) -> int:
+    import logging
+
+    from fl_kubeflow import files, strategies
+    from fl_kubeflow.server.config import ServerConfig
+    from fl_kubeflow.server.serve import serve
+
+    parser = argparse.ArgumentParser(prog="fl_bench.py serve")
+    parser.add_argument("--strategy", required=True)
+    parser.add_argument("--options", default="{}")
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = json.loads(args.options)
+    # Fail before serving if the options cannot work for this federation.
+    strategies.create(args.strategy, **options).check(args.clients, args.clients)
+    config = ServerConfig(
+        num_clients=args.clients,
+        num_rounds=args.rounds,
+        host="127.0.0.1",
+        port=0,
+        client_ids=tuple(str(i) for i in range(args.clients)),
+        output_dir=args.output,
+        strategy=args.strategy,
+        strategy_options=options,
+        grace_period=10.0,
+    )
+    result = serve(
+        config, on_listening=lambda port: files.write_json(args.ready_file, {"port": port})
+    )
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        raise SystemExit(_serve(sys.argv[2:]))
+    raise SystemExit("usage: python benchmarks/fl_bench.py serve ... (used by the benchmarks)")

@@ -71,8 +71,9 @@ class KubernetesPermissionError(PermissionError):
         who = f"service account {service_account!r}" if service_account else "this pod"
         message = (
             f"Kubernetes RBAC forbids {who} to {verb!r} {resource!r} in namespace "
-            f"{namespace!r}. The FL server and its cleanup step need services: create, get, "
-            f"delete (and pods: get when KFP_POD_UID is unset) in the run's namespace. "
+            f"{namespace!r}. The FL server and its cleanup step need services and secrets: "
+            f"create, get, delete (clients: secrets get; pods: get when KFP_POD_UID is unset) "
+            f"in the run's namespace. "
             f"Multi-user Kubeflow: pipelines run as 'default-editor', which each profile binds "
             f"to the ClusterRole 'kubeflow-edit' (it has these verbs): check the RoleBinding "
             f"'default-editor' in {namespace!r}. Standalone KFP: grant them to the "

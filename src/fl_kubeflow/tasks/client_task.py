@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from fl_kubeflow import defaults, files
+from fl_kubeflow.auth import TOKEN_ENV, auth_headers, read_token
 from fl_kubeflow.kube.naming import DEFAULT_PORT, server_url
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, discover_server_url
+from fl_kubeflow.kube.token_secret import fetch_run_token
 
 log = logging.getLogger("fl_kubeflow.tasks.client")
 
@@ -123,15 +125,25 @@ def run_client_task(
                 seed=seed,
             )
         )
+        token = read_token() or fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir)
+        if token is None:
+            log.warning(
+                "no run token (%s unset, not in a pod): talking to the server "
+                "without authentication",
+                TOKEN_ENV,
+            )
         client = FederatedClient(
             url,
             str(client_id),
             trainer,
             retry_timeout=retry_timeout,
             round_wait_timeout=round_wait_timeout,
+            headers=auth_headers(token),
         )
     except ValueError as exc:
         raise ClientTaskError(f"client {client_id}: bad options: {exc}") from exc
+    except TimeoutError as exc:
+        raise ClientTaskError(f"client {client_id}: {exc}") from exc
     try:
         summary = client.run()
     except FederationFailed as exc:

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fl_kubeflow import defaults
+from fl_kubeflow.auth import TOKEN_ENV, read_token
 from fl_kubeflow.kube.naming import DEFAULT_PORT
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, publish_run_service
+from fl_kubeflow.kube.token_secret import publish_run_token
 
 log = logging.getLogger("fl_kubeflow.tasks.server")
 
@@ -104,6 +106,13 @@ def run_server_task(
         known = ", ".join(sorted(strategies.STRATEGIES))
         raise ServerTaskError(f"unknown strategy {strategy!r}; choose one of {known}")
     model_dir = Path(model_dir)
+    # The token: given to this pod (FL_KUBEFLOW_TOKEN), else a per-run Secret made here.
+    token = read_token() or publish_run_token(run_id, token_dir=token_dir)
+    if token is None:
+        log.warning(
+            "no run token (%s unset, not in a pod): any client that reaches the server may join",
+            TOKEN_ENV,
+        )
     try:
         config = ServerConfig(
             num_clients=num_clients,
@@ -115,6 +124,7 @@ def run_server_task(
             initial_weights=resolve_initial_weights(initial_model),
             output_dir=model_dir,
             strategy=strategy,
+            token=token,
         )
     except ValueError as exc:
         raise ServerTaskError(f"bad server options: {exc}") from exc

@@ -84,6 +84,11 @@ class ServerConfig:
         return self.num_clients if self.min_clients is None else self.min_clients
 
     @property
+    def connection_limit(self) -> int:
+        """Two connections per client (a long-poll and a submission) plus probes and status."""
+        return 2 * self.num_clients + 32
+
+    @property
     def server_threads(self) -> int:
         """Every client may hold a long-poll while others submit: threads grow with N."""
         return 2 * self.num_clients + 8

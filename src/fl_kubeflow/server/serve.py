@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ def serve(config: ServerConfig, on_listening: Callable[[int], None] | None = Non
         host=config.host,
         port=config.port,
         threads=config.server_threads,
+        # Each client keeps a connection (often a long-poll) open: waitress's default
+        # limit of 100 connections would stall a federation of 200.
+        connection_limit=config.connection_limit,
         # Well above the app's own limit, so the app answers oversize bodies with a JSON
         # reason; only absurd bodies meet waitress's plain-text 413. Waitress spools
         # large bodies to disk, so this does not cost memory.
@@ -89,6 +93,9 @@ def serve(config: ServerConfig, on_listening: Callable[[int], None] | None = Non
 
 def _write_outputs(federation: Federation, output_dir: Path | None) -> ServeResult:
     history = federation.history()
+    # Peak memory of this process: benchmarks read it to check that FedAvg's footprint
+    # does not grow with the number of clients.
+    history["server_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     weights_path = history_path = None
     ok = history["status"] == "finished"
     if output_dir is not None:

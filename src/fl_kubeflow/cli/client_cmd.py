@@ -98,6 +98,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--summary", type=Path, default=None, help="write this client's metrics here as JSON"
     )
     parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        help="PEM CA bundle to verify an https:// server against (default: system CAs)",
+    )
+    parser.add_argument(
         "--token-file",
         type=Path,
         default=None,
@@ -177,6 +183,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             retry_timeout=args.retry_timeout,
             round_wait_timeout=args.round_wait_timeout,
             headers=auth_headers(token),
+            verify=str(args.ca_file) if args.ca_file else True,
         )
     except ValueError as exc:
         print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)

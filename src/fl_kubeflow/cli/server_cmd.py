@@ -94,6 +94,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "without either, any client that reaches the server may join",
     )
     parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="PEM certificate to serve HTTPS with (needs --tls-key); default plain HTTP",
+    )
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    parser.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -153,6 +160,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             output_dir=args.output,
             token=token,
             checkpoint_dir=args.checkpoint_dir,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     except ValueError as exc:
         parser.error(str(exc))

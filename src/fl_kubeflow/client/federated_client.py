@@ -160,15 +160,25 @@ class FederatedClient:
         if result is None:
             return
         summary.eval_metrics[server_round] = result.metrics
-        self._post_json(
-            "/v1/evaluate",
-            {
-                "client_id": self.client_id,
-                "round": server_round,
-                "num_examples": result.num_examples,
-                "metrics": result.metrics,
-            },
-        )
+        payload = {
+            "client_id": self.client_id,
+            "round": server_round,
+            "num_examples": result.num_examples,
+            "metrics": result.metrics,
+        }
+        try:
+            self._post_json("/v1/evaluate", payload)
+        except ServerError as exc:
+            if exc.code != "wrong_round":
+                raise
+            # A server restarted from an older checkpoint has not seen that round yet:
+            # the evaluation is lost, the training goes on.
+            log.warning(
+                "client %s: evaluation of round %d refused: %s",
+                self.client_id,
+                server_round,
+                exc.message,
+            )
 
     def _wait_for_model(self, server_round: int) -> _Model:
         deadline = time.monotonic() + self.round_wait_timeout

@@ -55,7 +55,7 @@ class Transport:
         self.backoff_max = backoff_max
         self.session = requests.Session()
         self.session.headers.update(headers or {})
-        self.session.verify = verify
+        self.verify = verify
         self._random = random.Random()
 
     def request(
@@ -68,7 +68,13 @@ class Transport:
         delay = self.backoff_initial
         while True:
             try:
-                response = self.session.request(method, url, timeout=timeout, **kwargs)
+                # verify per request: a session's verify loses to REQUESTS_CA_BUNDLE.
+                response = self.session.request(
+                    method, url, timeout=timeout, verify=self.verify, **kwargs
+                )
+            except requests.exceptions.SSLError as exc:
+                # A certificate that does not verify will not start verifying: fail now.
+                raise ServerUnreachable(f"{method} {url}: TLS verification failed: {exc}") from None
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:

@@ -31,6 +31,8 @@ class ServerConfig:
         strategy_options: Keyword options for the strategy.
         token: Bearer token every /v1 request must carry; None leaves the run open.
         checkpoint_dir: Where the run is saved after every round, and resumed from.
+        tls_cert: PEM certificate (chain) to serve HTTPS with; needs tls_key.
+        tls_key: PEM private key of tls_cert.
     """
 
     num_clients: int
@@ -49,6 +51,8 @@ class ServerConfig:
     strategy: str = "fedavg"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     checkpoint_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +77,12 @@ class ServerConfig:
                 f"the token must be at least {MIN_TOKEN_LENGTH} characters (128 bits of "
                 f"randomness, e.g. from secrets.token_urlsafe(32)); got {len(self.token)}"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key file")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a file")
         if self.client_ids is not None and len(set(self.client_ids)) != self.num_clients:
             raise ValueError(
                 f"client_ids must list num_clients={self.num_clients} distinct ids, "

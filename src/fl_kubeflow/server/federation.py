@@ -499,6 +499,13 @@ class Federation:
             self._rounds.append(current)
             self._current = None
             self._global, self._global_body = new_global, body
+            snapshot = self._checkpoint_state() if self.config.checkpoint_dir else None
+        # Saved before anyone can fetch the new model: a client never holds a model
+        # that a restarted server would not know.
+        if snapshot is not None:
+            assert self.config.checkpoint_dir is not None
+            checkpoint.save(self.config.checkpoint_dir, snapshot)
+        with self._cond:
             log.info(
                 "round %d/%d: %d clients, %d examples, train %s (%.2fs)",
                 current.number,
@@ -516,10 +523,6 @@ class Federation:
             else:
                 self._open_round(current.number + 1)
             self._cond.notify_all()
-            snapshot = self._checkpoint_state() if self.config.checkpoint_dir else None
-        if snapshot is not None:
-            assert self.config.checkpoint_dir is not None
-            checkpoint.save(self.config.checkpoint_dir, snapshot)
 
     def _open_round(self, number: int) -> None:
         assert self._global is not None

@@ -1,21 +1,19 @@
-"""Run a Federation behind waitress until the run ends, then write its outputs."""
+"""Run a Federation behind its HTTP server until the run ends, then write its outputs."""
 
 from __future__ import annotations
 
 import logging
 import resource
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from waitress import create_server
 
 from fl_kubeflow import files, strategies, wire
 from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.http_server import start_http_server
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -52,37 +50,19 @@ def serve(config: ServerConfig, on_listening: Callable[[int], None] | None = Non
     if resume is None and config.initial_weights:
         initial = load_initial_weights(config.initial_weights)
     federation = Federation(config, strategy, initial, resume=resume)
-    server = create_server(
-        create_app(federation, config),
-        host=config.host,
-        port=config.port,
-        threads=config.server_threads,
-        # Each client keeps a connection (often a long-poll) open: waitress's default
-        # limit of 100 connections would stall a federation of 200.
-        connection_limit=config.connection_limit,
-        # Well above the app's own limit, so the app answers oversize bodies with a JSON
-        # reason; only absurd bodies meet waitress's plain-text 413. Waitress spools
-        # large bodies to disk, so this does not cost memory.
-        max_request_body_size=2 * config.max_update_bytes + 16 * 1024 * 1024,
-        channel_timeout=max(120, int(config.poll_timeout) + 30),
-        # Our headers are small; a 64 KiB cap refuses header floods early.
-        max_request_header_size=64 * 1024,
-        ident="fl-kubeflow",
-    )
-    port = int(server.effective_port)  # type: ignore[union-attr]
+    server = start_http_server(create_app(federation, config), config)
     log.info(
-        "serving %d clients x %d rounds (strategy %s, min_clients %d) on http://%s:%d",
+        "serving %d clients x %d rounds (strategy %s, min_clients %d) on %s://%s:%d",
         config.num_clients,
         config.num_rounds,
         strategy.name,
         config.quorum,
+        server.scheme,
         config.host,
-        port,
+        server.port,
     )
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
     if on_listening is not None:
-        on_listening(port)
+        on_listening(server.port)
     try:
         federation.run()
     finally:

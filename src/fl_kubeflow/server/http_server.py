@@ -1,0 +1,83 @@
+"""The WSGI server under the Flask app: waitress, or cheroot when TLS is on.
+
+waitress has no TLS support; cheroot (CherryPy's server) terminates TLS itself
+with the standard library's ssl module, so a federation can be encrypted without
+a sidecar. Both are sized from the federation: every client may hold a long-poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fl_kubeflow.server.config import ServerConfig
+
+log = logging.getLogger("fl_kubeflow.server")
+
+
+@dataclass
+class RunningServer:
+    """A server serving on a background thread."""
+
+    port: int
+    scheme: str
+    close: Callable[[], None]
+
+
+def start_http_server(app: Any, config: ServerConfig) -> RunningServer:
+    """Bind, start serving on a daemon thread, and return the bound port."""
+    if config.tls_cert is not None:
+        return _start_cheroot(app, config)
+    return _start_waitress(app, config)
+
+
+def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
+    from waitress import create_server
+
+    server = create_server(
+        app,
+        host=config.host,
+        port=config.port,
+        threads=config.server_threads,
+        # Each client keeps a connection (often a long-poll) open: waitress's default
+        # limit of 100 connections would stall a federation of 200.
+        connection_limit=config.connection_limit,
+        # Well above the app's own limit, so the app answers oversize bodies with a JSON
+        # reason; only absurd bodies meet waitress's plain-text 413. Waitress spools
+        # large bodies to disk, so this does not cost memory.
+        max_request_body_size=2 * config.max_update_bytes + 16 * 1024 * 1024,
+        channel_timeout=max(120, int(config.poll_timeout) + 30),
+        # Our headers are small; a 64 KiB cap refuses header floods early.
+        max_request_header_size=64 * 1024,
+        ident="fl-kubeflow",
+    )
+    threading.Thread(target=server.run, name="waitress", daemon=True).start()
+    return RunningServer(int(server.effective_port), "http", server.close)  # type: ignore[union-attr]
+
+
+def _start_cheroot(app: Any, config: ServerConfig) -> RunningServer:
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    server = wsgi.Server(
+        (config.host, config.port),
+        app,
+        numthreads=config.server_threads,
+        max=config.server_threads,
+        request_queue_size=config.connection_limit,
+        timeout=max(120, int(config.poll_timeout) + 30),
+        server_name="fl-kubeflow",
+    )
+    server.max_request_header_size = 64 * 1024
+    server.max_request_body_size = 2 * config.max_update_bytes + 16 * 1024 * 1024
+    adapter = BuiltinSSLAdapter(str(config.tls_cert), str(config.tls_key))
+    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+    server.ssl_adapter = adapter
+    server.prepare()
+    port = int(server.bind_addr[1])
+    threading.Thread(target=server.serve, name="cheroot", daemon=True).start()
+    return RunningServer(port, "https", server.stop)

@@ -119,6 +119,8 @@ def test_killed_client_with_quorum_finishes_without_it(tmp_path):
         "1",
         "--round-timeout",
         "4",
+        "--grace-period",
+        "3",
         *TINY,
     )
     assert code == 0, stderr

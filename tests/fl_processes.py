@@ -69,16 +69,19 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
-    def status(self) -> dict:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    def status(self, token: str | None = None) -> dict:
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         return requests.get(f"{self.url}/v1/status", headers=headers, timeout=5).json()
 
-    def wait_for_round(self, completed: int, timeout: float = 60.0) -> None:
+    def wait_for_round(
+        self, completed: int, timeout: float = 60.0, token: str | None = None
+    ) -> None:
         """Block until ``completed`` rounds are aggregated."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.status()["completed_rounds"] >= completed:
+                if self.status(token)["completed_rounds"] >= completed:
                     return
             except (requests.RequestException, ValueError, KeyError):
                 pass

@@ -209,3 +209,47 @@ def test_short_token_is_refused_at_start(tmp_path):
     )
     assert done.returncode == 2
     assert "token must be at least 22 characters" in done.stderr
+
+
+def test_restarted_server_with_a_new_token_clients_read_it_again(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(new_token())
+    common = [
+        "--clients",
+        "2",
+        "--rounds",
+        "4",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--grace-period",
+        "5",
+        "--token-file",
+        str(token_file),
+    ]
+    server = start_server(tmp_path, *common)
+    clients = [
+        start_client(
+            tmp_path,
+            server.url,
+            i,
+            "--delta",
+            "1",
+            "--fit-delay",
+            "0.4",
+            "--retry-timeout",
+            "60",
+            "--token-file",
+            str(token_file),
+        )
+        for i in (0, 1)
+    ]
+    server.wait_for_round(1, token=token_file.read_text())
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    token_file.write_text(new_token())  # the replacement server pod makes a new token
+    restarted = start_server(tmp_path, *common, port=server.port)
+    assert wait_all(clients) == [0, 0], [c.log() for c in clients]
+    assert restarted.wait() == 0, restarted.log()
+    assert "token refused; reading it again" in clients[0].log()
+    history = restarted.history()
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3, 4]

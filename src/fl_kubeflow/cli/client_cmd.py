@@ -184,6 +184,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             round_wait_timeout=args.round_wait_timeout,
             headers=auth_headers(token),
             verify=str(args.ca_file) if args.ca_file else True,
+            # A restarted server may have a new token: the file is read again on a 401.
+            refresh_headers=(lambda: auth_headers(read_token(args.token_file)))
+            if args.token_file
+            else None,
         )
     except ValueError as exc:
         print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)

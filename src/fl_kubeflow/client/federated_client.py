@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,11 @@ class FederatedClient:
         round_wait_timeout: Longest wait for the next round to open.
         poll_wait: Seconds each long-poll asks the server to hold.
         request_timeout: Read timeout of ordinary requests.
+        headers: Extra headers on every request (the run's Authorization).
+        verify: TLS verification: True (system CAs), a CA bundle path, or False.
+        refresh_headers: Called when the server answers 401, e.g. to re-read the run's
+            token after the server pod was replaced; its headers replace the old ones
+            and the request is tried once more.
     """
 
     def __init__(
@@ -76,8 +82,10 @@ class FederatedClient:
         request_timeout: float = 120.0,
         headers: dict[str, str] | None = None,
         verify: bool | str = True,
+        refresh_headers: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.client_id = client_id
+        self.refresh_headers = refresh_headers
         self.trainer = trainer
         self.round_wait_timeout = round_wait_timeout
         self.poll_wait = poll_wait
@@ -210,11 +218,17 @@ class FederatedClient:
                 config=json.loads(response.headers.get("X-FL-Config") or "{}"),
             )
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """A request; if the server no longer knows us (it restarted), join again and retry."""
+    def _call(
+        self, method: str, path: str, *, refreshed: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        """A request; if the server restarted and no longer knows us, join again and retry."""
         try:
             return self.transport.request(method, path, **kwargs)
         except ServerError as exc:
+            if exc.code == "unauthorized" and self.refresh_headers and not refreshed:
+                log.warning("client %s: token refused; reading it again", self.client_id)
+                self.transport.session.headers.update(self.refresh_headers())
+                return self._call(method, path, refreshed=True, **kwargs)
             if exc.code != "unknown_client" or path == "/v1/join":
                 raise
             log.warning(

@@ -125,6 +125,10 @@ def run_client_task(
                 seed=seed,
             )
         )
+
+        def refresh() -> dict[str, str]:
+            return auth_headers(fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir))
+
         token = read_token() or fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir)
         if token is None:
             log.warning(
@@ -139,6 +143,8 @@ def run_client_task(
             retry_timeout=retry_timeout,
             round_wait_timeout=round_wait_timeout,
             headers=auth_headers(token),
+            # A replaced server pod (retry, eviction) makes a new token: read it again.
+            refresh_headers=None if token is None or read_token() else refresh,
         )
     except ValueError as exc:
         raise ClientTaskError(f"client {client_id}: bad options: {exc}") from exc

@@ -45,6 +45,9 @@ class RunSpec:
     model: str = defaults.MODEL
     seed: int = defaults.SEED
     attack: Attack | None = None
+    # Clients the dataset is split for (default: ``clients``). More than ``clients`` leaves
+    # the last shards out: a run "without client 4's data" for comparison.
+    partition_clients: int | None = None
 
 
 def _env() -> dict[str, str]:
@@ -109,7 +112,7 @@ def run(spec: RunSpec, folder: Path, timeout: float = 1800.0) -> dict[str, Any]:
                 "--client-id",
                 str(i),
                 "--num-clients",
-                str(spec.clients),
+                str(spec.partition_clients or spec.clients),
                 "--trainer",
                 "keras",
                 "--dataset",
@@ -140,6 +143,34 @@ def run(spec: RunSpec, folder: Path, timeout: float = 1800.0) -> dict[str, Any]:
                 proc.kill()
                 proc.wait(10)
     return json.loads((folder / "out" / "history.json").read_text())
+
+
+def final_weights(folder: Path) -> dict:
+    """The run's final global model (weights.safetensors)."""
+    from fl_kubeflow import wire
+
+    return wire.decode((folder / "out" / "weights.safetensors").read_bytes())
+
+
+def central_accuracy(weights: dict, spec: RunSpec, num_shards: int) -> float:
+    """Accuracy of ``weights`` on the union of the local test splits of all ``num_shards``
+    clients of ``spec``'s partition: one fixed test set for runs with and without a client."""
+    import numpy as np
+
+    from fl_kubeflow.training.datasets import ClientData, load_client_data
+    from fl_kubeflow.training.keras_trainer import KerasTrainer, TrainerOptions
+
+    shards = [
+        load_client_data(spec.dataset, i, num_shards, partition=spec.partition, seed=spec.seed)
+        for i in range(num_shards)
+    ]
+    x = np.concatenate([s.x_test for s in shards])
+    y = np.concatenate([s.y_test for s in shards])
+    data = ClientData(x[:1], y[:1], x, y, shards[0].num_classes, shards[0].input_shape, "union")
+    trainer = KerasTrainer(TrainerOptions(model=spec.model, seed=spec.seed), data=data)
+    result = trainer.evaluate(weights, 0)
+    assert result is not None
+    return float(result.metrics["accuracy"])
 
 
 def accuracies(history: dict[str, Any]) -> list[float]:

@@ -49,6 +49,7 @@ def fl_server(
     learning_rate: float = 0.05,
     optimizer: str = "sgd",
     seed: int = 0,
+    checkpoint_dir: str = "",
     initial_model: Input[Model] | None = None,
 ):
     """Run the federated-learning aggregation server for one pipeline run.
@@ -74,6 +75,8 @@ def fl_server(
         learning_rate: Clients' local learning rate (shown in the report).
         optimizer: Clients' local optimizer (shown in the report).
         seed: Seed for data split and initial weights (shown in the report).
+        checkpoint_dir: Folder on a mounted volume to checkpoint every round into (a
+            subfolder per run) and resume from; empty: no checkpoints.
         initial_model: Optional starting weights: the trained_model of an earlier run.
 
     Returns:
@@ -102,6 +105,7 @@ def fl_server(
         dataset=dataset,
         model=model,
         initial_model=initial_model.path if initial_model is not None else None,
+        checkpoint_dir=checkpoint_dir,
         report_path=report.path,
         summary_path=summary.path,
         params={

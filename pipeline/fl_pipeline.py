@@ -27,6 +27,8 @@ from fl_kubeflow.kube.naming import DEFAULT_PORT, SERVER_ROLE, SERVER_ROLE_LABEL
 PIPELINE_NAME = "fl-kubeflow"
 CLIENT_ROLE = "client"
 NAMESPACE_ENV = "POD_NAMESPACE"
+CHECKPOINT_MOUNT = "/fl-checkpoint"
+SERVER_RETRIES = 3
 
 # Static: the SDK can compile parameterised resources, but only recent KFP backends resolve
 # them at run time; literal values work on every v2 backend. The server only averages
@@ -71,6 +73,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         seed: int = defaults.SEED,
         server_address: str = "",
         initial_model_uri: str = "",
+        checkpoint_pvc: str = "",
     ):
         """Federated learning: an aggregation server and N clients training together.
 
@@ -91,6 +94,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             seed: Seed for the data split and the initial weights.
             server_address: Server URL for the clients; empty means this run's in-cluster Service.
             initial_model_uri: URI of an earlier run's trained_model to start from; empty: none.
+            checkpoint_pvc: PVC to checkpoint every round on; a failed server pod is then
+                retried and resumes. Empty: no checkpoints.
         """
         cleanup = comps.cleanup(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         cleanup.set_display_name("fl-cleanup")
@@ -101,7 +106,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             ids = comps.client_ids(num_clients=num_clients)
             ids.set_display_name("client-ids")
 
-            def server(**initial) -> None:
+            def server(checkpointed: bool, **initial) -> None:
                 task = comps.server(
                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                     num_clients=num_clients,
@@ -119,22 +124,34 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                     learning_rate=learning_rate,
                     optimizer=optimizer,
                     seed=seed,
+                    checkpoint_dir=CHECKPOINT_MOUNT if checkpointed else "",
                     **initial,
                 )
                 task.set_display_name("fl-server")
+                if checkpointed:
+                    kubernetes.mount_pvc(task, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+                    # A replacement pod resumes from the checkpoint; clients wait for it.
+                    task.set_retry(num_retries=SERVER_RETRIES, backoff_duration="10s")
                 task.set_caching_options(False)
                 _resources(task, SERVER_RESOURCES)
                 kubernetes.add_pod_label(task, SERVER_ROLE_LABEL, SERVER_ROLE)
                 _namespace_env(task)
+
+            def server_with_checkpoints(**initial) -> None:
+                # mount_pvc takes no empty name: one server task per case.
+                with dsl.If(checkpoint_pvc != "", name="with-checkpoints"):
+                    server(True, **initial)
+                with dsl.Else(name="without-checkpoints"):
+                    server(False, **initial)
 
             with dsl.If(initial_model_uri != "", name="with-initial-model"):
                 imported = dsl.importer(
                     artifact_uri=initial_model_uri, artifact_class=Model, reimport=False
                 )
                 imported.set_display_name("initial-model")
-                server(initial_model=imported.output)
+                server_with_checkpoints(initial_model=imported.output)
             with dsl.Else(name="fresh-model"):
-                server()
+                server_with_checkpoints()
 
             # No parallelism limit: synchronous FL needs every client running at once.
             with dsl.ParallelFor(ids.output, name="clients") as client_id:

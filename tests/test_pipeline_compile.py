@@ -7,6 +7,7 @@ clients, caching, the Kubernetes platform section, the exit handler and the imag
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "seed": ("NUMBER_INTEGER", defaults.SEED),
     "server_address": ("STRING", ""),
     "initial_model_uri": ("STRING", ""),
+    "checkpoint_pvc": ("STRING", ""),
 }
 
 
@@ -100,6 +102,11 @@ def tasks_of(spec: dict, component: str) -> list[tuple[str, str, dict]]:
         for task_name, task in dag["tasks"].items()
         if task["componentRef"]["name"] == component
     ]
+
+
+def server_components(spec: dict) -> list[str]:
+    """Every variant of the server component (initial model x checkpoints)."""
+    return sorted(c for c in spec["components"] if re.fullmatch(r"comp-fl-server(-\d+)?", c))
 
 
 def parent_of(spec: dict, dag_component: str) -> tuple[str, str, dict]:
@@ -193,8 +200,9 @@ def test_clients_fan_out_over_the_ids_without_a_parallelism_limit(spec: dict) ->
 def test_server_does_not_depend_on_the_clients(spec: dict) -> None:
     ((loop_dag, _, _),) = tasks_of(spec, "comp-fl-client")
     _, loop_task_name, _ = parent_of(spec, loop_dag)
-    servers = tasks_of(spec, "comp-fl-server") + tasks_of(spec, "comp-fl-server-2")
-    assert len(servers) == 2  # with and without an initial model
+    servers = [t for c in server_components(spec) for t in tasks_of(spec, c)]
+    # With and without an initial model, each with and without checkpoints.
+    assert len(servers) == 4
     for dag_name, _, server in servers:
         assert server["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == RUN_UUID
         assert all(d != loop_task_name for d in server.get("dependentTasks", []))
@@ -208,7 +216,7 @@ def test_server_does_not_depend_on_the_clients(spec: dict) -> None:
 
 
 def test_caching_is_off_on_every_fl_task(spec: dict) -> None:
-    fl_components = ("comp-fl-server", "comp-fl-server-2", "comp-fl-client", "comp-fl-cleanup")
+    fl_components = (*server_components(spec), "comp-fl-client", "comp-fl-cleanup")
     for component in fl_components:
         for _, name, task in tasks_of(spec, component):
             assert task["cachingOptions"] == {}, f"{name} is cached"
@@ -224,7 +232,7 @@ def test_cleanup_is_the_exit_task(spec: dict) -> None:
     assert cleanup["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == RUN_UUID
     # Every other FL task sits inside the exit handler.
     assert set(root_tasks) == {name, handler}
-    for component in ("comp-fl-server", "comp-fl-server-2", "comp-fl-client", "comp-client-ids"):
+    for component in (*server_components(spec), "comp-fl-client", "comp-client-ids"):
         for dag_name, _, _ in tasks_of(spec, component):
             assert root_tasks[handler]["componentRef"]["name"] in ancestors(spec, dag_name)
 
@@ -235,8 +243,7 @@ def test_kubernetes_section_labels_the_server_and_exposes_the_namespace(
     spec, platform = docs
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     server_executors = [
-        spec["components"][component]["executorLabel"]
-        for component in ("comp-fl-server", "comp-fl-server-2")
+        spec["components"][component]["executorLabel"] for component in server_components(spec)
     ]
     for label in server_executors:
         assert executors[label]["podMetadata"]["labels"] == {"fl-kubeflow/role": "server"}
@@ -251,7 +258,7 @@ def test_kubernetes_section_labels_the_server_and_exposes_the_namespace(
 
 def test_resources_are_set_on_server_and_clients(spec: dict) -> None:
     containers = spec["deploymentSpec"]["executors"]
-    for component in ("comp-fl-server", "comp-fl-server-2", "comp-fl-client"):
+    for component in (*server_components(spec), "comp-fl-client"):
         label = spec["components"][component]["executorLabel"]
         resources = containers[label]["container"]["resources"]
         for key in ("resourceCpuRequest", "resourceCpuLimit"):
@@ -307,3 +314,27 @@ def test_committed_yaml_is_up_to_date(compiled: Path) -> None:
     assert COMMITTED.read_bytes() == compiled.read_bytes(), (
         "fl_pipeline.yaml is stale: run python compile.py and commit it"
     )
+
+
+def test_checkpointed_servers_mount_the_pvc_and_retry(docs: tuple[dict, dict]) -> None:
+    spec, platform = docs
+    assert spec["root"]["inputDefinitions"]["parameters"]["checkpoint_pvc"]["defaultValue"] == ""
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounted, retried = 0, 0
+    for component in server_components(spec):
+        label = spec["components"][component]["executorLabel"]
+        mounts = executors[label].get("pvcMount", [])
+        for _, _, task in tasks_of(spec, component):
+            checkpoint_dir = task["inputs"]["parameters"]["checkpoint_dir"]["runtimeValue"]
+            if mounts:
+                assert mounts[0]["mountPath"] == checkpoint_dir["constant"] == "/fl-checkpoint"
+                assert mounts[0]["pvcNameParameter"]["componentInputParameter"].endswith(
+                    "checkpoint_pvc"
+                )
+                assert task["retryPolicy"]["maxRetryCount"] >= 1
+                mounted += 1
+                retried += 1
+            else:
+                assert checkpoint_dir["constant"] == ""
+                assert "retryPolicy" not in task
+    assert mounted == retried == 2

@@ -83,6 +83,7 @@ def run_server_task(
     dataset: str = defaults.DATASET,
     model: str = defaults.MODEL,
     initial_model: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
     report_path: str | os.PathLike[str] | None = None,
     summary_path: str | os.PathLike[str] | None = None,
     params: Mapping[str, Any] | None = None,
@@ -94,6 +95,9 @@ def run_server_task(
     ``model_dir`` receives ``weights.safetensors``, ``history.json`` and ``model.keras``;
     ``report_path`` the HTML report, ``summary_path`` a Markdown summary. In a pod the
     per-run Service is created first and deleted at the end. ``min_clients=0`` means all.
+    With ``checkpoint_dir`` (a mounted volume), the run is saved into
+    ``checkpoint_dir/<run_id>`` after every round, and a replacement server pod of the
+    same run resumes from there.
 
     Raises ServerTaskError with the server's reason if the run fails; the history,
     report and summary are written first, so a failed run can still be inspected.
@@ -125,6 +129,7 @@ def run_server_task(
             output_dir=model_dir,
             strategy=strategy,
             token=token,
+            checkpoint_dir=Path(checkpoint_dir) / run_id if checkpoint_dir else None,
         )
     except ValueError as exc:
         raise ServerTaskError(f"bad server options: {exc}") from exc

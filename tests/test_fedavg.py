@@ -45,3 +45,37 @@ def test_streaming_keeps_one_model_of_state():
 def test_create_unknown_strategy_lists_known():
     with pytest.raises(ValueError, match="fedavg"):
         strategies.create("nope")
+
+
+@pytest.mark.parametrize(
+    "size", [1, WeightedSum.CHUNK - 1, WeightedSum.CHUNK, 2 * WeightedSum.CHUNK + 5]
+)
+def test_sliced_accumulation_matches_a_float64_reference(size):
+    # WeightedSum folds updates in slices through a small scratch: every slice boundary
+    # must add up exactly like the whole-array float64 sum.
+    rng = np.random.default_rng(size)
+    updates = [
+        (
+            {
+                "w": rng.standard_normal((size, 3)).astype(np.float32),
+                "n": rng.integers(-5, 5, size=size).astype(np.int32),
+            },
+            int(rng.integers(1, 100)),
+        )
+        for _ in range(4)
+    ]
+    total = sum(n for _, n in updates)
+    result = weighted_average(updates)
+    for name in ("w", "n"):
+        expected = sum(u[name].astype(np.float64) * n for u, n in updates) / total
+        if name == "n":
+            expected = np.rint(expected)
+        np.testing.assert_array_equal(result[name], expected.astype(updates[0][0][name].dtype))
+
+
+def test_result_releases_the_float64_sums():
+    acc = WeightedSum()
+    acc.add({"w": np.ones(10, dtype=np.float32)}, 2)
+    out = acc.result()
+    assert acc._sums == {}
+    np.testing.assert_array_equal(out["w"], np.ones(10, dtype=np.float32))

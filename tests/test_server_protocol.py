@@ -263,3 +263,19 @@ def test_evaluations_are_weighted_and_recorded(run):
     history = finish_and_check(server, a, b)
     assert history["rounds"][0]["evaluate"]["metrics"]["accuracy"] == pytest.approx(0.5)
     assert history["rounds"][0]["evaluate"]["num_examples"] == 40
+
+
+def test_chunked_update_without_content_length(run):
+    # A body of unknown length is read in pieces up to --max-update-mb.
+    _server, a, b = run
+    body = wire.encode(plus(W0, 1.0))
+    pieces = (body[i : i + 7] for i in range(0, len(body), 7))
+    assert a.update(1, pieces, num_examples=1).status_code == 200
+    assert b.update(1, wire.encode(plus(W0, 5.0)), num_examples=3).status_code == 200
+    assert b.model(2).headers["X-FL-Phase"] == "finished"
+
+
+def test_chunked_update_over_the_limit(run):
+    pieces = (b"\x00" * 4096 for _ in range(4))  # 16 KiB > --max-update-mb 0.01
+    expect_error(run[1].update(1, pieces), 413, "max_update_bytes")
+    finish_and_check(*run)

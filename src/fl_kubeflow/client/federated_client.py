@@ -13,7 +13,7 @@ import requests
 
 from fl_kubeflow import wire
 from fl_kubeflow.client.trainer import Trainer
-from fl_kubeflow.client.transport import ServerError, Transport
+from fl_kubeflow.client.transport import BufferBody, ServerError, Transport
 
 log = logging.getLogger("fl_kubeflow.client")
 
@@ -104,8 +104,8 @@ class FederatedClient:
             info = self._post_json("/v1/join", {"client_id": self.client_id})
             log.info("client %s joined (%d rounds)", self.client_id, info["num_rounds"])
             if info.get("propose_initial"):
-                body = wire.encode(self.trainer.initial_weights())
-                self._call("POST", "/v1/initial", data=body)
+                parts = wire.encode_parts(self.trainer.initial_weights())
+                self._call("POST", "/v1/initial", data=BufferBody(parts))
             evaluated: set[int] = set()
             next_round = 1
             while True:
@@ -133,7 +133,9 @@ class FederatedClient:
             "Content-Type": wire.CONTENT_TYPE,
         }
         try:
-            self._call("POST", "/v1/update", data=wire.encode(result.weights), headers=headers)
+            # Sent from the trainer's arrays as they are: no message-sized copy.
+            body = BufferBody(wire.encode_parts(result.weights))
+            self._call("POST", "/v1/update", data=body, headers=headers)
         except ServerError as exc:
             if exc.code == "run_failed":
                 raise FederationFailed(exc.message) from None
@@ -204,6 +206,7 @@ class FederatedClient:
                     "/v1/model",
                     params={"round": server_round, "wait": f"{wait:.3f}"},
                     read_timeout=wait + self.transport.request_timeout,
+                    into_buffer=True,
                 )
             except ServerError as exc:
                 if exc.code == "run_failed":
@@ -214,7 +217,8 @@ class FederatedClient:
             return _Model(
                 phase=response.headers.get("X-FL-Phase", "fit"),
                 server_round=int(response.headers["X-FL-Round"]),
-                weights=wire.decode(response.content),
+                # Views of the buffer the body was read into: no copy.
+                weights=wire.decode(response.buffer),
                 config=json.loads(response.headers.get("X-FL-Config") or "{}"),
             )
 

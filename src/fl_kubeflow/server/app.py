@@ -7,12 +7,16 @@ bodies; everything else is small JSON or headers.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
+import threading
 from typing import Any
 
+import numpy as np
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import wrap_file
 
 from fl_kubeflow import metrics as metrics_lib
 from fl_kubeflow import wire
@@ -24,6 +28,11 @@ log = logging.getLogger("fl_kubeflow.server")
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_METRICS_HEADER = 4096
+# Bytes read per call from a chunked body, whose length is not known in advance.
+BODY_PIECE = 1 << 20
+BODIES_IN_MEMORY = 2
+# Bytes per piece when a server without a file wrapper (cheroot) sends the model.
+SEND_PIECE = 1 << 20
 
 
 def create_app(federation: Federation, config: ServerConfig) -> Flask:
@@ -83,9 +92,17 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         body = _json_body()
         return jsonify(federation.join(_str_field(body, "client_id")))
 
+    # Update bodies held in memory at once. Decoding, checking and adding one is CPU
+    # work that more threads cannot speed up, and each held body is a model's worth
+    # of memory: the rest wait with their bodies still spooled to disk by waitress,
+    # so the server's memory does not grow with the number of clients.
+    bodies_in_memory = threading.BoundedSemaphore(BODIES_IN_MEMORY)
+
     @app.post("/v1/initial")
     def initial() -> tuple[Response, int]:
-        accepted = federation.propose_initial(_client_id(), _weights_body(config))
+        client_id = _client_id()
+        with bodies_in_memory:
+            accepted = federation.propose_initial(client_id, _weights_body(config))
         return jsonify({"accepted": accepted}), 201 if accepted else 200
 
     @app.get("/v1/model")
@@ -96,15 +113,22 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         answer = federation.wait_for_model(client_id, server_round, wait)
         if answer is None:
             return Response(status=204, headers={"Retry-After": "0"})
-        return Response(
-            answer.body,
+        # The cached body goes out through the server's file wrapper (as send_file
+        # does): waitress then sends it from the one cached copy, where a plain body
+        # would be copied into an in-memory buffer and then a temporary file per client.
+        # BytesIO shares the bytes' memory until written to, which it never is.
+        response = Response(
+            wrap_file(request.environ, io.BytesIO(answer.body), buffer_size=SEND_PIECE),
             mimetype=wire.CONTENT_TYPE,
             headers={
                 "X-FL-Round": str(answer.server_round),
                 "X-FL-Phase": answer.phase.value,
                 "X-FL-Config": json.dumps(answer.config),
             },
+            direct_passthrough=True,
         )
+        response.content_length = len(answer.body)
+        return response
 
     @app.post("/v1/update")
     def update() -> Response:
@@ -112,10 +136,10 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         server_round = _int_header("X-FL-Round")
         num_examples = _int_header("X-FL-Num-Examples")
         metrics = _metrics_header()
-        body = _weights_body(config)
-        return jsonify(
-            federation.submit_update(client_id, server_round, num_examples, metrics, body)
-        )
+        with bodies_in_memory:
+            body = _weights_body(config)
+            answer = federation.submit_update(client_id, server_round, num_examples, metrics, body)
+        return jsonify(answer)
 
     @app.post("/v1/evaluate")
     def evaluate() -> Response:
@@ -194,17 +218,39 @@ def _validated_metrics(value: Any) -> dict[str, float]:
         raise BadRequest(str(exc)) from None
 
 
-def _weights_body(config: ServerConfig) -> bytes:
+def _weights_body(config: ServerConfig) -> memoryview:
+    """The request body, read once into one buffer that the decoded arrays will view.
+
+    The buffer is a numpy allocation: numpy asks the kernel for huge pages, which
+    for a 40 MB body saves ~10,000 page faults over bytes or bytearray.
+    """
     length = request.content_length
     limit = config.max_update_bytes
     if length is not None and length > limit:
         raise TooLarge(f"body of {length} bytes exceeds max_update_bytes={limit}", limit=limit)
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
-    if length is not None and len(data) != length:
-        raise BadRequest(f"body is truncated: {len(data)} of {length} bytes arrived")
-    return data
+    stream = request.stream
+    if length is None:
+        # Chunked transfer: the size is learnt by reading, so read in pieces up to the limit.
+        pieces, size = [], 0
+        while size <= limit:
+            piece = stream.read(min(BODY_PIECE, limit + 1 - size))
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        if size > limit:
+            raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
+        return memoryview(bytearray(b"".join(pieces)))
+    view = memoryview(np.empty(length, dtype=np.uint8))
+    got = 0
+    while got < length:
+        count = stream.readinto(view[got:])
+        if not count:
+            break
+        got += count
+    if got != length:
+        raise BadRequest(f"body is truncated: {got} of {length} bytes arrived")
+    return view
 
 
 def _json_body() -> dict[str, Any]:

@@ -213,7 +213,7 @@ class Federation:
             client.left, client.active = True, False
             self._cond.notify_all()
 
-    def propose_initial(self, client_id: str, body: bytes) -> bool:
+    def propose_initial(self, client_id: str, body: wire.Buffer) -> bool:
         """First proposal wins; later ones are answered but ignored."""
         with self._cond:
             self._require_client(client_id)
@@ -290,7 +290,7 @@ class Federation:
         server_round: int,
         num_examples: int,
         metrics: dict[str, float],
-        body: bytes,
+        body: wire.Buffer,
     ) -> dict[str, Any]:
         """Validate an update and fold it into the round, once per client and round."""
         with self._cond:
@@ -563,7 +563,7 @@ class Federation:
             return [f"<{absent} not yet joined>"] if absent > 0 else []
         return sorted(set(self.config.client_ids) - set(self._clients))
 
-    def _decode(self, body: bytes) -> Weights:
+    def _decode(self, body: wire.Buffer) -> Weights:
         if len(body) > self.config.max_update_bytes:
             raise BadRequest(f"body of {len(body)} bytes exceeds max_update_bytes")
         try:

@@ -14,6 +14,7 @@ from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.http_server import start_http_server
+from fl_kubeflow.server.memory import release_large_allocations
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -44,6 +45,8 @@ def load_initial_weights(path: Path) -> wire.Weights:
 
 def serve(config: ServerConfig, on_listening: Callable[[int], None] | None = None) -> ServeResult:
     """Serve one run to its end. ``on_listening`` receives the bound port."""
+    # Before any model is loaded: the server's memory must not grow with the traffic.
+    release_large_allocations()
     strategy = strategies.create(config.strategy, **config.strategy_options)
     resume = checkpoint.load(config.checkpoint_dir) if config.checkpoint_dir else None
     initial = None

@@ -37,10 +37,7 @@ from fl_kubeflow.kube import (
 )
 
 # tests/ is not a package: pytest puts tests/ itself on sys.path, `python -m pytest` the root.
-try:
-    from tests.k8s_cluster import K8sCluster, k8s_cluster  # (k8s_cluster: a pytest fixture)
-except ImportError:
-    from k8s_cluster import K8sCluster, k8s_cluster  # type: ignore[no-redef]  # noqa: F401
+from tests.k8s_cluster import K8sCluster  # the k8s_cluster fixture comes from conftest.py
 
 k8s = pytest.mark.k8s
 

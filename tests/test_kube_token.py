@@ -17,6 +17,7 @@ from fl_kubeflow.kube.token_secret import (
     read_run_token,
     secret_name,
 )
+from tests.k8s_cluster import K8sCluster  # the k8s_cluster fixture comes from conftest.py
 from tests.test_kube_service import (
     create_pod,
     delete_pod_now,
@@ -26,11 +27,6 @@ from tests.test_kube_service import (
     server_labels,
     wait_for,
 )
-
-try:
-    from tests.k8s_cluster import K8sCluster, k8s_cluster  # (k8s_cluster: a pytest fixture)
-except ImportError:
-    from k8s_cluster import K8sCluster, k8s_cluster  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.k8s
 

@@ -109,6 +109,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="file holding the run's bearer token (or set FL_KUBEFLOW_TOKEN)",
     )
+    parser.add_argument(
+        "--wire-dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="send float32 tensors as this (default: as the server sends the model)",
+    )
     delta = parser.add_argument_group("numpy-delta trainer (tests and benchmarks)")
     delta.add_argument("--delta", type=float, default=0.0, help="added to every weight")
     delta.add_argument(
@@ -188,6 +194,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             refresh_headers=(lambda: auth_headers(read_token(args.token_file)))
             if args.token_file
             else None,
+            wire_dtype=args.wire_dtype,
         )
     except ValueError as exc:
         print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)

@@ -112,6 +112,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="write {'port': P} here once listening (for scripts using --port 0)",
     )
+    parser.add_argument(
+        "--wire-dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="send float32 tensors as this (float16/bfloat16: half the bytes); the model "
+        "and the aggregation stay float32; clients follow unless told otherwise",
+    )
     parser.set_defaults(run=run)
 
 
@@ -162,6 +169,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             checkpoint_dir=args.checkpoint_dir,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            wire_dtype=args.wire_dtype,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -50,6 +50,7 @@ class _Model:
     server_round: int
     weights: wire.Weights
     config: dict[str, Any]
+    wire_dtype: str = "float32"
 
 
 class FederatedClient:
@@ -68,6 +69,8 @@ class FederatedClient:
         refresh_headers: Called when the server answers 401, e.g. to re-read the run's
             token after the server pod was replaced; its headers replace the old ones
             and the request is tried once more.
+        wire_dtype: How this client sends float32 tensors (float32, float16, bfloat16);
+            None: as the server sends the model (its X-FL-Wire-Dtype header).
     """
 
     def __init__(
@@ -83,8 +86,10 @@ class FederatedClient:
         headers: dict[str, str] | None = None,
         verify: bool | str = True,
         refresh_headers: Callable[[], dict[str, str]] | None = None,
+        wire_dtype: str | None = None,
     ) -> None:
         self.client_id = client_id
+        self.wire_dtype = None if wire_dtype is None else wire.check_wire_dtype(wire_dtype)
         self.refresh_headers = refresh_headers
         self.trainer = trainer
         self.round_wait_timeout = round_wait_timeout
@@ -134,7 +139,8 @@ class FederatedClient:
         }
         try:
             # Sent from the trainer's arrays as they are: no message-sized copy.
-            body = BufferBody(wire.encode_parts(result.weights))
+            wire_dtype = self.wire_dtype or model.wire_dtype
+            body = BufferBody(wire.encode_parts(result.weights, wire_dtype=wire_dtype))
             self._call("POST", "/v1/update", data=body, headers=headers)
         except ServerError as exc:
             if exc.code == "run_failed":
@@ -214,12 +220,17 @@ class FederatedClient:
                 raise
             if response.status_code == 204:
                 continue
+            # The server says how it sent float32 tensors; absent (an older server): as is.
+            wire_dtype = response.headers.get("X-FL-Wire-Dtype", "float32")
+            if wire_dtype not in wire.WIRE_DTYPES:
+                raise FederationFailed(f"the server sends weights as {wire_dtype!r}, unknown here")
             return _Model(
                 phase=response.headers.get("X-FL-Phase", "fit"),
                 server_round=int(response.headers["X-FL-Round"]),
                 # Views of the buffer the body was read into: no copy.
-                weights=wire.decode(response.buffer),
+                weights=wire.decode(response.buffer, wire_dtype=wire_dtype),
                 config=json.loads(response.headers.get("X-FL-Config") or "{}"),
+                wire_dtype=wire_dtype,
             )
 
     def _call(

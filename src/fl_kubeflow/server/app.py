@@ -124,6 +124,7 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
                 "X-FL-Round": str(answer.server_round),
                 "X-FL-Phase": answer.phase.value,
                 "X-FL-Config": json.dumps(answer.config),
+                "X-FL-Wire-Dtype": config.wire_dtype,
             },
             direct_passthrough=True,
         )

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# As in fl_kubeflow.wire, which this module does not import (it needs no numpy).
+WIRE_DTYPES = ("float32", "float16", "bfloat16")
 MIN_TOKEN_LENGTH = 22  # 128 bits in URL-safe base64
 
 
@@ -33,6 +35,8 @@ class ServerConfig:
         checkpoint_dir: Where the run is saved after every round, and resumed from.
         tls_cert: PEM certificate (chain) to serve HTTPS with; needs tls_key.
         tls_key: PEM private key of tls_cert.
+        wire_dtype: How float32 tensors travel: float32, or float16/bfloat16 for half
+            the bytes. The model and the aggregation stay float32 on the server.
     """
 
     num_clients: int
@@ -54,6 +58,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     checkpoint_dir: Path | None = None
+    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -76,6 +81,10 @@ class ServerConfig:
             raise ValueError(
                 f"the token must be at least {MIN_TOKEN_LENGTH} characters (128 bits of "
                 f"randomness, e.g. from secrets.token_urlsafe(32)); got {len(self.token)}"
+            )
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(
+                f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}, got {self.wire_dtype!r}"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")

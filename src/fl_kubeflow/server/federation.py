@@ -491,7 +491,7 @@ class Federation:
         aggregate = current.aggregator.result()
         new_global = self.strategy.finish_round(current.number, self._global, aggregate)
         self._check_signature(new_global, what="aggregate")
-        body = wire.encode(new_global)
+        body = wire.encode(new_global, wire_dtype=self.config.wire_dtype)
         with self._cond:
             current.duration_s = time.monotonic() - current.started_mono
             current.num_examples = current.aggregator.total_examples
@@ -567,7 +567,8 @@ class Federation:
         if len(body) > self.config.max_update_bytes:
             raise BadRequest(f"body of {len(body)} bytes exceeds max_update_bytes")
         try:
-            weights = wire.decode(body)
+            # Half-precision tensors come back as float32: the model's dtype is checked next.
+            weights = wire.decode(body, wire_dtype=self.config.wire_dtype)
         except wire.WireFormatError as exc:
             raise BadRequest(str(exc)) from None
         if not weights:
@@ -606,7 +607,7 @@ class Federation:
 
     def _set_global(self, weights: Weights, initial: bool) -> None:
         self._global = weights
-        self._global_body = wire.encode(weights)
+        self._global_body = wire.encode(weights, wire_dtype=self.config.wire_dtype)
         if initial:
             self._signature = wire.describe(weights)
 

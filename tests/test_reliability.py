@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import requests
@@ -244,6 +245,12 @@ def test_restarted_server_with_a_new_token_clients_read_it_again(tmp_path):
         for i in (0, 1)
     ]
     server.wait_for_round(1, token=token_file.read_text())
+    # Round 1 counts as completed just before its checkpoint is on disk: killed in between,
+    # the replacement would start afresh, and this test is about the token, not that race.
+    state = tmp_path / "ckpt" / "state.json"
+    deadline = time.monotonic() + 30
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     token_file.write_text(new_token())  # the replacement server pod makes a new token

@@ -1,4 +1,4 @@
-"""Process memory settings for the server: freed models go back to the OS.
+"""Process memory of the server: freed models go back to the OS, and its peak is measured.
 
 glibc's malloc serves a large allocation with mmap, and returns it to the OS on
 free, only above a threshold that it raises, by itself, to the size of the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import resource
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -37,3 +38,20 @@ def release_large_allocations() -> bool:
     if not ok:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused; allocator left as it is")
     return ok
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM, else ru_maxrss.
+
+    Not ru_maxrss first: Linux carries it across fork and exec, so a server started by
+    a large process (a benchmark, a notebook) would report that process's peak.
+    VmHWM belongs to the address space that exec made.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

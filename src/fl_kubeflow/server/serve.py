@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.http_server import start_http_server
-from fl_kubeflow.server.memory import release_large_allocations
+from fl_kubeflow.server.memory import peak_rss_bytes, release_large_allocations
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -78,7 +77,7 @@ def _write_outputs(federation: Federation, output_dir: Path | None) -> ServeResu
     history = federation.history()
     # Peak memory of this process: benchmarks read it to check that FedAvg's footprint
     # does not grow with the number of clients.
-    history["server_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    history["server_peak_rss_bytes"] = peak_rss_bytes()
     weights_path = history_path = None
     ok = history["status"] == "finished"
     if output_dir is not None:

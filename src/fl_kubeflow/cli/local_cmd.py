@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fl_kubeflow.cli.client_cmd import add_training_options
 from fl_kubeflow.cli.options import positive_float, positive_int
-from fl_kubeflow.cli.server_cmd import add_server_options
+from fl_kubeflow.cli.server_cmd import add_server_options, checked_strategy_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +53,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     if args.min_clients is not None and args.min_clients > args.clients:
         parser.error(f"--min-clients {args.min_clients} exceeds --clients {args.clients}")
+    try:
+        strategy_options = checked_strategy_options(args, args.clients)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.trainer == "keras":
         from fl_kubeflow.local.preflight import check_options
 
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         optimizer=args.optimizer,
         seed=args.seed,
         strategy=args.strategy,
+        strategy_options=strategy_options,
         trainer=args.trainer,
         output=args.output,
         join_timeout=args.join_timeout,
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             str(args.poll_timeout),
             "--max-update-mb",
             str(args.max_update_mb),
+            *[arg for pair in args.strategy_option for arg in ("--strategy-option", pair)],
         ],
     )
 

@@ -36,7 +36,16 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategy",
         default="fedavg",
-        help="aggregation strategy",
+        help="aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, "
+        "fedmedian, fedtrimmedavg, krum, multikrum (docs/strategies.md)",
+    )
+    parser.add_argument(
+        "--strategy-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one strategy option, repeatable, e.g. eta=0.03, fraction_fit=0.5, "
+        "noise_multiplier=1.0 clipping_norm=0.5 (central DP)",
     )
     parser.add_argument(
         "--max-update-mb",
@@ -136,9 +145,23 @@ def config_from_args(args: argparse.Namespace, num_clients: int, **overrides):
         grace_period=args.grace_period,
         poll_timeout=args.poll_timeout,
         strategy=args.strategy,
+        strategy_options=checked_strategy_options(args, num_clients),
     )
     values.update(overrides)
     return ServerConfig(**values)
+
+
+def checked_strategy_options(args: argparse.Namespace, num_clients: int) -> dict:
+    """--strategy-option pairs, checked by building the strategy for this federation.
+
+    Raises ValueError naming the strategy, option or value at fault, before anything starts.
+    """
+    from fl_kubeflow import strategies
+
+    options = strategies.parse_option_pairs(args.strategy_option)
+    quorum = num_clients if args.min_clients is None else args.min_clients
+    strategies.create(args.strategy, **options).check(num_clients, quorum)
+    return options
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -49,6 +49,7 @@ class LocalRunOptions:
     optimizer: str = defaults.OPTIMIZER
     seed: int = defaults.SEED
     strategy: str = "fedavg"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
     trainer: str = "keras"
     output: Path = Path("runs/local")
     join_timeout: float = 300.0

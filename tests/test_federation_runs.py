@@ -132,3 +132,16 @@ def test_unreachable_server_gives_up_at_the_retry_deadline(tmp_path):
     client = start_client(tmp_path, f"http://127.0.0.1:{free_port()}", 0, "--retry-timeout", "2")
     assert client.wait(60) == 1
     assert "retry_timeout" in client.log()
+
+
+def test_a_lost_goodbye_after_finished_is_not_a_failure(tmp_path):
+    # Client 1 evaluates the final model for 4 s; the server waits 1 s for it, then exits.
+    server = start_server(tmp_path, "--clients", "2", "--rounds", "1", "--grace-period", "1")
+    clients = [
+        start_client(tmp_path, server.url, 0),
+        start_client(tmp_path, server.url, 1, "--eval-delay", "4", "--retry-timeout", "120"),
+    ]
+    assert server.wait() == 0
+    # Not the 120 s retry timeout, and not a failure: the run was over.
+    assert wait_all(clients, timeout=60) == [0, 0], clients[1].log()
+    assert "the goodbye was lost" in clients[1].log()

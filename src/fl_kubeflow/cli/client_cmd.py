@@ -125,6 +125,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--fit-delay", type=float, default=0.0, help="seconds each fit sleeps (a slow client)"
     )
     delta.add_argument(
+        "--eval-delay", type=float, default=0.0, help="seconds each evaluation sleeps"
+    )
+    delta.add_argument(
         "--slow-rounds",
         default=None,
         help="comma-separated rounds in which --fit-delay applies (default: every round)",
@@ -143,6 +146,7 @@ def build_trainer(args: argparse.Namespace):
             num_examples=args.num_examples,
             seed=args.seed,
             fit_delay=args.fit_delay,
+            eval_delay=args.eval_delay,
             slow_rounds=[int(r) for r in args.slow_rounds.split(",")] if args.slow_rounds else None,
             evaluate_rounds=True,
         )

@@ -13,9 +13,12 @@ import requests
 
 from fl_kubeflow import wire
 from fl_kubeflow.client.trainer import Trainer
-from fl_kubeflow.client.transport import BufferBody, ServerError, Transport
+from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
 
 log = logging.getLogger("fl_kubeflow.client")
+
+# After "finished", how long the final evaluation and leave may keep retrying.
+GOODBYE_RETRY_S = 10.0
 
 
 class FederationFailed(Exception):
@@ -116,9 +119,8 @@ class FederatedClient:
             while True:
                 model = self._wait_for_model(next_round)
                 if model.phase == "finished":
-                    self._evaluate(model.weights, model.server_round, summary, evaluated)
                     summary.final_round = model.server_round
-                    self._post_json("/v1/leave", {"client_id": self.client_id})
+                    self._say_goodbye(model, summary, evaluated)
                     log.info(
                         "client %s: finished after round %d", self.client_id, model.server_round
                     )
@@ -128,6 +130,21 @@ class FederatedClient:
                 next_round = model.server_round + 1
         finally:
             self.transport.close()
+
+    def _say_goodbye(self, model: _Model, summary: ClientSummary, evaluated: set[int]) -> None:
+        """Send the final evaluation and leave: best effort, the run is over already.
+
+        The server waits for this only up to its grace period; if it has gone, the
+        client has done its part and must not spend its retry timeout (or fail) on it.
+        """
+        self.transport.retry_timeout = min(self.transport.retry_timeout, GOODBYE_RETRY_S)
+        try:
+            self._evaluate(model.weights, model.server_round, summary, evaluated)
+            self._post_json("/v1/leave", {"client_id": self.client_id})
+        except (ServerError, ServerUnreachable) as exc:
+            log.warning(
+                "client %s: the run is finished; the goodbye was lost: %s", self.client_id, exc
+            )
 
     def _fit(self, model: _Model, summary: ClientSummary) -> None:
         result = self.trainer.fit(model.weights, model.server_round, model.config)

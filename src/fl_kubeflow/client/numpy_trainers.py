@@ -31,6 +31,7 @@ class DeltaTrainer:
         seed: Seed of the initial weights; clients with one seed propose the same model.
         fit_delay: Seconds to sleep in ``fit``, to play a slow client.
         slow_rounds: If given, sleep only in these rounds.
+        eval_delay: Seconds to sleep in ``evaluate``, to play a client slow to say goodbye.
         evaluate_rounds: If True, report the mean weight as a metric after every round.
     """
 
@@ -44,7 +45,9 @@ class DeltaTrainer:
         evaluate_rounds: bool = False,
         dtype: str = "float32",
         slow_rounds: Sequence[int] | None = None,
+        eval_delay: float = 0.0,
     ) -> None:
+        self.eval_delay = eval_delay
         self.shapes = [tuple(s) for s in shapes]
         self.delta = delta
         self.num_examples = num_examples
@@ -66,6 +69,8 @@ class DeltaTrainer:
     def evaluate(self, weights: Weights, server_round: int) -> EvaluateResult | None:
         if not self.evaluate_rounds:
             return None
+        if self.eval_delay:
+            time.sleep(self.eval_delay)
         total = sum(float(v.sum()) for v in weights.values())
         count = sum(v.size for v in weights.values())
         return EvaluateResult(self.num_examples, {"mean_weight": total / count})

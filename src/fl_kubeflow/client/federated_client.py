@@ -12,8 +12,9 @@ from typing import Any
 import requests
 
 from fl_kubeflow import wire
-from fl_kubeflow.client.trainer import Trainer
+from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
+from fl_kubeflow.privacy.client import clip_for_config
 
 log = logging.getLogger("fl_kubeflow.client")
 
@@ -125,7 +126,8 @@ class FederatedClient:
                         "client %s: finished after round %d", self.client_id, model.server_round
                     )
                     return summary
-                self._evaluate(model.weights, model.server_round - 1, summary, evaluated)
+                if model.config.get("evaluate", True):  # fraction_evaluate may skip us
+                    self._evaluate(model.weights, model.server_round - 1, summary, evaluated)
                 self._fit(model, summary)
                 next_round = model.server_round + 1
         finally:
@@ -139,7 +141,8 @@ class FederatedClient:
         """
         self.transport.retry_timeout = min(self.transport.retry_timeout, GOODBYE_RETRY_S)
         try:
-            self._evaluate(model.weights, model.server_round, summary, evaluated)
+            if model.config.get("evaluate", True):
+                self._evaluate(model.weights, model.server_round, summary, evaluated)
             self._post_json("/v1/leave", {"client_id": self.client_id})
         except (ServerError, ServerUnreachable) as exc:
             log.warning(
@@ -148,6 +151,9 @@ class FederatedClient:
 
     def _fit(self, model: _Model, summary: ClientSummary) -> None:
         result = self.trainer.fit(model.weights, model.server_round, model.config)
+        # Client-side DP clipping, when the round's config asks for it (else unchanged).
+        weights, clip_metrics = clip_for_config(result.weights, model.weights, model.config)
+        result = FitResult(weights, result.num_examples, {**result.metrics, **clip_metrics})
         headers = {
             "X-FL-Round": str(model.server_round),
             "X-FL-Num-Examples": str(result.num_examples),

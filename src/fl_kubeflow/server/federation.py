@@ -72,8 +72,12 @@ class _Round:
     started_mono: float
     started_at: str
     aggregator: RoundAggregator | None
+    # Who was asked to train (client sampling) and to evaluate the model before it.
+    sampled: list[str] = field(default_factory=list)
+    eval_sampled: list[str] = field(default_factory=list)
     train: WeightedMetrics = field(default_factory=WeightedMetrics)
     num_examples: int = 0
+    strategy_report: dict[str, Any] = field(default_factory=dict)
     contributors: dict[str, int] = field(default_factory=dict)
     refused: list[dict[str, str]] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
@@ -85,6 +89,8 @@ class _Round:
         return {
             "number": self.number,
             "started_at": self.started_at,
+            "sampled": self.sampled,
+            "strategy_report": self.strategy_report,
             "train": self.train.to_state(),
             "num_examples": self.num_examples,
             "contributors": self.contributors,
@@ -102,6 +108,8 @@ class _Round:
             started_mono=0.0,
             started_at=state["started_at"],
             aggregator=None,
+            sampled=list(state.get("sampled", [])),
+            strategy_report=dict(state.get("strategy_report", {})),
             train=WeightedMetrics.from_state(state["train"]),
             num_examples=int(state["num_examples"]),
             contributors=dict(state["contributors"]),
@@ -153,6 +161,7 @@ class Federation:
         self._finished_at: str | None = None
         self._join_deadline = time.monotonic() + config.join_timeout
         self._end_deadline = 0.0
+        self._final_eval_sampled: set[str] = set()
         self._counters: dict[str, int] = {
             "updates_accepted": 0,
             "updates_duplicate": 0,
@@ -250,16 +259,35 @@ class Federation:
                 if self._phase is Phase.FINISHED:
                     client.told_end = True
                     self._cond.notify_all()
-                    return self._answer(Phase.FINISHED, self._round, {})
-                if self._phase is Phase.FIT and (
-                    self._round >= server_round or self._owes_update(client_id)
+                    evaluate = client_id in self._final_eval_sampled
+                    return self._answer(Phase.FINISHED, self._round, {"evaluate": evaluate})
+                current = self._current
+                if (
+                    current is not None
+                    and client_id not in current.sampled
+                    and getattr(self.strategy, "fraction_fit", 1.0) >= 1.0
+                ):
+                    # Everyone trains in every round: a late or returning client joins the
+                    # open round at once instead of waiting for the next.
+                    current.sampled = sorted([*current.sampled, client_id])
+                if not client.active and current is not None and client_id not in current.sampled:
+                    # A returning client joins the draw of the next round.
+                    log.info("client %s is back; waiting for round %d", client_id, self._round + 1)
+                    client.active = True
+                if (
+                    self._phase is Phase.FIT
+                    and current is not None
+                    and client_id in current.sampled
+                    and (self._round >= server_round or self._owes_update(client_id))
                 ):
                     if not client.active:
                         log.info("client %s is back for round %d", client_id, self._round)
                         client.active = True
-                    return self._answer(
-                        Phase.FIT, self._round, self.strategy.configure_fit(self._round)
-                    )
+                    config = {
+                        **self.strategy.configure_fit(self._round),
+                        "evaluate": client_id in current.eval_sampled,
+                    }
+                    return self._answer(Phase.FIT, self._round, config)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -313,7 +341,7 @@ class Federation:
                 return duplicate
             current = self._current
             assert current is not None and current.aggregator is not None
-            current.aggregator.add(weights, num_examples)
+            current.aggregator.add(weights, num_examples, client_id)
             current.contributors[client_id] = num_examples
             current.train.add(metrics, num_examples)
             current.bytes_in += len(body)
@@ -331,6 +359,13 @@ class Federation:
                 self._counters["updates_duplicate"] += 1
                 return {"accepted": True, "duplicate": True, "round": server_round}
         if self._phase is Phase.FIT and server_round == self._round:
+            current = self._current
+            if current is not None and client_id not in current.sampled:
+                self._count_rejection("not_sampled")
+                raise WrongRound(
+                    f"client {client_id!r} was not sampled to train in round {server_round}",
+                    current_round=self._round,
+                )
             return None
         if server_round > self._round or (
             server_round == self._round and self._phase is Phase.WAITING
@@ -440,7 +475,9 @@ class Federation:
                 assert current is not None
                 deadline = current.started_mono + self.config.round_timeout
                 done = set(current.contributors)
-                waiting = sorted(c for c, s in self._clients.items() if s.active and c not in done)
+                waiting = sorted(
+                    c for c in current.sampled if self._clients[c].active and c not in done
+                )
                 if not waiting and len(done) >= self.config.quorum:
                     self._phase = Phase.AGGREGATING
                     return "aggregate"
@@ -516,6 +553,11 @@ class Federation:
                 current.duration_s,
             )
             if current.number >= self.config.num_rounds:
+                self._final_eval_sampled = set(
+                    self.strategy.sample_evaluate(
+                        current.number, sorted(self._clients), self.config.quorum
+                    )
+                )
                 self._phase = Phase.FINISHED
                 self._finished_at = _now_iso()
                 self._end_deadline = time.monotonic() + self.config.grace_period
@@ -527,11 +569,16 @@ class Federation:
     def _open_round(self, number: int) -> None:
         assert self._global is not None
         self._round = number
+        active = sorted(c for c, s in self._clients.items() if s.active) or sorted(self._clients)
         self._current = _Round(
             number=number,
             started_mono=time.monotonic(),
             started_at=_now_iso(),
             aggregator=self.strategy.start_round(number, self._global),
+            sampled=self.strategy.sample_fit(number, active, self.config.quorum),
+            eval_sampled=self.strategy.sample_evaluate(
+                number - 1, sorted(self._clients), self.config.quorum
+            ),
         )
         self._phase = Phase.FIT
         self._cond.notify_all()
@@ -718,6 +765,8 @@ class Federation:
             "evaluate": self._eval_record(record.number),
             "bytes_in": record.bytes_in,
             "bytes_out": record.bytes_out,
+            "sampled": record.sampled,
+            **({"strategy": record.strategy_report} if record.strategy_report else {}),
         }
 
     def history(self) -> dict[str, Any]:
@@ -731,6 +780,7 @@ class Federation:
                 "num_clients": self.config.num_clients,
                 "min_clients": self.config.quorum,
                 "strategy": self.strategy.name,
+                "strategy_options": self.strategy.options(),
                 "clients": sorted(self._clients),
                 "started_at": self._started_at,
                 "finished_at": self._finished_at,

@@ -194,3 +194,9 @@ def test_bfloat16_rounds_to_nearest_even_and_keeps_specials():
 def test_unknown_wire_dtype_is_refused():
     with pytest.raises(ValueError, match="float16"):
         wire.encode({"w": np.ones(1, np.float32)}, wire_dtype="int8")
+
+
+def test_encode_buffer_is_the_same_message_read_only():
+    buffer = wire.encode_buffer(MIXED, wire_dtype="float16")
+    assert buffer.readonly
+    assert bytes(buffer) == wire.encode(MIXED, wire_dtype="float16")

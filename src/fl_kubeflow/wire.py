@@ -86,6 +86,26 @@ def encode(
     return b"".join(encode_parts(weights, metadata, wire_dtype))
 
 
+def encode_buffer(
+    weights: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    wire_dtype: str = "float32",
+) -> memoryview:
+    """Like ``encode``, into a read-only numpy buffer: for a message kept and sent many times.
+
+    numpy asks the kernel for huge pages, so the one copy does not also pay ~10,000
+    page faults per 40 MB as a fresh bytes object does.
+    """
+    parts = encode_parts(weights, metadata, wire_dtype)
+    out = np.empty(sum(part.nbytes for part in parts), dtype=np.uint8)
+    offset = 0
+    for part in parts:
+        out[offset : offset + part.nbytes] = np.frombuffer(part, dtype=np.uint8)
+        offset += part.nbytes
+    out.setflags(write=False)
+    return memoryview(out)
+
+
 def encode_parts(
     weights: Mapping[str, np.ndarray],
     metadata: Mapping[str, str] | None = None,

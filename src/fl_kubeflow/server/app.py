@@ -114,11 +114,11 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         if answer is None:
             return Response(status=204, headers={"Retry-After": "0"})
         # The cached body goes out through the server's file wrapper (as send_file
-        # does): waitress then sends it from the one cached copy, where a plain body
+        # does): waitress then sends it from the one cached message, where a plain body
         # would be copied into an in-memory buffer and then a temporary file per client.
-        # BytesIO shares the bytes' memory until written to, which it never is.
+        body = BufferFile(answer.body, views="wsgi.file_wrapper" in request.environ)
         response = Response(
-            wrap_file(request.environ, io.BytesIO(answer.body), buffer_size=SEND_PIECE),
+            wrap_file(request.environ, body, buffer_size=SEND_PIECE),
             mimetype=wire.CONTENT_TYPE,
             headers={
                 "X-FL-Round": str(answer.server_round),
@@ -159,6 +159,40 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         return jsonify({"left": True})
 
     return app
+
+
+class BufferFile:
+    """A read-only file over a buffer whose reads can be views of it, not copies.
+
+    For the WSGI server's file wrapper: waitress reads a piece, sends it, and seeks
+    past what went out, so with ``views`` every client's model is sent from the one
+    cached message. Without a file wrapper (cheroot) pieces are bytes, as WSGI wants.
+    """
+
+    def __init__(self, buffer: wire.Buffer, views: bool) -> None:
+        self._view = memoryview(buffer).cast("B")
+        self._views = views
+        self._pos = 0
+
+    def read(self, size: int | None = -1) -> memoryview | bytes:
+        end = len(self._view) if size is None or size < 0 else self._pos + size
+        piece = self._view[self._pos : end]
+        self._pos += len(piece)
+        return piece if self._views else piece.tobytes()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = min(max(0, base + offset), len(self._view))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 def _client_id() -> str:

@@ -54,7 +54,7 @@ class ModelAnswer:
 
     phase: Phase
     server_round: int
-    body: bytes
+    body: wire.Buffer
     config: dict[str, Any]
 
 
@@ -151,7 +151,8 @@ class Federation:
         self._round = 0
         self._clients: dict[str, _Client] = {}
         self._global: Weights | None = None
-        self._global_body = b""
+        # The global model's message, encoded once per round and sent to every client.
+        self._global_body: wire.Buffer = b""
         self._signature: dict[str, tuple[tuple[int, ...], str]] = {}
         self._current: _Round | None = None
         self._rounds: list[_Round] = []
@@ -527,8 +528,9 @@ class Federation:
         assert self._global is not None
         aggregate = current.aggregator.result()
         new_global = self.strategy.finish_round(current.number, self._global, aggregate)
+        current.strategy_report = self.strategy.round_report(current.number)
         self._check_signature(new_global, what="aggregate")
-        body = wire.encode(new_global, wire_dtype=self.config.wire_dtype)
+        body = wire.encode_buffer(new_global, wire_dtype=self.config.wire_dtype)
         with self._cond:
             current.duration_s = time.monotonic() - current.started_mono
             current.num_examples = current.aggregator.total_examples
@@ -654,7 +656,7 @@ class Federation:
 
     def _set_global(self, weights: Weights, initial: bool) -> None:
         self._global = weights
-        self._global_body = wire.encode(weights, wire_dtype=self.config.wire_dtype)
+        self._global_body = wire.encode_buffer(weights, wire_dtype=self.config.wire_dtype)
         if initial:
             self._signature = wire.describe(weights)
 

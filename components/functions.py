@@ -40,6 +40,7 @@ def fl_server(
     join_timeout: float = 900.0,
     round_timeout: float = 600.0,
     strategy: str = "fedavg",
+    strategy_options: str = "{}",
     port: int = 8080,
     dataset: str = "digits",
     partition: str = "iid",
@@ -65,7 +66,9 @@ def fl_server(
         min_clients: Fewest updates a round may close with; 0 means all N.
         join_timeout: Seconds to wait for all clients to join.
         round_timeout: Seconds a round waits for updates before closing with those that came.
-        strategy: Aggregation strategy (fedavg).
+        strategy: Aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi,
+            fedadagrad, fedmedian, fedtrimmedavg, krum or multikrum.
+        strategy_options: The strategy's options as a JSON object, e.g. {"eta": 0.03}.
         port: TCP port the server listens on and the Service exposes.
         dataset: Dataset the clients train on; gives the exported model's input shape.
         partition: How the clients split the dataset (shown in the report).
@@ -101,6 +104,7 @@ def fl_server(
         join_timeout=join_timeout,
         round_timeout=round_timeout,
         strategy=strategy,
+        strategy_options=strategy_options,
         port=port,
         dataset=dataset,
         model=model,
@@ -115,6 +119,7 @@ def fl_server(
             "join_timeout": join_timeout,
             "round_timeout": round_timeout,
             "strategy": strategy,
+            "strategy_options": strategy_options,
             "dataset": dataset,
             "partition": partition,
             "model": model,

@@ -67,6 +67,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         learning_rate: float = defaults.LEARNING_RATE,
         optimizer: str = defaults.OPTIMIZER,
         strategy: str = "fedavg",
+        strategy_options: str = "{}",
         min_clients: int = 0,
         round_timeout: float = 600.0,
         join_timeout: float = 900.0,
@@ -87,7 +88,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             batch_size: Clients' local batch size.
             learning_rate: Clients' local learning rate.
             optimizer: Clients' local optimizer: sgd (momentum 0.9) or adam.
-            strategy: Aggregation strategy: fedavg.
+            strategy: Aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi,
+                fedadagrad, fedmedian, fedtrimmedavg, krum, multikrum (docs/strategies.md).
+            strategy_options: Strategy options as a JSON object, e.g. {"eta": 0.03} or
+                {"fraction_fit": 0.5} or {"noise_multiplier": 1.0, "clipping_norm": 0.5}.
             min_clients: Fewest client updates a round may close with; 0 means all clients.
             round_timeout: Seconds a round waits for updates before closing with those that came.
             join_timeout: Seconds the server waits for all clients (and clients for the server).
@@ -115,6 +119,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                     join_timeout=join_timeout,
                     round_timeout=round_timeout,
                     strategy=strategy,
+                    strategy_options=strategy_options,
                     port=DEFAULT_PORT,
                     dataset=dataset,
                     partition=partition,

@@ -48,6 +48,7 @@ EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "learning_rate": ("NUMBER_DOUBLE", defaults.LEARNING_RATE),
     "optimizer": ("STRING", defaults.OPTIMIZER),
     "strategy": ("STRING", "fedavg"),
+    "strategy_options": ("STRING", "{}"),
     "min_clients": ("NUMBER_INTEGER", 0),
     "round_timeout": ("NUMBER_DOUBLE", 600.0),
     "join_timeout": ("NUMBER_DOUBLE", 900.0),

@@ -6,6 +6,7 @@ Called by the ``fl-server`` KFP component; plain Python (no kfp, no TensorFlow: 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -69,6 +70,19 @@ def resolve_initial_weights(path: str | os.PathLike[str] | None) -> Path | None:
     return candidate
 
 
+def parse_strategy_options(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline's strategy_options: a JSON object (text) or a mapping."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        options = json.loads(value or "{}")
+    except json.JSONDecodeError as exc:
+        raise ServerTaskError(f"strategy_options {value!r} is not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ServerTaskError(f"strategy_options must be a JSON object, got {value!r}")
+    return options
+
+
 def run_server_task(
     *,
     run_id: str,
@@ -79,6 +93,7 @@ def run_server_task(
     join_timeout: float = 300.0,
     round_timeout: float = 600.0,
     strategy: str = "fedavg",
+    strategy_options: str | Mapping[str, Any] = "{}",
     port: int = DEFAULT_PORT,
     dataset: str = defaults.DATASET,
     model: str = defaults.MODEL,
@@ -106,9 +121,12 @@ def run_server_task(
     from fl_kubeflow.server.config import ServerConfig
     from fl_kubeflow.server.serve import serve
 
-    if strategy not in strategies.STRATEGIES:
-        known = ", ".join(sorted(strategies.STRATEGIES))
-        raise ServerTaskError(f"unknown strategy {strategy!r}; choose one of {known}")
+    options = parse_strategy_options(strategy_options)
+    quorum = min_clients or num_clients
+    try:
+        strategies.create(strategy, **options).check(num_clients, quorum)
+    except ValueError as exc:
+        raise ServerTaskError(f"strategy {strategy!r}: {exc}") from exc
     model_dir = Path(model_dir)
     # The token: given to this pod (FL_KUBEFLOW_TOKEN), else a per-run Secret made here.
     token = read_token() or publish_run_token(run_id, token_dir=token_dir)
@@ -128,6 +146,7 @@ def run_server_task(
             initial_weights=resolve_initial_weights(initial_model),
             output_dir=model_dir,
             strategy=strategy,
+            strategy_options=options,
             token=token,
             checkpoint_dir=Path(checkpoint_dir) / run_id if checkpoint_dir else None,
         )

@@ -13,13 +13,14 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fl_kubeflow.auth import new_token
 from fl_kubeflow.kube.naming import MANAGED_BY, MANAGED_BY_LABEL, RUN_ID_LABEL, service_name
 from fl_kubeflow.kube.service import (
     DEFAULT_TOKEN_DIR,
+    InClusterContext,
     _api_exception_class,
     _name_service_account,
     _permission_error,
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from kubernetes.client import CoreV1Api
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TOKEN_KEY = "token"
 
@@ -146,15 +149,14 @@ def publish_run_token(
     core_v1_api: CoreV1Api | None = None,
 ) -> str | None:
     """What the server pod calls: the run's token, in a Secret it owns. None outside a pod."""
-    context = detect_in_cluster(token_dir, environ)
-    if context is None:
-        return None
-    api = core_v1_api if core_v1_api is not None else make_core_v1_api(in_cluster=True)
-    with _name_service_account(context):
+
+    def publish(api: CoreV1Api, context: InClusterContext) -> str:
         owner = resolve_owner_pod(api, context)
         return create_run_token_secret(
             api, context.namespace, run_id, *(owner if owner else (None, None))
         )
+
+    return _in_pod(publish, token_dir, environ, core_v1_api)
 
 
 def fetch_run_token(
@@ -166,12 +168,12 @@ def fetch_run_token(
     core_v1_api: CoreV1Api | None = None,
 ) -> str | None:
     """What a client pod calls: the run's token from its Secret. None outside a pod."""
-    context = detect_in_cluster(token_dir, environ)
-    if context is None:
-        return None
-    api = core_v1_api if core_v1_api is not None else make_core_v1_api(in_cluster=True)
-    with _name_service_account(context):
-        return read_run_token(api, context.namespace, run_id, timeout)
+    return _in_pod(
+        lambda api, context: read_run_token(api, context.namespace, run_id, timeout),
+        token_dir,
+        environ,
+        core_v1_api,
+    )
 
 
 def cleanup_run_token(
@@ -182,9 +184,25 @@ def cleanup_run_token(
     core_v1_api: CoreV1Api | None = None,
 ) -> bool:
     """What the cleanup step calls: delete the Secret if it is still there."""
+    deleted = _in_pod(
+        lambda api, context: delete_run_token_secret(api, context.namespace, run_id),
+        token_dir,
+        environ,
+        core_v1_api,
+    )
+    return bool(deleted)
+
+
+def _in_pod(
+    action: Callable[[CoreV1Api, InClusterContext], T],
+    token_dir: str | os.PathLike[str],
+    environ: Mapping[str, str] | None,
+    core_v1_api: CoreV1Api | None,
+) -> T | None:
+    """Run ``action`` with this pod's API client and context; None outside a pod."""
     context = detect_in_cluster(token_dir, environ)
     if context is None:
-        return False
+        return None
     api = core_v1_api if core_v1_api is not None else make_core_v1_api(in_cluster=True)
     with _name_service_account(context):
-        return delete_run_token_secret(api, context.namespace, run_id)
+        return action(api, context)

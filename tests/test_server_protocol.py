@@ -279,3 +279,26 @@ def test_chunked_update_over_the_limit(run):
     pieces = (b"\x00" * 4096 for _ in range(4))  # 16 KiB > --max-update-mb 0.01
     expect_error(run[1].update(1, pieces), 413, "max_update_bytes")
     finish_and_check(*run)
+
+
+def test_large_bodies_spooled_by_waitress_are_checked_and_averaged(tmp_path):
+    # Bodies from 1 MiB up are mapped from waitress's spool file instead of read:
+    # the same checks apply, and the result is exact.
+    server = start_server(tmp_path, "--clients", "1", "--rounds", "1", "--grace-period", "2")
+    try:
+        client = RawClient(server.url, "a")
+        client.join()
+        big = {"w": np.arange(600_000, dtype=np.float32), "b": np.ones(3, dtype=np.float32)}
+        assert client.propose(big).status_code == 201
+        client.model(1)
+        bad = plus(big, 1.0)
+        bad["w"][599_999] = math.nan
+        expect_error(client.update(1, wire.encode(bad)), 422, "NaN or Inf")
+        assert client.update(1, wire.encode(plus(big, 2.0))).status_code == 200
+        assert client.model(2).headers["X-FL-Phase"] == "finished"
+        client.leave()
+        assert server.wait(30) == 0, server.log()
+        final = server.final_weights()
+        np.testing.assert_array_equal(final["w"], big["w"] + np.float32(2.0))
+    finally:
+        server.kill()

@@ -10,6 +10,9 @@ import hmac
 import io
 import json
 import logging
+import mmap
+import os
+import stat
 import threading
 from typing import Any
 
@@ -31,6 +34,8 @@ MAX_METRICS_HEADER = 4096
 # Bytes read per call from a chunked body, whose length is not known in advance.
 BODY_PIECE = 1 << 20
 BODIES_IN_MEMORY = 2
+# Bodies from this size up are mapped from waitress's spool file rather than read.
+MAP_BODIES_FROM = 1 << 20
 # Bytes per piece when a server without a file wrapper (cheroot) sends the model.
 SEND_PIECE = 1 << 20
 
@@ -276,6 +281,9 @@ def _weights_body(config: ServerConfig) -> memoryview:
         if size > limit:
             raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
         return memoryview(bytearray(b"".join(pieces)))
+    spooled = _spooled_body(length)
+    if spooled is not None:
+        return spooled
     view = memoryview(np.empty(length, dtype=np.uint8))
     got = 0
     while got < length:
@@ -286,6 +294,28 @@ def _weights_body(config: ServerConfig) -> memoryview:
     if got != length:
         raise BadRequest(f"body is truncated: {got} of {length} bytes arrived")
     return view
+
+
+def _spooled_body(length: int) -> memoryview | None:
+    """The body as a private map of the file the server spooled it to: no copy at all.
+
+    waitress receives a large body into a temporary file before calling the app;
+    mapping that file (copy-on-write, so nothing we do reaches it) saves reading a
+    model-sized body into memory. None when the body is not such a file (small
+    bodies, cheroot's socket) or not exactly this body: then it is read as usual.
+    """
+    if length < MAP_BODIES_FROM:
+        return None
+    source = request.environ.get("wsgi.input")
+    try:
+        fd = source.fileno()  # type: ignore[union-attr]
+        if source.tell() != 0 or not stat.S_ISREG(os.fstat(fd).st_mode):  # type: ignore[union-attr]
+            return None
+        if os.fstat(fd).st_size != length:
+            return None
+        return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_COPY))
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 def _json_body() -> dict[str, Any]:

@@ -1,0 +1,183 @@
+"""Shared pieces of the performance benchmarks: model shapes, the copy limit, processes.
+
+Used by round_overhead.py, original_protocol.py, aggregation.py and run_perf.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+
+def model_shapes(num_params: int) -> list[tuple[int, ...]]:
+    """Four tensors (two weight matrices and their biases) totalling exactly ``num_params``."""
+    width = 1000 if num_params >= 1_000_000 else 100
+    rows = (num_params * 3 // 4) // width
+    rest = num_params - rows * width - width
+    inner = max(1, rest // 100)
+    shapes: list[tuple[int, ...]] = [(rows, width), (width,), (inner, 100)]
+    bias = num_params - rows * width - width - inner * 100
+    if bias > 0:
+        shapes.append((bias,))
+    assert sum(int(np.prod(s)) for s in shapes) == num_params, shapes
+    return shapes
+
+
+def shapes_arg(shapes: Sequence[Sequence[int]]) -> str:
+    """The ``--shapes`` CLI form: '16x8,8'."""
+    return ",".join("x".join(str(d) for d in s) for s in shapes)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM: ru_maxrss would include its parent's)."""
+    from fl_kubeflow.server.memory import peak_rss_bytes as peak
+
+    return peak()
+
+
+def timed(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Median wall time of ``fn`` over ``repeat`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_seconds(num_params: int, num_clients: int, repeat: int = 5) -> float:
+    """Time to numpy-copy N x P x 4 bytes each way: 2N copies of distinct float32 models.
+
+    Distinct sources and destinations, as N clients' messages are distinct memory;
+    destinations are touched first so page faults are not counted.
+    """
+    src = [np.full(num_params, i, dtype=np.float32) for i in range(num_clients)]
+    dst = [np.zeros(num_params, dtype=np.float32) for _ in range(num_clients)]
+
+    def run() -> None:
+        for _ in range(2):
+            for s, d in zip(src, dst, strict=True):
+                np.copyto(d, s)
+
+    return timed(run, repeat)
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(max_load: float = 1.0, max_wait_s: float = 300.0) -> float:
+    """Wait (bounded) until the 1-minute load is below ``max_load``; return the load seen."""
+    deadline = time.monotonic() + max_wait_s
+    load = load_average()
+    while load >= max_load and time.monotonic() < deadline:
+        time.sleep(10)
+        load = load_average()
+    return load
+
+
+def machine_lines() -> list[str]:
+    """Markdown bullet lines naming the machine and the versions that matter here."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    packages = ["numpy", "safetensors", "flask", "werkzeug", "waitress", "requests", "urllib3"]
+    versions = []
+    for name in packages:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return [
+        f"- Machine: {cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, "
+        f"{platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}; {', '.join(versions)}",
+    ]
+
+
+class Processes:
+    """Child processes that are always killed on exit, whatever happened."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        log = self.folder / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+        self.procs.append((name, proc))
+        return proc
+
+    def log(self, name: str, tail: int = 2000) -> str:
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    def wait_all(self, timeout: float) -> None:
+        """Wait for every process to exit 0 within ``timeout`` seconds in total."""
+        deadline = time.monotonic() + timeout
+        for name, proc in self.procs:
+            try:
+                code = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(
+                    f"{name} still running after {timeout:g}s:\n{self.log(name)}"
+                ) from None
+            if code != 0:
+                raise RuntimeError(f"{name} exited with {code}:\n{self.log(name)}")
+
+    def kill_all(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for _, proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+
+@contextlib.contextmanager
+def processes(folder: Path) -> Iterator[Processes]:
+    """A ``Processes`` whose children are killed when the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    procs = Processes(folder)
+    try:
+        yield procs
+    finally:
+        procs.kill_all()
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    """Block until ``path`` exists; fail early if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before writing {path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} not written within {timeout:g}s")
+        time.sleep(0.02)

@@ -119,7 +119,7 @@ def section(
         sent = " | ".join(
             f"{sum(by_dtype[d][1]) / len(by_dtype[d][1]) / 1e3:.1f}" for d in by_dtype
         )
-        lines += [f"| model kB sent per round | {sent} |", ""]
+        lines += [f"| model kB sent per round (to {clients} clients) | {sent} |", ""]
     return lines
 
 

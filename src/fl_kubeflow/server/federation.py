@@ -651,7 +651,7 @@ class Federation:
                     f"the global model has {dtype}{list(shape)}",
                     tensor=name,
                 )
-            if not np.all(np.isfinite(value)):
+            if not _all_finite(value):
                 raise InvalidUpdate(f"{what} tensor {name!r} holds NaN or Inf values", tensor=name)
 
     def _set_global(self, weights: Weights, initial: bool) -> None:
@@ -832,6 +832,24 @@ class Federation:
                 f"fl_bytes_sent_total {self._counters['bytes_out']}",
             ]
             return "\n".join(lines) + "\n"
+
+
+_FINITE_SLICE = 1 << 16
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """np.isfinite(values).all(), slice by slice: no model-sized boolean array per update."""
+    if values.dtype.kind not in "fc":  # integers and booleans are always finite
+        return True
+    flat = values.reshape(-1)
+    if flat.size <= _FINITE_SLICE:
+        return bool(np.isfinite(flat).all())
+    mask = np.empty(_FINITE_SLICE, dtype=bool)
+    for lo in range(0, flat.size, _FINITE_SLICE):
+        piece = flat[lo : lo + _FINITE_SLICE]
+        if not np.isfinite(piece, out=mask[: piece.size]).all():
+            return False
+    return True
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -109,11 +109,23 @@ def main() -> int:
         "Rounds to 90% accuracy for every strategy (iid and dirichlet:0.3) and FedAvg under",
         "central DP: [strategies.md](strategies.md) (`benchmarks/strategies_convergence.py`).",
         "Robust rules against 1 of 5 clients sending garbage: [robustness.md](robustness.md)",
-        "(`benchmarks/robustness.py`).",
+        "(`benchmarks/robustness.py`). Their tables, as those scripts last wrote them:",
         "",
+        *embedded("robustness.md"),
+        *embedded("strategies.md"),
     ]
     args.output.write_text("\n".join(lines) + kept_sections(args.output))
     print(f"wrote {args.output}")
+
+
+def embedded(name: str) -> list[str]:
+    """Another benchmark's markdown, its headings moved two levels down."""
+    path = HERE / name
+    if not path.exists():
+        return []
+    return [
+        f"##{line}" if line.startswith("#") else line for line in path.read_text().splitlines()
+    ] + [""]
 
 
 def kept_sections(path: Path) -> str:

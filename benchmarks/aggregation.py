@@ -100,7 +100,12 @@ def run(num_params: int = 10_000_000) -> dict[str, Any]:
         "check (np.isfinite on every tensor)": timed(
             lambda: [bool(np.isfinite(a).all()) for a in model.values()]
         ),
-        "encode (wire.encode: one copy into the message)": timed(lambda: wire.encode(model)),
+        "encode (wire.encode: one copy, into a new bytes object)": timed(
+            lambda: wire.encode(model)
+        ),
+        "encode (wire.encode_buffer: one copy, into a numpy buffer; the server's)": timed(
+            lambda: wire.encode_buffer(model)
+        ),
         "decode (wire.decode of a writable buffer: views)": timed(lambda: wire.decode(buffer)),
         "decode (wire.decode of bytes: one copy)": timed(lambda: wire.decode(message)),
     }

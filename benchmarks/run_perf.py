@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -40,6 +41,7 @@ ORIGINAL_ROUNDS = 3
 ORIGINAL_BUDGET_S = 150.0
 ORIGINAL_MAX_PARAMS = 1_000_000  # at 10M a JSON message is ~240 MB: see results.md
 TARGET_P, TARGET_N = 10_000_000, 8
+REPEATS = 4  # extra runs of the target cell
 MB = 1e6
 
 
@@ -217,11 +219,14 @@ def targets(result: dict[str, Any]) -> list[str]:
     lines = []
     target = ours.get((TARGET_P, TARGET_N))
     if target:
-        ratio = target["median_round_s"] / target["limit_s"]
+        runs = [target["median_round_s"], *result.get("repeats", [])]
+        best, median = min(runs), statistics.median(runs)
+        limit = target["limit_s"]
         lines.append(
             f"- Round overhead at P = 10M, N = 8 at most 3x the limit: "
-            f"**{'met' if ratio <= 3 else 'missed'}** ({target['median_round_s']:.3f} s = "
-            f"{ratio:.1f}x the {target['limit_s']:.3f} s limit)."
+            f"**{'met' if median / limit <= 3 else 'missed'}** (median of {len(runs)} runs "
+            f"{median:.3f} s = {median / limit:.1f}x the {limit:.3f} s limit; the runs: "
+            f"{', '.join(f'{s:.3f}' for s in runs)} s, best {best / limit:.1f}x)."
         )
     worst = max(ours.values(), key=lambda r: r["server_peak_rss"] / (12 * r["params"] + 300 * MB))
     ok = all(r["server_peak_rss"] <= 12 * r["params"] + 300 * MB for r in ours.values())
@@ -382,7 +387,13 @@ def main() -> int:
                 if args.json:  # kept as it grows: a later failure loses nothing
                     args.json.write_text(json.dumps(result, indent=1))
         result["half"] = []
+        result["repeats"] = []
         if TARGET_P in params and TARGET_N in clients:
+            # The target cell again: on a shared machine one run can be unlucky.
+            for i in range(REPEATS):
+                row = round_overhead.run_one(TARGET_P, TARGET_N, base / f"repeat-{i}")
+                print("repeat", row["median_round_s"], flush=True)
+                result["repeats"].append(row["median_round_s"])
             full = next(r for r in result["ours"] if (r["params"], r["clients"]) == (10**7, 8))
             result["half"].append(full)
             for dtype in ("float16", "bfloat16"):

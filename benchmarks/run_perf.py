@@ -299,6 +299,8 @@ def analysis(result: dict[str, Any]) -> list[str]:
                 f"| {p:,} | {n} | {before_s:.3f} | {now['median_round_s']:.3f} | "
                 f"{before_mb} | {now['server_peak_rss'] / MB:.0f} |"
             )
+    runs = [r["median_round_s"], *result.get("repeats", [])]
+    median = statistics.median(runs)
     lines += [
         "",
         '"Before" is commit 55f2e82 measured at the start of this work with the same '
@@ -308,9 +310,10 @@ def analysis(result: dict[str, Any]) -> list[str]:
         "",
         f"## What the remaining gap is made of (P = 10M, N = {TARGET_N})",
         "",
-        f"A round took {r['median_round_s']:.3f} s against a limit of {r['limit_s']:.3f} s "
+        f"A round took {median:.3f} s (median of {len(runs)} runs of this cell, "
+        f"{min(runs):.3f}-{max(runs):.3f} s) against a limit of {r['limit_s']:.3f} s "
         f"({r['copy_s']:.3f} s of numpy copies + {r['wsum_s']:.3f} s of weighted sum): "
-        f"{r['median_round_s'] / r['limit_s']:.1f}x. A timeline of the server's handlers "
+        f"{median / r['limit_s']:.1f}x. A timeline of the server's handlers "
         "(taken while developing, same machine, load ~1) splits a round into: the model "
         "going out to the 8 clients, their delta and their updates coming back until "
         "the first update body is complete, ~0.25 s; folding the 8 updates, ~0.13 s; "
@@ -365,7 +368,14 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=HERE / "results.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results")
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for a lower load")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="only rewrite the markdown from a --json file"
+    )
     args = parser.parse_args()
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        write_markdown(result, args.output, result.get("quick", False))
+        return 0
     params = list(PARAMS[:2] if args.quick else PARAMS)
     clients = list(CLIENTS[:2] if args.quick else CLIENTS)
     load_before = wait_for_quiet(args.max_load, max_wait_s=300)
@@ -406,26 +416,35 @@ def main() -> int:
         result["original"] = run_original(params, clients, base)
     result["load_after"] = load_average()
     result["minutes"] = (time.monotonic() - started) / 60
+    result["finished_at"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
+    result["quick"] = args.quick
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print("\n".join(write_markdown(result, args.output, args.quick)))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def write_markdown(result: dict[str, Any], output: Path, quick: bool) -> list[str]:
+    """Write results.md from a result dict; returns the tables' lines."""
+    load_before = result["load_before"]
     body = [*tables(result), "", *analysis(result)]
     header = [
         "# Performance: rounds against the physical limit and the original protocol",
         "",
-        f"Made by `.venv/bin/python benchmarks/run_perf.py{' --quick' if args.quick else ''}` "
-        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {result['minutes']:.1f} "
+        f"Made by `.venv/bin/python benchmarks/run_perf.py{' --quick' if quick else ''}` "
+        f"on {result['finished_at']} UTC in {result['minutes']:.1f} "
         f"minutes; 1-minute load average {load_before:.2f} at the start, "
-        f"{result['load_after']:.2f} at the end (the machine is shared).",
+        f"{result['load_after']:.2f} at the end (which counts the benchmark's own processes, "
+        "up to 33; the machine is shared with other work).",
         *machine_lines(),
         "- Server: `fl-kubeflow server` (waitress), FedAvg; clients: "
         "`benchmarks/round_overhead.py client` processes (FederatedClient + DeltaTrainer: "
         "global weights plus 0.001, no evaluation); all on 127.0.0.1.",
         "",
     ]
-    args.output.write_text("\n".join(header + body) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    print("\n".join(body))
-    print(f"wrote {args.output}")
-    return 0
+    output.write_text("\n".join(header + body) + "\n")
+    return body
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Runs the same federation (3 Keras clients, 10 rounds, mlp, FedAvg, the default
 training options) with ``--wire-dtype`` float32, float16 and bfloat16 on the
 server (clients follow it), and tabulates the federated evaluation accuracy of
 the global model per round. Only the section "Half-precision transfer" of
-convergence.md is replaced; the rest of the file is convergence.py's.
+convergence.md is replaced; what other scripts wrote around it stays.
 
     .venv/bin/python benchmarks/half_precision.py
 """
@@ -140,8 +140,12 @@ def main() -> int:
                 )
                 print(f"{partition} {dtype}: {results[partition][dtype][0][-1]:.4f}", flush=True)
     text = args.output.read_text() if args.output.exists() else ""
-    kept = text.split(SECTION)[0].rstrip("\n")
-    args.output.write_text(kept + "\n\n" + "\n".join(section(results, args.clients, args.rounds)))
+    # Only this section is replaced: what other scripts wrote before or after it stays.
+    before, _, rest = text.partition(SECTION)
+    after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
+    new = "\n".join(section(results, args.clients, args.rounds))
+    parts = [before.rstrip("\n"), new.rstrip("\n"), after.rstrip("\n")]
+    args.output.write_text("\n\n".join(p for p in parts if p) + "\n")
     print(f"wrote {args.output}")
     return 0
 

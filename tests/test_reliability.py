@@ -260,3 +260,28 @@ def test_restarted_server_with_a_new_token_clients_read_it_again(tmp_path):
     assert "token refused; reading it again" in clients[0].log()
     history = restarted.history()
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3, 4]
+
+
+def test_server_restarted_without_checkpoint_starts_over_with_the_rejoining_clients(tmp_path):
+    common = ["--clients", "2", "--rounds", "3", "--grace-period", "5", "--join-timeout", "60"]
+    server = start_server(tmp_path, *common)
+    clients = [
+        start_client(
+            tmp_path, server.url, i, "--delta", "1", "--fit-delay", "0.5", "--retry-timeout", "60"
+        )
+        for i in (0, 1)
+    ]
+    server.wait_for_round(1)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    # No checkpoint: the new server knows nothing, not even the model. The clients
+    # rejoin, one of them proposes its initial weights again, and the run starts over.
+    restarted = start_server(tmp_path, *common, port=server.port)
+    assert wait_all(clients) == [0, 0], [c.log() for c in clients]
+    assert restarted.wait() == 0, restarted.log()
+    assert "initial model from client" in restarted.log()
+    history = restarted.history()
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3]
+    final = restarted.final_weights()
+    for name, w0 in random_weights(SHAPES, seed=0).items():
+        np.testing.assert_allclose(final[name], w0 + 3.0, atol=1e-5)

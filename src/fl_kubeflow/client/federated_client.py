@@ -110,11 +110,8 @@ class FederatedClient:
         """Take part in the run until the server says it is finished."""
         summary = ClientSummary(self.client_id)
         try:
-            info = self._post_json("/v1/join", {"client_id": self.client_id})
+            info = self._join()
             log.info("client %s joined (%d rounds)", self.client_id, info["num_rounds"])
-            if info.get("propose_initial"):
-                parts = wire.encode_parts(self.trainer.initial_weights())
-                self._call("POST", "/v1/initial", data=BufferBody(parts))
             evaluated: set[int] = set()
             next_round = 1
             while True:
@@ -272,8 +269,20 @@ class FederatedClient:
             log.warning(
                 "client %s: the server does not know us (restarted?); rejoining", self.client_id
             )
-            self.transport.request("POST", "/v1/join", json={"client_id": self.client_id})
+            self._join()
             return self.transport.request(method, path, **kwargs)
+
+    def _join(self) -> dict[str, Any]:
+        """Join (or rejoin); a server with no model yet gets our initial weights.
+
+        On a rejoin too: a server restarted without a checkpoint has no model, and
+        would otherwise wait for an initial proposal that never comes.
+        """
+        info = self._post_json("/v1/join", {"client_id": self.client_id})
+        if info.get("propose_initial"):
+            parts = wire.encode_parts(self.trainer.initial_weights())
+            self.transport.request("POST", "/v1/initial", data=BufferBody(parts))
+        return info
 
     def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:

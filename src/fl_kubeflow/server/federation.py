@@ -155,6 +155,8 @@ class Federation:
         self._global_body: wire.Buffer = b""
         self._signature: dict[str, tuple[tuple[int, ...], str]] = {}
         self._current: _Round | None = None
+        # The round being aggregated and saved: closed, not yet in _rounds.
+        self._closing: _Round | None = None
         self._rounds: list[_Round] = []
         self._evals: dict[int, tuple[WeightedMetrics, set[str]]] = {}
         self._error: str | None = None
@@ -355,7 +357,7 @@ class Federation:
     def _check_round_open(self, client_id: str, server_round: int) -> dict[str, Any] | None:
         """Raise unless ``server_round`` is collecting; a resend gets the first answer back."""
         self._raise_if_failed()
-        for past in [*self._rounds, self._current]:
+        for past in [*self._rounds, self._closing, self._current]:
             if past is not None and past.number == server_round and client_id in past.contributors:
                 self._counters["updates_duplicate"] += 1
                 return {"accepted": True, "duplicate": True, "round": server_round}
@@ -388,7 +390,7 @@ class Federation:
                 self._refuse(client_id, server_round, code, reason, locked=True)
             return
         self._count_rejection(code)
-        for record in [*self._rounds, self._current]:
+        for record in [*self._rounds, self._closing, self._current]:
             if record is not None and record.number == server_round:
                 if len(record.refused) < MAX_REFUSALS_KEPT:
                     record.refused.append({"client": client_id, "reason": reason})
@@ -535,16 +537,17 @@ class Federation:
             current.duration_s = time.monotonic() - current.started_mono
             current.num_examples = current.aggregator.total_examples
             current.aggregator = None  # the round's buffers are no longer needed
-            self._rounds.append(current)
-            self._current = None
+            self._closing, self._current = current, None
             self._global, self._global_body = new_global, body
-            snapshot = self._checkpoint_state() if self.config.checkpoint_dir else None
-        # Saved before anyone can fetch the new model: a client never holds a model
-        # that a restarted server would not know.
+            snapshot = self._checkpoint_state(current) if self.config.checkpoint_dir else None
+        # Saved before anyone can fetch the new model or see the round as completed: a
+        # client never holds a model that a restarted server would not know.
         if snapshot is not None:
             assert self.config.checkpoint_dir is not None
             checkpoint.save(self.config.checkpoint_dir, snapshot)
         with self._cond:
+            self._rounds.append(current)
+            self._closing = None
             log.info(
                 "round %d/%d: %d clients, %d examples, train %s (%.2fs)",
                 current.number,
@@ -662,14 +665,14 @@ class Federation:
 
     # ------------------------------------------------------------- checkpoints
 
-    def _checkpoint_state(self) -> checkpoint.Checkpoint:
+    def _checkpoint_state(self, closed: _Round) -> checkpoint.Checkpoint:
         assert self._global is not None
         return checkpoint.Checkpoint(
-            completed_round=self._rounds[-1].number,
+            completed_round=closed.number,
             global_weights=self._global,
             strategy_state=self.strategy.state_dict(),
             run_state={
-                "rounds": [r.to_state() for r in self._rounds],
+                "rounds": [r.to_state() for r in [*self._rounds, closed]],
                 "evals": {
                     str(number): {"metrics": agg.to_state(), "seen": sorted(seen)}
                     for number, (agg, seen) in self._evals.items()

@@ -43,14 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from fl_kubeflow import strategies
     from fl_kubeflow.local.runner import LocalRun, LocalRunError, LocalRunOptions, summary_lines
 
-    if args.strategy not in strategies.STRATEGIES:
-        parser.error(
-            f"--strategy {args.strategy!r} is unknown; choose one of "
-            f"{', '.join(sorted(strategies.STRATEGIES))}"
-        )
     if args.min_clients is not None and args.min_clients > args.clients:
         parser.error(f"--min-clients {args.min_clients} exceeds --clients {args.clients}")
     try:

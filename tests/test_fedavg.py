@@ -1,10 +1,12 @@
 """FedAvg's arithmetic, checked against numbers worked out by hand."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from fl_kubeflow import strategies
-from fl_kubeflow.strategies.fedavg import WeightedSum, weighted_average
+from fl_kubeflow.strategies.fedavg import SpareSums, WeightedSum, weighted_average
 
 
 def test_weighted_average_by_hand():
@@ -79,3 +81,68 @@ def test_result_releases_the_float64_sums():
     out = acc.result()
     assert acc._sums == {}
     np.testing.assert_array_equal(out["w"], np.ones(10, dtype=np.float32))
+
+
+def _updates(rng: np.random.Generator, count: int, size: int) -> list[tuple[dict, int]]:
+    return [
+        (
+            {
+                "w": rng.standard_normal(size).astype(np.float32),
+                "b": rng.standard_normal((3, 2)).astype(np.float32),
+                "empty": np.zeros((0, 4), np.float32),
+            },
+            int(rng.integers(1, 1000)),
+        )
+        for _ in range(count)
+    ]
+
+
+def _reference(updates: list[tuple[dict, int]]) -> dict[str, np.ndarray]:
+    total = sum(n for _, n in updates)
+    return {
+        name: (sum(u[name].astype(np.float64) * n for u, n in updates) / total).astype(np.float32)
+        for name in updates[0][0]
+    }
+
+
+def test_concurrent_folds_match_the_sequential_sum():
+    # Stripes of the sum are taken in turn by 8 threads at once; every stripe must get
+    # every update exactly once, the first written rather than added.
+    size = 3 * WeightedSum.STRIPE + 17
+    updates = _updates(np.random.default_rng(3), 8, size)
+    acc = WeightedSum(SpareSums())
+    start = threading.Barrier(len(updates))
+
+    def fold(update: tuple[dict, int]) -> None:
+        start.wait()
+        acc.add(*update)
+
+    threads = [threading.Thread(target=fold, args=(u,)) for u in updates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert acc.count == 8 and acc.total_examples == sum(n for _, n in updates)
+    result, expected = acc.result(), _reference(updates)
+    for name in expected:
+        assert result[name].shape == expected[name].shape
+        # Addition order differs between stripes: equal up to float64 rounding.
+        np.testing.assert_allclose(result[name], expected[name], rtol=1e-6, atol=1e-7)
+
+
+def test_spare_sums_are_reused_and_overwritten_not_added_to():
+    spare = SpareSums()
+    rng = np.random.default_rng(4)
+    first_round, second_round = _updates(rng, 3, 1000), _updates(rng, 2, 1000)
+    acc = WeightedSum(spare)
+    for update in first_round:
+        acc.add(*update)
+    acc.result()
+    kept = spare._free["w"]
+    acc = WeightedSum(spare)
+    for update in second_round:
+        acc.add(*update)
+    assert acc._sums["w"] is kept  # the same memory, no new allocation
+    # Nothing of round one leaks into round two.
+    result = acc.result()
+    np.testing.assert_allclose(result["w"], _reference(second_round)["w"], rtol=1e-6)

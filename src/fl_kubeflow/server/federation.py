@@ -79,6 +79,8 @@ class _Round:
     num_examples: int = 0
     strategy_report: dict[str, Any] = field(default_factory=dict)
     contributors: dict[str, int] = field(default_factory=dict)
+    # Clients whose update is being folded in now (outside the lock).
+    folding: set[str] = field(default_factory=set)
     refused: list[dict[str, str]] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     bytes_in: int = 0
@@ -344,7 +346,19 @@ class Federation:
                 return duplicate
             current = self._current
             assert current is not None and current.aggregator is not None
+            current.folding.add(client_id)
+        # Folded outside the lock: other updates fold alongside (on other cores, for
+        # aggregators that allow it) and the rest of the server is not held up. The
+        # round cannot close meanwhile: the driver waits for ``folding`` to empty.
+        try:
             current.aggregator.add(weights, num_examples, client_id)
+        except BaseException:
+            with self._cond:
+                current.folding.discard(client_id)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            current.folding.discard(client_id)
             current.contributors[client_id] = num_examples
             current.train.add(metrics, num_examples)
             current.bytes_in += len(body)
@@ -357,6 +371,13 @@ class Federation:
     def _check_round_open(self, client_id: str, server_round: int) -> dict[str, Any] | None:
         """Raise unless ``server_round`` is collecting; a resend gets the first answer back."""
         self._raise_if_failed()
+        current = self._current
+        while current is not None and current.number == server_round:
+            if client_id not in current.folding:
+                break
+            # A resend while the first copy is being folded: answer it as a duplicate
+            # once the fold is done (a fold takes milliseconds, not a timeout's worth).
+            self._cond.wait(1.0)
         for past in [*self._rounds, self._closing, self._current]:
             if past is not None and past.number == server_round and client_id in past.contributors:
                 self._counters["updates_duplicate"] += 1
@@ -477,6 +498,10 @@ class Federation:
                 current = self._current
                 assert current is not None
                 deadline = current.started_mono + self.config.round_timeout
+                if current.folding:
+                    # Updates being folded are in, not missing: wait for them to land.
+                    self._cond.wait(1.0)
+                    continue
                 done = set(current.contributors)
                 waiting = sorted(
                     c for c in current.sampled if self._clients[c].active and c not in done

@@ -19,6 +19,7 @@ Hooks beyond Flower's ``aggregate_fit``:
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -34,14 +35,22 @@ COMMON_OPTIONS = ("fraction_fit", "fraction_evaluate", "seed")
 class RoundAggregator(ABC):
     """Collects one round's updates.
 
+    ``add`` may be called from several threads at once (the server folds updates
+    as their requests arrive); ``result`` only after every ``add`` has returned.
+    Aggregators whose ``_add`` is safe to run concurrently set ``concurrent``;
+    for the others ``add`` runs one ``_add`` at a time.
+
     ``report`` is filled by the aggregator (typically in ``result``) with facts the
     strategy passes on through ``Strategy.round_report``.
     """
+
+    concurrent: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.count = 0
         self.total_examples = 0
         self.report: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def add(self, weights: Weights, num_examples: int, client_id: str | None = None) -> None:
         """Fold in one validated update (names, shapes and dtypes already match).
@@ -49,9 +58,14 @@ class RoundAggregator(ABC):
         ``client_id`` is optional: rules that pick clients (Krum) name them in the
         round report when the server passes it.
         """
-        self._add(weights, num_examples, client_id)
-        self.count += 1
-        self.total_examples += num_examples
+        if self.concurrent:
+            self._add(weights, num_examples, client_id)
+        else:
+            with self._lock:
+                self._add(weights, num_examples, client_id)
+        with self._lock:
+            self.count += 1
+            self.total_examples += num_examples
 
     @abstractmethod
     def _add(self, weights: Weights, num_examples: int, client_id: str | None) -> None: ...

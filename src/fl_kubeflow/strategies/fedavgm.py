@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_kubeflow.strategies.base import RoundAggregator
-from fl_kubeflow.strategies.fedavg import FedAvg, WeightedSum, cast_like, is_float
+from fl_kubeflow.strategies.fedavg import FedAvg, cast_like, is_float
 from fl_kubeflow.strategies.options import check_float
 from fl_kubeflow.wire import Weights
 
@@ -74,9 +73,6 @@ class FedAvgM(FedAvg):
             "server_learning_rate": self.server_learning_rate,
             "momentum": self.momentum,
         }
-
-    def start_round(self, server_round: int, global_weights: Weights) -> RoundAggregator:
-        return WeightedSum()
 
     def finish_round(
         self, server_round: int, global_weights: Weights, aggregate: Weights

@@ -22,8 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fl_kubeflow.strategies.base import RoundAggregator
-from fl_kubeflow.strategies.fedavg import FedAvg, WeightedSum, cast_like, is_float
+from fl_kubeflow.strategies.fedavg import FedAvg, cast_like, is_float
 from fl_kubeflow.strategies.options import check_float
 from fl_kubeflow.wire import Weights
 
@@ -110,9 +109,6 @@ class FedOpt(FedAvg):
             "beta_2": self.beta_2,
             "tau": self.tau,
         }
-
-    def start_round(self, server_round: int, global_weights: Weights) -> RoundAggregator:
-        return WeightedSum()
 
     def finish_round(
         self, server_round: int, global_weights: Weights, aggregate: Weights

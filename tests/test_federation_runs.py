@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from fl_kubeflow.client.numpy_trainers import random_weights
 from tests.fl_processes import free_port, start_client, start_server, wait_all
@@ -12,9 +13,12 @@ from tests.fl_processes import free_port, start_client, start_server, wait_all
 SHAPES = ["--shapes", "16x8,8,3x3x2"]
 
 
-def test_exact_fedavg_over_three_rounds(tmp_path):
+@pytest.mark.parametrize("io_threads", [None, "1", "3"])
+def test_exact_fedavg_over_three_rounds(tmp_path, io_threads):
+    # None: the default, one socket loop per core (up to 4).
     rounds, deltas, counts = 3, [0.5, -1.0, 2.0], [10, 30, 60]
-    server = start_server(tmp_path, "--clients", "3", "--rounds", str(rounds))
+    loops = ["--io-threads", io_threads] if io_threads else []
+    server = start_server(tmp_path, "--clients", "3", "--rounds", str(rounds), *loops)
     clients = [
         start_client(tmp_path, server.url, i, *SHAPES, "--delta", str(d), "--num-examples", str(n))
         for i, (d, n) in enumerate(zip(deltas, counts, strict=False))

@@ -128,6 +128,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="send float32 tensors as this (float16/bfloat16: half the bytes); the model "
         "and the aggregation stay float32; clients follow unless told otherwise",
     )
+    parser.add_argument(
+        "--io-threads",
+        type=positive_int,
+        default=None,
+        help="socket I/O threads receiving and sending bodies (default: one per core, at most 4)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -188,6 +194,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             wire_dtype=args.wire_dtype,
+            io_threads=args.io_threads,
         )
     except ValueError as exc:
         parser.error(str(exc))

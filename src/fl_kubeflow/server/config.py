@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 # As in fl_kubeflow.wire, which this module does not import (it needs no numpy).
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 MIN_TOKEN_LENGTH = 22  # 128 bits in URL-safe base64
+DEFAULT_MAX_IO_THREADS = 4
+MAX_IO_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class ServerConfig:
         tls_key: PEM private key of tls_cert.
         wire_dtype: How float32 tensors travel: float32, or float16/bfloat16 for half
             the bytes. The model and the aggregation stay float32 on the server.
+        io_threads: Socket loops (waitress I/O threads) sharing the listening socket;
+            None: one per usable core, at most 4.
     """
 
     num_clients: int
@@ -59,6 +64,7 @@ class ServerConfig:
     tls_key: Path | None = None
     checkpoint_dir: Path | None = None
     wire_dtype: str = "float32"
+    io_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -86,6 +92,10 @@ class ServerConfig:
             raise ValueError(
                 f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}, got {self.wire_dtype!r}"
             )
+        if self.io_threads is not None and not 1 <= self.io_threads <= MAX_IO_THREADS:
+            raise ValueError(
+                f"io_threads must be between 1 and {MAX_IO_THREADS}, got {self.io_threads}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
         for name in ("tls_cert", "tls_key"):
@@ -106,6 +116,18 @@ class ServerConfig:
     def connection_limit(self) -> int:
         """Two connections per client (a long-poll and a submission) plus probes and status."""
         return 2 * self.num_clients + 32
+
+    @property
+    def socket_loops(self) -> int:
+        """How many I/O threads move bytes between the sockets and the request buffers.
+
+        One waitress loop receives every update body and spools it to a file, on one
+        core: with several clients sending at once that thread, not the network, set
+        the pace (benchmarks/results.md). Loops beyond the cores only take turns.
+        """
+        if self.io_threads is not None:
+            return self.io_threads
+        return max(1, min(DEFAULT_MAX_IO_THREADS, len(os.sched_getaffinity(0))))
 
     @property
     def server_threads(self) -> int:

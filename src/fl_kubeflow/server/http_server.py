@@ -38,13 +38,10 @@ def start_http_server(app: Any, config: ServerConfig) -> RunningServer:
 def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
     from waitress import create_server
 
-    server = create_server(
-        app,
-        host=config.host,
-        port=config.port,
+    options: dict[str, Any] = dict(
         threads=config.server_threads,
         # Each client keeps a connection (often a long-poll) open: waitress's default
-        # limit of 100 connections would stall a federation of 200.
+        # limit of 100 connections would stall a federation of 200. (Per loop.)
         connection_limit=config.connection_limit,
         # Well above the app's own limit, so the app answers oversize bodies with a JSON
         # reason; only absurd bodies meet waitress's plain-text 413. Waitress spools
@@ -58,8 +55,31 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
         recv_bytes=256 * 1024,
         ident="fl-kubeflow",
     )
-    threading.Thread(target=server.run, name="waitress", daemon=True).start()
-    return RunningServer(int(server.effective_port), "http", server.close)  # type: ignore[union-attr]
+    first = create_server(app, host=config.host, port=config.port, **options)
+    loops = [first]
+    # More loops on the same listening socket, each with its own I/O thread: whichever
+    # is free accepts a new connection (the others get EAGAIN, which waitress ignores),
+    # so clients' bodies are received on several cores. One pool of worker threads
+    # serves them all, sized for the whole federation. Each loop has its own file
+    # descriptor for the socket, so closing one loop leaves the others a valid one.
+    for _ in range(config.socket_loops - 1):
+        loops.append(
+            create_server(
+                app,
+                map={},
+                _dispatcher=first.task_dispatcher,  # type: ignore[union-attr]
+                sockets=[first.socket.dup()],  # type: ignore[union-attr]
+                **options,
+            )
+        )
+    for number, loop in enumerate(loops):
+        threading.Thread(target=loop.run, name=f"waitress-io-{number}", daemon=True).start()
+
+    def close() -> None:
+        for loop in loops:
+            loop.close()
+
+    return RunningServer(int(first.effective_port), "http", close)  # type: ignore[union-attr]
 
 
 def _start_cheroot(app: Any, config: ServerConfig) -> RunningServer:

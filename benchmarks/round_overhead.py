@@ -58,6 +58,8 @@ def run_one(
     initial = folder / "initial.safetensors"
     files.write_bytes(initial, wire.encode(random_weights(shapes, seed=0)))
     ready = folder / "ready.json"
+    # A folder kept from an earlier run (--keep) must not hand its old port to the clients.
+    ready.unlink(missing_ok=True)
     extra = ["--wire-dtype", wire_dtype] if wire_dtype else []
     started = time.perf_counter()
     with processes(folder) as procs:

@@ -146,3 +146,14 @@ def test_spare_sums_are_reused_and_overwritten_not_added_to():
     # Nothing of round one leaks into round two.
     result = acc.result()
     np.testing.assert_allclose(result["w"], _reference(second_round)["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_the_mean_is_divided_in_float64_then_cast_to_the_clients_dtype(dtype):
+    rng = np.random.default_rng(5)
+    updates = [((rng.standard_normal(257) * 50).astype(dtype), n) for n in (3, 7, 11)]
+    exact = sum(u.astype(np.float64) * n for u, n in updates) / 21
+    expected = (np.rint(exact) if np.issubdtype(dtype, np.integer) else exact).astype(dtype)
+    result = weighted_average([({"w": u}, n) for u, n in updates])["w"]
+    assert result.dtype == dtype
+    np.testing.assert_array_equal(result, expected)

@@ -125,12 +125,16 @@ class WeightedSum(RoundAggregator):
     def result(self) -> Weights:
         total = float(self.total_examples)
         out: Weights = {}
-        # Each sum is dropped once cast: the float64 model is not held next to the result.
+        # Each sum is dropped once divided: the float64 model is not held next to the result.
         sums, self._sums = self._sums, {}
         for name in list(sums):
-            acc = sums.pop(name)
-            np.divide(acc, total, out=acc)
-            out[name] = cast_like(acc, self._dtypes[name])
+            acc, dtype = sums.pop(name), self._dtypes[name]
+            if np.issubdtype(dtype, np.floating) and dtype != np.float64:
+                # Divided in float64 and cast in one pass, straight into the result.
+                out[name] = np.divide(acc, total, out=np.empty(acc.shape, dtype))
+            else:
+                np.divide(acc, total, out=acc)
+                out[name] = cast_like(acc, dtype)
             if self._spare is not None and out[name] is not acc:
                 self._spare.give_back(name, acc)
         return out

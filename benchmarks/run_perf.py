@@ -41,7 +41,7 @@ ORIGINAL_ROUNDS = 3
 ORIGINAL_BUDGET_S = 150.0
 ORIGINAL_MAX_PARAMS = 1_000_000  # at 10M a JSON message is ~240 MB: see results.md
 TARGET_P, TARGET_N = 10_000_000, 8
-REPEATS = 4  # extra runs of the target cell
+REPEATS = 8  # extra runs of the target cell: run-to-run spread here is +-20%
 MB = 1e6
 
 
@@ -128,7 +128,9 @@ def tables(result: dict[str, Any]) -> list[str]:
         "Round time is the server's median over 5 rounds (history.json `duration_s`: "
         "from opening a round to having the next model encoded). Limit = numpy copying "
         "N x P x 4 bytes each way (2N distinct model-sized copies) + WeightedSum folding "
-        "the N updates, measured in the same run. Wire = update body bytes received "
+        "the N updates one after another on one core (its sums kept from run to run, as "
+        "the server keeps them), measured in the same run. The server spreads the same "
+        "work over the cores and the client processes. Wire = update body bytes received "
         "(in) and model body bytes sent (out) per client per round, over the raw float32 "
         "size (HTTP headers add ~0.3 kB). RSS bound = 3 x model + 300 MB.",
         "",
@@ -145,6 +147,13 @@ def tables(result: dict[str, Any]) -> list[str]:
             f"{r['server_peak_rss'] / MB:.0f} | {(3 * raw + 300 * MB) / MB:.0f} | "
             f"{r['client_peak_rss_max'] / MB:.0f} |"
         )
+    if result.get("repeats"):
+        lines += [
+            "",
+            f"The P = 10M, N = {TARGET_N} row is the first of "
+            f"{1 + len(result['repeats'])} runs of that cell (one run's rounds vary "
+            "less than runs do on this shared machine); Targets takes their median.",
+        ]
     lines += [
         "",
         "The limit's parts, and the same bytes through one loopback TCP connection "
@@ -225,8 +234,8 @@ def targets(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Round overhead at P = 10M, N = 8 at most 3x the limit: "
             f"**{'met' if median / limit <= 3 else 'missed'}** (median of {len(runs)} runs "
-            f"{median:.3f} s = {median / limit:.1f}x the {limit:.3f} s limit; the runs: "
-            f"{', '.join(f'{s:.3f}' for s in runs)} s, best {best / limit:.1f}x)."
+            f"{median:.3f} s = {median / limit:.2f}x the {limit:.3f} s limit; the runs: "
+            f"{', '.join(f'{s:.3f}' for s in runs)} s, best {best / limit:.2f}x)."
         )
     worst = max(ours.values(), key=lambda r: r["server_peak_rss"] / (12 * r["params"] + 300 * MB))
     ok = all(r["server_peak_rss"] <= 12 * r["params"] + 300 * MB for r in ours.values())
@@ -281,7 +290,7 @@ BEFORE = {
 
 
 def analysis(result: dict[str, Any]) -> list[str]:
-    """What the remaining gap at P = 10M, N = 8 is made of, with this run's numbers."""
+    """Where the time of a round at P = 10M, N = 8 goes, with this run's numbers."""
     ours = {(r["params"], r["clients"]): r for r in result["ours"]}
     r = ours.get((TARGET_P, TARGET_N))
     if r is None:
@@ -308,56 +317,75 @@ def analysis(result: dict[str, Any]) -> list[str]:
         "and its RSS was ru_maxrss, which Linux carries over from the launching process "
         "(~0.1 GB here); history.json now reports VmHWM, the server's own peak.",
         "",
-        f"## What the remaining gap is made of (P = 10M, N = {TARGET_N})",
+        f"## Where a round's time goes (P = 10M, N = {TARGET_N})",
         "",
         f"A round took {median:.3f} s (median of {len(runs)} runs of this cell, "
         f"{min(runs):.3f}-{max(runs):.3f} s) against a limit of {r['limit_s']:.3f} s "
-        f"({r['copy_s']:.3f} s of numpy copies + {r['wsum_s']:.3f} s of weighted sum): "
-        f"{median / r['limit_s']:.1f}x. A timeline of the server's handlers "
-        "(taken while developing, same machine, load ~1) splits a round into: the model "
-        "going out to the 8 clients, their delta and their updates coming back until "
-        "the first update body is complete, ~0.25 s; folding the 8 updates, ~0.13 s; "
-        "the weighted mean and encoding the next model, ~0.02 s. What the limit does "
-        "not count:",
+        f"({r['copy_s']:.3f} s of numpy copies + {r['wsum_s']:.3f} s of weighted sum, both "
+        f"on one core): {median / r['limit_s']:.1f}x. A perf timeline of every process "
+        "(`perf record -a`, taken while developing on this machine, load < 1) splits a "
+        "~0.30 s round into: the model going out to the 8 clients while the first updates "
+        "start to come back, ~0.10 s, both cores busy (the server's socket loops sending, "
+        "the clients receiving, adding their delta and sending); the other updates "
+        "arriving, ~0.075 s, the two socket loops busy; folding the 8 updates, ~0.10 s, "
+        "two at a time; the weighted mean and the next message, ~0.015 s. What the limit "
+        "does not count:",
         "",
         f"1. **TCP and the kernel.** The limit copies each byte once, in user space. A "
         f"socket costs two kernel copies per byte (into the socket buffer and out) and "
         f"the system calls: the same 2 x N x P x 4 bytes through one loopback connection "
         f"take {r['loopback_s']:.3f} s on this machine, "
         f"{r['loopback_s'] / r['limit_s']:.1f}x the limit by themselves. waitress then "
-        "writes each update body into a temporary file before it calls the app (a third "
-        "kernel copy, in its single I/O thread, which also runs every recv). That spool is "
-        "what keeps the server's memory independent of N (waiting bodies sit in the page "
-        "cache, not in the process), and the app maps the spooled file instead of reading "
-        "it, so the spool costs one copy, not two.",
+        "writes each update body into a temporary file before it calls the app: a third "
+        "kernel copy, and ext4's bookkeeping per page, which perf puts at ~95 ms of CPU per "
+        "round, more than the receiving itself (~42 ms). That spool is what keeps the "
+        "server's memory independent of N (waiting bodies sit in the page cache, not in "
+        "the process); the app maps the spooled file instead of reading it.",
         "2. **The clients share the two cores with the server.** Each of the 8 client "
         "processes receives 40 MB, makes its updated copy (global + delta: a new 40 MB "
-        "array, the stand-in for training) and sends 40 MB; their CPU time is the "
-        "server's CPU time on this machine.",
-        "3. **The updates are folded one after another, after they all arrived.** All "
-        "clients get the model at about the same time, so their updates complete at about "
-        "the same time, and the fold (np.isfinite check ~2 ms, WeightedSum add ~9 ms per "
-        "40 MB update, one at a time under the round's lock) overlaps little with the "
-        "transfer: ~0.1 s at N = 8.",
+        "array, the stand-in for training) and sends 40 MB: about half a core during "
+        "the round.",
+        "3. **The updates are folded after they have all arrived.** waitress hands the "
+        "app complete bodies, and clients that got the model together send together, so "
+        "their bodies complete within a few milliseconds of each other; the folds "
+        "(np.isfinite ~2 ms, the weighted add ~8 ms per 40 MB update) then run two at a "
+        "time, at most two bodies mapped at once, and the two folds share the memory "
+        "bandwidth.",
         "",
-        "Removed along the way (each a copy or a stall): safetensors.numpy.save's two "
-        "copies per tensor (own encoder: one copy, into a numpy buffer) and load's copy "
-        "(own decoder: views); werkzeug's read(limit + 1) of each body (four copies) "
-        "-> a map of waitress's spool file; waitress copying each 40 MB response into a "
-        "memory buffer and a temporary file per client -> wsgi.file_wrapper over views "
-        "of the one cached message; waitress's 8 KiB recv (5,000 loop turns per update) "
-        "-> 256 KiB; WeightedSum's model-sized float64 scratch -> cache-sized slices; "
-        "glibc keeping freed model-sized blocks (its mmap threshold follows the largest "
-        "free; RSS grew with N) -> threshold fixed at 1 MiB; on the clients, "
-        "requests' 10 KiB reads joined into bytes and decoded with a copy -> one buffer "
-        "and views, and updates sent from the tensors' memory instead of a joined message.",
+        "Removed along the way (each a copy, a stall or page faults): safetensors.numpy."
+        "save's two copies per tensor (own encoder: one copy, into a numpy buffer) and "
+        "load's copy (own decoder: views); werkzeug's read(limit + 1) of each body (four "
+        "copies) -> a map of waitress's spool file; waitress copying each 40 MB response "
+        "into a memory buffer and a temporary file per client -> wsgi.file_wrapper over "
+        "views of the one cached message; waitress's 8 KiB recv (5,000 loop turns per "
+        "update) -> 256 KiB; one waitress I/O thread receiving and spooling every body on "
+        "one core (perf: busy all through the uploads while ~40% of the machine idled) -> "
+        "one socket loop per core on the same listening socket (`--io-threads`); updates "
+        "folded one at a time under the federation's lock -> outside it, two at once, on "
+        "a sum taken in 2 MiB stripes with a lock each; WeightedSum's model-sized float64 "
+        "scratch -> cache-sized slices; a fresh float64 sum every round (its page zeroing "
+        "took ~0.17 s in the first round on this VM) -> kept from round to round; divide "
+        "then cast -> one pass; glibc keeping freed model-sized blocks (its mmap "
+        "threshold follows the largest free; RSS grew with N) -> threshold fixed at 1 "
+        "MiB; on the clients, requests' 10 KiB reads joined into bytes and decoded with a "
+        "copy -> one buffer and views, and updates sent from the tensors' memory instead "
+        "of a joined message.",
         "",
-        "Not done, and what it would take: folding updates on both cores (a second float64 "
-        "sum, +2x the model in memory, which the RSS bound does not leave room for); "
-        "folding an update while it arrives (a server that streams bodies to the app; "
-        "waitress hands over complete bodies, and cheroot, which streams, measured slower "
-        "here: ~1.3 s at this size); sending with sendfile instead of through Python. "
-        "Half-precision transfer (section 5) halves the bytes instead.",
+        "Tried and dropped: reusing the message buffers and the result's arrays from two "
+        "rounds back (saves their page faults, ~4 ms of the ~17 ms aggregation, but keeps "
+        "40-80 MB more resident, against the 420 MB bound); reading the model on the "
+        "clients with readinto instead of read-and-copy; a larger recv size (1 MiB recv "
+        "buffers cross glibc's mmap threshold and fault every time); a tmpfs spool "
+        "(slower than ext4 here: new shmem pages are zeroed); 3 or 4 socket loops on 2 "
+        "cores (0.333 and 0.335 s against 0.316 s for 2).",
+        "",
+        "Not done, and what it would take: folding updates that arrive together in one "
+        "pass over the sum (less memory traffic; it would shorten the limit's weighted sum "
+        "as much as the round); folding an update while it arrives (a server that streams "
+        "bodies to the app; waitress hands over complete bodies, and cheroot, which "
+        "streams, measured slower here: ~1.3 s at this size); sending with sendfile "
+        "instead of through Python. Half-precision transfer (section 5) halves the bytes "
+        "instead.",
     ]
     return lines
 
@@ -438,7 +466,8 @@ def write_markdown(result: dict[str, Any], output: Path, quick: bool) -> list[st
         f"{result['load_after']:.2f} at the end (which counts the benchmark's own processes, "
         "up to 33; the machine is shared with other work).",
         *machine_lines(),
-        "- Server: `fl-kubeflow server` (waitress), FedAvg; clients: "
+        "- Server: `fl-kubeflow server` (waitress, default `--io-threads`: one socket "
+        "loop per core), FedAvg; clients: "
         "`benchmarks/round_overhead.py client` processes (FederatedClient + DeltaTrainer: "
         "global weights plus 0.001, no evaluation); all on 127.0.0.1.",
         "",

@@ -1,7 +1,8 @@
-"""Updates folded outside the federation's lock: what must still hold while a fold runs.
+"""A real ``Federation`` in this process, driven by its own ``run`` thread.
 
-A real ``Federation`` in this process, driven by its own ``run`` thread, with FedAvg
-whose fold is slowed down so that the races below happen every time, not by chance.
+Updates are folded outside the federation's lock: what must still hold while a fold
+runs, with FedAvg's fold slowed down so that the races happen every time, not by
+chance. And the global model's tensors live in its message, whose memory is reused.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from fl_kubeflow import wire
 from fl_kubeflow.server.config import ServerConfig
@@ -57,8 +59,10 @@ def _update(value: float) -> bytes:
     return wire.encode({name: np.full_like(a, value) for name, a in INITIAL.items()})
 
 
-def _submit(federation: Federation, client: str, value: float, examples: int) -> dict:
-    return federation.submit_update(client, 1, examples, {}, _update(value))
+def _submit(
+    federation: Federation, client: str, value: float, examples: int, server_round: int = 1
+) -> dict:
+    return federation.submit_update(client, server_round, examples, {}, _update(value))
 
 
 def test_a_resend_during_the_fold_is_answered_as_the_duplicate_it_is():
@@ -106,3 +110,31 @@ def test_the_round_timeout_waits_for_an_update_being_folded():
     assert record["contributors"] == ["a"] and record["timed_out"] == ["b"]
     for array in federation.final_weights().values():
         np.testing.assert_array_equal(array, np.float32(2.0))
+
+
+@pytest.mark.parametrize("wire_dtype", ["float32", "float16"])
+def test_the_global_model_lives_in_its_message_whose_memory_is_reused(wire_dtype):
+    federation, driver, outcome = _federation(
+        0.0, num_clients=1, num_rounds=4, grace_period=1, wire_dtype=wire_dtype
+    )
+    federation.join("a")
+    for server_round in range(1, 5):
+        answer = federation.wait_for_model("a", server_round, wait=10)
+        assert answer is not None and answer.server_round == server_round
+        del answer  # a request that has sent its model no longer holds the message
+        _submit(federation, "a", float(server_round), 1, server_round)
+    federation.leave("a")
+    driver.join(30)
+    assert outcome == [True]
+    final = federation.final_weights()
+    for array in final.values():
+        np.testing.assert_array_equal(array, np.float32(4.0))
+    message = np.frombuffer(federation._global_body, np.uint8)
+    if wire_dtype == "float32":
+        # One copy of the model: its tensors are the message's, and the messages of
+        # rounds two back were written over instead of new memory (rounds 2, 3 and 4).
+        assert all(np.shares_memory(a, message) for a in final.values())
+        assert federation._bodies.reused == 3
+    else:
+        # A half-precision message holds other values: the float32 model stays apart.
+        assert not any(np.shares_memory(a, message) for a in final.values())

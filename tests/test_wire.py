@@ -200,3 +200,25 @@ def test_encode_buffer_is_the_same_message_read_only():
     buffer = wire.encode_buffer(MIXED, wire_dtype="float16")
     assert buffer.readonly
     assert bytes(buffer) == wire.encode(MIXED, wire_dtype="float16")
+
+
+def test_a_filled_frame_is_the_same_message_as_encode():
+    weights = {
+        "b": np.arange(3, dtype=np.int64),
+        "a": np.random.default_rng(0).random((4, 5)).astype(np.float32),
+        "scalar": np.full((), 2.5, np.float32),
+        "half": np.ones(3, np.float16),
+        "empty": np.zeros((0, 2), np.float32),
+        "big_endian": np.arange(6, dtype=">f4").reshape(2, 3),
+    }
+    frame = wire.Frame(weights)
+    for name, value in weights.items():
+        np.copyto(frame.tensors[name], value)
+    message = frame.seal()
+    assert bytes(message) == wire.encode(weights)
+    decoded = wire.decode(bytes(message))
+    for name, value in weights.items():
+        np.testing.assert_array_equal(decoded[name], value)
+        # The model's tensors live inside the message, read-only from now on.
+        assert np.shares_memory(frame.tensors[name], frame.buffer) or value.size == 0
+        assert not frame.tensors[name].flags.writeable

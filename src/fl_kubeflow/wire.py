@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -130,20 +130,72 @@ def encode_parts(
         # Not np.ascontiguousarray: it turns a 0-d tensor into shape (1,).
         entries.append((name, code, array if array.flags.c_contiguous else array.copy()))
     entries.sort(key=lambda e: (-_RANK[e[1]], e[0]))
+    head = _header(
+        [(name, code, array.shape, array.nbytes) for name, code, array in entries], metadata
+    )
+    parts = [memoryview(head)]
+    parts += [memoryview(array.reshape(-1).view(np.uint8)) for _, _, array in entries]
+    return parts
+
+
+def _header(
+    entries: list[tuple[str, str, tuple[int, ...], int]], metadata: Mapping[str, str] | None
+) -> bytes:
+    """The length prefix and JSON header for (name, code, shape, nbytes) in message order."""
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
     offset = 0
-    for name, code, array in entries:
-        end = offset + array.nbytes
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, end]}
+    for name, code, shape, nbytes in entries:
+        end = offset + nbytes
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, end]}
         offset = end
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     # Padded with spaces to 8 bytes, as safetensors does, so tensors stay aligned.
     text += b" " * (-len(text) % 8)
-    parts = [memoryview(len(text).to_bytes(8, "little") + text)]
-    parts += [memoryview(array.reshape(-1).view(np.uint8)) for _, _, array in entries]
-    return parts
+    return len(text).to_bytes(8, "little") + text
+
+
+class Frame:
+    """A message laid out before its tensors are known: header written, tensors to fill.
+
+    ``tensors`` are writable arrays inside the message, shaped and typed like the
+    template's; fill them, then ``seal`` for the message. The same bytes as ``encode``
+    of the filled tensors, with no copy from separate arrays into the message, and
+    the tensors can stay in use as the model the message carries.
+    """
+
+    def __init__(
+        self,
+        template: Mapping[str, np.ndarray],
+        allocate: Callable[[tuple[int, ...], Any], np.ndarray] = np.empty,
+    ) -> None:
+        entries = []
+        for name, value in template.items():
+            array = np.asarray(value)
+            dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+            entries.append((name, _code_of(name, dtype), tuple(array.shape), dtype))
+        entries.sort(key=lambda e: (-_RANK[e[1]], e[0]))
+        sizes = [math.prod(shape) * dtype.itemsize for _, _, shape, dtype in entries]
+        head = _header(
+            [(n, c, shape, size) for (n, c, shape, _), size in zip(entries, sizes, strict=True)],
+            None,
+        )
+        self.buffer = allocate((len(head) + sum(sizes),), np.uint8)
+        self.buffer[: len(head)] = np.frombuffer(head, np.uint8)
+        self.tensors: Weights = {}
+        offset = len(head)
+        for (name, _, shape, dtype), size in zip(entries, sizes, strict=True):
+            flat = self.buffer[offset : offset + size].view(dtype)
+            self.tensors[name] = flat.reshape(shape)
+            offset += size
+
+    def seal(self) -> memoryview:
+        """The message, read-only; the tensors become read-only too."""
+        for tensor in self.tensors.values():
+            tensor.setflags(write=False)
+        self.buffer.setflags(write=False)
+        return memoryview(self.buffer)
 
 
 def decode(data: Buffer, wire_dtype: str = "float32") -> Weights:

@@ -21,6 +21,7 @@ import numpy as np
 
 from fl_kubeflow import wire
 from fl_kubeflow.metrics import WeightedMetrics
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import (
@@ -155,6 +156,9 @@ class Federation:
         self._global: Weights | None = None
         # The global model's message, encoded once per round and sent to every client.
         self._global_body: wire.Buffer = b""
+        # Messages are model-sized and made every round: their memory is used again
+        # once no request is still sending an old one (fresh pages cost page faults).
+        self._bodies = Recycler()
         self._signature: dict[str, tuple[tuple[int, ...], str]] = {}
         self._current: _Round | None = None
         # The round being aggregated and saved: closed, not yet in _rounds.
@@ -553,11 +557,15 @@ class Federation:
         current = self._current
         assert current is not None and current.aggregator is not None
         assert self._global is not None
-        aggregate = current.aggregator.result()
+        frame = self._frame(self._global)
+        if frame is not None:
+            aggregate = current.aggregator.result_into(frame.tensors)
+        else:
+            aggregate = current.aggregator.result()
         new_global = self.strategy.finish_round(current.number, self._global, aggregate)
         current.strategy_report = self.strategy.round_report(current.number)
         self._check_signature(new_global, what="aggregate")
-        body = wire.encode_buffer(new_global, wire_dtype=self.config.wire_dtype)
+        new_global, body = self._message(new_global, frame)
         with self._cond:
             current.duration_s = time.monotonic() - current.started_mono
             current.num_examples = current.aggregator.total_examples
@@ -683,10 +691,29 @@ class Federation:
                 raise InvalidUpdate(f"{what} tensor {name!r} holds NaN or Inf values", tensor=name)
 
     def _set_global(self, weights: Weights, initial: bool) -> None:
-        self._global = weights
-        self._global_body = wire.encode_buffer(weights, wire_dtype=self.config.wire_dtype)
+        self._global, self._global_body = self._message(weights, self._frame(weights))
         if initial:
             self._signature = wire.describe(weights)
+
+    def _frame(self, template: Weights) -> wire.Frame | None:
+        """The next global model's message, to be filled; None if it cannot hold the model.
+
+        With float32 on the wire the model's tensors can live inside its message: one
+        copy of the model in memory, and an aggregator can write its result straight
+        there. Half-precision messages hold other values, so the model stays apart.
+        """
+        if self.config.wire_dtype != "float32":
+            return None
+        return wire.Frame(template, allocate=self._bodies.empty)
+
+    def _message(self, weights: Weights, frame: wire.Frame | None) -> tuple[Weights, wire.Buffer]:
+        """The global model and its message, from ``weights`` (some perhaps in ``frame``)."""
+        if frame is None:
+            return weights, wire.encode_buffer(weights, wire_dtype=self.config.wire_dtype)
+        for name, tensor in frame.tensors.items():
+            if weights[name] is not tensor:
+                np.copyto(tensor, weights[name])
+        return frame.tensors, frame.seal()
 
     # ------------------------------------------------------------- checkpoints
 

@@ -74,6 +74,11 @@ class RoundAggregator(ABC):
     def result(self) -> Weights:
         """The aggregate of everything added; called once, with count >= 1."""
 
+    def result_into(self, out: Weights) -> Weights:
+        """``result``, written into ``out``'s arrays where the aggregator can (the server
+        passes the tensors of the next model's message); the others are new arrays."""
+        return self.result()
+
 
 class Strategy(ABC):
     """One aggregation rule. Subclasses register themselves under ``name``.

@@ -123,21 +123,27 @@ class WeightedSum(RoundAggregator):
             np.add(acc[lo:hi], part, out=acc[lo:hi])
 
     def result(self) -> Weights:
+        return self.result_into({})
+
+    def result_into(self, out: Weights) -> Weights:
         total = float(self.total_examples)
-        out: Weights = {}
+        mean: Weights = {}
         # Each sum is dropped once divided: the float64 model is not held next to the result.
         sums, self._sums = self._sums, {}
         for name in list(sums):
             acc, dtype = sums.pop(name), self._dtypes[name]
             if np.issubdtype(dtype, np.floating) and dtype != np.float64:
                 # Divided in float64 and cast in one pass, straight into the result.
-                out[name] = np.divide(acc, total, out=np.empty(acc.shape, dtype))
+                target = out.get(name)
+                if target is None or target.dtype != dtype or target.shape != acc.shape:
+                    target = np.empty(acc.shape, dtype)
+                mean[name] = np.divide(acc, total, out=target)
             else:
                 np.divide(acc, total, out=acc)
-                out[name] = cast_like(acc, dtype)
-            if self._spare is not None and out[name] is not acc:
+                mean[name] = cast_like(acc, dtype)
+            if self._spare is not None and mean[name] is not acc:
                 self._spare.give_back(name, acc)
-        return out
+        return mean
 
 
 class _Stripe:

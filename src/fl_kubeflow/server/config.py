@@ -41,7 +41,7 @@ class ServerConfig:
         wire_dtype: How float32 tensors travel: float32, or float16/bfloat16 for half
             the bytes. The model and the aggregation stay float32 on the server.
         io_threads: Socket loops (waitress I/O threads) sharing the listening socket;
-            None: one per usable core, at most 4.
+            None: one per usable core, at most 4. Not used with TLS (cheroot).
     """
 
     num_clients: int

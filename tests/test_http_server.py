@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from fl_kubeflow.cpus import usable_cpus
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.http_server import start_http_server
 
@@ -73,9 +73,9 @@ def test_three_loops_serve_concurrent_connections_then_all_close():
         socket.create_connection(("127.0.0.1", server.port), timeout=5)
 
 
-def test_default_is_one_loop_per_core_at_most_four():
+def test_default_is_one_loop_per_usable_cpu_at_most_four():
     config = ServerConfig(num_clients=1, num_rounds=1)
-    assert config.socket_loops == max(1, min(4, len(os.sched_getaffinity(0))))
+    assert config.socket_loops == min(4, usable_cpus())
     assert ServerConfig(num_clients=1, num_rounds=1, io_threads=1).socket_loops == 1
 
 

@@ -132,7 +132,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--io-threads",
         type=positive_int,
         default=None,
-        help="socket I/O threads receiving and sending bodies (default: one per core, "
+        help="socket I/O threads receiving and sending bodies (default: one per usable CPU, "
         "at most 4); plain HTTP only: with TLS, cheroot's worker threads do this",
     )
     parser.set_defaults(run=run)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fl_kubeflow.cpus import usable_cpus
 
 # As in fl_kubeflow.wire, which this module does not import (it needs no numpy).
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
@@ -41,7 +42,8 @@ class ServerConfig:
         wire_dtype: How float32 tensors travel: float32, or float16/bfloat16 for half
             the bytes. The model and the aggregation stay float32 on the server.
         io_threads: Socket loops (waitress I/O threads) sharing the listening socket;
-            None: one per usable core, at most 4. Not used with TLS (cheroot).
+            None: one per usable CPU (affinity, capped by a cgroup CPU limit), at
+            most 4. Not used with TLS (cheroot).
     """
 
     num_clients: int
@@ -127,7 +129,7 @@ class ServerConfig:
         """
         if self.io_threads is not None:
             return self.io_threads
-        return max(1, min(DEFAULT_MAX_IO_THREADS, len(os.sched_getaffinity(0))))
+        return min(DEFAULT_MAX_IO_THREADS, usable_cpus())
 
     @property
     def server_threads(self) -> int:

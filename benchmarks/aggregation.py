@@ -21,7 +21,8 @@ from perf_common import model_shapes, timed
 
 from fl_kubeflow import wire
 from fl_kubeflow.client.numpy_trainers import random_weights
-from fl_kubeflow.strategies.fedavg import SpareSums, WeightedSum
+from fl_kubeflow.recycling import Recycler
+from fl_kubeflow.strategies.fedavg import WeightedSum
 
 NUM_UPDATES = 8
 # Bytes the weighted sum must move per parameter: read 4 (float32), read 8 + write 8 (float64).
@@ -68,10 +69,10 @@ def weighted_sum_seconds(num_params: int, num_clients: int) -> float:
     """Time for WeightedSum to fold N distinct float32 updates, one after another on one
     core, and produce the mean; its sums kept from run to run, as FedAvg keeps them."""
     updates = [np.full(num_params, i + 1, dtype=np.float32) for i in range(num_clients)]
-    spare = SpareSums()
+    arrays = Recycler()
 
     def run() -> None:
-        agg = WeightedSum(spare)
+        agg = WeightedSum(arrays)
         for i, update in enumerate(updates):
             agg.add({"w": update}, i + 1)
         agg.result()

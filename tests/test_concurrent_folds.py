@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from fl_kubeflow import wire
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
-from fl_kubeflow.strategies.fedavg import FedAvg, SpareSums, WeightedSum
+from fl_kubeflow.strategies.fedavg import FedAvg, WeightedSum
 from fl_kubeflow.wire import Weights
 
 INITIAL = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
@@ -26,8 +27,8 @@ INITIAL = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
 class SlowSum(WeightedSum):
     """FedAvg's sum, with every fold taking at least ``delay`` seconds."""
 
-    def __init__(self, spare: SpareSums, delay: float) -> None:
-        super().__init__(spare)
+    def __init__(self, arrays: Recycler, delay: float) -> None:
+        super().__init__(arrays)
         self.delay = delay
 
     def _add(self, weights: Weights, num_examples: int, client_id: str | None = None) -> None:
@@ -43,7 +44,7 @@ class SlowFedAvg(FedAvg):
         self.delay = delay
 
     def start_round(self, server_round: int, global_weights: Weights) -> SlowSum:
-        return SlowSum(self._spare_sums, self.delay)
+        return SlowSum(self._arrays, self.delay)
 
 
 def _federation(delay: float, **options: Any) -> tuple[Federation, threading.Thread, list]:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fl_kubeflow import strategies
-from fl_kubeflow.strategies.fedavg import SpareSums, WeightedSum, weighted_average
+from fl_kubeflow.recycling import Recycler
+from fl_kubeflow.strategies.fedavg import WeightedSum, weighted_average
 
 
 def test_weighted_average_by_hand():
@@ -110,7 +111,7 @@ def test_concurrent_folds_match_the_sequential_sum():
     # every update exactly once, the first written rather than added.
     size = 3 * WeightedSum.STRIPE + 17
     updates = _updates(np.random.default_rng(3), 8, size)
-    acc = WeightedSum(SpareSums())
+    acc = WeightedSum(Recycler())
     start = threading.Barrier(len(updates))
 
     def fold(update: tuple[dict, int]) -> None:
@@ -130,22 +131,21 @@ def test_concurrent_folds_match_the_sequential_sum():
         np.testing.assert_allclose(result[name], expected[name], rtol=1e-6, atol=1e-7)
 
 
-def test_spare_sums_are_reused_and_overwritten_not_added_to():
-    spare = SpareSums()
+def test_recycled_sums_are_overwritten_not_added_to():
+    arrays = Recycler()
     rng = np.random.default_rng(4)
     first_round, second_round = _updates(rng, 3, 1000), _updates(rng, 2, 1000)
-    acc = WeightedSum(spare)
+    acc = WeightedSum(arrays)
     for update in first_round:
         acc.add(*update)
-    acc.result()
-    kept = spare._free["w"]
-    acc = WeightedSum(spare)
+    first = acc.result()
+    acc = WeightedSum(arrays)
     for update in second_round:
         acc.add(*update)
-    assert acc._sums["w"] is kept  # the same memory, no new allocation
+    assert arrays.reused == 3  # round one's three sums, no new memory
     # Nothing of round one leaks into round two.
-    result = acc.result()
-    np.testing.assert_allclose(result["w"], _reference(second_round)["w"], rtol=1e-6)
+    np.testing.assert_allclose(acc.result()["w"], _reference(second_round)["w"], rtol=1e-6)
+    np.testing.assert_allclose(first["w"], _reference(first_round)["w"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])

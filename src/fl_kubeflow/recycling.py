@@ -1,12 +1,13 @@
-"""Model-sized buffers made again from the memory of ones that nothing holds any more.
+"""Model-sized arrays made again from the memory of ones that nothing holds any more.
 
 A fresh model-sized array is paid for in page faults: the kernel zeroes every page
 on its first touch, and on a VM that returns freed memory to its host the cost
 varies from round to round (at P = 10M, 15 ms in one round and 125 ms in the next,
-benchmarks/results.md). The server makes a new message of the global model every
-round and frees the one from two rounds back. A ``Recycler`` keeps the buffers it
-made and hands one out again once no one else holds it: not the array, nor a view
-of it, nor a memoryview over it, since each of those is a reference to it.
+benchmarks/results.md). The server makes model-sized arrays every round (FedAvg's
+float64 sum, the next model's message) and drops them a round or two later. A
+``Recycler`` keeps the arrays it made and hands one out again once no one else
+holds it: not the array, nor a view of it, nor a memoryview over it, since each of
+those is a reference to it.
 """
 
 from __future__ import annotations

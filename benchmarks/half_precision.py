@@ -17,7 +17,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-from perf_common import HERE, PYTHON, processes, wait_for_file
+from perf_common import HERE, PYTHON, processes, start_server
 
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 PARTITIONS = ("iid", "dirichlet:0.5")
@@ -29,36 +29,11 @@ def federated(
 ) -> tuple[list[float], list[int]]:
     """Accuracy per round (round 0 first) and bytes sent per round, for one run."""
     folder.mkdir(parents=True, exist_ok=True)
-    ready = folder / "ready.json"
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with processes(folder) as procs:
-        server = procs.start(
-            "server",
-            [
-                PYTHON,
-                "-m",
-                "fl_kubeflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-                "--clients",
-                str(clients),
-                "--rounds",
-                str(rounds),
-                "--output",
-                str(folder / "out"),
-                "--wire-dtype",
-                wire_dtype,
-                "--grace-period",
-                "30",
-            ],
+        url = start_server(
+            procs, folder, clients, rounds, "--wire-dtype", wire_dtype, "--grace-period", "30"
         )
-        wait_for_file(ready, server, 60)
-        url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
         for i in range(clients):
             procs.start(
                 f"client-{i}",

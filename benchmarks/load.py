@@ -13,12 +13,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from perf_common import processes, start_server
 
 from fl_kubeflow.auth import TOKEN_ENV, new_token
 from fl_kubeflow.client.numpy_trainers import DeltaTrainer
@@ -31,53 +31,27 @@ ROUNDS = 3
 
 def one_run(num_clients: int, folder: Path) -> dict:
     token = new_token()
-    ready = folder / "ready.json"
-    command = [
-        sys.executable,
-        "-m",
-        "fl_kubeflow",
-        "--log-level",
-        "WARNING",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        "--clients",
-        str(num_clients),
-        "--rounds",
-        str(ROUNDS),
-        "--output",
-        str(folder),
-        "--join-timeout",
-        "300",
-        "--round-timeout",
-        "300",
-        "--grace-period",
-        "30",
-    ]
-    env = {**os.environ, TOKEN_ENV: token}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+    with processes(folder) as procs:
+        url = start_server(
+            procs,
+            folder,
+            num_clients,
+            ROUNDS,
+            "--join-timeout",
+            "300",
+            "--round-timeout",
+            "300",
+            "--grace-period",
+            "30",
+            env={TOKEN_ENV: token},
+        )
         started = time.perf_counter()
         result = run_swarm(
             url, num_clients, lambda i: DeltaTrainer(SHAPES, delta=0.01), token=token, timeout=600
         )
         wall = time.perf_counter() - started
-        if server.wait(120) != 0:
-            raise RuntimeError("server failed")
-    finally:
-        if server.poll() is None:
-            server.kill()
-    history = json.loads((folder / "history.json").read_text())
+        procs.wait_all(120)
+    history = json.loads((folder / "out" / "history.json").read_text())
     durations = [r["duration_s"] for r in history["rounds"][1:]]
     return {
         "clients": num_clients,

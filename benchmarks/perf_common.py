@@ -1,11 +1,13 @@
-"""Shared pieces of the performance benchmarks: model shapes, the copy limit, processes.
+"""Shared pieces of the benchmarks: model shapes, the copy limit, processes, the server.
 
-Used by round_overhead.py, original_protocol.py, aggregation.py and run_perf.py.
+Used by round_overhead.py, original_protocol.py, aggregation.py, run_perf.py, load.py
+and half_precision.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -181,3 +183,47 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} not written within {timeout:g}s")
         time.sleep(0.02)
+
+
+def start_server(
+    procs: Processes,
+    folder: Path,
+    clients: int,
+    rounds: int,
+    *options: str,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+) -> str:
+    """Start ``fl-kubeflow server`` on a free loopback port; return its URL once it listens.
+
+    Its output goes to ``folder``/out; ``options`` are more server options; ``prefix``
+    runs it under another program (a profiler).
+    """
+    ready = folder / "ready.json"
+    # A folder kept from an earlier run must not hand its old port to the clients.
+    ready.unlink(missing_ok=True)
+    command = [
+        *prefix,
+        PYTHON,
+        "-m",
+        "fl_kubeflow",
+        "--log-level",
+        "WARNING",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready),
+        "--clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--output",
+        str(folder / "out"),
+        *options,
+    ]
+    server = procs.start("server", command, env=env)
+    wait_for_file(ready, server, 60)
+    return f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"

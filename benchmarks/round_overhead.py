@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from perf_common import (
     peak_rss_bytes,
     processes,
     shapes_arg,
-    wait_for_file,
+    start_server,
 )
 
 ROUNDS = 5
@@ -57,48 +58,28 @@ def run_one(
     folder.mkdir(parents=True, exist_ok=True)
     initial = folder / "initial.safetensors"
     files.write_bytes(initial, wire.encode(random_weights(shapes, seed=0)))
-    ready = folder / "ready.json"
-    # A folder kept from an earlier run (--keep) must not hand its old port to the clients.
-    ready.unlink(missing_ok=True)
     extra = ["--wire-dtype", wire_dtype] if wire_dtype else []
     started = time.perf_counter()
     with processes(folder) as procs:
-        spy = ["py-spy", "record", "-r", "250", "--threads", "-f", "raw", "-o", str(profile), "--"]
-        server = procs.start(
-            "server",
-            [
-                *(spy if profile else []),
-                PYTHON,
-                "-m",
-                "fl_kubeflow",
-                "--log-level",
-                "WARNING",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-                "--clients",
-                str(num_clients),
-                "--rounds",
-                str(rounds),
-                "--initial-weights",
-                str(initial),
-                "--output",
-                str(folder / "out"),
-                "--join-timeout",
-                str(timeout / 2),
-                "--round-timeout",
-                str(timeout / 2),
-                "--grace-period",
-                "30",
-                *extra,
-            ],
+        # py-spy beside this Python (a venv's bin), else on PATH.
+        py_spy = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or "py-spy"
+        spy = [py_spy, "record", "-r", "250", "--threads", "-f", "raw", "-o", str(profile), "--"]
+        url = start_server(
+            procs,
+            folder,
+            num_clients,
+            rounds,
+            "--initial-weights",
+            str(initial),
+            "--join-timeout",
+            str(timeout / 2),
+            "--round-timeout",
+            str(timeout / 2),
+            "--grace-period",
+            "30",
+            *extra,
+            prefix=spy if profile else (),
         )
-        wait_for_file(ready, server, 60)
-        url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
         for i in range(num_clients):
             procs.start(
                 f"client-{i}",

@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from perf_common import HERE, PYTHON, model_shapes, peak_rss_bytes, processes, wait_for_file
+from perf_common import (
+    HERE,
+    PYTHON,
+    client_summaries,
+    model_shapes,
+    peak_rss_bytes,
+    processes,
+    start_clients,
+    wait_for_file,
+)
 
 ROUNDS = 5
 DELTA = 0.001
@@ -246,29 +255,12 @@ def run_one(
         )
         wait_for_file(ready, server, 60)
         url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
-        for i in range(num_clients):
-            procs.start(
-                f"client-{i}",
-                [
-                    PYTHON,
-                    script,
-                    "client",
-                    "--server",
-                    url,
-                    "--client-id",
-                    str(i),
-                    "--summary",
-                    str(folder / f"client-{i}.json"),
-                    "--timeout",
-                    str(timeout),
-                ],
-                env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-            )
+        start_clients(procs, folder, Path(script), url, num_clients, timeout)
         procs.wait_all(timeout)
     wall = time.perf_counter() - started
     history = json.loads(history_path.read_text())
     records = history["rounds"]
-    clients = [json.loads((folder / f"client-{i}.json").read_text()) for i in range(num_clients)]
+    clients = client_summaries(folder, num_clients)
     return {
         "params": num_params,
         "clients": num_clients,

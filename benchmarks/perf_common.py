@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -227,3 +228,40 @@ def start_server(
     server = procs.start("server", command, env=env)
     wait_for_file(ready, server, 60)
     return f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+
+
+def start_clients(
+    procs: Processes,
+    folder: Path,
+    script: Path,
+    url: str,
+    count: int,
+    timeout: float,
+    *options: str,
+) -> None:
+    """Start ``count`` processes of ``script client`` (one BLAS thread each: they share the
+    cores); client i writes its summary to ``folder``/client-i.json."""
+    for i in range(count):
+        procs.start(
+            f"client-{i}",
+            [
+                PYTHON,
+                str(script),
+                "client",
+                "--server",
+                url,
+                "--client-id",
+                str(i),
+                "--summary",
+                str(folder / f"client-{i}.json"),
+                "--timeout",
+                str(timeout),
+                *options,
+            ],
+            env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+        )
+
+
+def client_summaries(folder: Path, count: int) -> list[dict[str, Any]]:
+    """What the ``count`` clients started by ``start_clients`` wrote."""
+    return [json.loads((folder / f"client-{i}.json").read_text()) for i in range(count)]

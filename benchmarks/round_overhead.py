@@ -27,10 +27,12 @@ from typing import Any
 from perf_common import (
     HERE,
     PYTHON,
+    client_summaries,
     model_shapes,
     peak_rss_bytes,
     processes,
     shapes_arg,
+    start_clients,
     start_server,
 )
 
@@ -80,34 +82,24 @@ def run_one(
             *extra,
             prefix=spy if profile else (),
         )
-        for i in range(num_clients):
-            procs.start(
-                f"client-{i}",
-                [
-                    PYTHON,
-                    str(HERE / "round_overhead.py"),
-                    "client",
-                    "--server",
-                    url,
-                    "--client-id",
-                    str(i),
-                    "--shapes",
-                    shapes_arg(shapes),
-                    "--summary",
-                    str(folder / f"client-{i}.json"),
-                    "--timeout",
-                    str(timeout),
-                    *extra,
-                ],
-                env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-            )
+        start_clients(
+            procs,
+            folder,
+            HERE / "round_overhead.py",
+            url,
+            num_clients,
+            timeout,
+            "--shapes",
+            shapes_arg(shapes),
+            *extra,
+        )
         procs.wait_all(timeout)
     wall = time.perf_counter() - started
     history = json.loads((folder / "out" / "history.json").read_text())
     if history["status"] != "finished":
         raise RuntimeError(f"run {num_params}x{num_clients}: {history['error']}")
     records = [r for r in history["rounds"] if r["round"] >= 1]
-    clients = [json.loads((folder / f"client-{i}.json").read_text()) for i in range(num_clients)]
+    clients = client_summaries(folder, num_clients)
     model_bytes = 4 * num_params
     return {
         "params": num_params,

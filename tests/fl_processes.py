@@ -195,6 +195,24 @@ def start_client(
     return ClientProcess(proc, str(client_id), log_path, summary)
 
 
+def start_delta_clients(
+    folder: Path,
+    server_url: str,
+    deltas: Sequence[float],
+    counts: Sequence[int],
+    *args: str,
+    token: str | None = None,
+) -> list[ClientProcess]:
+    """Client i adds ``deltas[i]`` to the weights and reports ``counts[i]`` examples; ``args``
+    go to every client. FedAvg's result is then sum(d * n) / sum(n) per round, exactly."""
+    return [
+        start_client(
+            folder, server_url, i, "--delta", str(d), "--num-examples", str(n), *args, token=token
+        )
+        for i, (d, n) in enumerate(zip(deltas, counts, strict=True))
+    ]
+
+
 def wait_all(processes: Sequence, timeout: float = DEFAULT_TIMEOUT) -> list[int]:
     deadline = time.monotonic() + timeout
     return [p.wait(max(1.0, deadline - time.monotonic())) for p in processes]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fl_kubeflow.client.numpy_trainers import random_weights
-from tests.fl_processes import free_port, start_client, start_server, wait_all
+from tests.fl_processes import free_port, start_client, start_delta_clients, start_server, wait_all
 
 SHAPES = ["--shapes", "16x8,8,3x3x2"]
 
@@ -19,10 +19,7 @@ def test_exact_fedavg_over_three_rounds(tmp_path, io_threads):
     rounds, deltas, counts = 3, [0.5, -1.0, 2.0], [10, 30, 60]
     loops = ["--io-threads", io_threads] if io_threads else []
     server = start_server(tmp_path, "--clients", "3", "--rounds", str(rounds), *loops)
-    clients = [
-        start_client(tmp_path, server.url, i, *SHAPES, "--delta", str(d), "--num-examples", str(n))
-        for i, (d, n) in enumerate(zip(deltas, counts, strict=False))
-    ]
+    clients = start_delta_clients(tmp_path, server.url, deltas, counts, *SHAPES)
     assert wait_all(clients) == [0, 0, 0], [c.log() for c in clients]
     assert server.wait() == 0, server.log()
     step = sum(d * n for d, n in zip(deltas, counts, strict=False)) / sum(counts)

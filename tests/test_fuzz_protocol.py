@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from fl_kubeflow import wire
 from fl_kubeflow.auth import new_token
 from fl_kubeflow.client.numpy_trainers import random_weights
-from tests.fl_processes import start_client, start_server, wait_all
+from tests.fl_processes import start_delta_clients, start_server, wait_all
 
 pytestmark = pytest.mark.slow
 
@@ -184,21 +184,9 @@ def test_garbage_interleaved_with_a_real_run(tmp_path):
         "1",
         token=token,
     )
-    clients = [
-        start_client(
-            tmp_path,
-            server.url,
-            i,
-            "--delta",
-            str(d),
-            "--num-examples",
-            str(n),
-            "--fit-delay",
-            "3.0",
-            token=token,
-        )
-        for i, (d, n) in enumerate(zip(deltas, counts, strict=True))
-    ]
+    clients = start_delta_clients(
+        tmp_path, server.url, deltas, counts, "--fit-delay", "3.0", token=token
+    )
     session = requests.Session()
     statuses: dict[int, int] = {}
     previous: list = []

@@ -13,7 +13,7 @@ import requests
 
 from fl_kubeflow.auth import new_token
 from fl_kubeflow.client.numpy_trainers import random_weights
-from tests.fl_processes import RawClient, start_client, start_server, wait_all
+from tests.fl_processes import RawClient, start_client, start_delta_clients, start_server, wait_all
 
 SHAPES = [(16, 8), (8,)]
 
@@ -92,23 +92,17 @@ def test_server_killed_and_restarted_resumes_to_the_same_weights(tmp_path):
         "60",
     ]
     server = start_server(tmp_path, *common, token=token)
-    clients = [
-        start_client(
-            tmp_path,
-            server.url,
-            i,
-            "--delta",
-            str(d),
-            "--num-examples",
-            str(n),
-            "--fit-delay",
-            "0.4",
-            "--retry-timeout",
-            "60",
-            token=token,
-        )
-        for i, (d, n) in enumerate(zip(deltas, counts, strict=True))
-    ]
+    clients = start_delta_clients(
+        tmp_path,
+        server.url,
+        deltas,
+        counts,
+        "--fit-delay",
+        "0.4",
+        "--retry-timeout",
+        "60",
+        token=token,
+    )
     server.wait_for_round(2)
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)

@@ -7,7 +7,7 @@ import pytest
 
 from fl_kubeflow import wire
 from fl_kubeflow.client.numpy_trainers import random_weights
-from tests.fl_processes import RawClient, start_client, start_server, wait_all
+from tests.fl_processes import RawClient, start_client, start_delta_clients, start_server, wait_all
 
 SHAPES = [(64, 32), (32,), (7,)]
 SHAPES_ARG = ["--shapes", "64x32,32,7"]
@@ -18,12 +18,7 @@ W0 = {"w": np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4), "steps": np.a
 def test_run_in_half_precision_halves_the_bytes_and_keeps_float32(tmp_path, wire_dtype):
     deltas, counts = [0.5, -0.25], [1, 3]
     server = start_server(tmp_path, "--clients", "2", "--rounds", "2", "--wire-dtype", wire_dtype)
-    clients = [
-        start_client(
-            tmp_path, server.url, i, *SHAPES_ARG, "--delta", str(d), "--num-examples", str(n)
-        )
-        for i, (d, n) in enumerate(zip(deltas, counts, strict=True))
-    ]
+    clients = start_delta_clients(tmp_path, server.url, deltas, counts, *SHAPES_ARG)
     assert wait_all(clients) == [0, 0], [c.log() for c in clients]
     assert server.wait() == 0, server.log()
     initial = random_weights(SHAPES, seed=0)

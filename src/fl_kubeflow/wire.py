@@ -90,20 +90,17 @@ def encode_buffer(
     weights: Mapping[str, np.ndarray],
     metadata: Mapping[str, str] | None = None,
     wire_dtype: str = "float32",
+    allocate: Callable[[tuple[int, ...], Any], np.ndarray] = np.empty,
 ) -> memoryview:
     """Like ``encode``, into a read-only numpy buffer: for a message kept and sent many times.
 
     numpy asks the kernel for huge pages, so the one copy does not also pay ~10,000
-    page faults per 40 MB as a fresh bytes object does.
+    page faults per 40 MB as a fresh bytes object does. ``allocate(shape, dtype)``
+    makes the buffer (e.g. ``Recycler.empty``, which reuses a dropped message's).
     """
-    parts = encode_parts(weights, metadata, wire_dtype)
-    out = np.empty(sum(part.nbytes for part in parts), dtype=np.uint8)
-    offset = 0
-    for part in parts:
-        out[offset : offset + part.nbytes] = np.frombuffer(part, dtype=np.uint8)
-        offset += part.nbytes
-    out.setflags(write=False)
-    return memoryview(out)
+    frame = Frame(weights, wire_dtype, metadata, allocate)
+    frame.fill(weights)
+    return frame.seal()
 
 
 def encode_parts(
@@ -116,26 +113,47 @@ def encode_parts(
     Nothing is copied (unless a tensor must change dtype, byte order or layout): a
     sender can hand the parts to ``socket.sendall`` one by one.
     """
+    plan = _plan(weights, wire_dtype)
+    arrays = [_on_wire(np.asarray(weights[name]), code, dtype) for name, code, _, dtype in plan]
+    sizes = [
+        (name, code, shape, a.nbytes)
+        for (name, code, shape, _), a in zip(plan, arrays, strict=True)
+    ]
+    head = _header(sizes, metadata)
+    return [memoryview(head), *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays)]
+
+
+def _plan(
+    weights: Mapping[str, np.ndarray], wire_dtype: str
+) -> list[tuple[str, str, tuple[int, ...], np.dtype]]:
+    """Each tensor's name, safetensors code, shape and dtype in the message, in its order.
+
+    float32 travels as ``wire_dtype`` (bfloat16 as its uint16 bits), big-endian as
+    little-endian; larger dtypes come first, so every tensor stays aligned.
+    """
     check_wire_dtype(wire_dtype)
-    entries: list[tuple[str, str, np.ndarray]] = []
+    plan = []
     for name, value in weights.items():
-        array = np.asarray(value)
-        if wire_dtype != "float32" and array.dtype == np.float32:
+        dtype = np.asarray(value).dtype
+        if wire_dtype != "float32" and dtype == np.float32:
             code = _HALF_CODE[wire_dtype]
-            array = to_bfloat16(array) if code == "BF16" else array.astype(np.float16)
+            dtype = np.dtype("<u2") if code == "BF16" else np.dtype("<f2")
         else:
-            code = _code_of(name, array.dtype)
-            if array.dtype.byteorder == ">":
-                array = array.astype(array.dtype.newbyteorder("<"))
-        # Not np.ascontiguousarray: it turns a 0-d tensor into shape (1,).
-        entries.append((name, code, array if array.flags.c_contiguous else array.copy()))
-    entries.sort(key=lambda e: (-_RANK[e[1]], e[0]))
-    head = _header(
-        [(name, code, array.shape, array.nbytes) for name, code, array in entries], metadata
-    )
-    parts = [memoryview(head)]
-    parts += [memoryview(array.reshape(-1).view(np.uint8)) for _, _, array in entries]
-    return parts
+            code = _code_of(name, dtype)
+            dtype = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+        plan.append((name, code, tuple(np.shape(value)), dtype))
+    plan.sort(key=lambda e: (-_RANK[e[1]], e[0]))
+    return plan
+
+
+def _on_wire(array: np.ndarray, code: str, dtype: np.dtype) -> np.ndarray:
+    """``array`` as it travels: as bfloat16 bits, or ``dtype``, and C-contiguous."""
+    if code == "BF16":
+        return to_bfloat16(array)
+    if array.dtype != dtype:
+        array = array.astype(dtype)
+    # Not np.ascontiguousarray: it turns a 0-d tensor into shape (1,).
+    return array if array.flags.c_contiguous else array.copy()
 
 
 def _header(
@@ -159,36 +177,44 @@ def _header(
 class Frame:
     """A message laid out before its tensors are known: header written, tensors to fill.
 
-    ``tensors`` are writable arrays inside the message, shaped and typed like the
-    template's; fill them, then ``seal`` for the message. The same bytes as ``encode``
-    of the filled tensors, with no copy from separate arrays into the message, and
-    the tensors can stay in use as the model the message carries.
+    ``tensors`` are writable arrays inside the message, shaped like the template's
+    and typed as they travel; ``fill`` them (or write into them), then ``seal`` for
+    the message: the same bytes as ``encode``. With float32 on the wire a model's
+    tensors can be the message's, so the model needs no memory of its own.
     """
 
     def __init__(
         self,
         template: Mapping[str, np.ndarray],
+        wire_dtype: str = "float32",
+        metadata: Mapping[str, str] | None = None,
         allocate: Callable[[tuple[int, ...], Any], np.ndarray] = np.empty,
     ) -> None:
-        entries = []
-        for name, value in template.items():
-            array = np.asarray(value)
-            dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-            entries.append((name, _code_of(name, dtype), tuple(array.shape), dtype))
-        entries.sort(key=lambda e: (-_RANK[e[1]], e[0]))
-        sizes = [math.prod(shape) * dtype.itemsize for _, _, shape, dtype in entries]
+        plan = _plan(template, wire_dtype)
+        sizes = [math.prod(shape) * dtype.itemsize for _, _, shape, dtype in plan]
         head = _header(
-            [(n, c, shape, size) for (n, c, shape, _), size in zip(entries, sizes, strict=True)],
-            None,
+            [(n, c, shape, size) for (n, c, shape, _), size in zip(plan, sizes, strict=True)],
+            metadata,
         )
         self.buffer = allocate((len(head) + sum(sizes),), np.uint8)
         self.buffer[: len(head)] = np.frombuffer(head, np.uint8)
         self.tensors: Weights = {}
+        self._codes = {name: code for name, code, _, _ in plan}
         offset = len(head)
-        for (name, _, shape, dtype), size in zip(entries, sizes, strict=True):
-            flat = self.buffer[offset : offset + size].view(dtype)
-            self.tensors[name] = flat.reshape(shape)
+        for (name, _, shape, dtype), size in zip(plan, sizes, strict=True):
+            self.tensors[name] = self.buffer[offset : offset + size].view(dtype).reshape(shape)
             offset += size
+
+    def fill(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Copy ``weights`` into the tensors as they travel (those already there are kept)."""
+        for name, tensor in self.tensors.items():
+            value = weights[name]
+            if value is tensor:
+                continue
+            if self._codes[name] == "BF16":
+                tensor[...] = to_bfloat16(value)
+            else:
+                np.copyto(tensor, value)
 
     def seal(self) -> memoryview:
         """The message, read-only; the tensors become read-only too."""

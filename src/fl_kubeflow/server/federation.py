@@ -558,10 +558,7 @@ class Federation:
         assert current is not None and current.aggregator is not None
         assert self._global is not None
         frame = self._frame(self._global)
-        if frame is not None:
-            aggregate = current.aggregator.result_into(frame.tensors)
-        else:
-            aggregate = current.aggregator.result()
+        aggregate = current.aggregator.result_into(frame.tensors)
         new_global = self.strategy.finish_round(current.number, self._global, aggregate)
         current.strategy_report = self.strategy.round_report(current.number)
         self._check_signature(new_global, what="aggregate")
@@ -695,25 +692,20 @@ class Federation:
         if initial:
             self._signature = wire.describe(weights)
 
-    def _frame(self, template: Weights) -> wire.Frame | None:
-        """The next global model's message, to be filled; None if it cannot hold the model.
+    def _frame(self, template: Weights) -> wire.Frame:
+        """The next global model's message, laid out like ``template``, to be filled."""
+        return wire.Frame(template, self.config.wire_dtype, allocate=self._bodies.empty)
 
-        With float32 on the wire the model's tensors can live inside its message: one
-        copy of the model in memory, and an aggregator can write its result straight
-        there. Half-precision messages hold other values, so the model stays apart.
+    def _message(self, weights: Weights, frame: wire.Frame) -> tuple[Weights, wire.Buffer]:
+        """The global model and its message, from ``weights`` (some perhaps in ``frame``).
+
+        With float32 on the wire the model's tensors are the message's: one copy of the
+        model in memory, and an aggregator can write its result straight there.
+        Half-precision messages hold other values, so the model stays apart.
         """
-        if self.config.wire_dtype != "float32":
-            return None
-        return wire.Frame(template, allocate=self._bodies.empty)
-
-    def _message(self, weights: Weights, frame: wire.Frame | None) -> tuple[Weights, wire.Buffer]:
-        """The global model and its message, from ``weights`` (some perhaps in ``frame``)."""
-        if frame is None:
-            return weights, wire.encode_buffer(weights, wire_dtype=self.config.wire_dtype)
-        for name, tensor in frame.tensors.items():
-            if weights[name] is not tensor:
-                np.copyto(tensor, weights[name])
-        return frame.tensors, frame.seal()
+        frame.fill(weights)
+        body = frame.seal()
+        return (frame.tensors if self.config.wire_dtype == "float32" else weights), body
 
     # ------------------------------------------------------------- checkpoints
 

@@ -85,12 +85,13 @@ def test_io_threads_out_of_range_is_refused(value):
         ServerConfig(num_clients=1, num_rounds=1, io_threads=value)
 
 
-def test_cli_names_a_bad_io_threads_value():
+@pytest.mark.parametrize("option", ["--io-threads", "--receive-slots"])
+def test_cli_names_a_bad_socket_setting(option):
     result = subprocess.run(
-        [sys.executable, "-m", "fl_kubeflow", "server", "--clients", "1", "--io-threads", "0"],
+        [sys.executable, "-m", "fl_kubeflow", "server", "--clients", "1", option, "0"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "--io-threads" in result.stderr and "'0'" in result.stderr, result.stderr
+    assert option in result.stderr and "'0'" in result.stderr, result.stderr

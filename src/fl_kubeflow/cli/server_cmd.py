@@ -135,6 +135,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="socket I/O threads receiving and sending bodies (default: one per usable CPU, "
         "at most 4); plain HTTP only: with TLS, cheroot's worker threads do this",
     )
+    parser.add_argument(
+        "--receive-slots",
+        type=positive_int,
+        default=2,
+        help="updates received straight into memory at once, each costing an update's "
+        "size; other uploads wait their turn (default: 2; plain HTTP only)",
+    )
+    parser.add_argument(
+        "--slot-patience",
+        type=positive_float,
+        default=2.0,
+        help="seconds an upload waits for a receive slot while none frees before it is "
+        "received into a temporary file instead (default: 2)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -196,6 +210,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             tls_key=args.tls_key,
             wire_dtype=args.wire_dtype,
             io_threads=args.io_threads,
+            receive_slots=args.receive_slots,
+            slot_patience=args.slot_patience,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -7,7 +7,6 @@ bodies; everything else is small JSON or headers.
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import logging
 import mmap
@@ -23,6 +22,8 @@ from werkzeug.wsgi import wrap_file
 
 from fl_kubeflow import metrics as metrics_lib
 from fl_kubeflow import wire
+from fl_kubeflow.server.body_slots import ReceivedBody
+from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge, Unauthorized
 from fl_kubeflow.server.federation import Federation, Phase
@@ -166,40 +167,6 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
     return app
 
 
-class BufferFile:
-    """A read-only file over a buffer whose reads can be views of it, not copies.
-
-    For the WSGI server's file wrapper: waitress reads a piece, sends it, and seeks
-    past what went out, so with ``views`` every client's model is sent from the one
-    cached message. Without a file wrapper (cheroot) pieces are bytes, as WSGI wants.
-    """
-
-    def __init__(self, buffer: wire.Buffer, views: bool) -> None:
-        self._view = memoryview(buffer).cast("B")
-        self._views = views
-        self._pos = 0
-
-    def read(self, size: int | None = -1) -> memoryview | bytes:
-        end = len(self._view) if size is None or size < 0 else self._pos + size
-        piece = self._view[self._pos : end]
-        self._pos += len(piece)
-        return piece if self._views else piece.tobytes()
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = min(max(0, base + offset), len(self._view))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
-
-
 def _client_id() -> str:
     value = request.headers.get("X-FL-Client-Id")
     if not value:
@@ -281,6 +248,9 @@ def _weights_body(config: ServerConfig) -> memoryview:
         if size > limit:
             raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
         return memoryview(bytearray(b"".join(pieces)))
+    source = request.environ.get("wsgi.input")
+    if isinstance(source, ReceivedBody) and source.tell() == 0 and len(source.array) == length:
+        return memoryview(source.array)
     spooled = _spooled_body(length)
     if spooled is not None:
         return spooled

@@ -13,6 +13,7 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16")
 MIN_TOKEN_LENGTH = 22  # 128 bits in URL-safe base64
 DEFAULT_MAX_IO_THREADS = 4
 MAX_IO_THREADS = 64
+MAX_RECEIVE_SLOTS = 64
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class ServerConfig:
         io_threads: Socket loops (waitress I/O threads) sharing the listening socket;
             None: one per usable CPU (affinity, capped by a cgroup CPU limit), at
             most 4. Not used with TLS (cheroot).
+        receive_slots: Large bodies (updates) received straight into memory at once;
+            other uploads wait (TCP back-pressure). Each costs one update's size in
+            memory. Not used with TLS (cheroot).
+        slot_patience: Seconds an upload waits for a receive slot while none frees
+            before it is received into a temporary file instead.
     """
 
     num_clients: int
@@ -67,6 +73,8 @@ class ServerConfig:
     checkpoint_dir: Path | None = None
     wire_dtype: str = "float32"
     io_threads: int | None = None
+    receive_slots: int = 2
+    slot_patience: float = 2.0
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -78,7 +86,13 @@ class ServerConfig:
                 f"min_clients must be between 1 and num_clients={self.num_clients}, "
                 f"got {self.min_clients}"
             )
-        for name in ("join_timeout", "round_timeout", "grace_period", "poll_timeout"):
+        for name in (
+            "join_timeout",
+            "round_timeout",
+            "grace_period",
+            "poll_timeout",
+            "slot_patience",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_update_bytes < 1024:
@@ -97,6 +111,10 @@ class ServerConfig:
         if self.io_threads is not None and not 1 <= self.io_threads <= MAX_IO_THREADS:
             raise ValueError(
                 f"io_threads must be between 1 and {MAX_IO_THREADS}, got {self.io_threads}"
+            )
+        if not 1 <= self.receive_slots <= MAX_RECEIVE_SLOTS:
+            raise ValueError(
+                f"receive_slots must be between 1 and {MAX_RECEIVE_SLOTS}, got {self.receive_slots}"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")

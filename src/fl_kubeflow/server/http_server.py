@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fl_kubeflow.server.body_slots import ReceiveSlots, slot_channel_class
 from fl_kubeflow.server.config import ServerConfig
 
 log = logging.getLogger("fl_kubeflow.server")
@@ -26,6 +27,7 @@ class RunningServer:
     port: int
     scheme: str
     close: Callable[[], None]
+    receive_slots: ReceiveSlots | None = None  # None with TLS (cheroot)
 
 
 def start_http_server(app: Any, config: ServerConfig) -> RunningServer:
@@ -44,8 +46,8 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
         # limit of 100 connections would stall a federation of 200. (Per loop.)
         connection_limit=config.connection_limit,
         # Well above the app's own limit, so the app answers oversize bodies with a JSON
-        # reason; only absurd bodies meet waitress's plain-text 413. Waitress spools
-        # large bodies to disk, so this does not cost memory.
+        # reason; only absurd bodies meet waitress's plain-text 413. Bodies beyond the
+        # receive slots are spooled to disk, so this does not cost memory.
         max_request_body_size=2 * config.max_update_bytes + 16 * 1024 * 1024,
         channel_timeout=max(120, int(config.poll_timeout) + 30),
         # Our headers are small; a 64 KiB cap refuses header floods early.
@@ -72,14 +74,34 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
                 **options,
             )
         )
+    # Updates are received straight into memory, a few at a time (server/body_slots.py).
+    slots = ReceiveSlots(config.receive_slots, patience=config.slot_patience)
+    channel_class = slot_channel_class(slots)
+    for loop in loops:
+        loop.channel_class = channel_class  # type: ignore[union-attr]
+        slots.wake_on_free(loop)
+    closing = threading.Event()
     for number, loop in enumerate(loops):
-        threading.Thread(target=loop.run, name=f"waitress-io-{number}", daemon=True).start()
+        threading.Thread(
+            target=_run_loop, args=(loop, closing), name=f"waitress-io-{number}", daemon=True
+        ).start()
 
     def close() -> None:
+        closing.set()
         for loop in loops:
             loop.close()
 
-    return RunningServer(int(first.effective_port), "http", close)  # type: ignore[union-attr]
+    return RunningServer(int(first.effective_port), "http", close, slots)  # type: ignore[union-attr]
+
+
+def _run_loop(loop: Any, closing: threading.Event) -> None:
+    # close() comes from another thread and may close a descriptor the loop is
+    # selecting on: the EBADF that follows is the loop's end, not an error.
+    try:
+        loop.run()
+    except OSError:
+        if not closing.is_set():
+            raise
 
 
 def _start_cheroot(app: Any, config: ServerConfig) -> RunningServer:

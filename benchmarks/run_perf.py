@@ -324,38 +324,39 @@ def analysis(result: dict[str, Any]) -> list[str]:
         f"({r['copy_s']:.3f} s of numpy copies + {r['wsum_s']:.3f} s of weighted sum, both "
         f"on one core): {median / r['limit_s']:.2f}x. A perf timeline of every process "
         "(`perf record -a`, taken while developing on this machine, load < 1) splits a "
-        "~0.30 s round into: the model going out to the 8 clients while the first updates "
-        "start to come back, ~0.10 s, both cores busy (the server's socket loops sending, "
-        "the clients receiving, adding their delta and sending); the other updates "
-        "arriving, ~0.075 s, the two socket loops busy; folding the 8 updates, ~0.10 s, "
-        "two at a time; the weighted mean and the next message, ~0.015 s. What the limit "
-        "does not count:",
+        "~0.22 s round into: the model going out to the 8 clients, ~0.075 s, both cores "
+        "busy (the server's socket loops sending, the clients receiving, adding their "
+        "delta and sending); the updates arriving and being folded, ~0.125 s (the "
+        "server's workers folding ~40% of the machine, its socket loops receiving ~13%, "
+        "the clients sending ~30%, ~8% idle); the weighted mean and the next message, "
+        "~0.02 s. perf's profile of the server alone, over 20 rounds, puts its CPU at "
+        "~0.22 s a round: the fold (float32 -> float64 cast, multiply, add) 27%, the "
+        "kernel's send and receive copies 16%, np.isfinite 6%, the rest system calls, "
+        "locks and Python. What the limit does not count:",
         "",
         f"1. **TCP and the kernel.** The limit copies each byte once, in user space. A "
         f"socket costs two kernel copies per byte (into the socket buffer and out) and "
         f"the system calls: the same 2 x N x P x 4 bytes through one loopback connection "
         f"take {r['loopback_s']:.3f} s on this machine, "
-        f"{r['loopback_s'] / r['limit_s']:.1f}x the limit by themselves. waitress then "
-        "writes each update body into a temporary file before it calls the app: a third "
-        "kernel copy, and ext4's bookkeeping per page, which perf puts at ~95 ms of CPU per "
-        "round, more than the receiving itself (~42 ms). That spool is what keeps the "
-        "server's memory independent of N (waiting bodies sit in the page cache, not in "
-        "the process); the app maps the spooled file instead of reading it.",
+        f"{r['loopback_s'] / r['limit_s']:.1f}x the limit by themselves.",
         "2. **The clients share the two cores with the server.** Each of the 8 client "
         "processes receives 40 MB, makes its updated copy (global + delta: a new 40 MB "
         "array, the stand-in for training) and sends 40 MB: about half a core during "
         "the round.",
-        "3. **The updates are folded after they have all arrived.** waitress hands the "
-        "app complete bodies, and clients that got the model together send together, so "
-        "their bodies complete within a few milliseconds of each other; the folds "
-        "(np.isfinite ~2 ms, the weighted add ~8 ms per 40 MB update) then run two at a "
-        "time, at most two bodies mapped at once, and the two folds share the memory "
-        "bandwidth.",
+        "3. **An update is folded only once all of it has arrived.** The server hands "
+        "the app complete bodies; the folds (np.isfinite ~2 ms, the weighted add ~8 ms "
+        "per 40 MB update) run two at a time, beside the receiving of the next bodies, "
+        "and share the memory bandwidth with it.",
         "",
         "Removed along the way (each a copy, a stall or page faults): safetensors.numpy."
         "save's two copies per tensor (own encoder: one copy, into a numpy buffer) and "
         "load's copy (own decoder: views); werkzeug's read(limit + 1) of each body (four "
-        "copies) -> a map of waitress's spool file; waitress copying each 40 MB response "
+        "copies) -> a map of waitress's spool file -> no spool file: waitress wrote each "
+        "update into a temporary file before calling the app (a third kernel copy and "
+        "ext4's bookkeeping per page, ~95 ms of the server's CPU per round), now bodies "
+        "from 1 MiB are received with recv_into straight into reused arrays, two at a "
+        "time (`--receive-slots`; the other clients wait in send, so memory does not "
+        "grow with N), 0.300 -> 0.218 s in an A/B; waitress copying each 40 MB response "
         "into a memory buffer and a temporary file per client -> wsgi.file_wrapper over "
         "views of the one cached message; waitress's 8 KiB recv (5,000 loop turns per "
         "update) -> 256 KiB; one waitress I/O thread receiving and spooling every body on "
@@ -381,13 +382,16 @@ def analysis(result: dict[str, Any]) -> list[str]:
         "clients with readinto instead of read-and-copy; a larger recv size (1 MiB recv "
         "buffers cross glibc's mmap threshold and fault every time); a tmpfs spool "
         "(slower than ext4 here: new shmem pages are zeroed); 3 or 4 socket loops on 2 "
-        "cores (0.333 and 0.335 s against 0.316 s for 2).",
+        "cores (0.333 and 0.335 s against 0.316 s for 2); 3 receive slots (0.210 s "
+        "against 0.218 s for 2, but 40 MB more resident: 397 MB at N = 8, near the bound).",
         "",
         "Not done, and what it would take: folding updates that arrive together in one "
         "pass over the sum (less memory traffic; it would shorten the limit's weighted sum "
         "as much as the round); folding an update while it arrives (a server that streams "
-        "bodies to the app; waitress hands over complete bodies, and cheroot, which "
-        "streams, measured slower here: ~1.3 s at this size); sending with sendfile "
+        "bodies to the app, and a way to take back what a bad or cut-off body already "
+        "added; cheroot, which streams, measured slower here: ~1.3 s at this size); "
+        "checking finiteness inside the fold instead of before it (the same condition: "
+        "nothing may reach the sum before the whole update is known good); sending with sendfile "
         "instead of through Python. Half-precision transfer (section 5) halves the bytes "
         "instead.",
     ]
@@ -471,7 +475,8 @@ def write_markdown(result: dict[str, Any], output: Path, quick: bool) -> list[st
         "up to 33; the machine is shared with other work).",
         *machine_lines(),
         "- Server: `fl-kubeflow server` (waitress, default `--io-threads`: one socket "
-        "loop per core), FedAvg; clients: "
+        "loop per core, and `--receive-slots`: two updates received into memory at a "
+        "time), FedAvg; clients: "
         "`benchmarks/round_overhead.py client` processes (FederatedClient + DeltaTrainer: "
         "global weights plus 0.001, no evaluation); all on 127.0.0.1.",
         "",

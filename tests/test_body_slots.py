@@ -35,7 +35,7 @@ class DigestApp:
         source = environ["wsgi.input"]
         length = int(environ.get("CONTENT_LENGTH") or 0)
         in_memory = isinstance(source, ReceivedBody)
-        body = bytes(source.array) if in_memory else source.read(length)
+        body = bytes(source.take_array()) if in_memory else source.read(length)
         with self.lock:
             self.in_memory += in_memory
             self.most_in_memory = max(self.most_in_memory, self.in_memory)
@@ -135,6 +135,17 @@ def test_a_stalled_upload_holding_the_slot_delays_others_by_the_patience_at_most
         server.close()
 
 
+def test_a_body_over_max_update_bytes_is_not_received_into_memory():
+    server = _serve(DigestApp(), max_update_bytes=2 * SLOT_BODIES_FROM)
+    try:
+        body = os.urandom(BIG)
+        assert _post(server.port, body) == (hashlib.sha256(body).hexdigest(), "buffer")
+        small_enough = os.urandom(2 * SLOT_BODIES_FROM)
+        assert _post(server.port, small_enough)[1] == "memory"
+    finally:
+        server.close()
+
+
 def test_pipelined_requests_after_a_slot_body_are_all_answered():
     server = _serve(DigestApp())
     first, second = os.urandom(BIG), b"small"
@@ -195,6 +206,16 @@ def test_body_arrays_are_reused_once_let_go_and_kept_in_bounded_number():
     again = arrays.get(2_900_000)  # a few bytes' difference still fits
     assert id(again.base) == first_base and len(again) == 2_900_000
     del again, second
+    # A body taken from its wsgi.input frees the array once the taker lets go, even
+    # while waitress still holds the request (and so the input).
+    held_input = ReceivedBody(arrays.get(3_000_000))
+    taken_base = id(held_input.array.base)
+    taken = held_input.take_array()
+    assert held_input.array is None and held_input.read() == b""
+    del taken
+    assert id(arrays.get(3_000_000).base) == taken_base
+    with pytest.raises(ValueError, match="taken already"):
+        held_input.take_array()
     # Bodies of ever new sizes do not pile up kept arrays.
     for size in range(4 << 20, 40 << 20, 4 << 20):
         arrays.get(size)

@@ -249,8 +249,8 @@ def _weights_body(config: ServerConfig) -> memoryview:
             raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
         return memoryview(bytearray(b"".join(pieces)))
     source = request.environ.get("wsgi.input")
-    if isinstance(source, ReceivedBody) and source.tell() == 0 and len(source.array) == length:
-        return memoryview(source.array)
+    if isinstance(source, ReceivedBody) and source.array is not None and source.tell() == 0:
+        return memoryview(source.take_array())
     spooled = _spooled_body(length)
     if spooled is not None:
         return spooled

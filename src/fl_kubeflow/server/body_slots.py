@@ -229,18 +229,31 @@ class ReceivedBody(BufferFile):
 
     def __init__(self, array: np.ndarray) -> None:
         super().__init__(array, views=False)
-        self.array = array
+        self.array: np.ndarray | None = array
+
+    def take_array(self) -> np.ndarray:
+        """The body, no longer referenced from here: once the taker lets go of it,
+        its memory can hold the next body even while waitress still holds the request."""
+        array = self.array
+        if array is None:
+            raise ValueError("the body was taken already")
+        self.array = None
+        self._view = memoryview(b"")
+        return array
 
 
-def slot_channel_class(slots: ReceiveSlots) -> type[HTTPChannel]:
-    """A waitress channel class receiving large bodies into ``slots``."""
+def slot_channel_class(slots: ReceiveSlots, largest: int) -> type[HTTPChannel]:
+    """A waitress channel class receiving bodies of up to ``largest`` bytes into ``slots``.
+
+    Larger ones, which the app refuses anyway, are spooled as waitress does: memory
+    is for bodies that can be accepted.
+    """
 
     class SlotParser(HTTPRequestParser):
         def parse_header(self, header_plus: bytes) -> None:
             super().parse_header(header_plus)
             length = self.content_length
-            # Bodies waitress will refuse (too large) keep its receiver: no slot for them.
-            if not self.chunked and SLOT_BODIES_FROM <= length < self.adj.max_request_body_size:
+            if not self.chunked and SLOT_BODIES_FROM <= length <= largest:
                 self.body_rcv = SlotBody(length, slots, self.adj.inbuf_overflow)
 
     class SlotChannel(HTTPChannel):

@@ -76,7 +76,7 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
         )
     # Updates are received straight into memory, a few at a time (server/body_slots.py).
     slots = ReceiveSlots(config.receive_slots, patience=config.slot_patience)
-    channel_class = slot_channel_class(slots)
+    channel_class = slot_channel_class(slots, largest=config.max_update_bytes)
     for loop in loops:
         loop.channel_class = channel_class  # type: ignore[union-attr]
         slots.wake_on_free(loop)

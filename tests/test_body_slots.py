@@ -226,7 +226,7 @@ def test_body_arrays_are_reused_once_let_go_and_kept_in_bounded_number():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"receive_slots": 0}, "receive_slots must be between 1 and 64, got 0"),
+        ({"receive_slots": -1}, "receive_slots must be between 0 and 64, got -1"),
         ({"slot_patience": 0}, "slot_patience must be positive, got 0"),
     ],
 )

@@ -85,13 +85,13 @@ def test_io_threads_out_of_range_is_refused(value):
         ServerConfig(num_clients=1, num_rounds=1, io_threads=value)
 
 
-@pytest.mark.parametrize("option", ["--io-threads", "--receive-slots"])
-def test_cli_names_a_bad_socket_setting(option):
+@pytest.mark.parametrize(("option", "value"), [("--io-threads", "0"), ("--receive-slots", "-1")])
+def test_cli_names_a_bad_socket_setting(option, value):
     result = subprocess.run(
-        [sys.executable, "-m", "fl_kubeflow", "server", "--clients", "1", option, "0"],
+        [sys.executable, "-m", "fl_kubeflow", "server", "--clients", "1", option, value],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert option in result.stderr and "'0'" in result.stderr, result.stderr
+    assert option in result.stderr and repr(value) in result.stderr, result.stderr

@@ -281,10 +281,15 @@ def test_chunked_update_over_the_limit(run):
     finish_and_check(*run)
 
 
-def test_large_bodies_spooled_by_waitress_are_checked_and_averaged(tmp_path):
-    # Bodies from 1 MiB up are mapped from waitress's spool file instead of read:
-    # the same checks apply, and the result is exact.
-    server = start_server(tmp_path, "--clients", "1", "--rounds", "1", "--grace-period", "2")
+@pytest.mark.parametrize("slots", ["2", "0"])
+def test_large_bodies_in_memory_or_spooled_are_checked_and_averaged(tmp_path, slots):
+    # Bodies from 1 MiB up are received into memory (receive slots) or, with none,
+    # mapped from waitress's spool file instead of read: the same checks apply, and
+    # the result is exact.
+    server = start_server(
+        tmp_path,
+        *("--clients", "1", "--rounds", "1", "--grace-period", "2", "--receive-slots", slots),
+    )
     try:
         client = RawClient(server.url, "a")
         client.join()

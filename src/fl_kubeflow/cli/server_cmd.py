@@ -137,10 +137,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--receive-slots",
-        type=positive_int,
+        type=non_negative_int,
         default=2,
         help="updates received straight into memory at once, each costing an update's "
-        "size; other uploads wait their turn (default: 2; plain HTTP only)",
+        "size; other uploads wait their turn; 0 spools every update to a temporary "
+        "file, slower but with no update in memory until it is read (default: 2; plain "
+        "HTTP only)",
     )
     parser.add_argument(
         "--slot-patience",

@@ -4,14 +4,15 @@ waitress receives a request body into a buffer that, past 512 KiB, is a
 temporary file, and calls the app once the body is complete. For a model-sized
 update that is an extra copy of every byte (socket -> bytes -> page cache) and,
 at P = 10M and N = 8, about a third of the server's CPU time in a round
-(benchmarks/results.md). Here a body of known length from ``SLOT_BODIES_FROM``
-bytes up is received with ``recv_into`` into one array, which the app reads in
-place. Such bodies live in memory, so only ``slots`` of them are received at
-once; the other connections are not read until a slot frees (their clients
-wait in ``send``: TCP's own back-pressure), which bounds the server's memory
-whatever the number of clients. A body kept waiting while no slot has freed for
-``patience`` seconds is received the usual way, into waitress's buffer, so an
-upload that stalls while holding a slot delays the others by that much at most.
+(benchmarks/results.md). Here a body of known length, from ``SLOT_BODIES_FROM``
+bytes up to the largest update the app accepts, is received with ``recv_into``
+into one array, which the app reads in place. Such bodies live in memory, so
+only ``slots`` of them are received at once; the other connections are not read
+until a slot frees (their clients wait in ``send``: TCP's own back-pressure),
+which bounds the server's memory whatever the number of clients. A body kept
+waiting while no slot has freed for ``patience`` seconds is received the usual
+way, into waitress's buffer, so an upload that stalls while holding a slot
+delays the others by that much at most.
 """
 
 from __future__ import annotations

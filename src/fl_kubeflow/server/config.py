@@ -47,7 +47,8 @@ class ServerConfig:
             most 4. Not used with TLS (cheroot).
         receive_slots: Large bodies (updates) received straight into memory at once;
             other uploads wait (TCP back-pressure). Each costs one update's size in
-            memory. Not used with TLS (cheroot).
+            memory; 0 spools every large body to a temporary file instead. Not used
+            with TLS (cheroot).
         slot_patience: Seconds an upload waits for a receive slot while none frees
             before it is received into a temporary file instead.
     """
@@ -112,9 +113,9 @@ class ServerConfig:
             raise ValueError(
                 f"io_threads must be between 1 and {MAX_IO_THREADS}, got {self.io_threads}"
             )
-        if not 1 <= self.receive_slots <= MAX_RECEIVE_SLOTS:
+        if not 0 <= self.receive_slots <= MAX_RECEIVE_SLOTS:
             raise ValueError(
-                f"receive_slots must be between 1 and {MAX_RECEIVE_SLOTS}, got {self.receive_slots}"
+                f"receive_slots must be between 0 and {MAX_RECEIVE_SLOTS}, got {self.receive_slots}"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")

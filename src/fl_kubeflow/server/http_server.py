@@ -27,7 +27,7 @@ class RunningServer:
     port: int
     scheme: str
     close: Callable[[], None]
-    receive_slots: ReceiveSlots | None = None  # None with TLS (cheroot)
+    receive_slots: ReceiveSlots | None = None  # None with TLS (cheroot) or no slots
 
 
 def start_http_server(app: Any, config: ServerConfig) -> RunningServer:
@@ -75,11 +75,13 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
             )
         )
     # Updates are received straight into memory, a few at a time (server/body_slots.py).
-    slots = ReceiveSlots(config.receive_slots, patience=config.slot_patience)
-    channel_class = slot_channel_class(slots, largest=config.max_update_bytes)
-    for loop in loops:
-        loop.channel_class = channel_class  # type: ignore[union-attr]
-        slots.wake_on_free(loop)
+    slots = None
+    if config.receive_slots:
+        slots = ReceiveSlots(config.receive_slots, patience=config.slot_patience)
+        channel_class = slot_channel_class(slots, largest=config.max_update_bytes)
+        for loop in loops:
+            loop.channel_class = channel_class  # type: ignore[union-attr]
+            slots.wake_on_free(loop)
     closing = threading.Event()
     for number, loop in enumerate(loops):
         threading.Thread(

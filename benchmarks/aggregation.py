@@ -113,6 +113,14 @@ def run(num_params: int = 10_000_000) -> dict[str, Any]:
         "decode (wire.decode of a writable buffer: views)": timed(lambda: wire.decode(buffer)),
         "decode (wire.decode of bytes: one copy)": timed(lambda: wire.decode(message)),
     }
+    for half in ("float16", "bfloat16"):
+        halved = memoryview(np.frombuffer(wire.encode(model, wire_dtype=half), np.uint8).copy())
+        codec[f"encode as {half} (wire.encode_buffer: float32 -> {half} cast)"] = timed(
+            lambda half=half: wire.encode_buffer(model, wire_dtype=half)
+        )
+        codec[f"decode {half} (wire.decode: {half} -> float32 cast)"] = timed(
+            lambda half=half, halved=halved: wire.decode(halved, half)
+        )
     try:
         from safetensors.numpy import load, save
 

@@ -206,7 +206,12 @@ def tables(result: dict[str, Any]) -> list[str]:
             f"## 5. Half-precision transfer (P = {TARGET_P:,}, N = {TARGET_N})",
             "",
             "`--wire-dtype` on the server; clients follow. Accuracy effect on digits: "
-            "benchmarks/convergence.md.",
+            "benchmarks/convergence.md. On loopback, where bytes are cheap, the casts cost "
+            "more than the halved bytes save: every client casts the model from the half "
+            "dtype and its update to it, and the server casts every update back (section "
+            "4's codec table: numpy's float32 -> float16 cast is the slowest step; bfloat16 "
+            "is bit shifts). Over a real network, where the bytes are the cost, half the "
+            "bytes is the point.",
             "",
             "| wire dtype | round s | wire in, out / raw float32 | server peak RSS MB |",
             "| --- | ---: | ---: | ---: |",

@@ -52,7 +52,6 @@ class ReceiveSlots:
     def __init__(self, slots: int, patience: float) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        self.slots = slots
         self.patience = patience
         self._free = slots
         self._lock = threading.Lock()
@@ -149,8 +148,9 @@ class SlotBody:
         self._early = bytearray()
         self._spool: FixedStreamReceiver | None = None
         self._waiting_since = time.monotonic()
-        self.array = slots.take(length)
-        self._held = self.array is not None
+        self.array: np.ndarray | None = None
+        self._held = False
+        self.ready()  # a slot now if one is free
 
     def __len__(self) -> int:
         if self._spool is not None:

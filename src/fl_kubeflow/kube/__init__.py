@@ -1,9 +1,13 @@
-"""Kubernetes wiring: the per-run Service through which clients reach the FL server.
+"""Kubernetes wiring: the per-run Service and token Secret of a run's server pod.
 
-``naming`` is pure (no ``kubernetes`` import); ``service`` imports ``kubernetes`` only
-inside the functions that call the API, so importing this package never needs it.
+``naming`` (names, labels, addresses), ``pod_context`` (which pod this is, from its
+service-account files) and ``permissions`` (RBAC errors) are pure: no ``kubernetes``
+import. ``api`` (the client, one checked call, the owner pod), ``service`` and
+``token_secret`` import ``kubernetes`` only inside the functions that call the API, so
+importing this package never needs it.
 """
 
+from fl_kubeflow.kube.api import make_core_v1_api, resolve_owner_pod
 from fl_kubeflow.kube.naming import (
     DEFAULT_PORT,
     RUN_ID_LABEL,
@@ -13,19 +17,15 @@ from fl_kubeflow.kube.naming import (
     server_url,
     service_name,
 )
+from fl_kubeflow.kube.permissions import KubernetesPermissionError
+from fl_kubeflow.kube.pod_context import DEFAULT_TOKEN_DIR, InClusterContext, detect_in_cluster
 from fl_kubeflow.kube.service import (
-    DEFAULT_TOKEN_DIR,
-    InClusterContext,
-    KubernetesPermissionError,
     RunService,
     cleanup_run_service,
     create_run_service,
     delete_run_service,
-    detect_in_cluster,
     discover_server_url,
-    make_core_v1_api,
     publish_run_service,
-    resolve_owner_pod,
 )
 
 __all__ = [

@@ -13,28 +13,18 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow.auth import new_token
+from fl_kubeflow.kube.api import call, in_pod, owner_references, resolve_owner_pod
 from fl_kubeflow.kube.naming import MANAGED_BY, MANAGED_BY_LABEL, RUN_ID_LABEL, service_name
-from fl_kubeflow.kube.service import (
-    DEFAULT_TOKEN_DIR,
-    InClusterContext,
-    _api_exception_class,
-    _name_service_account,
-    _permission_error,
-    detect_in_cluster,
-    make_core_v1_api,
-    resolve_owner_pod,
-)
+from fl_kubeflow.kube.pod_context import DEFAULT_TOKEN_DIR, InClusterContext
 
 if TYPE_CHECKING:
     from kubernetes.client import CoreV1Api
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 TOKEN_KEY = "token"
 
@@ -55,13 +45,6 @@ def create_run_token_secret(
     from kubernetes import client
 
     name = secret_name(run_id)
-    owners = None
-    if owner_pod_name and owner_pod_uid:
-        owners = [
-            client.V1OwnerReference(
-                api_version="v1", kind="Pod", name=owner_pod_name, uid=owner_pod_uid
-            )
-        ]
     body = client.V1Secret(
         api_version="v1",
         kind="Secret",
@@ -69,18 +52,18 @@ def create_run_token_secret(
         metadata=client.V1ObjectMeta(
             name=name,
             labels={RUN_ID_LABEL: run_id, MANAGED_BY_LABEL: MANAGED_BY},
-            owner_references=owners,
+            owner_references=owner_references(owner_pod_name, owner_pod_uid),
         ),
         string_data={TOKEN_KEY: new_token()},
     )
-    api_exception = _api_exception_class()
-    try:
-        core_v1_api.create_namespaced_secret(namespace, body)
-    except api_exception as exc:
-        if exc.status == 403:
-            raise _permission_error("create", "secrets", namespace, exc) from exc
-        if exc.status != 409:
-            raise
+    created = call(
+        lambda: core_v1_api.create_namespaced_secret(namespace, body),
+        "create",
+        "secrets",
+        namespace,
+        absent=(409,),
+    )
+    if created is None:
         log.info("Secret %s exists already (a restarted server): reusing its token", name)
     token = _read_token(core_v1_api, namespace, run_id)
     if token is None:
@@ -109,28 +92,24 @@ def read_run_token(
 
 def delete_run_token_secret(core_v1_api: CoreV1Api, namespace: str, run_id: str) -> bool:
     """Delete the run's Secret; False if it was already gone."""
-    api_exception = _api_exception_class()
-    try:
+
+    def delete() -> bool:
         core_v1_api.delete_namespaced_secret(secret_name(run_id), namespace)
-    except api_exception as exc:
-        if exc.status == 403:
-            raise _permission_error("delete", "secrets", namespace, exc) from exc
-        if exc.status == 404:
-            return False
-        raise
-    return True
+        return True
+
+    return bool(call(delete, "delete", "secrets", namespace, absent=(404,)))
 
 
 def _read_token(core_v1_api: CoreV1Api, namespace: str, run_id: str) -> str | None:
-    api_exception = _api_exception_class()
-    try:
-        secret = core_v1_api.read_namespaced_secret(secret_name(run_id), namespace)
-    except api_exception as exc:
-        if exc.status == 403:
-            raise _permission_error("get", "secrets", namespace, exc) from exc
-        if exc.status == 404:
-            return None
-        raise
+    secret = call(
+        lambda: core_v1_api.read_namespaced_secret(secret_name(run_id), namespace),
+        "get",
+        "secrets",
+        namespace,
+        absent=(404,),
+    )
+    if secret is None:
+        return None
     if (secret.metadata.labels or {}).get(RUN_ID_LABEL) != run_id:
         raise RuntimeError(
             f"Secret {secret_name(run_id)} in {namespace!r} does not belong to run {run_id}"
@@ -152,11 +131,9 @@ def publish_run_token(
 
     def publish(api: CoreV1Api, context: InClusterContext) -> str:
         owner = resolve_owner_pod(api, context)
-        return create_run_token_secret(
-            api, context.namespace, run_id, *(owner if owner else (None, None))
-        )
+        return create_run_token_secret(api, context.namespace, run_id, *(owner or (None, None)))
 
-    return _in_pod(publish, token_dir, environ, core_v1_api)
+    return in_pod(publish, token_dir, environ, core_v1_api)
 
 
 def fetch_run_token(
@@ -168,7 +145,7 @@ def fetch_run_token(
     core_v1_api: CoreV1Api | None = None,
 ) -> str | None:
     """What a client pod calls: the run's token from its Secret. None outside a pod."""
-    return _in_pod(
+    return in_pod(
         lambda api, context: read_run_token(api, context.namespace, run_id, timeout),
         token_dir,
         environ,
@@ -184,25 +161,10 @@ def cleanup_run_token(
     core_v1_api: CoreV1Api | None = None,
 ) -> bool:
     """What the cleanup step calls: delete the Secret if it is still there."""
-    deleted = _in_pod(
+    deleted = in_pod(
         lambda api, context: delete_run_token_secret(api, context.namespace, run_id),
         token_dir,
         environ,
         core_v1_api,
     )
     return bool(deleted)
-
-
-def _in_pod(
-    action: Callable[[CoreV1Api, InClusterContext], T],
-    token_dir: str | os.PathLike[str],
-    environ: Mapping[str, str] | None,
-    core_v1_api: CoreV1Api | None,
-) -> T | None:
-    """Run ``action`` with this pod's API client and context; None outside a pod."""
-    context = detect_in_cluster(token_dir, environ)
-    if context is None:
-        return None
-    api = core_v1_api if core_v1_api is not None else make_core_v1_api(in_cluster=True)
-    with _name_service_account(context):
-        return action(api, context)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from fl_kubeflow.local import processes as local_processes
+
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 
@@ -126,20 +128,18 @@ class Processes:
     def start(
         self, name: str, command: list[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen:
-        log = self.folder / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )
-        self.procs.append((name, proc))
-        return proc
+        return self.watch(local_processes.spawn(name, command, self.log_path(name), env))
+
+    def watch(self, child: local_processes.Child) -> subprocess.Popen:
+        """Make ``child`` one of these processes: waited for and killed with them."""
+        self.procs.append((child.name, child.proc))
+        return child.proc
+
+    def log_path(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
 
     def log(self, name: str, tail: int = 2000) -> str:
-        path = self.folder / f"{name}.log"
+        path = self.log_path(name)
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def wait_all(self, timeout: float) -> None:
@@ -200,34 +200,17 @@ def start_server(
     Its output goes to ``folder``/out; ``options`` are more server options; ``prefix``
     runs it under another program (a profiler).
     """
-    ready = folder / "ready.json"
-    # A folder kept from an earlier run must not hand its old port to the clients.
-    ready.unlink(missing_ok=True)
-    command = [
-        *prefix,
-        PYTHON,
-        "-m",
-        "fl_kubeflow",
-        "--log-level",
-        "WARNING",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        "--clients",
-        str(clients),
-        "--rounds",
-        str(rounds),
-        "--output",
-        str(folder / "out"),
-        *options,
-    ]
-    server = procs.start("server", command, env=env)
-    wait_for_file(ready, server, 60)
-    return f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+    run = ["--clients", str(clients), "--rounds", str(rounds), "--output", str(folder / "out")]
+    server, port = local_processes.start_server(
+        [*run, *options],
+        folder / "ready.json",
+        procs.log_path("server"),
+        env,
+        log_level="WARNING",
+        prefix=prefix,
+    )
+    procs.watch(server)
+    return f"http://127.0.0.1:{port}"
 
 
 def start_clients(

@@ -1,12 +1,14 @@
-"""Real server and client processes on loopback for tests, each bounded in time."""
+"""Real server and client processes on loopback for tests, each bounded in time.
+
+They are started as the local runner starts its own (``fl_kubeflow.local.processes``),
+but stay in the test's process group and append to their logs, so a restarted server's
+log follows the first one's.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,24 +18,14 @@ import requests
 
 from fl_kubeflow import wire
 from fl_kubeflow.auth import TOKEN_ENV
+from fl_kubeflow.local import processes
 
-PYTHON = sys.executable
 DEFAULT_TIMEOUT = 120.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(token: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.pop(TOKEN_ENV, None)
-    if token is not None:
-        env[TOKEN_ENV] = token
-    return env
+def _env(token: str | None) -> dict[str, str | None]:
+    """The child's token: this one, or none at all (not one inherited from the test run)."""
+    return {TOKEN_ENV: token}
 
 
 @dataclass
@@ -105,37 +97,25 @@ def start_server(
 ) -> ServerProcess:
     """Start a server (``args`` are extra CLI options) and wait until it listens."""
     folder.mkdir(parents=True, exist_ok=True)
-    ready = folder / f"ready-{time.monotonic_ns()}.json"
     log_path = folder / "server.log"
-    command = [
-        PYTHON,
-        "-m",
-        "fl_kubeflow",
-        "--log-level",
-        log_level,
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ready-file",
-        str(ready),
-        "--output",
-        str(folder / "out"),
-        *args,
-    ]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env(token))
-    deadline = time.monotonic() + ready_timeout
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"server not listening after {ready_timeout}s")
-        time.sleep(0.05)
-    port = json.loads(ready.read_text())["port"]
-    return ServerProcess(proc, folder, port, log_path, token)
+    try:
+        child, port = processes.start_server(
+            ["--output", str(folder / "out"), *args],
+            folder / f"ready-{time.monotonic_ns()}.json",
+            log_path,
+            _env(token),
+            port=port,
+            log_level=log_level,
+            ready_timeout=ready_timeout,
+            append_log=True,
+            new_session=False,
+        )
+    except processes.ServerStartError as exc:
+        if exc.exited:
+            code = exc.child.returncode
+            raise AssertionError(f"server exited with {code}:\n{log_path.read_text()}") from None
+        raise AssertionError(f"server not listening after {ready_timeout}s") from None
+    return ServerProcess(child.proc, folder, port, log_path, token)
 
 
 @dataclass
@@ -174,9 +154,6 @@ def start_client(
     log_path = folder / f"client-{client_id}.log"
     summary = folder / f"client-{client_id}.json"
     command = [
-        PYTHON,
-        "-m",
-        "fl_kubeflow",
         "--log-level",
         log_level,
         "client",
@@ -190,9 +167,15 @@ def start_client(
         str(summary),
         *args,
     ]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env(token))
-    return ClientProcess(proc, str(client_id), log_path, summary)
+    child = processes.spawn(
+        f"client {client_id}",
+        processes.fl_command(command),
+        log_path,
+        _env(token),
+        append_log=True,
+        new_session=False,
+    )
+    return ClientProcess(child.proc, str(client_id), log_path, summary)
 
 
 def start_delta_clients(

@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.ports import free_port
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api
@@ -94,13 +95,6 @@ def find_binaries(environ: dict[str, str] | None = None) -> dict[str, Path] | st
             f"etcd into .k8s-assets/), or set KUBEBUILDER_ASSETS to a directory holding them."
         )
     return found
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 480.0  # whole federation incl. three TensorFlow start-ups on two shared cores
@@ -42,12 +43,6 @@ with open(result_file, "w") as handle:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(tmp: Path, name: str, kind: str, kwargs: dict) -> tuple[subprocess.Popen, Path, Path]:
     root = tmp / f"root-{name}"
     result = tmp / f"{name}.json"
@@ -65,7 +60,7 @@ def _start(tmp: Path, name: str, kind: str, kwargs: dict) -> tuple[subprocess.Po
 
 @pytest.mark.slow
 def test_server_and_two_clients_through_kfp_local(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     training = {
         "dataset": "digits",
         "partition": "iid",

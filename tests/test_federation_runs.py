@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fl_kubeflow.client.numpy_trainers import random_weights
-from tests.fl_processes import free_port, start_client, start_delta_clients, start_server, wait_all
+from tests.fl_processes import start_client, start_delta_clients, start_server, wait_all
+from tests.ports import free_port
 
 SHAPES = ["--shapes", "16x8,8,3x3x2"]
 

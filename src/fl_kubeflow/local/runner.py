@@ -25,7 +25,6 @@ from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
 
 POLL_INTERVAL_S = 0.25
 STATUS_INTERVAL_S = 0.5
-READY_TIMEOUT_S = 60.0
 EXPORT_TIMEOUT_S = 300.0
 
 
@@ -118,16 +117,7 @@ class LocalRun:
 
     def _start_server(self) -> int:
         opts = self.options
-        ready = self.output / ".server-ready.json"
-        ready.unlink(missing_ok=True)
         args = [
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
             "--clients",
             str(opts.clients),
             "--rounds",
@@ -146,15 +136,13 @@ class LocalRun:
         ]
         if opts.min_clients is not None:
             args += ["--min-clients", str(opts.min_clients)]
-        self.server = processes.start("server", args, self.logs / "server.log", self.child_env)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.exists():
-            if self.server.returncode is not None:
-                raise LocalRunError(f"the server exited at start:\n{self.server.last_words()}")
-            if time.monotonic() > deadline:
-                raise LocalRunError(f"the server did not listen within {READY_TIMEOUT_S:g}s")
-            time.sleep(0.05)
-        return int(json.loads(ready.read_text())["port"])
+        try:
+            self.server, port = processes.start_server(
+                args, self.output / ".server-ready.json", self.logs / "server.log", self.child_env
+            )
+        except processes.ServerStartError as exc:
+            raise LocalRunError(str(exc)) from None
+        return port
 
     def _start_clients(self, url: str) -> None:
         opts = self.options

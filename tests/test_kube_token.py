@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_kubeflow.kube import KubernetesPermissionError
+from fl_kubeflow.kube import RUN_ID_LABEL, KubernetesPermissionError, create_run_service
 from fl_kubeflow.kube.token_secret import (
     cleanup_run_token,
     create_run_token_secret,
@@ -116,3 +116,16 @@ def test_missing_secret_rbac_is_named(k8s_cluster: K8sCluster) -> None:
 def test_not_in_a_pod_there_is_no_secret(tmp_path: Path) -> None:
     assert publish_run_token(new_run_id(), token_dir=tmp_path / "none", environ={}) is None
     assert fetch_run_token(new_run_id(), token_dir=tmp_path / "none", environ={}) is None
+
+
+def test_service_and_secret_share_one_owner_rule(k8s_cluster: K8sCluster) -> None:
+    # A name without a uid cannot make an ownerReference: both refuse it before any call.
+    api = k8s_cluster.core_v1()
+    namespace = k8s_cluster.create_namespace()
+    for half in (("server-1", None), (None, "uid-1")):
+        with pytest.raises(ValueError, match="pass both owner_pod_name and owner_pod_uid"):
+            create_run_token_secret(api, namespace, new_run_id(), *half)
+        with pytest.raises(ValueError, match="pass both owner_pod_name and owner_pod_uid"):
+            create_run_service(api, namespace, new_run_id(), 8080, *half)
+    assert api.list_namespaced_secret(namespace, label_selector=RUN_ID_LABEL).items == []
+    assert api.list_namespaced_service(namespace).items == []

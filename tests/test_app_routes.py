@@ -87,7 +87,9 @@ class Api:
         }
         return self.http.post("/v1/update", data=body, headers=self.headers(**headers))
 
-    def evaluate(self, server_round: Any, num_examples: Any = 10, metrics: Any = None) -> Any:
+    def evaluate(
+        self, server_round: Any, num_examples: Any = 10, metrics: Any = None
+    ) -> TestResponse:
         body = {
             "client_id": self.client_id,
             "round": server_round,
@@ -304,7 +306,7 @@ def test_a_full_federation_refuses_one_more_client() -> None:
 def test_initial_model_first_proposal_wins(fresh: Api) -> None:
     a, b = fresh, fresh.as_client("b")
     expect_error(a.propose(wire.encode(W0)), 403, "unknown_client", "has not joined")
-    a.join(), b.join()
+    assert a.join().status_code == b.join().status_code == 200
     expect_error(a.propose(b"not safetensors at all"), 400, "bad_request", "safetensors")
     expect_error(a.propose(wire.encode({})), 400, "bad_request", "no tensors")
     nan = {**W0, "dense/bias": np.array([0, np.nan, 0], np.float32)}
@@ -528,7 +530,8 @@ def test_a_late_update_after_its_round_closed_is_stale() -> None:
     # b leaves during round 1, which then closes with a alone (quorum 1); b comes back late.
     a = build(token=None, num_rounds=2, min_clients=1)
     b = a.as_client("b")
-    a.join(), a.propose(wire.encode(W0)), b.join()
+    assert a.join().status_code == b.join().status_code == 200
+    assert a.propose(wire.encode(W0)).status_code == 201
     assert a.model(1).headers["X-FL-Round"] == "1"
     assert b.leave().status_code == 200
     assert a.update(1, plus(1.0)).status_code == 200

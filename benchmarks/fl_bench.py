@@ -3,7 +3,7 @@
 The server is the runtime's own ``serve`` with a ``ServerConfig`` carrying the
 strategy and its options (``python benchmarks/fl_bench.py serve ...``): the CLI
 takes only ``--strategy NAME`` so far. Clients are ``python -m fl_kubeflow
-client`` processes; a Byzantine one is ``python -m fl_kubeflow.client.adversarial``.
+client`` processes; a Byzantine one is ``python -m fl_kubeflow.cli.adversarial_cmd``.
 Everything runs on loopback and is stopped when the run ends or fails.
 """
 
@@ -125,7 +125,7 @@ def run(spec: RunSpec, folder: Path, timeout: float = 1800.0) -> dict[str, Any]:
                 str(spec.seed),
             ]
             if spec.attack is not None and spec.attack.client_id == i:
-                module = ["-m", "fl_kubeflow.client.adversarial"]
+                module = ["-m", "fl_kubeflow.cli.adversarial_cmd"]
                 extra = ["--attack", spec.attack.kind, "--attack-scale", str(spec.attack.scale)]
             else:
                 module, extra = ["-m", "fl_kubeflow", "client"], []

@@ -12,9 +12,9 @@ from typing import Any
 import requests
 
 from fl_kubeflow import wire
+from fl_kubeflow.client.clipping import clip_for_config
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
-from fl_kubeflow.privacy.client import clip_for_config
 
 log = logging.getLogger("fl_kubeflow.client")
 

@@ -2,7 +2,7 @@
 
 ``create("fedadam", eta=0.01)`` builds one; adding ``noise_multiplier`` and
 ``clipping_norm`` (and optionally ``clipping``, ``target_delta``) wraps an
-averaging strategy in central differential privacy (``privacy.central``).
+averaging strategy in central differential privacy (``dp_fixed_clipping``).
 Every strategy also takes ``fraction_fit``, ``fraction_evaluate`` and ``seed``.
 """
 
@@ -12,6 +12,7 @@ import inspect
 from typing import Any
 
 from fl_kubeflow.strategies.base import COMMON_OPTIONS, RoundAggregator, Strategy
+from fl_kubeflow.strategies.dp_fixed_clipping import DPFixedClipping
 from fl_kubeflow.strategies.fedavg import FedAvg, weighted_average
 from fl_kubeflow.strategies.fedavgm import FedAvgM
 from fl_kubeflow.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
@@ -94,8 +95,6 @@ def create(name: str, **options: Any) -> Strategy:
                     f"differential privacy options {', '.join(sorted(dp))} need {required} too "
                     "(noise_multiplier=0 clips without noise)"
                 )
-        from fl_kubeflow.privacy.central import DPFixedClipping
-
         strategy = DPFixedClipping(strategy, **dp)
     return strategy
 
@@ -104,6 +103,7 @@ __all__ = [
     "COMMON_OPTIONS",
     "DP_OPTIONS",
     "STRATEGIES",
+    "DPFixedClipping",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

@@ -1,16 +1,20 @@
 """Aggregation strategies, selectable by name, each with keyword options.
 
-``create("fedadam", eta=0.01)`` builds one; adding ``noise_multiplier`` and
-``clipping_norm`` (and optionally ``clipping``, ``target_delta``) wraps an
-averaging strategy in central differential privacy (``dp_fixed_clipping``).
+``create("fedadam", eta=0.01)`` builds one; ``build`` builds the one a run uses and
+checks it against the federation (the CLI, the server task and ``serve`` all ask it).
+Adding ``noise_multiplier`` and ``clipping_norm`` (and optionally ``clipping``,
+``target_delta``) wraps an averaging strategy in central differential privacy
+(``dp_fixed_clipping``).
 Every strategy also takes ``fraction_fit``, ``fraction_evaluate`` and ``seed``.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
+from fl_kubeflow import defaults
 from fl_kubeflow.strategies.base import COMMON_OPTIONS, RoundAggregator, Strategy
 from fl_kubeflow.strategies.dp_fixed_clipping import DPFixedClipping
 from fl_kubeflow.strategies.fedavg import FedAvg, weighted_average
@@ -99,6 +103,22 @@ def create(name: str, **options: Any) -> Strategy:
     return strategy
 
 
+def build(
+    name: str, options: Mapping[str, Any], *, num_clients: int, min_clients: int | None
+) -> Strategy:
+    """The strategy of one run: ``create(name, **options)``, checked for this federation.
+
+    ``min_clients`` is the run's quorum setting (None or 0: all ``num_clients``).
+
+    Raises:
+        ValueError: from ``create``, or an option that cannot work with this many
+            clients and this quorum (naming the option), before anything starts.
+    """
+    strategy = create(name, **options)
+    strategy.check(num_clients, defaults.quorum(num_clients, min_clients))
+    return strategy
+
+
 __all__ = [
     "COMMON_OPTIONS",
     "DP_OPTIONS",
@@ -116,6 +136,7 @@ __all__ = [
     "MultiKrum",
     "RoundAggregator",
     "Strategy",
+    "build",
     "create",
     "option_names",
     "parse_option_pairs",

@@ -1,15 +1,14 @@
 """Run one real federation for the strategy benchmarks: a server process and client processes.
 
-The server is the runtime's own ``serve`` with a ``ServerConfig`` carrying the
-strategy and its options (``python benchmarks/fl_bench.py serve ...``): the CLI
-takes only ``--strategy NAME`` so far. Clients are ``python -m fl_kubeflow
-client`` processes; a Byzantine one is ``python -m fl_kubeflow.client.adversarial``.
-Everything runs on loopback and is stopped when the run ends or fails.
+The server is ``python -m fl_kubeflow server`` with ``--strategy`` and one
+``--strategy-option`` per option (which it builds and checks before serving, as every
+entry point does). Clients are ``python -m fl_kubeflow client`` processes; a Byzantine
+one is ``python -m fl_kubeflow.cli.adversarial_cmd``. Everything runs on loopback and
+is stopped when the run ends or fails.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -83,12 +82,23 @@ def run(spec: RunSpec, folder: Path, timeout: float = 1800.0) -> dict[str, Any]:
             "server",
             [
                 sys.executable,
-                str(Path(__file__).resolve()),
-                "serve",
+                "-m",
+                "fl_kubeflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--client-ids",
+                ",".join(str(i) for i in range(spec.clients)),
                 "--strategy",
                 spec.strategy,
-                "--options",
-                json.dumps(spec.options),
+                # JSON values: the CLI reads each back as JSON, so the types survive.
+                *[
+                    arg
+                    for key, value in spec.options.items()
+                    for arg in ("--strategy-option", f"{key}={json.dumps(value)}")
+                ],
                 "--clients",
                 str(spec.clients),
                 "--rounds",
@@ -125,7 +135,7 @@ def run(spec: RunSpec, folder: Path, timeout: float = 1800.0) -> dict[str, Any]:
                 str(spec.seed),
             ]
             if spec.attack is not None and spec.attack.client_id == i:
-                module = ["-m", "fl_kubeflow.client.adversarial"]
+                module = ["-m", "fl_kubeflow.cli.adversarial_cmd"]
                 extra = ["--attack", spec.attack.kind, "--attack-scale", str(spec.attack.scale)]
             else:
                 module, extra = ["-m", "fl_kubeflow", "client"], []
@@ -198,45 +208,3 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def _serve(argv: list[str]) -> int:
-    import logging
-
-    from fl_kubeflow import files, strategies
-    from fl_kubeflow.server.config import ServerConfig
-    from fl_kubeflow.server.serve import serve
-
-    parser = argparse.ArgumentParser(prog="fl_bench.py serve")
-    parser.add_argument("--strategy", required=True)
-    parser.add_argument("--options", default="{}")
-    parser.add_argument("--clients", type=int, required=True)
-    parser.add_argument("--rounds", type=int, required=True)
-    parser.add_argument("--ready-file", type=Path, required=True)
-    parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = json.loads(args.options)
-    # Fail before serving if the options cannot work for this federation.
-    strategies.create(args.strategy, **options).check(args.clients, args.clients)
-    config = ServerConfig(
-        num_clients=args.clients,
-        num_rounds=args.rounds,
-        host="127.0.0.1",
-        port=0,
-        client_ids=tuple(str(i) for i in range(args.clients)),
-        output_dir=args.output,
-        strategy=args.strategy,
-        strategy_options=options,
-        grace_period=30.0,
-    )
-    result = serve(
-        config, on_listening=lambda port: files.write_json(args.ready_file, {"port": port})
-    )
-    return 0 if result.ok else 1
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        raise SystemExit(_serve(sys.argv[2:]))
-    raise SystemExit("usage: python benchmarks/fl_bench.py serve ... (used by the benchmarks)")

@@ -76,7 +76,7 @@ def main() -> int:
         f"batch 16, SGD lr 0.05 momentum 0.9), seeds {args.seeds} (the seed fixes the "
         "partition, the initial model and the shuffles). Every run is a real server process "
         f"and {n} client processes. Attacked runs replace client {attacker} by "
-        f"`python -m fl_kubeflow.client.adversarial --attack {args.attack} --attack-scale "
+        f"`python -m fl_kubeflow.cli.adversarial_cmd --attack {args.attack} --attack-scale "
         f"{args.scale:g}`: every round it sends {attack_text}, with an honest example count.",
         "",
         "Accuracy: the final global model on the union of all five clients' local test "

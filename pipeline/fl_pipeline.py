@@ -57,8 +57,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def fl_pipeline(
-        num_clients: int = 3,
-        num_rounds: int = 5,
+        num_clients: int = defaults.NUM_CLIENTS,
+        num_rounds: int = defaults.NUM_ROUNDS,
         dataset: str = defaults.DATASET,
         partition: str = defaults.PARTITION,
         model: str = defaults.MODEL,
@@ -66,11 +66,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         batch_size: int = defaults.BATCH_SIZE,
         learning_rate: float = defaults.LEARNING_RATE,
         optimizer: str = defaults.OPTIMIZER,
-        strategy: str = "fedavg",
+        strategy: str = defaults.STRATEGY,
         strategy_options: str = "{}",
-        min_clients: int = 0,
-        round_timeout: float = 600.0,
-        join_timeout: float = 900.0,
+        min_clients: int = defaults.MIN_CLIENTS,
+        round_timeout: float = defaults.ROUND_TIMEOUT,
+        join_timeout: float = defaults.PIPELINE_JOIN_TIMEOUT,
         seed: int = defaults.SEED,
         server_address: str = "",
         initial_model_uri: str = "",

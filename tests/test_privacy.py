@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fl_kubeflow import strategies
+from fl_kubeflow.client.clipping import ClippingTrainer, clip_for_config
 from fl_kubeflow.client.numpy_trainers import DeltaTrainer
-from fl_kubeflow.privacy.central import DPFixedClipping
-from fl_kubeflow.privacy.client import ClippingTrainer, clip_for_config
 from fl_kubeflow.privacy.clipping import clip_delta, clip_weights, l2_norm
+from fl_kubeflow.strategies.dp_fixed_clipping import DPFixedClipping
 from fl_kubeflow.strategies.fedavg import FedAvg, WeightedSum
 from fl_kubeflow.wire import Weights
 

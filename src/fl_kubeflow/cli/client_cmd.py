@@ -60,13 +60,13 @@ def add_client_timeouts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retry-timeout",
         type=positive_float,
-        default=300.0,
+        default=defaults.RETRY_TIMEOUT,
         help="seconds to keep retrying an unreachable server (it may start after the client)",
     )
     parser.add_argument(
         "--round-wait-timeout",
         type=positive_float,
-        default=3600.0,
+        default=defaults.ROUND_WAIT_TIMEOUT,
         help="longest wait for the next round to open",
     )
 

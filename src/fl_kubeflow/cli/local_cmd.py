@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from fl_kubeflow import defaults
 from fl_kubeflow.cli.client_cmd import add_training_options
 from fl_kubeflow.cli.options import positive_float, positive_int
-from fl_kubeflow.cli.server_cmd import add_server_options, checked_strategy_options
+from fl_kubeflow.cli.server_cmd import add_server_options, strategy_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--clients", type=positive_int, default=3, help="client processes (N)")
+    parser.add_argument(
+        "--clients", type=positive_int, default=defaults.NUM_CLIENTS, help="client processes (N)"
+    )
     add_server_options(parser)
     add_training_options(parser)
     parser.add_argument(
@@ -36,10 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout",
         type=positive_float,
-        default=7200.0,
+        default=defaults.LOCAL_RUN_TIMEOUT,
         help="seconds the whole run may take before everything is stopped",
     )
-    parser.set_defaults(rounds=5, run=run)
+    parser.set_defaults(rounds=defaults.NUM_ROUNDS, run=run)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.min_clients is not None and args.min_clients > args.clients:
         parser.error(f"--min-clients {args.min_clients} exceeds --clients {args.clients}")
     try:
-        strategy_options = checked_strategy_options(args, args.clients)
+        strategy_options, _ = strategy_from_args(args, args.clients)
     except ValueError as exc:
         parser.error(str(exc))
     if args.trainer == "keras":

@@ -6,10 +6,15 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fl_kubeflow import files
+from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, read_token
 from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from fl_kubeflow.server.config import ServerConfig
+    from fl_kubeflow.strategies import Strategy
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -24,18 +29,18 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--join-timeout",
         type=positive_float,
-        default=300.0,
+        default=defaults.JOIN_TIMEOUT,
         help="seconds to wait for the clients to join",
     )
     parser.add_argument(
         "--round-timeout",
         type=positive_float,
-        default=600.0,
+        default=defaults.ROUND_TIMEOUT,
         help="seconds a round waits for updates before closing with those that came",
     )
     parser.add_argument(
         "--strategy",
-        default="fedavg",
+        default=defaults.STRATEGY,
         help="aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, "
         "fedmedian, fedtrimmedavg, krum, multikrum (docs/strategies.md)",
     )
@@ -50,19 +55,19 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-update-mb",
         type=positive_float,
-        default=512.0,
+        default=defaults.MAX_UPDATE_MB,
         help="largest update body accepted, in MiB (larger: HTTP 413)",
     )
     parser.add_argument(
         "--grace-period",
         type=positive_float,
-        default=30.0,
+        default=defaults.GRACE_PERIOD,
         help="seconds to wait after the last round for every client to hear 'finished'",
     )
     parser.add_argument(
         "--poll-timeout",
         type=positive_float,
-        default=30.0,
+        default=defaults.POLL_TIMEOUT,
         help="longest the server holds a model long-poll before answering 'not yet'",
     )
 
@@ -138,7 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--receive-slots",
         type=non_negative_int,
-        default=2,
+        default=defaults.RECEIVE_SLOTS,
         help="updates received straight into memory at once, each costing an update's "
         "size; other uploads wait their turn; 0 spools every update to a temporary "
         "file, slower but with no update in memory until it is read (default: 2; plain "
@@ -147,14 +152,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--slot-patience",
         type=positive_float,
-        default=2.0,
+        default=defaults.SLOT_PATIENCE,
         help="seconds an upload waits for a receive slot while none frees before it is "
         "received into a temporary file instead (default: 2)",
     )
     parser.set_defaults(run=run)
 
 
-def config_from_args(args: argparse.Namespace, num_clients: int, **overrides):
+def config_from_args(
+    args: argparse.Namespace, num_clients: int, strategy_options: dict[str, Any], **overrides: Any
+) -> ServerConfig:
     """Build a ServerConfig from parsed options (ValueError names the bad value)."""
     from fl_kubeflow.server.config import ServerConfig
 
@@ -168,29 +175,32 @@ def config_from_args(args: argparse.Namespace, num_clients: int, **overrides):
         grace_period=args.grace_period,
         poll_timeout=args.poll_timeout,
         strategy=args.strategy,
-        strategy_options=checked_strategy_options(args, num_clients),
+        strategy_options=strategy_options,
     )
     values.update(overrides)
     return ServerConfig(**values)
 
 
-def checked_strategy_options(args: argparse.Namespace, num_clients: int) -> dict:
-    """--strategy-option pairs, checked by building the strategy for this federation.
+def strategy_from_args(
+    args: argparse.Namespace, num_clients: int
+) -> tuple[dict[str, Any], Strategy]:
+    """The --strategy-option pairs, and the strategy built from them for this federation.
 
     Raises ValueError naming the strategy, option or value at fault, before anything starts.
     """
     from fl_kubeflow import strategies
 
     options = strategies.parse_option_pairs(args.strategy_option)
-    quorum = num_clients if args.min_clients is None else args.min_clients
-    strategies.create(args.strategy, **options).check(num_clients, quorum)
-    return options
+    strategy = strategies.build(
+        args.strategy, options, num_clients=num_clients, min_clients=args.min_clients
+    )
+    return options, strategy
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow.server.serve import serve
 
-    # An unknown --strategy is refused by checked_strategy_options, with the known names.
+    # An unknown --strategy is refused by strategy_from_args, with the known names.
     client_ids = None
     if args.client_ids:
         client_ids = tuple(c.strip() for c in args.client_ids.split(",") if c.strip())
@@ -198,9 +208,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--initial-weights {str(args.initial_weights)!r} is not a file")
     try:
         token = read_token(args.token_file)
+        strategy_options, strategy = strategy_from_args(args, args.clients)
         config = config_from_args(
             args,
             args.clients,
+            strategy_options,
             host=args.host,
             port=args.port,
             client_ids=client_ids,
@@ -228,7 +240,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             files.write_json(args.ready_file, {"port": port})
 
     try:
-        result = serve(config, on_listening=announce)
+        result = serve(config, on_listening=announce, strategy=strategy)
     except ValueError as exc:
         parser.error(str(exc))
     if not result.ok:

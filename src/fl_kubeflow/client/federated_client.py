@@ -11,10 +11,10 @@ from typing import Any
 
 import requests
 
-from fl_kubeflow import wire
+from fl_kubeflow import defaults, wire
+from fl_kubeflow.client.clipping import clip_for_config
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
-from fl_kubeflow.privacy.client import clip_for_config
 
 log = logging.getLogger("fl_kubeflow.client")
 
@@ -83,8 +83,8 @@ class FederatedClient:
         client_id: str,
         trainer: Trainer,
         *,
-        retry_timeout: float = 300.0,
-        round_wait_timeout: float = 3600.0,
+        retry_timeout: float = defaults.RETRY_TIMEOUT,
+        round_wait_timeout: float = defaults.ROUND_WAIT_TIMEOUT,
         poll_wait: float = 30.0,
         request_timeout: float = 120.0,
         headers: dict[str, str] | None = None,

@@ -19,6 +19,8 @@ import numpy as np
 import requests
 import urllib3
 
+from fl_kubeflow import defaults
+
 log = logging.getLogger("fl_kubeflow.client")
 
 # Bytes read from the socket per call: a piece stays in cache while copied into place.
@@ -44,7 +46,7 @@ class Transport:
         self,
         base_url: str,
         *,
-        retry_timeout: float = 300.0,
+        retry_timeout: float = defaults.RETRY_TIMEOUT,
         request_timeout: float = 120.0,
         connect_timeout: float = 10.0,
         backoff_initial: float = 0.1,

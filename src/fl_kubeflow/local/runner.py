@@ -36,8 +36,8 @@ class LocalRunError(Exception):
 class LocalRunOptions:
     """Everything ``fl-kubeflow local`` takes; see its --help for each field."""
 
-    clients: int = 3
-    rounds: int = 5
+    clients: int = defaults.NUM_CLIENTS
+    rounds: int = defaults.NUM_ROUNDS
     min_clients: int | None = None
     dataset: str = defaults.DATASET
     partition: str = defaults.PARTITION
@@ -47,13 +47,13 @@ class LocalRunOptions:
     learning_rate: float = defaults.LEARNING_RATE
     optimizer: str = defaults.OPTIMIZER
     seed: int = defaults.SEED
-    strategy: str = "fedavg"
+    strategy: str = defaults.STRATEGY
     strategy_options: dict[str, Any] = field(default_factory=dict)
     trainer: str = "keras"
     output: Path = Path("runs/local")
-    join_timeout: float = 300.0
-    round_timeout: float = 600.0
-    timeout: float = 7200.0
+    join_timeout: float = defaults.JOIN_TIMEOUT
+    round_timeout: float = defaults.ROUND_TIMEOUT
+    timeout: float = defaults.LOCAL_RUN_TIMEOUT
     extra_server_args: list[str] = field(default_factory=list)
 
     def params(self) -> dict[str, Any]:
@@ -184,7 +184,7 @@ class LocalRun:
     def _supervise(self, reporter: ProgressReporter, deadline: float) -> None:
         """Watch the children until the server exits; a failing client ends the run."""
         opts = self.options
-        quorum = opts.clients if opts.min_clients is None else opts.min_clients
+        quorum = defaults.quorum(opts.clients, opts.min_clients)
         server = self.server
         assert server is not None
         lost: set[str] = set()

@@ -12,8 +12,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fl_kubeflow.strategies.fedavg import cast_like
+from fl_kubeflow.tensors import cast_like
 from fl_kubeflow.wire import Weights
+
+# The round-config key that tells clients to clip, to this norm (``clipping="client"``):
+# the server-side DP wrapper sets it, the client reads it.
+CLIENT_CLIPPING_KEY = "dp_clipping_norm"
 
 
 def weight_delta(weights: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> Weights:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fl_kubeflow import defaults
 from fl_kubeflow.cpus import usable_cpus
 
 # As in fl_kubeflow.wire, which this module does not import (it needs no numpy).
@@ -23,7 +24,7 @@ class ServerConfig:
     Attributes:
         num_clients: Clients expected to join (N).
         num_rounds: Training rounds (R).
-        min_clients: Quorum: fewest contributions a round may close with (default N).
+        min_clients: Quorum: fewest contributions a round may close with (None or 0: N).
         join_timeout: Seconds to wait for N clients (and an initial model) before starting.
         round_timeout: Seconds a round stays open for updates.
         max_update_bytes: Largest update body accepted (HTTP 413 above).
@@ -56,17 +57,17 @@ class ServerConfig:
     num_clients: int
     num_rounds: int
     min_clients: int | None = None
-    join_timeout: float = 300.0
-    round_timeout: float = 600.0
-    max_update_bytes: int = 512 * 1024 * 1024
+    join_timeout: float = defaults.JOIN_TIMEOUT
+    round_timeout: float = defaults.ROUND_TIMEOUT
+    max_update_bytes: int = int(defaults.MAX_UPDATE_MB * 1024 * 1024)
     host: str = "0.0.0.0"
     port: int = 8080
     client_ids: tuple[str, ...] | None = None
     initial_weights: Path | None = None
     output_dir: Path | None = None
-    grace_period: float = 30.0
-    poll_timeout: float = 30.0
-    strategy: str = "fedavg"
+    grace_period: float = defaults.GRACE_PERIOD
+    poll_timeout: float = defaults.POLL_TIMEOUT
+    strategy: str = defaults.STRATEGY
     strategy_options: dict[str, Any] = field(default_factory=dict)
     token: str | None = field(default=None, repr=False)
     tls_cert: Path | None = None
@@ -74,8 +75,8 @@ class ServerConfig:
     checkpoint_dir: Path | None = None
     wire_dtype: str = "float32"
     io_threads: int | None = None
-    receive_slots: int = 2
-    slot_patience: float = 2.0
+    receive_slots: int = defaults.RECEIVE_SLOTS
+    slot_patience: float = defaults.SLOT_PATIENCE
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -131,7 +132,7 @@ class ServerConfig:
 
     @property
     def quorum(self) -> int:
-        return self.num_clients if self.min_clients is None else self.min_clients
+        return defaults.quorum(self.num_clients, self.min_clients)
 
     @property
     def connection_limit(self) -> int:

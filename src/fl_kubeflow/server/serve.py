@@ -14,6 +14,7 @@ from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.http_server import start_http_server
 from fl_kubeflow.server.memory import peak_rss_bytes, release_large_allocations
+from fl_kubeflow.strategies import Strategy
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -42,11 +43,25 @@ def load_initial_weights(path: Path) -> wire.Weights:
         raise ValueError(f"initial weights {str(path)!r}: {exc}") from None
 
 
-def serve(config: ServerConfig, on_listening: Callable[[int], None] | None = None) -> ServeResult:
-    """Serve one run to its end. ``on_listening`` receives the bound port."""
+def serve(
+    config: ServerConfig,
+    on_listening: Callable[[int], None] | None = None,
+    strategy: Strategy | None = None,
+) -> ServeResult:
+    """Serve one run to its end. ``on_listening`` receives the bound port.
+
+    ``strategy`` is the one ``strategies.build`` made from ``config`` (entry points build
+    it first, to refuse bad options before anything starts); None builds it here.
+    """
     # Before any model is loaded: the server's memory must not grow with the traffic.
     release_large_allocations()
-    strategy = strategies.create(config.strategy, **config.strategy_options)
+    if strategy is None:
+        strategy = strategies.build(
+            config.strategy,
+            config.strategy_options,
+            num_clients=config.num_clients,
+            min_clients=config.min_clients,
+        )
     resume = checkpoint.load(config.checkpoint_dir) if config.checkpoint_dir else None
     initial = None
     if resume is None and config.initial_weights:

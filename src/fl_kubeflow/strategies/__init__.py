@@ -1,17 +1,22 @@
 """Aggregation strategies, selectable by name, each with keyword options.
 
-``create("fedadam", eta=0.01)`` builds one; adding ``noise_multiplier`` and
-``clipping_norm`` (and optionally ``clipping``, ``target_delta``) wraps an
-averaging strategy in central differential privacy (``privacy.central``).
+``create("fedadam", eta=0.01)`` builds one; ``build`` builds the one a run uses and
+checks it against the federation (the CLI, the server task and ``serve`` all ask it).
+Adding ``noise_multiplier`` and ``clipping_norm`` (and optionally ``clipping``,
+``target_delta``) wraps an averaging strategy in central differential privacy
+(``dp_fixed_clipping``).
 Every strategy also takes ``fraction_fit``, ``fraction_evaluate`` and ``seed``.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
+from fl_kubeflow import defaults
 from fl_kubeflow.strategies.base import COMMON_OPTIONS, RoundAggregator, Strategy
+from fl_kubeflow.strategies.dp_fixed_clipping import DPFixedClipping
 from fl_kubeflow.strategies.fedavg import FedAvg, weighted_average
 from fl_kubeflow.strategies.fedavgm import FedAvgM
 from fl_kubeflow.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
@@ -94,9 +99,23 @@ def create(name: str, **options: Any) -> Strategy:
                     f"differential privacy options {', '.join(sorted(dp))} need {required} too "
                     "(noise_multiplier=0 clips without noise)"
                 )
-        from fl_kubeflow.privacy.central import DPFixedClipping
-
         strategy = DPFixedClipping(strategy, **dp)
+    return strategy
+
+
+def build(
+    name: str, options: Mapping[str, Any], *, num_clients: int, min_clients: int | None
+) -> Strategy:
+    """The strategy of one run: ``create(name, **options)``, checked for this federation.
+
+    ``min_clients`` is the run's quorum setting (None or 0: all ``num_clients``).
+
+    Raises:
+        ValueError: from ``create``, or an option that cannot work with this many
+            clients and this quorum (naming the option), before anything starts.
+    """
+    strategy = create(name, **options)
+    strategy.check(num_clients, defaults.quorum(num_clients, min_clients))
     return strategy
 
 
@@ -104,6 +123,7 @@ __all__ = [
     "COMMON_OPTIONS",
     "DP_OPTIONS",
     "STRATEGIES",
+    "DPFixedClipping",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
@@ -116,6 +136,7 @@ __all__ = [
     "MultiKrum",
     "RoundAggregator",
     "Strategy",
+    "build",
     "create",
     "option_names",
     "parse_option_pairs",

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fl_kubeflow.strategies.options import check_fraction, check_int
+from fl_kubeflow.checks import check_fraction, check_int
 from fl_kubeflow.strategies.sampling import sample_clients
 from fl_kubeflow.wire import Weights
 

@@ -10,14 +10,8 @@ import numpy as np
 
 from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.strategies.base import RoundAggregator, Strategy
+from fl_kubeflow.tensors import cast_like
 from fl_kubeflow.wire import Weights
-
-
-def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast a float64 aggregate back to the clients' dtype (integers are rounded, not cut)."""
-    if np.issubdtype(dtype, np.integer):
-        values = np.rint(values)
-    return values.astype(dtype, copy=False)
 
 
 def weighted_average(updates: Iterable[tuple[Weights, int]]) -> Weights:
@@ -127,11 +121,6 @@ class _Stripe:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.written = False
-
-
-def is_float(array: np.ndarray) -> bool:
-    """Server optimizers and DP move floating tensors only; integer ones are averaged as-is."""
-    return bool(np.issubdtype(array.dtype, np.floating))
 
 
 class FedAvg(Strategy):

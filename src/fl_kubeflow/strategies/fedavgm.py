@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from fl_kubeflow.strategies.fedavg import FedAvg, cast_like, is_float
-from fl_kubeflow.strategies.options import check_float
+from fl_kubeflow.checks import check_float
+from fl_kubeflow.strategies.fedavg import FedAvg
+from fl_kubeflow.tensors import cast_like, is_float
 from fl_kubeflow.wire import Weights
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_kubeflow.checks import check_float
 from fl_kubeflow.strategies.fedavg import FedAvg
-from fl_kubeflow.strategies.options import check_float
 
 
 class FedProx(FedAvg):

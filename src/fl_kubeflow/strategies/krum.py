@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from fl_kubeflow.checks import check_int
 from fl_kubeflow.strategies.base import RoundAggregator, Strategy
-from fl_kubeflow.strategies.fedavg import cast_like
-from fl_kubeflow.strategies.options import check_int
 from fl_kubeflow.strategies.robust import BufferedAggregator, stacked
+from fl_kubeflow.tensors import cast_like
 from fl_kubeflow.wire import Weights
 
 

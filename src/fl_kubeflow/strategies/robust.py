@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from fl_kubeflow.checks import check_float
 from fl_kubeflow.strategies.base import RoundAggregator, Strategy
-from fl_kubeflow.strategies.fedavg import cast_like
-from fl_kubeflow.strategies.options import check_float
+from fl_kubeflow.tensors import cast_like
 from fl_kubeflow.wire import Weights
 
 log = logging.getLogger("fl_kubeflow.strategies")

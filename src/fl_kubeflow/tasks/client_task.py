@@ -89,8 +89,8 @@ def run_client_task(
     learning_rate: float = defaults.LEARNING_RATE,
     optimizer: str = defaults.OPTIMIZER,
     seed: int = defaults.SEED,
-    retry_timeout: float = 300.0,
-    round_wait_timeout: float = 3600.0,
+    retry_timeout: float = defaults.RETRY_TIMEOUT,
+    round_wait_timeout: float = defaults.ROUND_WAIT_TIMEOUT,
     summary_path: str | os.PathLike[str] | None = None,
     token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
 ) -> ClientTaskResult:

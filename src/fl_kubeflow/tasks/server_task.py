@@ -89,10 +89,10 @@ def run_server_task(
     num_clients: int,
     num_rounds: int,
     model_dir: str | os.PathLike[str],
-    min_clients: int = 0,
-    join_timeout: float = 300.0,
-    round_timeout: float = 600.0,
-    strategy: str = "fedavg",
+    min_clients: int = defaults.MIN_CLIENTS,
+    join_timeout: float = defaults.JOIN_TIMEOUT,
+    round_timeout: float = defaults.ROUND_TIMEOUT,
+    strategy: str = defaults.STRATEGY,
     strategy_options: str | Mapping[str, Any] = "{}",
     port: int = DEFAULT_PORT,
     dataset: str = defaults.DATASET,
@@ -122,9 +122,10 @@ def run_server_task(
     from fl_kubeflow.server.serve import serve
 
     options = parse_strategy_options(strategy_options)
-    quorum = min_clients or num_clients
     try:
-        strategies.create(strategy, **options).check(num_clients, quorum)
+        built = strategies.build(
+            strategy, options, num_clients=num_clients, min_clients=min_clients
+        )
     except ValueError as exc:
         raise ServerTaskError(f"strategy {strategy!r}: {exc}") from exc
     model_dir = Path(model_dir)
@@ -139,7 +140,7 @@ def run_server_task(
         config = ServerConfig(
             num_clients=num_clients,
             num_rounds=num_rounds,
-            min_clients=min_clients or None,
+            min_clients=min_clients,
             join_timeout=join_timeout,
             round_timeout=round_timeout,
             port=port,
@@ -157,7 +158,7 @@ def run_server_task(
     service = publish_run_service(run_id, port, token_dir=token_dir)
     try:
         try:
-            result = serve(config)
+            result = serve(config, strategy=built)
         except ValueError as exc:  # e.g. an unreadable initial model
             raise ServerTaskError(str(exc)) from exc
     finally:

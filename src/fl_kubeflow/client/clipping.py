@@ -2,23 +2,19 @@
 
 With ``clipping=client`` the server puts ``dp_clipping_norm`` into each round's
 config. ``clip_for_config`` applies it to a fit result; ``ClippingTrainer`` wraps
-any ``Trainer`` so that every fit does. The server clips again regardless (see
-``central``), so a client that skips this only loses the benefit of never
-sending an unclipped update.
+any ``Trainer`` so that every fit does. The server clips again regardless
+(``strategies.dp_fixed_clipping``), so a client that skips this only loses the
+benefit of never sending an unclipped update.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
+from fl_kubeflow.checks import check_float
 from fl_kubeflow.client.trainer import EvaluateResult, FitResult, Trainer
-from fl_kubeflow.privacy.central import CLIENT_CLIPPING_KEY
-from fl_kubeflow.privacy.clipping import clip_weights
-from fl_kubeflow.strategies.options import check_float
+from fl_kubeflow.privacy.clipping import CLIENT_CLIPPING_KEY, clip_weights
 from fl_kubeflow.wire import Weights
-
-log = logging.getLogger("fl_kubeflow.privacy")
 
 
 def clip_for_config(

@@ -30,18 +30,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fl_kubeflow.checks import check_choice, check_float
 from fl_kubeflow.privacy.accountant import PrivacyAccountant
-from fl_kubeflow.privacy.clipping import clip_delta, l2_norm, weight_delta
+from fl_kubeflow.privacy.clipping import CLIENT_CLIPPING_KEY, clip_delta, l2_norm, weight_delta
 from fl_kubeflow.strategies.base import RoundAggregator, Strategy
-from fl_kubeflow.strategies.fedavg import cast_like
-from fl_kubeflow.strategies.options import check_choice, check_float
+from fl_kubeflow.tensors import cast_like
 from fl_kubeflow.wire import Weights
 
 log = logging.getLogger("fl_kubeflow.privacy")
 
 CLIPPING_MODES = ("server", "client")
-# Config key that tells clients to clip (client-side mode).
-CLIENT_CLIPPING_KEY = "dp_clipping_norm"
 # A client-clipped float32 update may exceed C by rounding; beyond this it was not clipped.
 _CLIENT_SLACK = 1e-5
 

@@ -21,12 +21,13 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from fl_kubeflow import metrics as metrics_lib
-from fl_kubeflow import wire
+from fl_kubeflow import protocol, wire
+from fl_kubeflow.protocol import Phase
 from fl_kubeflow.server.body_slots import ReceivedBody
 from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge, Unauthorized
-from fl_kubeflow.server.federation import Federation, Phase
+from fl_kubeflow.server.federation import Federation
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -49,13 +50,13 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
     @app.before_request
     def _authenticate() -> None:
-        if config.token is None or not request.path.startswith("/v1/"):
+        if config.token is None or not request.path.startswith(protocol.RUN_PREFIX):
             return
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {config.token}"
         # compare_digest: the time taken must not reveal how much of a guess was right.
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            federation.count_rejection("unauthorized")
+            federation.count_rejection(protocol.UNAUTHORIZED)
             raise Unauthorized("missing or wrong bearer token in the Authorization header")
 
     @app.errorhandler(RequestError)
@@ -66,34 +67,34 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
         code = exc.code or 500
         return jsonify(
-            {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
+            protocol.error_body(exc.name.lower().replace(" ", "_"), exc.description)
         ), code
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("unexpected error handling %s %s", request.method, request.path)
-        return jsonify({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}), 500
+        return jsonify(protocol.error_body(protocol.INTERNAL, f"{type(exc).__name__}: {exc}")), 500
 
-    @app.get("/healthz")
+    @app.get(protocol.HEALTH_PATH)
     def healthz() -> Response:
         return jsonify({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get(protocol.READY_PATH)
     def readyz() -> tuple[Response, int]:
         phase = federation.phase
         ready = phase is not Phase.FAILED
         return jsonify({"ready": ready, "phase": phase.value}), 200 if ready else 503
 
-    @app.get("/metrics")
+    @app.get(protocol.METRICS_PATH)
     def prometheus() -> Response:
         return Response(federation.prometheus(), mimetype="text/plain; version=0.0.4")
 
-    @app.get("/v1/status")
+    @app.get(protocol.STATUS_PATH)
     def status() -> Response:
-        since = request.args.get("since")
-        return jsonify(federation.status(None if since is None else _int_arg("since")))
+        since = request.args.get(protocol.SINCE_PARAM)
+        return jsonify(federation.status(None if since is None else _int_arg(protocol.SINCE_PARAM)))
 
-    @app.post("/v1/join")
+    @app.post(protocol.JOIN_PATH)
     def join() -> Response:
         body = _json_body()
         return jsonify(federation.join(_str_field(body, "client_id")))
@@ -104,18 +105,18 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
     # so the server's memory does not grow with the number of clients.
     bodies_in_memory = threading.BoundedSemaphore(BODIES_IN_MEMORY)
 
-    @app.post("/v1/initial")
+    @app.post(protocol.INITIAL_PATH)
     def initial() -> tuple[Response, int]:
         client_id = _client_id()
         with bodies_in_memory:
             accepted = federation.propose_initial(client_id, _weights_body(config))
         return jsonify({"accepted": accepted}), 201 if accepted else 200
 
-    @app.get("/v1/model")
+    @app.get(protocol.MODEL_PATH)
     def model() -> Response:
         client_id = _client_id()
-        server_round = _int_arg("round")
-        wait = _float_arg("wait", default=config.poll_timeout)
+        server_round = _int_arg(protocol.ROUND_PARAM)
+        wait = _float_arg(protocol.WAIT_PARAM, default=config.poll_timeout)
         answer = federation.wait_for_model(client_id, server_round, wait)
         if answer is None:
             return Response(status=204, headers={"Retry-After": "0"})
@@ -127,28 +128,28 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
             wrap_file(request.environ, body, buffer_size=SEND_PIECE),
             mimetype=wire.CONTENT_TYPE,
             headers={
-                "X-FL-Round": str(answer.server_round),
-                "X-FL-Phase": answer.phase.value,
-                "X-FL-Config": json.dumps(answer.config),
-                "X-FL-Wire-Dtype": config.wire_dtype,
+                protocol.ROUND_HEADER: str(answer.server_round),
+                protocol.PHASE_HEADER: answer.phase.value,
+                protocol.CONFIG_HEADER: json.dumps(answer.config),
+                protocol.WIRE_DTYPE_HEADER: config.wire_dtype,
             },
             direct_passthrough=True,
         )
         response.content_length = len(answer.body)
         return response
 
-    @app.post("/v1/update")
+    @app.post(protocol.UPDATE_PATH)
     def update() -> Response:
         client_id = _client_id()
-        server_round = _int_header("X-FL-Round")
-        num_examples = _int_header("X-FL-Num-Examples")
+        server_round = _int_header(protocol.ROUND_HEADER)
+        num_examples = _int_header(protocol.NUM_EXAMPLES_HEADER)
         metrics = _metrics_header()
         with bodies_in_memory:
             body = _weights_body(config)
             answer = federation.submit_update(client_id, server_round, num_examples, metrics, body)
         return jsonify(answer)
 
-    @app.post("/v1/evaluate")
+    @app.post(protocol.EVALUATE_PATH)
     def evaluate() -> Response:
         body = _json_body()
         result = federation.submit_evaluation(
@@ -159,7 +160,7 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         )
         return jsonify(result)
 
-    @app.post("/v1/leave")
+    @app.post(protocol.LEAVE_PATH)
     def leave() -> Response:
         federation.leave(_str_field(_json_body(), "client_id"))
         return jsonify({"left": True})
@@ -168,9 +169,9 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
 
 def _client_id() -> str:
-    value = request.headers.get("X-FL-Client-Id")
+    value = request.headers.get(protocol.CLIENT_ID_HEADER)
     if not value:
-        raise BadRequest("missing header X-FL-Client-Id")
+        raise BadRequest(f"missing header {protocol.CLIENT_ID_HEADER}")
     return value
 
 
@@ -208,13 +209,14 @@ def _float_arg(name: str, default: float) -> float:
 
 
 def _metrics_header() -> dict[str, float]:
-    raw = request.headers.get("X-FL-Metrics", "{}")
+    name = protocol.METRICS_HEADER
+    raw = request.headers.get(name, "{}")
     if len(raw) > MAX_METRICS_HEADER:
-        raise BadRequest(f"header X-FL-Metrics is {len(raw)} bytes; at most {MAX_METRICS_HEADER}")
+        raise BadRequest(f"header {name} is {len(raw)} bytes; at most {MAX_METRICS_HEADER}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"header X-FL-Metrics is not JSON: {exc}") from None
+        raise BadRequest(f"header {name} is not JSON: {exc}") from None
     return _validated_metrics(value)
 
 

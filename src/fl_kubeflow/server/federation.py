@@ -14,13 +14,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from fl_kubeflow import wire
+from fl_kubeflow import protocol, wire
 from fl_kubeflow.metrics import WeightedMetrics
+from fl_kubeflow.protocol import Phase
 from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.config import ServerConfig
@@ -39,14 +39,6 @@ log = logging.getLogger("fl_kubeflow.server")
 
 CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_REFUSALS_KEPT = 100
-
-
-class Phase(str, Enum):
-    WAITING = "waiting"
-    FIT = "fit"
-    AGGREGATING = "aggregating"
-    FINISHED = "finished"
-    FAILED = "failed"
 
 
 @dataclass
@@ -631,7 +623,7 @@ class Federation:
     def _require_client(self, client_id: str) -> _Client:
         client = self._clients.get(client_id)
         if client is None:
-            self._count_rejection("unknown_client")
+            self._count_rejection(protocol.UNKNOWN_CLIENT)
             raise UnknownClient(f"client {client_id!r} has not joined this run")
         return client
 

@@ -9,13 +9,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import mmap
-import os
-import stat
-import threading
 from typing import Any
 
-import numpy as np
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
@@ -23,7 +18,7 @@ from werkzeug.wsgi import wrap_file
 from fl_kubeflow import metrics as metrics_lib
 from fl_kubeflow import protocol, wire
 from fl_kubeflow.protocol import Phase
-from fl_kubeflow.server.body_slots import ReceivedBody
+from fl_kubeflow.server import body_transport
 from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge, Unauthorized
@@ -33,11 +28,6 @@ log = logging.getLogger("fl_kubeflow.server")
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_METRICS_HEADER = 4096
-# Bytes read per call from a chunked body, whose length is not known in advance.
-BODY_PIECE = 1 << 20
-BODIES_IN_MEMORY = 2
-# Bodies from this size up are mapped from waitress's spool file rather than read.
-MAP_BODIES_FROM = 1 << 20
 # Bytes per piece when a server without a file wrapper (cheroot) sends the model.
 SEND_PIECE = 1 << 20
 
@@ -99,11 +89,7 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         body = _json_body()
         return jsonify(federation.join(_str_field(body, "client_id")))
 
-    # Update bodies held in memory at once. Decoding, checking and adding one is CPU
-    # work that more threads cannot speed up, and each held body is a model's worth
-    # of memory: the rest wait with their bodies still spooled to disk by waitress,
-    # so the server's memory does not grow with the number of clients.
-    bodies_in_memory = threading.BoundedSemaphore(BODIES_IN_MEMORY)
+    bodies_in_memory = body_transport.memory_gate(config)
 
     @app.post(protocol.INITIAL_PATH)
     def initial() -> tuple[Response, int]:
@@ -228,66 +214,8 @@ def _validated_metrics(value: Any) -> dict[str, float]:
 
 
 def _weights_body(config: ServerConfig) -> memoryview:
-    """The request body, read once into one buffer that the decoded arrays will view.
-
-    The buffer is a numpy allocation: numpy asks the kernel for huge pages, which
-    for a 40 MB body saves ~10,000 page faults over bytes or bytearray.
-    """
-    length = request.content_length
-    limit = config.max_update_bytes
-    if length is not None and length > limit:
-        raise TooLarge(f"body of {length} bytes exceeds max_update_bytes={limit}", limit=limit)
-    stream = request.stream
-    if length is None:
-        # Chunked transfer: the size is learnt by reading, so read in pieces up to the limit.
-        pieces, size = [], 0
-        while size <= limit:
-            piece = stream.read(min(BODY_PIECE, limit + 1 - size))
-            if not piece:
-                break
-            pieces.append(piece)
-            size += len(piece)
-        if size > limit:
-            raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
-        return memoryview(bytearray(b"".join(pieces)))
-    source = request.environ.get("wsgi.input")
-    if isinstance(source, ReceivedBody) and source.array is not None and source.tell() == 0:
-        return memoryview(source.take_array())
-    spooled = _spooled_body(length)
-    if spooled is not None:
-        return spooled
-    view = memoryview(np.empty(length, dtype=np.uint8))
-    got = 0
-    while got < length:
-        count = stream.readinto(view[got:])
-        if not count:
-            break
-        got += count
-    if got != length:
-        raise BadRequest(f"body is truncated: {got} of {length} bytes arrived")
-    return view
-
-
-def _spooled_body(length: int) -> memoryview | None:
-    """The body as a private map of the file the server spooled it to: no copy at all.
-
-    waitress receives a large body into a temporary file before calling the app;
-    mapping that file (copy-on-write, so nothing we do reaches it) saves reading a
-    model-sized body into memory. None when the body is not such a file (small
-    bodies, cheroot's socket) or not exactly this body: then it is read as usual.
-    """
-    if length < MAP_BODIES_FROM:
-        return None
-    source = request.environ.get("wsgi.input")
-    try:
-        fd = source.fileno()  # type: ignore[union-attr]
-        if source.tell() != 0 or not stat.S_ISREG(os.fstat(fd).st_mode):  # type: ignore[union-attr]
-            return None
-        if os.fstat(fd).st_size != length:
-            return None
-        return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_COPY))
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        return None
+    """The request's model body, in one buffer (server/body_transport.py)."""
+    return body_transport.read_body(request, config.max_update_bytes)
 
 
 def _json_body() -> dict[str, Any]:

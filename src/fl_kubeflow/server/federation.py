@@ -16,19 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
-
 from fl_kubeflow import protocol, wire
 from fl_kubeflow.metrics import WeightedMetrics
 from fl_kubeflow.protocol import Phase
 from fl_kubeflow.recycling import Recycler
-from fl_kubeflow.server import checkpoint
+from fl_kubeflow.server import checkpoint, updates
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import (
     BadRequest,
     Conflict,
     InvalidUpdate,
     RunFailed,
+    TooLarge,
     UnknownClient,
     WrongRound,
 )
@@ -151,7 +150,7 @@ class Federation:
         # Messages are model-sized and made every round: their memory is used again
         # once no request is still sending an old one (fresh pages cost page faults).
         self._bodies = Recycler()
-        self._signature: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._signature: updates.Signature = {}
         self._current: _Round | None = None
         # The round being aggregated and saved: closed, not yet in _rounds.
         self._closing: _Round | None = None
@@ -173,7 +172,7 @@ class Federation:
         if resume is not None:
             self._restore(resume)
         elif initial_weights is not None:
-            self._set_global(self._validated_initial(initial_weights), initial=True)
+            self._set_global(updates.validated_initial(initial_weights), initial=True)
 
     # ----------------------------------------------------------------- clients
 
@@ -229,7 +228,7 @@ class Federation:
             self._require_client(client_id)
             if self._global is not None:
                 return False
-        weights = self._validated_initial(self._decode(body))
+        weights = updates.validated_initial(self._decode(body))
         with self._cond:
             if self._global is not None:
                 return False
@@ -332,8 +331,8 @@ class Federation:
             raise BadRequest(f"num_examples must be a positive integer, got {num_examples}")
         try:
             weights = self._decode(body)
-            self._check_signature(weights, what="update")
-        except (BadRequest, InvalidUpdate) as exc:
+            updates.check_signature(weights, self._signature, what="update")
+        except (BadRequest, InvalidUpdate, TooLarge) as exc:
             self._refuse(client_id, server_round, exc.code, exc.message)
             raise
         with self._cond:
@@ -553,7 +552,7 @@ class Federation:
         aggregate = current.aggregator.result_into(frame.tensors)
         new_global = self.strategy.finish_round(current.number, self._global, aggregate)
         current.strategy_report = self.strategy.round_report(current.number)
-        self._check_signature(new_global, what="aggregate")
+        updates.check_signature(new_global, self._signature, what="aggregate")
         new_global, body = self._message(new_global, frame)
         with self._cond:
             current.duration_s = time.monotonic() - current.started_mono
@@ -638,46 +637,7 @@ class Federation:
         return sorted(set(self.config.client_ids) - set(self._clients))
 
     def _decode(self, body: wire.Buffer) -> Weights:
-        if len(body) > self.config.max_update_bytes:
-            raise BadRequest(f"body of {len(body)} bytes exceeds max_update_bytes")
-        try:
-            # Half-precision tensors come back as float32: the model's dtype is checked next.
-            weights = wire.decode(body, wire_dtype=self.config.wire_dtype)
-        except wire.WireFormatError as exc:
-            raise BadRequest(str(exc)) from None
-        if not weights:
-            raise BadRequest("the safetensors body holds no tensors")
-        return weights
-
-    def _validated_initial(self, weights: Weights) -> Weights:
-        for name, value in weights.items():
-            if not np.issubdtype(value.dtype, np.number):
-                raise InvalidUpdate(f"tensor {name!r} has non-numeric dtype {value.dtype}")
-            if not np.all(np.isfinite(value)):
-                raise InvalidUpdate(f"tensor {name!r} holds NaN or Inf values", tensor=name)
-        return weights
-
-    def _check_signature(self, weights: Weights, what: str) -> None:
-        expected = self._signature
-        if set(weights) != set(expected):
-            missing = sorted(set(expected) - set(weights))[:5]
-            extra = sorted(set(weights) - set(expected))[:5]
-            raise InvalidUpdate(
-                f"{what} tensors do not match the global model: missing {missing}, "
-                f"unexpected {extra}",
-                missing=missing,
-                unexpected=extra,
-            )
-        for name, value in weights.items():
-            shape, dtype = expected[name]
-            if tuple(value.shape) != shape or value.dtype.name != dtype:
-                raise InvalidUpdate(
-                    f"{what} tensor {name!r} is {value.dtype.name}{list(value.shape)}; "
-                    f"the global model has {dtype}{list(shape)}",
-                    tensor=name,
-                )
-            if not _all_finite(value):
-                raise InvalidUpdate(f"{what} tensor {name!r} holds NaN or Inf values", tensor=name)
+        return updates.decode(body, self.config.max_update_bytes, self.config.wire_dtype)
 
     def _set_global(self, weights: Weights, initial: bool) -> None:
         self._global, self._global_body = self._message(weights, self._frame(weights))
@@ -871,24 +831,6 @@ class Federation:
                 f"fl_bytes_sent_total {self._counters['bytes_out']}",
             ]
             return "\n".join(lines) + "\n"
-
-
-_FINITE_SLICE = 1 << 16
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """np.isfinite(values).all(), slice by slice: no model-sized boolean array per update."""
-    if values.dtype.kind not in "fc":  # integers and booleans are always finite
-        return True
-    flat = values.reshape(-1)
-    if flat.size <= _FINITE_SLICE:
-        return bool(np.isfinite(flat).all())
-    mask = np.empty(_FINITE_SLICE, dtype=bool)
-    for lo in range(0, flat.size, _FINITE_SLICE):
-        piece = flat[lo : lo + _FINITE_SLICE]
-        if not np.isfinite(piece, out=mask[: piece.size]).all():
-            return False
-    return True
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -18,7 +18,7 @@ from werkzeug.wsgi import wrap_file
 from fl_kubeflow import metrics as metrics_lib
 from fl_kubeflow import protocol, wire
 from fl_kubeflow.protocol import Phase
-from fl_kubeflow.server import body_transport
+from fl_kubeflow.server import body_transport, prometheus_text
 from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge, Unauthorized
@@ -77,7 +77,8 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
     @app.get(protocol.METRICS_PATH)
     def prometheus() -> Response:
-        return Response(federation.prometheus(), mimetype="text/plain; version=0.0.4")
+        text = prometheus_text.exposition(federation.metrics())
+        return Response(text, mimetype=prometheus_text.CONTENT_TYPE)
 
     @app.get(protocol.STATUS_PATH)
     def status() -> Response:

@@ -18,6 +18,7 @@ from fl_kubeflow import protocol, wire
 from fl_kubeflow.protocol import Phase
 from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.server import checkpoint, checkpoint_state, history, updates
+from fl_kubeflow.server.clients import Clients
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import (
     BadRequest,
@@ -80,7 +81,7 @@ class Federation:
         self._cond = threading.Condition()
         self._phase = Phase.WAITING
         self._round = 0
-        self._clients: dict[str, ClientRecord] = {}
+        self._clients = Clients(config)
         self._model = GlobalModel(config.wire_dtype)
         self._current: RoundRecord | None = None
         # The round being aggregated and saved: closed, not yet in _rounds.
@@ -108,29 +109,7 @@ class Federation:
             self._raise_if_failed()
             if self._phase is Phase.FINISHED:
                 raise Conflict("the run has finished; no more clients may join")
-            client = self._clients.get(client_id)
-            if client is not None:
-                if not client.active or client.left:
-                    log.info("client %s rejoined", client_id)
-                client.active, client.left = True, False
-            else:
-                allowed = self.config.client_ids
-                if allowed is not None and client_id not in allowed:
-                    raise UnknownClient(
-                        f"client {client_id!r} is not one of this run's clients {list(allowed)}"
-                    )
-                if len(self._clients) >= self.config.num_clients:
-                    raise Conflict(
-                        f"the federation is full: {self.config.num_clients} clients joined "
-                        f"already ({sorted(self._clients)})"
-                    )
-                self._clients[client_id] = ClientRecord(joined_at=time.monotonic())
-                log.info(
-                    "client %s joined (%d/%d)",
-                    client_id,
-                    len(self._clients),
-                    self.config.num_clients,
-                )
+            if self._clients.admit(client_id):
                 self._cond.notify_all()
             return {
                 "client_id": client_id,
@@ -363,7 +342,7 @@ class Federation:
                 )
             if not self._evals.add(server_round, client_id, num_examples, metrics):
                 return {"accepted": True, "duplicate": True, "round": server_round}
-            if self._evals.seen[server_round] >= {c for c, s in self._clients.items() if s.active}:
+            if self._evals.seen[server_round] >= set(self._clients.active()):
                 mean = self._evals.metrics[server_round].mean()
                 log.info("evaluation after round %d: %s", server_round, _fmt(mean))
             self._cond.notify_all()
@@ -408,7 +387,7 @@ class Federation:
                         self._fail(
                             f"only {joined} of {self.config.num_clients} clients joined within "
                             f"join_timeout={self.config.join_timeout:g}s (min_clients="
-                            f"{self.config.quorum}); missing: {self._missing_clients()}"
+                            f"{self.config.quorum}); missing: {self._clients.missing()}"
                         )
                     continue
             elif self._phase is Phase.FIT:
@@ -440,7 +419,7 @@ class Federation:
                         )
                         self._phase = Phase.AGGREGATING
                         return "aggregate"
-                    missing = sorted(set(self._clients) - done) + self._missing_clients()
+                    missing = sorted(set(self._clients) - done) + self._clients.missing()
                     self._fail(
                         f"round {current.number}: only {len(done)} of min_clients="
                         f"{self.config.quorum} clients reported within round_timeout="
@@ -452,12 +431,7 @@ class Federation:
                 # Wait (up to the grace period) until every client has heard how the run
                 # ended, stragglers included; those still working also get to send their
                 # final evaluation and leave.
-                failed = self._phase is Phase.FAILED
-                pending = [
-                    c
-                    for c, s in self._clients.items()
-                    if not s.left and not (s.told_end and (failed or not s.active))
-                ]
+                pending = self._clients.not_told_end(failed=self._phase is Phase.FAILED)
                 if not pending or now >= deadline:
                     if pending:
                         log.warning("grace period over; not heard from: %s", sorted(pending))
@@ -504,7 +478,7 @@ class Federation:
             if current.number >= self.config.num_rounds:
                 self._final_eval_sampled = set(
                     self.strategy.sample_evaluate(
-                        current.number, sorted(self._clients), self.config.quorum
+                        current.number, self._clients.ids(), self.config.quorum
                     )
                 )
                 self._phase = Phase.FINISHED
@@ -518,7 +492,7 @@ class Federation:
     def _open_round(self, number: int) -> None:
         assert self._model.weights is not None
         self._round = number
-        active = sorted(c for c, s in self._clients.items() if s.active) or sorted(self._clients)
+        active = self._clients.active() or self._clients.ids()
         self._current = RoundRecord(
             number=number,
             started_mono=time.monotonic(),
@@ -526,7 +500,7 @@ class Federation:
             aggregator=self.strategy.start_round(number, self._model.weights),
             sampled=self.strategy.sample_fit(number, active, self.config.quorum),
             eval_sampled=self.strategy.sample_evaluate(
-                number - 1, sorted(self._clients), self.config.quorum
+                number - 1, self._clients.ids(), self.config.quorum
             ),
         )
         self._phase = Phase.FIT
@@ -552,12 +526,6 @@ class Federation:
     def _raise_if_failed(self) -> None:
         if self._phase is Phase.FAILED:
             raise RunFailed(self._error or "the run failed")
-
-    def _missing_clients(self) -> list[str]:
-        if self.config.client_ids is None:
-            absent = self.config.num_clients - len(self._clients)
-            return [f"<{absent} not yet joined>"] if absent > 0 else []
-        return sorted(set(self.config.client_ids) - set(self._clients))
 
     def _decode(self, body: wire.Buffer) -> Weights:
         return updates.decode(body, self.config.max_update_bytes, self.config.wire_dtype)
@@ -621,7 +589,7 @@ class Federation:
                 round=self._round,
                 completed_rounds=len(self._rounds),
                 clients_joined=len(self._clients),
-                clients_active=sum(s.active for s in self._clients.values()),
+                clients_active=sum(s.active for s in self._clients.records.values()),
                 counters=self._counters.copy(),
             )
 
@@ -641,7 +609,7 @@ class Federation:
             phase=self._phase,
             round=self._round,
             config=self.config,
-            clients=self._clients,
+            clients=self._clients.records,
             current=self._current,
             rounds=self._rounds,
             evaluations=self._evals.metrics,

@@ -4,6 +4,12 @@ A run moves waiting -> fit(1) -> aggregating -> fit(2) -> ... -> finished (or
 failed). HTTP handlers call the public methods; ``run`` owns the timeouts. All
 state sits behind one condition variable, so a long-polling client wakes the
 moment a round opens, and nobody sleeps in a loop.
+
+What the state is made of lives next door, without locks of its own: the
+clients (clients.py), round records (records.py), the global model and its
+message (global_model.py), evaluations (evaluations.py); updates are checked by
+updates.py before the lock is taken, and status, history and checkpoints are
+made from the state by history.py and checkpoint_state.py.
 """
 
 from __future__ import annotations

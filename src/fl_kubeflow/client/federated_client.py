@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from fl_kubeflow import defaults, wire
+from fl_kubeflow import defaults, protocol, wire
 from fl_kubeflow.client.clipping import clip_for_config
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
@@ -102,7 +102,7 @@ class FederatedClient:
             server_url,
             retry_timeout=retry_timeout,
             request_timeout=request_timeout,
-            headers={"X-FL-Client-Id": client_id, **(headers or {})},
+            headers={protocol.CLIENT_ID_HEADER: client_id, **(headers or {})},
             verify=verify,
         )
 
@@ -116,7 +116,7 @@ class FederatedClient:
             next_round = 1
             while True:
                 model = self._wait_for_model(next_round)
-                if model.phase == "finished":
+                if model.phase == protocol.Phase.FINISHED.value:
                     summary.final_round = model.server_round
                     self._say_goodbye(model, summary, evaluated)
                     log.info(
@@ -140,7 +140,7 @@ class FederatedClient:
         try:
             if model.config.get("evaluate", True):
                 self._evaluate(model.weights, model.server_round, summary, evaluated)
-            self._post_json("/v1/leave", {"client_id": self.client_id})
+            self._post_json(protocol.LEAVE_PATH, {"client_id": self.client_id})
         except (ServerError, ServerUnreachable) as exc:
             log.warning(
                 "client %s: the run is finished; the goodbye was lost: %s", self.client_id, exc
@@ -152,20 +152,20 @@ class FederatedClient:
         weights, clip_metrics = clip_for_config(result.weights, model.weights, model.config)
         result = FitResult(weights, result.num_examples, {**result.metrics, **clip_metrics})
         headers = {
-            "X-FL-Round": str(model.server_round),
-            "X-FL-Num-Examples": str(result.num_examples),
-            "X-FL-Metrics": json.dumps(result.metrics),
+            protocol.ROUND_HEADER: str(model.server_round),
+            protocol.NUM_EXAMPLES_HEADER: str(result.num_examples),
+            protocol.METRICS_HEADER: json.dumps(result.metrics),
             "Content-Type": wire.CONTENT_TYPE,
         }
         try:
             # Sent from the trainer's arrays as they are: no message-sized copy.
             wire_dtype = self.wire_dtype or model.wire_dtype
             body = BufferBody(wire.encode_parts(result.weights, wire_dtype=wire_dtype))
-            self._call("POST", "/v1/update", data=body, headers=headers)
+            self._call("POST", protocol.UPDATE_PATH, data=body, headers=headers)
         except ServerError as exc:
-            if exc.code == "run_failed":
+            if exc.code == protocol.RUN_FAILED:
                 raise FederationFailed(exc.message) from None
-            if exc.code != "wrong_round":
+            if exc.code != protocol.WRONG_ROUND:
                 raise
             # Too late: the round closed without us. Catch up with the next one.
             log.warning(
@@ -203,9 +203,9 @@ class FederatedClient:
             "metrics": result.metrics,
         }
         try:
-            self._post_json("/v1/evaluate", payload)
+            self._post_json(protocol.EVALUATE_PATH, payload)
         except ServerError as exc:
-            if exc.code != "wrong_round":
+            if exc.code != protocol.WRONG_ROUND:
                 raise
             # A server restarted from an older checkpoint has not seen that round yet:
             # the evaluation is lost, the training goes on.
@@ -229,27 +229,27 @@ class FederatedClient:
             try:
                 response = self._call(
                     "GET",
-                    "/v1/model",
-                    params={"round": server_round, "wait": f"{wait:.3f}"},
+                    protocol.MODEL_PATH,
+                    params={protocol.ROUND_PARAM: server_round, protocol.WAIT_PARAM: f"{wait:.3f}"},
                     read_timeout=wait + self.transport.request_timeout,
                     into_buffer=True,
                 )
             except ServerError as exc:
-                if exc.code == "run_failed":
+                if exc.code == protocol.RUN_FAILED:
                     raise FederationFailed(exc.message) from None
                 raise
             if response.status_code == 204:
                 continue
             # The server says how it sent float32 tensors; absent (an older server): as is.
-            wire_dtype = response.headers.get("X-FL-Wire-Dtype", "float32")
+            wire_dtype = response.headers.get(protocol.WIRE_DTYPE_HEADER, "float32")
             if wire_dtype not in wire.WIRE_DTYPES:
                 raise FederationFailed(f"the server sends weights as {wire_dtype!r}, unknown here")
             return _Model(
-                phase=response.headers.get("X-FL-Phase", "fit"),
-                server_round=int(response.headers["X-FL-Round"]),
+                phase=response.headers.get(protocol.PHASE_HEADER, protocol.Phase.FIT.value),
+                server_round=int(response.headers[protocol.ROUND_HEADER]),
                 # Views of the buffer the body was read into: no copy.
                 weights=wire.decode(response.buffer, wire_dtype=wire_dtype),
-                config=json.loads(response.headers.get("X-FL-Config") or "{}"),
+                config=json.loads(response.headers.get(protocol.CONFIG_HEADER) or "{}"),
                 wire_dtype=wire_dtype,
             )
 
@@ -260,11 +260,11 @@ class FederatedClient:
         try:
             return self.transport.request(method, path, **kwargs)
         except ServerError as exc:
-            if exc.code == "unauthorized" and self.refresh_headers and not refreshed:
+            if exc.code == protocol.UNAUTHORIZED and self.refresh_headers and not refreshed:
                 log.warning("client %s: token refused; reading it again", self.client_id)
                 self.transport.session.headers.update(self.refresh_headers())
                 return self._call(method, path, refreshed=True, **kwargs)
-            if exc.code != "unknown_client" or path == "/v1/join":
+            if exc.code != protocol.UNKNOWN_CLIENT or path == protocol.JOIN_PATH:
                 raise
             log.warning(
                 "client %s: the server does not know us (restarted?); rejoining", self.client_id
@@ -278,17 +278,17 @@ class FederatedClient:
         On a rejoin too: a server restarted without a checkpoint has no model, and
         would otherwise wait for an initial proposal that never comes.
         """
-        info = self._post_json("/v1/join", {"client_id": self.client_id})
+        info = self._post_json(protocol.JOIN_PATH, {"client_id": self.client_id})
         if info.get("propose_initial"):
             parts = wire.encode_parts(self.trainer.initial_weights())
-            self.transport.request("POST", "/v1/initial", data=BufferBody(parts))
+            self.transport.request("POST", protocol.INITIAL_PATH, data=BufferBody(parts))
         return info
 
     def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
             return self._call("POST", path, json=payload).json()
         except ServerError as exc:
-            if exc.code == "run_failed":
+            if exc.code == protocol.RUN_FAILED:
                 raise FederationFailed(exc.message) from None
             raise
 

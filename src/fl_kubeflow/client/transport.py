@@ -19,7 +19,7 @@ import numpy as np
 import requests
 import urllib3
 
-from fl_kubeflow import defaults
+from fl_kubeflow import defaults, protocol
 
 log = logging.getLogger("fl_kubeflow.client")
 
@@ -177,16 +177,16 @@ def _reason(response: requests.Response) -> str:
     except ValueError:
         return response.text[:200]
     if isinstance(body, dict):
-        return str(body.get("message") or body)
+        return str(body.get(protocol.MESSAGE_FIELD) or body)
     return str(body)[:200]
 
 
 def _server_error(response: requests.Response) -> ServerError:
-    code = "http_error"
+    code = protocol.HTTP_ERROR
     try:
         body = response.json()
         if isinstance(body, dict):
-            code = str(body.get("error", code))
+            code = str(body.get(protocol.ERROR_FIELD, code))
     except ValueError:
         pass
     return ServerError(response.status_code, code, _reason(response))

@@ -7,6 +7,7 @@ from typing import Any
 
 import requests
 
+from fl_kubeflow import protocol
 from fl_kubeflow.auth import auth_headers
 
 
@@ -48,7 +49,9 @@ class ProgressReporter:
         """Read the status once (short timeout: a busy server must not stall the runner)."""
         try:
             response = self.session.get(
-                f"{self.url}/v1/status", params={"since": self._evaluated + 1}, timeout=2
+                self.url + protocol.STATUS_PATH,
+                params={protocol.SINCE_PARAM: self._evaluated + 1},
+                timeout=2,
             )
             status = response.json()
         except (requests.RequestException, ValueError):

@@ -9,34 +9,25 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import mmap
-import os
-import stat
-import threading
 from typing import Any
 
-import numpy as np
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from fl_kubeflow import metrics as metrics_lib
-from fl_kubeflow import wire
-from fl_kubeflow.server.body_slots import ReceivedBody
+from fl_kubeflow import protocol, wire
+from fl_kubeflow.protocol import Phase
+from fl_kubeflow.server import body_transport, prometheus_text
 from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge, Unauthorized
-from fl_kubeflow.server.federation import Federation, Phase
+from fl_kubeflow.server.federation import Federation
 
 log = logging.getLogger("fl_kubeflow.server")
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_METRICS_HEADER = 4096
-# Bytes read per call from a chunked body, whose length is not known in advance.
-BODY_PIECE = 1 << 20
-BODIES_IN_MEMORY = 2
-# Bodies from this size up are mapped from waitress's spool file rather than read.
-MAP_BODIES_FROM = 1 << 20
 # Bytes per piece when a server without a file wrapper (cheroot) sends the model.
 SEND_PIECE = 1 << 20
 
@@ -49,13 +40,13 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
     @app.before_request
     def _authenticate() -> None:
-        if config.token is None or not request.path.startswith("/v1/"):
+        if config.token is None or not request.path.startswith(protocol.RUN_PREFIX):
             return
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {config.token}"
         # compare_digest: the time taken must not reveal how much of a guess was right.
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            federation.count_rejection("unauthorized")
+            federation.count_rejection(protocol.UNAUTHORIZED)
             raise Unauthorized("missing or wrong bearer token in the Authorization header")
 
     @app.errorhandler(RequestError)
@@ -66,56 +57,53 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
         code = exc.code or 500
         return jsonify(
-            {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}
+            protocol.error_body(exc.name.lower().replace(" ", "_"), exc.description)
         ), code
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("unexpected error handling %s %s", request.method, request.path)
-        return jsonify({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}), 500
+        return jsonify(protocol.error_body(protocol.INTERNAL, f"{type(exc).__name__}: {exc}")), 500
 
-    @app.get("/healthz")
+    @app.get(protocol.HEALTH_PATH)
     def healthz() -> Response:
         return jsonify({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get(protocol.READY_PATH)
     def readyz() -> tuple[Response, int]:
         phase = federation.phase
         ready = phase is not Phase.FAILED
         return jsonify({"ready": ready, "phase": phase.value}), 200 if ready else 503
 
-    @app.get("/metrics")
+    @app.get(protocol.METRICS_PATH)
     def prometheus() -> Response:
-        return Response(federation.prometheus(), mimetype="text/plain; version=0.0.4")
+        text = prometheus_text.exposition(federation.metrics())
+        return Response(text, mimetype=prometheus_text.CONTENT_TYPE)
 
-    @app.get("/v1/status")
+    @app.get(protocol.STATUS_PATH)
     def status() -> Response:
-        since = request.args.get("since")
-        return jsonify(federation.status(None if since is None else _int_arg("since")))
+        since = request.args.get(protocol.SINCE_PARAM)
+        return jsonify(federation.status(None if since is None else _int_arg(protocol.SINCE_PARAM)))
 
-    @app.post("/v1/join")
+    @app.post(protocol.JOIN_PATH)
     def join() -> Response:
         body = _json_body()
         return jsonify(federation.join(_str_field(body, "client_id")))
 
-    # Update bodies held in memory at once. Decoding, checking and adding one is CPU
-    # work that more threads cannot speed up, and each held body is a model's worth
-    # of memory: the rest wait with their bodies still spooled to disk by waitress,
-    # so the server's memory does not grow with the number of clients.
-    bodies_in_memory = threading.BoundedSemaphore(BODIES_IN_MEMORY)
+    bodies_in_memory = body_transport.memory_gate(config)
 
-    @app.post("/v1/initial")
+    @app.post(protocol.INITIAL_PATH)
     def initial() -> tuple[Response, int]:
         client_id = _client_id()
         with bodies_in_memory:
             accepted = federation.propose_initial(client_id, _weights_body(config))
         return jsonify({"accepted": accepted}), 201 if accepted else 200
 
-    @app.get("/v1/model")
+    @app.get(protocol.MODEL_PATH)
     def model() -> Response:
         client_id = _client_id()
-        server_round = _int_arg("round")
-        wait = _float_arg("wait", default=config.poll_timeout)
+        server_round = _int_arg(protocol.ROUND_PARAM)
+        wait = _float_arg(protocol.WAIT_PARAM, default=config.poll_timeout)
         answer = federation.wait_for_model(client_id, server_round, wait)
         if answer is None:
             return Response(status=204, headers={"Retry-After": "0"})
@@ -127,28 +115,28 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
             wrap_file(request.environ, body, buffer_size=SEND_PIECE),
             mimetype=wire.CONTENT_TYPE,
             headers={
-                "X-FL-Round": str(answer.server_round),
-                "X-FL-Phase": answer.phase.value,
-                "X-FL-Config": json.dumps(answer.config),
-                "X-FL-Wire-Dtype": config.wire_dtype,
+                protocol.ROUND_HEADER: str(answer.server_round),
+                protocol.PHASE_HEADER: answer.phase.value,
+                protocol.CONFIG_HEADER: json.dumps(answer.config),
+                protocol.WIRE_DTYPE_HEADER: config.wire_dtype,
             },
             direct_passthrough=True,
         )
         response.content_length = len(answer.body)
         return response
 
-    @app.post("/v1/update")
+    @app.post(protocol.UPDATE_PATH)
     def update() -> Response:
         client_id = _client_id()
-        server_round = _int_header("X-FL-Round")
-        num_examples = _int_header("X-FL-Num-Examples")
+        server_round = _int_header(protocol.ROUND_HEADER)
+        num_examples = _int_header(protocol.NUM_EXAMPLES_HEADER)
         metrics = _metrics_header()
         with bodies_in_memory:
             body = _weights_body(config)
             answer = federation.submit_update(client_id, server_round, num_examples, metrics, body)
         return jsonify(answer)
 
-    @app.post("/v1/evaluate")
+    @app.post(protocol.EVALUATE_PATH)
     def evaluate() -> Response:
         body = _json_body()
         result = federation.submit_evaluation(
@@ -159,7 +147,7 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
         )
         return jsonify(result)
 
-    @app.post("/v1/leave")
+    @app.post(protocol.LEAVE_PATH)
     def leave() -> Response:
         federation.leave(_str_field(_json_body(), "client_id"))
         return jsonify({"left": True})
@@ -168,9 +156,9 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
 
 def _client_id() -> str:
-    value = request.headers.get("X-FL-Client-Id")
+    value = request.headers.get(protocol.CLIENT_ID_HEADER)
     if not value:
-        raise BadRequest("missing header X-FL-Client-Id")
+        raise BadRequest(f"missing header {protocol.CLIENT_ID_HEADER}")
     return value
 
 
@@ -208,13 +196,14 @@ def _float_arg(name: str, default: float) -> float:
 
 
 def _metrics_header() -> dict[str, float]:
-    raw = request.headers.get("X-FL-Metrics", "{}")
+    name = protocol.METRICS_HEADER
+    raw = request.headers.get(name, "{}")
     if len(raw) > MAX_METRICS_HEADER:
-        raise BadRequest(f"header X-FL-Metrics is {len(raw)} bytes; at most {MAX_METRICS_HEADER}")
+        raise BadRequest(f"header {name} is {len(raw)} bytes; at most {MAX_METRICS_HEADER}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"header X-FL-Metrics is not JSON: {exc}") from None
+        raise BadRequest(f"header {name} is not JSON: {exc}") from None
     return _validated_metrics(value)
 
 
@@ -226,66 +215,8 @@ def _validated_metrics(value: Any) -> dict[str, float]:
 
 
 def _weights_body(config: ServerConfig) -> memoryview:
-    """The request body, read once into one buffer that the decoded arrays will view.
-
-    The buffer is a numpy allocation: numpy asks the kernel for huge pages, which
-    for a 40 MB body saves ~10,000 page faults over bytes or bytearray.
-    """
-    length = request.content_length
-    limit = config.max_update_bytes
-    if length is not None and length > limit:
-        raise TooLarge(f"body of {length} bytes exceeds max_update_bytes={limit}", limit=limit)
-    stream = request.stream
-    if length is None:
-        # Chunked transfer: the size is learnt by reading, so read in pieces up to the limit.
-        pieces, size = [], 0
-        while size <= limit:
-            piece = stream.read(min(BODY_PIECE, limit + 1 - size))
-            if not piece:
-                break
-            pieces.append(piece)
-            size += len(piece)
-        if size > limit:
-            raise TooLarge(f"body exceeds max_update_bytes={limit}", limit=limit)
-        return memoryview(bytearray(b"".join(pieces)))
-    source = request.environ.get("wsgi.input")
-    if isinstance(source, ReceivedBody) and source.array is not None and source.tell() == 0:
-        return memoryview(source.take_array())
-    spooled = _spooled_body(length)
-    if spooled is not None:
-        return spooled
-    view = memoryview(np.empty(length, dtype=np.uint8))
-    got = 0
-    while got < length:
-        count = stream.readinto(view[got:])
-        if not count:
-            break
-        got += count
-    if got != length:
-        raise BadRequest(f"body is truncated: {got} of {length} bytes arrived")
-    return view
-
-
-def _spooled_body(length: int) -> memoryview | None:
-    """The body as a private map of the file the server spooled it to: no copy at all.
-
-    waitress receives a large body into a temporary file before calling the app;
-    mapping that file (copy-on-write, so nothing we do reaches it) saves reading a
-    model-sized body into memory. None when the body is not such a file (small
-    bodies, cheroot's socket) or not exactly this body: then it is read as usual.
-    """
-    if length < MAP_BODIES_FROM:
-        return None
-    source = request.environ.get("wsgi.input")
-    try:
-        fd = source.fileno()  # type: ignore[union-attr]
-        if source.tell() != 0 or not stat.S_ISREG(os.fstat(fd).st_mode):  # type: ignore[union-attr]
-            return None
-        if os.fstat(fd).st_size != length:
-            return None
-        return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_COPY))
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        return None
+    """The request's model body, in one buffer (server/body_transport.py)."""
+    return body_transport.read_body(request, config.max_update_bytes)
 
 
 def _json_body() -> dict[str, Any]:

@@ -49,7 +49,8 @@ class ServerConfig:
         receive_slots: Large bodies (updates) received straight into memory at once;
             other uploads wait (TCP back-pressure). Each costs one update's size in
             memory; 0 spools every large body to a temporary file instead. Not used
-            with TLS (cheroot).
+            with TLS (cheroot). Also how many bodies the app decodes and folds at
+            once (at least one), with TLS too.
         slot_patience: Seconds an upload waits for a receive slot while none frees
             before it is received into a temporary file instead.
     """

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_kubeflow import protocol
+
 
 class RequestError(Exception):
     """A request the server refuses; nothing in the run changes."""
 
     status = 400
-    code = "bad_request"
+    code = protocol.BAD_REQUEST
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -17,36 +19,36 @@ class RequestError(Exception):
         self.details = details
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message, **self.details}
+        return protocol.error_body(self.code, self.message, **self.details)
 
 
 class BadRequest(RequestError):
-    status, code = 400, "bad_request"
+    status, code = 400, protocol.BAD_REQUEST
 
 
 class Unauthorized(RequestError):
-    status, code = 401, "unauthorized"
+    status, code = 401, protocol.UNAUTHORIZED
 
 
 class UnknownClient(RequestError):
-    status, code = 403, "unknown_client"
+    status, code = 403, protocol.UNKNOWN_CLIENT
 
 
 class WrongRound(RequestError):
-    status, code = 409, "wrong_round"
+    status, code = 409, protocol.WRONG_ROUND
 
 
 class Conflict(RequestError):
-    status, code = 409, "conflict"
+    status, code = 409, protocol.CONFLICT
 
 
 class RunFailed(RequestError):
-    status, code = 409, "run_failed"
+    status, code = 409, protocol.RUN_FAILED
 
 
 class TooLarge(RequestError):
-    status, code = 413, "too_large"
+    status, code = 413, protocol.TOO_LARGE
 
 
 class InvalidUpdate(RequestError):
-    status, code = 422, "invalid_update"
+    status, code = 422, protocol.INVALID_UPDATE

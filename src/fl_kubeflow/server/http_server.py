@@ -45,10 +45,8 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
         # Each client keeps a connection (often a long-poll) open: waitress's default
         # limit of 100 connections would stall a federation of 200. (Per loop.)
         connection_limit=config.connection_limit,
-        # Well above the app's own limit, so the app answers oversize bodies with a JSON
-        # reason; only absurd bodies meet waitress's plain-text 413. Bodies beyond the
-        # receive slots are spooled to disk, so this does not cost memory.
-        max_request_body_size=2 * config.max_update_bytes + 16 * 1024 * 1024,
+        # Bodies beyond the receive slots are spooled to disk, so this costs no memory.
+        max_request_body_size=_server_body_limit(config),
         channel_timeout=max(120, int(config.poll_timeout) + 30),
         # Our headers are small; a 64 KiB cap refuses header floods early.
         max_request_header_size=64 * 1024,
@@ -96,6 +94,15 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
     return RunningServer(int(first.effective_port), "http", close, slots)  # type: ignore[union-attr]
 
 
+def _server_body_limit(config: ServerConfig) -> int:
+    """The WSGI server's own body limit: well above the app's (max_update_bytes).
+
+    So the app answers oversize bodies with a JSON reason (413 too_large); only
+    absurd bodies meet the server's plain-text 413.
+    """
+    return 2 * config.max_update_bytes + 16 * 1024 * 1024
+
+
 def _run_loop(loop: Any, closing: threading.Event) -> None:
     # close() comes from another thread and may close a descriptor the loop is
     # selecting on: the EBADF that follows is the loop's end, not an error.
@@ -120,7 +127,7 @@ def _start_cheroot(app: Any, config: ServerConfig) -> RunningServer:
         server_name="fl-kubeflow",
     )
     server.max_request_header_size = 64 * 1024
-    server.max_request_body_size = 2 * config.max_update_bytes + 16 * 1024 * 1024
+    server.max_request_body_size = _server_body_limit(config)
     adapter = BuiltinSSLAdapter(str(config.tls_cert), str(config.tls_key))
     adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
     server.ssl_adapter = adapter

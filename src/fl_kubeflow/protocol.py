@@ -1,0 +1,72 @@
+"""The names both ends of protocol v1 agree on: paths, headers, phases and error codes.
+
+Imported by the server (``server/app.py``, ``server/errors.py``) and the client
+(``client/federated_client.py``, ``client/transport.py``) alike, so it imports
+neither, nor anything beyond the standard library. What the names mean is in
+docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+# Paths. Everything under /v1 belongs to a run (and needs the token, when there is one).
+RUN_PREFIX = "/v1/"
+JOIN_PATH = "/v1/join"
+INITIAL_PATH = "/v1/initial"
+MODEL_PATH = "/v1/model"
+UPDATE_PATH = "/v1/update"
+EVALUATE_PATH = "/v1/evaluate"
+LEAVE_PATH = "/v1/leave"
+STATUS_PATH = "/v1/status"
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+METRICS_PATH = "/metrics"
+
+# Query parameters: of GET /v1/model (round, wait) and GET /v1/status (since).
+ROUND_PARAM = "round"
+WAIT_PARAM = "wait"
+SINCE_PARAM = "since"
+
+# Headers.
+CLIENT_ID_HEADER = "X-FL-Client-Id"
+ROUND_HEADER = "X-FL-Round"
+NUM_EXAMPLES_HEADER = "X-FL-Num-Examples"
+METRICS_HEADER = "X-FL-Metrics"
+PHASE_HEADER = "X-FL-Phase"
+CONFIG_HEADER = "X-FL-Config"
+WIRE_DTYPE_HEADER = "X-FL-Wire-Dtype"
+
+
+class Phase(str, Enum):
+    """Where a run is: in ``X-FL-Phase``, /v1/status and /readyz."""
+
+    WAITING = "waiting"
+    FIT = "fit"
+    AGGREGATING = "aggregating"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+# Error codes: the ``error`` of a refusal's JSON body.
+BAD_REQUEST = "bad_request"
+UNAUTHORIZED = "unauthorized"
+UNKNOWN_CLIENT = "unknown_client"
+WRONG_ROUND = "wrong_round"
+CONFLICT = "conflict"
+RUN_FAILED = "run_failed"
+TOO_LARGE = "too_large"
+INVALID_UPDATE = "invalid_update"
+INTERNAL = "internal"
+# What a client calls a refusal whose body names no code (not JSON, or not ours).
+HTTP_ERROR = "http_error"
+
+# A refusal's JSON body: {ERROR_FIELD: code, MESSAGE_FIELD: reason, ...details}.
+ERROR_FIELD = "error"
+MESSAGE_FIELD = "message"
+
+
+def error_body(code: str, message: str | None, **details: Any) -> dict[str, Any]:
+    """The JSON body of a refusal."""
+    return {ERROR_FIELD: code, MESSAGE_FIELD: message, **details}

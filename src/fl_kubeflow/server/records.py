@@ -1,0 +1,131 @@
+"""What a run keeps about its clients, its rounds and its requests.
+
+Plain records, no lock: the Federation reads and changes them under its own.
+A round's record is what history.json shows of it and what a checkpoint saves
+(``to_state``/``from_state``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from fl_kubeflow.metrics import WeightedMetrics
+from fl_kubeflow.server.errors import BadRequest
+
+if TYPE_CHECKING:
+    from fl_kubeflow.strategies import RoundAggregator
+
+CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Refusals kept per round in the history: a misbehaving client must not grow it forever.
+MAX_REFUSALS_KEPT = 100
+
+
+def now_iso() -> str:
+    """The time now, as the history writes it (UTC, milliseconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def check_client_id(client_id: str) -> str:
+    """``client_id`` if it is a valid id (1-63 letters, digits, '.', '_', '-'); else 400."""
+    if not CLIENT_ID.match(client_id or ""):
+        raise BadRequest(
+            f"client id {client_id!r} must be 1-63 characters of letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        )
+    return client_id
+
+
+@dataclass
+class ClientRecord:
+    """A client that joined: whether it takes part, has left, has heard how the run ended."""
+
+    joined_at: float
+    active: bool = True
+    left: bool = False
+    told_end: bool = False
+
+
+@dataclass
+class RoundRecord:
+    """One round, from its opening to its aggregate (and then in the history)."""
+
+    number: int
+    started_mono: float
+    started_at: str
+    aggregator: RoundAggregator | None
+    # Who was asked to train (client sampling) and to evaluate the model before it.
+    sampled: list[str] = field(default_factory=list)
+    eval_sampled: list[str] = field(default_factory=list)
+    train: WeightedMetrics = field(default_factory=WeightedMetrics)
+    num_examples: int = 0
+    strategy_report: dict[str, Any] = field(default_factory=dict)
+    contributors: dict[str, int] = field(default_factory=dict)
+    # Clients whose update is being folded in now (outside the lock).
+    folding: set[str] = field(default_factory=set)
+    refused: list[dict[str, str]] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration_s: float | None = None
+
+    def refuse(self, client_id: str, reason: str) -> None:
+        """Note a refused request of this round (up to MAX_REFUSALS_KEPT)."""
+        if len(self.refused) < MAX_REFUSALS_KEPT:
+            self.refused.append({"client": client_id, "reason": reason})
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "started_at": self.started_at,
+            "sampled": self.sampled,
+            "strategy_report": self.strategy_report,
+            "train": self.train.to_state(),
+            "num_examples": self.num_examples,
+            "contributors": self.contributors,
+            "refused": self.refused,
+            "timed_out": self.timed_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_s": self.duration_s,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RoundRecord:
+        return cls(
+            number=int(state["number"]),
+            started_mono=0.0,
+            started_at=state["started_at"],
+            aggregator=None,
+            sampled=list(state.get("sampled", [])),
+            strategy_report=dict(state.get("strategy_report", {})),
+            train=WeightedMetrics.from_state(state["train"]),
+            num_examples=int(state["num_examples"]),
+            contributors=dict(state["contributors"]),
+            refused=list(state["refused"]),
+            timed_out=list(state["timed_out"]),
+            bytes_in=int(state["bytes_in"]),
+            bytes_out=int(state["bytes_out"]),
+            duration_s=state["duration_s"],
+        )
+
+
+@dataclass
+class Counters:
+    """Request totals since the server started, for /metrics."""
+
+    updates_accepted: int = 0
+    updates_duplicate: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    # Refused requests by reason (an error code, or a finer reason such as stale_round).
+    rejections: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+    def copy(self) -> Counters:
+        """A copy that later requests do not change."""
+        return replace(self, rejections=dict(self.rejections))

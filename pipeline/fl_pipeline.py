@@ -191,8 +191,8 @@ def build_pipeline(
             seed: Seed for the data split and the initial weights.
             server_address: Server URL for the clients; empty means this run's in-cluster Service.
             initial_model_uri: URI of an earlier run's trained_model to start from; empty: none.
-            checkpoint_pvc: PVC to checkpoint every round on; a failed server pod is then
-                retried and resumes. Empty: no checkpoints.
+            checkpoint_pvc: PVC to checkpoint every round on; a crashed server process is
+                then restarted in its pod, a lost pod retried, both resuming. Empty: none.
             server_cpu_request: CPU the server pod requests, e.g. 500m (Kubernetes quantity).
             server_cpu_limit: Most CPU the server pod may use, e.g. 2.
             server_memory_request: Memory the server pod requests, e.g. 1Gi.

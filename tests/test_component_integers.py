@@ -17,7 +17,7 @@ import pytest
 from components import build_components
 from fl_kubeflow.tasks import ParameterError, integer_param, integer_params
 from fl_kubeflow.tasks.params import MAX_EXACT_INTEGER
-from tests.fl_processes import free_port
+from tests.ports import free_port
 from tests.kfp_executor import run_executor
 
 COMPONENTS = build_components()

@@ -25,7 +25,8 @@ from fl_kubeflow import wire
 from fl_kubeflow.auth import new_token
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.tasks.server_process import ServerProcessError, serve_in_child
-from tests.fl_processes import free_port, start_delta_clients, wait_all
+from tests.fl_processes import start_delta_clients, wait_all
+from tests.ports import free_port
 from tests.process_tree import SERVER_PROCESS, descendants_running, wait_for_one, wait_gone
 
 WAIT = 60.0  # for a child to start or go, on two shared cores

@@ -17,8 +17,8 @@ import pytest
 from components import build_components
 from fl_kubeflow.tasks import ParameterError, integer_param, integer_params
 from fl_kubeflow.tasks.params import MAX_EXACT_INTEGER
-from tests.ports import free_port
 from tests.kfp_executor import run_executor
+from tests.ports import free_port
 
 COMPONENTS = build_components()
 EXECUTOR_TIMEOUT = 180.0  # one Python start-up with kfp imported, on two shared cores

@@ -2,13 +2,14 @@
 
 The task's child-process supervisor kills a server process that outlives one attempt,
 and the pipeline sizes its retry deadline (Argo's ``backoff.maxDuration``, counted from
-the first attempt's start) from the whole task. Only ``server.config`` is imported, so
-the pipeline can use this at compile time.
+the first attempt's start) from the whole task. Only ``defaults`` is imported: the
+pipeline uses this at compile time, and a client pod imports this package without
+pulling in server code.
 """
 
 from __future__ import annotations
 
-from fl_kubeflow.server.config import ServerConfig
+from fl_kubeflow import defaults
 
 # Interpreter start-up, imports and binding, on top of the federation's own timeouts.
 START_ALLOWANCE = 60.0
@@ -22,7 +23,7 @@ def attempt_seconds(
     num_rounds: int,
     join_timeout: float,
     round_timeout: float,
-    grace_period: float = ServerConfig.grace_period,
+    grace_period: float = defaults.GRACE_PERIOD,
 ) -> float:
     """Longest one server process can run: start-up, joining, every round, the grace period.
 

@@ -235,28 +235,25 @@ def build_executor_input(
 ) -> dict[str, Any]:
     """The ExecutorInput the launcher substitutes for ``{{$}}``, numbers as protojson writes.
 
-    Defaults of inputs the task does not bind are added (``addDefaultParams``): the
-    placeholders, ``{{$}}`` included, are compiled from that copy.
+    Every input the task binds is passed (``resolveInputs`` does not filter by the
+    component's definitions: pipeline channels used only for pod-spec fields ride along);
+    a value for a STRING input that is not a string becomes its JSON text; defaults of
+    inputs the task does not bind are added (``addDefaultParams``: the placeholders,
+    ``{{$}}`` included, are compiled from that copy).
     """
-    definitions = component.get("inputDefinitions", {})
-    values = {
-        name: scope.parameters[name]
-        for name in definitions.get("parameters", {})
-        if name in scope.parameters
-    }
-    for name, definition in definitions.get("parameters", {}).items():
-        if name not in values and "defaultValue" in definition:
-            values[name] = definition["defaultValue"]
+    definitions = component.get("inputDefinitions", {}).get("parameters", {})
+    values = dict(scope.parameters)
+    for name, definition in definitions.items():
+        if name not in values:
+            if "defaultValue" in definition:
+                values[name] = definition["defaultValue"]
+        elif definition.get("parameterType") == "STRING" and not isinstance(values[name], str):
+            values[name] = json.dumps(to_protojson(values[name]), separators=(",", ":"))
     inputs: dict[str, Any] = {}
     if values:
         inputs["parameterValues"] = to_protojson(values)
-    artifacts = {
-        name: {"artifacts": [scope.artifacts[name]]}
-        for name in definitions.get("artifacts", {})
-        if name in scope.artifacts
-    }
-    if artifacts:
-        inputs["artifacts"] = artifacts
+    if scope.artifacts:
+        inputs["artifacts"] = {name: {"artifacts": [a]} for name, a in scope.artifacts.items()}
     return {"inputs": inputs, "outputs": outputs}
 
 

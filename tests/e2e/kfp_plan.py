@@ -123,6 +123,7 @@ class ContainerPlan:
             kubernetes_config=self.kubernetes_config,
             resolve=self.resolve,
             placement=placement,
+            parameters=self.executor_input["inputs"].get("parameterValues", {}),
             # KFP_RETRY_INDEX is {{retries}}, set only on tasks with a retry policy.
             retry_index=attempt if self.task.get("retryPolicy") else None,
             active_deadline_seconds=active_deadline_seconds,

@@ -6,7 +6,8 @@ What is reproduced, and from where in kubeflow/pipelines 2.17.0:
   launcher's placeholders substituted (the launcher itself is not run: see kfp_runner),
   ``restartPolicy: Never`` (Argo);
 * resources exactly as the IR states them (``driver.go`` ``getPodResource``: the
-  ``resource*`` strings first, else the old float fields, memory as ``%vG``);
+  ``resource*`` strings first, a ``{{$.inputs.parameters[...]}}`` one taken from the
+  task's inputs, else the old float fields, memory as ``%vG``);
 * env: ``KFP_POD_NAME``/``KFP_POD_UID`` (Argo template ``commonEnvs``), ``KFP_RETRY_INDEX`` on
   tasks with a retry policy, the IR's container env, ``fieldPathAsEnv``, ``secretAsEnv``
   (``driver/k8s.go``);
@@ -21,6 +22,7 @@ What is reproduced, and from where in kubeflow/pipelines 2.17.0:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,19 +63,32 @@ class PodPlacement:
     image_pull_policy: str = "IfNotPresent"
 
 
-def _quantity(new: str | None, old: float | None, unit: str) -> str | None:
+_INPUT_CHANNEL = re.compile(r"\$\.inputs\.parameters\['(.+?)'\]")
+
+
+def _quantity(
+    new: str | None, old: float | None, unit: str, parameters: dict[str, Any]
+) -> str | None:
     if new:
-        if "{{" in new:
-            raise UnsupportedFeature(f"a resource given as a run-time parameter: {new!r}")
-        return new
+        channel = _INPUT_CHANNEL.search(new)
+        if channel is None:
+            return new
+        # resolvePodSpecInputRuntimeParameter: the whole field becomes the parameter's
+        # string value (a number there would be "", which the driver then refuses).
+        value = parameters.get(channel.group(1))
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"resource {new!r}: parameter value {value!r} is not a quantity")
+        return value
     if old:
         # Go's %v of a float64: the shortest form, no trailing ".0".
         return repr(float(old)).removesuffix(".0") + unit
     return None
 
 
-def container_resources(container: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Requests and limits as the driver derives them from the IR, unchanged."""
+def container_resources(
+    container: dict[str, Any], parameters: dict[str, Any] | None = None
+) -> dict[str, dict[str, str]]:
+    """Requests and limits as the driver derives them from the IR and the task's inputs."""
     spec = container.get("resources", {})
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
@@ -83,7 +98,7 @@ def container_resources(container: dict[str, Any]) -> dict[str, dict[str, str]]:
         (limits, "cpu", "resourceCpuLimit", "cpuLimit", ""),
         (requests, "cpu", "resourceCpuRequest", "cpuRequest", ""),
     ):
-        value = _quantity(spec.get(new_key), spec.get(old_key), unit)
+        value = _quantity(spec.get(new_key), spec.get(old_key), unit, parameters or {})
         if value is not None:
             target[kind] = value
     if spec.get("accelerator"):
@@ -124,6 +139,7 @@ def build_pod(
     kubernetes_config: dict[str, Any],
     resolve: Callable[[Any], Any],
     placement: PodPlacement,
+    parameters: dict[str, Any] | None = None,
     retry_index: int | None = None,
     active_deadline_seconds: int | None = None,
     extra_labels: dict[str, str] | None = None,
@@ -131,7 +147,8 @@ def build_pod(
     """The Pod manifest (a dict the kubernetes client accepts) for one attempt of a task.
 
     ``resolve`` turns a ``TaskInputsSpec.InputParameterSpec`` (as kfp-kubernetes writes
-    for parameter-valued names) into its value, as the driver does from the parent DAG.
+    for parameter-valued names) into its value, as the driver does from the parent DAG;
+    ``parameters`` are the ExecutorInput's values, for resources given as parameters.
     """
     unknown = sorted(set(kubernetes_config) - HANDLED_KUBERNETES_KEYS)
     if unknown:
@@ -193,7 +210,7 @@ def build_pod(
         "volumeMounts": mounts,
         "imagePullPolicy": kubernetes_config.get("imagePullPolicy") or placement.image_pull_policy,
     }
-    resources = container_resources(container)
+    resources = container_resources(container, parameters)
     if resources:
         main["resources"] = resources
     spec: dict[str, Any] = {

@@ -35,7 +35,7 @@ exit-hook mechanics, pod GC), the KFP API server, UI and MLMD (no lineage, no ru
 MinIO uploads and downloads (a hostPath mounted at ``/minio`` in every pod stands in for the
 store, so artifacts are files on the node), caching, DAG outputs and
 ``taskFinalStatus``, artifact iterators, ``dsl.Collected``, ``IfPresent``/``Concat``
-argument clauses, run-time parameterised resources, kfp-kubernetes features other than pod
+argument clauses, kfp-kubernetes features other than pod
 labels/annotations, field-path env, secrets, PVC mounts, pull policy and ``set_timeout``
 (an unsupported feature raises ``UnsupportedFeature`` instead of being ignored), Argo's
 ``failedPodRestart`` and ``OnTransientError``, run termination from the UI and "Retry run",
@@ -477,10 +477,11 @@ class KfpRunner:
 
         def iterate(index: int, item: Any) -> None:
             with gate:
-                scope = Scope(
-                    parameters={**inputs.parameters, iterator["itemInput"]: item},
-                    artifacts=dict(inputs.artifacts),
-                )
+                # The iteration driver: the loop's inputs, the items swapped for the item.
+                parameters = dict(inputs.parameters)
+                parameters.pop(source.get("inputParameter", ""), None)
+                parameters[iterator["itemInput"]] = item
+                scope = Scope(parameters=parameters, artifacts=dict(inputs.artifacts))
                 try:
                     results[index], _ = self._dag(run, component, scope, f"{path}[{index}]", index)
                 except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -54,6 +55,12 @@ def _plan(ir: PipelineIR, run: RunInfo, arguments: dict, path: list) -> Containe
     name, task, inputs, parent = descend(ir, pipeline_arguments(ir.root, arguments), path, run)
     iteration = path[-2] if len(path) > 1 and isinstance(path[-2], int) else None
     return ContainerPlan.make(ir, name, task, inputs, parent, run, iteration=iteration)
+
+
+def _quantity(field: object, values: dict) -> object:
+    # A resource the IR gives as a pipeline parameter is that parameter's value.
+    match = re.fullmatch(r"\{\{\$\.inputs\.parameters\['(.+)'\]\}\}", str(field))
+    return values[match.group(1)] if match else field
 
 
 def _env(pod: dict) -> dict[str, dict]:
@@ -126,7 +133,7 @@ def test_the_server_with_checkpoints_is_the_branch_taken_and_its_pod_matches_the
     mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
     assert mounts["fl-ckpt"] == "/fl-checkpoint"
     assert mounts["kfp-artifact-store"] == "/minio"
-    spec = plan.container["resources"]
+    spec = {k: _quantity(v, values) for k, v in plan.container["resources"].items()}
     assert pod["spec"]["containers"][0]["resources"] == {
         "limits": {"cpu": spec["resourceCpuLimit"], "memory": spec["resourceMemoryLimit"]},
         "requests": {"cpu": spec["resourceCpuRequest"], "memory": spec["resourceMemoryRequest"]},

@@ -15,7 +15,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from components import DEFAULT_IMAGE
-from pipeline import compile_pipeline
+from pipeline import CLIENT_RESOURCES, SERVER_RESOURCES, PodResources, compile_pipeline
+from pipeline.fl_pipeline import FIELDS
+
+DEFAULT_RESOURCES = {"server": SERVER_RESOURCES, "client": CLIENT_RESOURCES}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,9 +33,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_IMAGE,
         help="container image every component runs in (built from images/Dockerfile)",
     )
+    resources = parser.add_argument_group(
+        "pod resources",
+        "defaults of the pipeline's <role>_cpu_request ... parameters (a run may change them); "
+        "Kubernetes quantities such as 500m, 2, 512Mi, 4Gi",
+    )
+    for role, defaults in DEFAULT_RESOURCES.items():
+        for name in FIELDS:
+            resources.add_argument(
+                f"--{role}-{name.replace('_', '-')}",
+                default=getattr(defaults, name),
+                help=f"{name.replace('_', ' ')} of the {role} pod"
+                + (" (each of them)" if role == "client" else ""),
+            )
     args = parser.parse_args(argv)
     try:
-        written = compile_pipeline(args.output, args.image)
+        server, client = (
+            PodResources(**{name: getattr(args, f"{role}_{name}") for name in FIELDS})
+            for role in DEFAULT_RESOURCES
+        )
+        written = compile_pipeline(args.output, args.image, server, client)
     except ValueError as exc:
         parser.error(str(exc))
     print(f"wrote {written} (image {args.image})")

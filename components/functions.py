@@ -25,7 +25,7 @@ def client_ids(num_clients: int) -> list[int]:
     """
     from fl_kubeflow.tasks import client_ids as ids
 
-    return ids(num_clients)
+    return ids(num_clients)  # accepts an integral float, as every integer input here
 
 
 def fl_server(
@@ -90,10 +90,20 @@ def fl_server(
     """
     import logging
 
-    from fl_kubeflow.tasks import run_server_task
+    from fl_kubeflow.tasks import integer_params, run_server_task
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # KFP may deliver an integer parameter as an integral float (8080.0): see tasks.params.
+    num_clients, num_rounds, min_clients, port, local_epochs, batch_size, seed = integer_params(
+        num_clients=num_clients,
+        num_rounds=num_rounds,
+        min_clients=min_clients,
+        port=port,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        seed=seed,
     )
     result = run_server_task(
         run_id=run_id,
@@ -178,10 +188,19 @@ def fl_client(
     """
     import logging
 
-    from fl_kubeflow.tasks import run_client_task
+    from fl_kubeflow.tasks import integer_params, run_client_task
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # KFP may deliver an integer parameter as an integral float (8080.0): see tasks.params.
+    client_id, num_clients, port, local_epochs, batch_size, seed = integer_params(
+        client_id=client_id,
+        num_clients=num_clients,
+        port=port,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        seed=seed,
     )
     result = run_client_task(
         run_id=run_id,

@@ -15,10 +15,14 @@ because an importer cannot take an empty URI).
 No ``from __future__ import annotations``: KFP reads the pipeline's annotations as objects.
 """
 
+from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Model
+from kubernetes.utils import parse_quantity
 
 from components import DEFAULT_IMAGE, FLComponents, build_components
 from fl_kubeflow import defaults
@@ -30,20 +34,61 @@ NAMESPACE_ENV = "POD_NAMESPACE"
 CHECKPOINT_MOUNT = "/fl-checkpoint"
 SERVER_RETRIES = 3
 
-# Static: the SDK can compile parameterised resources, but only recent KFP backends resolve
-# them at run time; literal values work on every v2 backend. The server only averages
-# weights, but exports model.keras through TensorFlow at the end; clients train. Raise these
-# (and recompile) for CNNs on cifar10 or larger models.
-SERVER_RESOURCES = {"cpu": ("500m", "2"), "memory": ("1Gi", "4Gi")}
-CLIENT_RESOURCES = {"cpu": ("1", "2"), "memory": ("1Gi", "4Gi")}
+
+def _quantity(name: str, value: str) -> Decimal:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a Kubernetes quantity such as '500m' or '2Gi'")
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        raise ValueError(
+            f"{name} {value!r} is not a Kubernetes quantity (e.g. '500m', '2', '512Mi', '4Gi')"
+        ) from None
 
 
-def _resources(task: dsl.PipelineTask, resources: dict[str, tuple[str, str]]) -> None:
-    """Set (request, limit) for CPU and memory."""
-    cpu_request, cpu_limit = resources["cpu"]
-    memory_request, memory_limit = resources["memory"]
-    task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
-    task.set_memory_request(memory_request).set_memory_limit(memory_limit)
+@dataclass(frozen=True)
+class PodResources:
+    """CPU and memory of one kind of pod, as Kubernetes quantities (``"500m"``, ``"4Gi"``).
+
+    They are the defaults of the pipeline's ``<role>_cpu_request`` ... parameters: a run
+    can change them in the KFP UI (the backend's driver resolves them when it makes the
+    pod), and ``compile.py --server-cpu-request ...`` bakes other defaults in.
+    """
+
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+
+    def __post_init__(self) -> None:
+        for kind in ("cpu", "memory"):
+            request = _quantity(f"{kind}_request", getattr(self, f"{kind}_request"))
+            limit = _quantity(f"{kind}_limit", getattr(self, f"{kind}_limit"))
+            if request > limit:
+                raise ValueError(
+                    f"{kind} request {getattr(self, f'{kind}_request')!r} exceeds its limit "
+                    f"{getattr(self, f'{kind}_limit')!r}: Kubernetes refuses such a pod"
+                )
+
+
+FIELDS = tuple(f.name for f in fields(PodResources))
+
+# The server only averages weights, but exports model.keras through TensorFlow at the end;
+# clients train. Raise these for CNNs on cifar10 or larger models; lower them to fit a
+# small node (the requests of the server and N clients must fit at once, plus KFP's drivers).
+SERVER_RESOURCES = PodResources("500m", "2", "1Gi", "4Gi")
+CLIENT_RESOURCES = PodResources("1", "2", "1Gi", "4Gi")
+
+
+def _resources(task: dsl.PipelineTask, resources: dict[str, Any]) -> None:
+    """Set (request, limit) for CPU and memory from the pipeline's resource parameters."""
+    task.set_cpu_request(resources["cpu_request"]).set_cpu_limit(resources["cpu_limit"])
+    task.set_memory_request(resources["memory_request"])
+    task.set_memory_limit(resources["memory_limit"])
+    # kfp 2.17's resource setters do not register their parameters with the task (its image
+    # setter does), so a task inside a condition, loop or exit handler would reference
+    # inputs its enclosing DAGs never declare: register them, as set_container_image does.
+    task.register_pipeline_channels(list(resources.values()))
 
 
 def _namespace_env(task: dsl.PipelineTask) -> None:
@@ -51,8 +96,16 @@ def _namespace_env(task: dsl.PipelineTask) -> None:
     kubernetes.use_field_path_as_env(task, NAMESPACE_ENV, "metadata.namespace")
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE):
-    """The pipeline function with every component using ``image``."""
+def build_pipeline(
+    image: str = DEFAULT_IMAGE,
+    server_resources: PodResources = SERVER_RESOURCES,
+    client_resources: PodResources = CLIENT_RESOURCES,
+):
+    """The pipeline function with every component using ``image``.
+
+    ``server_resources`` and ``client_resources`` are the defaults of the pipeline's
+    resource parameters (``server_cpu_request`` ... ``client_memory_limit``).
+    """
     comps: FLComponents = build_components(image)
 
     @dsl.pipeline(name=PIPELINE_NAME)
@@ -75,6 +128,14 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         server_address: str = "",
         initial_model_uri: str = "",
         checkpoint_pvc: str = "",
+        server_cpu_request: str = server_resources.cpu_request,
+        server_cpu_limit: str = server_resources.cpu_limit,
+        server_memory_request: str = server_resources.memory_request,
+        server_memory_limit: str = server_resources.memory_limit,
+        client_cpu_request: str = client_resources.cpu_request,
+        client_cpu_limit: str = client_resources.cpu_limit,
+        client_memory_request: str = client_resources.memory_request,
+        client_memory_limit: str = client_resources.memory_limit,
     ):
         """Federated learning: an aggregation server and N clients training together.
 
@@ -100,7 +161,29 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             initial_model_uri: URI of an earlier run's trained_model to start from; empty: none.
             checkpoint_pvc: PVC to checkpoint every round on; a failed server pod is then
                 retried and resumes. Empty: no checkpoints.
+            server_cpu_request: CPU the server pod requests, e.g. 500m (Kubernetes quantity).
+            server_cpu_limit: Most CPU the server pod may use, e.g. 2.
+            server_memory_request: Memory the server pod requests, e.g. 1Gi.
+            server_memory_limit: Most memory the server pod may use, e.g. 4Gi.
+            client_cpu_request: CPU each client pod requests, e.g. 1.
+            client_cpu_limit: Most CPU each client pod may use, e.g. 2.
+            client_memory_request: Memory each client pod requests, e.g. 1Gi.
+            client_memory_limit: Most memory each client pod may use, e.g. 4Gi.
         """
+        server_pod = dict(
+            zip(
+                FIELDS,
+                (server_cpu_request, server_cpu_limit, server_memory_request, server_memory_limit),
+                strict=True,
+            )
+        )
+        client_pod = dict(
+            zip(
+                FIELDS,
+                (client_cpu_request, client_cpu_limit, client_memory_request, client_memory_limit),
+                strict=True,
+            )
+        )
         cleanup = comps.cleanup(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         cleanup.set_display_name("fl-cleanup")
         cleanup.set_caching_options(False)
@@ -138,7 +221,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                     # A replacement pod resumes from the checkpoint; clients wait for it.
                     task.set_retry(num_retries=SERVER_RETRIES, backoff_duration="10s")
                 task.set_caching_options(False)
-                _resources(task, SERVER_RESOURCES)
+                _resources(task, server_pod)
                 kubernetes.add_pod_label(task, SERVER_ROLE_LABEL, SERVER_ROLE)
                 _namespace_env(task)
 
@@ -179,7 +262,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 )
                 client.set_display_name("fl-client")
                 client.set_caching_options(False)
-                _resources(client, CLIENT_RESOURCES)
+                _resources(client, client_pod)
                 kubernetes.add_pod_label(client, SERVER_ROLE_LABEL, CLIENT_ROLE)
                 _namespace_env(client)
 
@@ -189,9 +272,19 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
 fl_pipeline = build_pipeline(DEFAULT_IMAGE)
 
 
-def compile_pipeline(output: str | Path = "fl_pipeline.yaml", image: str = DEFAULT_IMAGE) -> Path:
-    """Compile the pipeline for ``image`` into ``output``; the same inputs give the same bytes."""
+def compile_pipeline(
+    output: str | Path = "fl_pipeline.yaml",
+    image: str = DEFAULT_IMAGE,
+    server_resources: PodResources = SERVER_RESOURCES,
+    client_resources: PodResources = CLIENT_RESOURCES,
+) -> Path:
+    """Compile the pipeline into ``output``; the same inputs give the same bytes.
+
+    ``image`` is every component's image; the resources are the defaults of the
+    pipeline's resource parameters (see ``build_pipeline``).
+    """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), package_path=str(output))
+    pipeline = build_pipeline(image, server_resources, client_resources)
+    compiler.Compiler().compile(pipeline, package_path=str(output))
     return output

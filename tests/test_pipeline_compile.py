@@ -56,6 +56,20 @@ EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "server_address": ("STRING", ""),
     "initial_model_uri": ("STRING", ""),
     "checkpoint_pvc": ("STRING", ""),
+    "server_cpu_request": ("STRING", "500m"),
+    "server_cpu_limit": ("STRING", "2"),
+    "server_memory_request": ("STRING", "1Gi"),
+    "server_memory_limit": ("STRING", "4Gi"),
+    "client_cpu_request": ("STRING", "1"),
+    "client_cpu_limit": ("STRING", "2"),
+    "client_memory_request": ("STRING", "1Gi"),
+    "client_memory_limit": ("STRING", "4Gi"),
+}
+RESOURCE_KEYS = {
+    "resourceCpuRequest": "cpu_request",
+    "resourceCpuLimit": "cpu_limit",
+    "resourceMemoryRequest": "memory_request",
+    "resourceMemoryLimit": "memory_limit",
 }
 
 
@@ -257,15 +271,72 @@ def test_kubernetes_section_labels_the_server_and_exposes_the_namespace(
         ]
 
 
-def test_resources_are_set_on_server_and_clients(spec: dict) -> None:
+def test_resources_are_pipeline_parameters_of_server_and_clients(spec: dict) -> None:
+    # The driver resolves these placeholders from the task's inputs when it makes the pod.
     containers = spec["deploymentSpec"]["executors"]
-    for component in (*server_components(spec), "comp-fl-client"):
+    for component, role in [(c, "server") for c in server_components(spec)] + [
+        ("comp-fl-client", "client")
+    ]:
         label = spec["components"][component]["executorLabel"]
         resources = containers[label]["container"]["resources"]
-        for key in ("resourceCpuRequest", "resourceCpuLimit"):
-            assert resources[key], f"{component}: {key}"
-        for key in ("resourceMemoryRequest", "resourceMemoryLimit"):
-            assert resources[key].endswith("Gi"), f"{component}: {key}"
+        assert resources == {
+            key: f"{{{{$.inputs.parameters['pipelinechannel--{role}_{name}']}}}}"
+            for key, name in RESOURCE_KEYS.items()
+        }, component
+        for dag_name, _, task in tasks_of(spec, component):
+            inputs = task["inputs"]["parameters"]
+            for name in RESOURCE_KEYS.values():
+                channel = f"pipelinechannel--{role}_{name}"
+                # Passed down from the root parameter of that name, through every DAG.
+                assert inputs[channel]["componentInputParameter"] == channel
+                for enclosing in ancestors(spec, dag_name)[:-1]:
+                    _, _, wrapper = parent_of(spec, enclosing)
+                    source = wrapper["inputs"]["parameters"][channel]["componentInputParameter"]
+                    assert source in (channel, f"{role}_{name}")
+
+
+def test_every_input_a_task_takes_is_declared_where_it_comes_from(spec: dict) -> None:
+    # What the driver resolves: a task's componentInputParameter must be an input of the
+    # DAG the task sits in, and a placeholder in a constant must name an input of the task.
+    placeholder = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
+    for dag_name, dag in dags(spec):
+        owner = spec["root"] if dag_name == "root" else spec["components"][dag_name]
+        declared = owner.get("inputDefinitions", {}).get("parameters", {})
+        for task_name, task in dag["tasks"].items():
+            inputs = task.get("inputs", {}).get("parameters", {})
+            for name, value in inputs.items():
+                source = value.get("componentInputParameter")
+                assert source is None or source in declared, f"{dag_name}/{task_name}: {name}"
+                constant = value.get("runtimeValue", {}).get("constant")
+                for used in placeholder.findall(constant if isinstance(constant, str) else ""):
+                    assert used in inputs, f"{dag_name}/{task_name}: {name} uses {used}"
+
+
+def test_resource_defaults_are_compile_options_and_checked(spec: dict, tmp_path: Path) -> None:
+    options = ["--server-cpu-request", "100m", "--client-memory-limit", "1536Mi"]
+    other = next(yaml.safe_load_all(compile_to(tmp_path / "small.yaml", *options).read_text()))
+    params = other["root"]["inputDefinitions"]["parameters"]
+    assert params["server_cpu_request"]["defaultValue"] == "100m"
+    assert params["client_memory_limit"]["defaultValue"] == "1536Mi"
+    # Only those two defaults differ from the default compilation.
+    for name, value in params.items():
+        if name not in ("server_cpu_request", "client_memory_limit"):
+            assert value == spec["root"]["inputDefinitions"]["parameters"][name], name
+    assert other["deploymentSpec"] == spec["deploymentSpec"]
+    for bad, message in [
+        (["--server-cpu-request", "2 cores"], "'2 cores' is not a Kubernetes quantity"),
+        (["--client-memory-request", "8Gi"], "memory request '8Gi' exceeds its limit '4Gi'"),
+        (["--server-cpu-limit", ""], "cpu_limit must be a Kubernetes quantity"),
+    ]:
+        output = tmp_path / "bad.yaml"
+        done = subprocess.run(
+            [sys.executable, str(REPO / "compile.py"), "--output", str(output), *bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert not output.exists()
 
 
 def _container_images(spec: dict) -> set[str]:

@@ -13,6 +13,7 @@ from fl_kubeflow.tasks.client_task import (
     resolve_server_address,
     run_client_task,
 )
+from fl_kubeflow.tasks.params import ParameterError, integer_param, integer_params
 from fl_kubeflow.tasks.server_task import (
     ServerTaskError,
     ServerTaskResult,
@@ -22,9 +23,12 @@ from fl_kubeflow.tasks.server_task import (
 __all__ = [
     "ClientTaskError",
     "ClientTaskResult",
+    "ParameterError",
     "ServerTaskError",
     "ServerTaskResult",
     "client_ids",
+    "integer_param",
+    "integer_params",
     "resolve_server_address",
     "run_cleanup_task",
     "run_client_task",

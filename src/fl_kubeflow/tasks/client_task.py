@@ -18,6 +18,7 @@ from fl_kubeflow.auth import TOKEN_ENV, auth_headers, read_token
 from fl_kubeflow.kube.naming import DEFAULT_PORT, server_url
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, discover_server_url
 from fl_kubeflow.kube.token_secret import fetch_run_token
+from fl_kubeflow.tasks.params import integer_param
 
 log = logging.getLogger("fl_kubeflow.tasks.client")
 
@@ -36,8 +37,7 @@ class ClientTaskResult:
 
 def client_ids(num_clients: int) -> list[int]:
     """``[0, 1, ..., N-1]``: the items the pipeline's ParallelFor fans out over."""
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int):
-        raise ValueError(f"num_clients must be an integer, got {num_clients!r}")
+    num_clients = integer_param("num_clients", num_clients)
     if num_clients < 1:
         raise ValueError(f"num_clients must be at least 1, got {num_clients}")
     return list(range(num_clients))

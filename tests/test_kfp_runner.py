@@ -29,7 +29,7 @@ from tests.e2e.kfp_plan import ContainerPlan, descend
 from tests.e2e.kfp_pods import PodPlacement
 from tests.e2e.kfp_retry import ERROR, FAILED, Attempt, RetryStrategy, decide
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 IR_PATH = REPO / "fl_pipeline.yaml"
 SERVER_WITH_CHECKPOINTS = [
     "exit-handler-1",
@@ -115,9 +115,15 @@ def test_the_server_with_checkpoints_is_the_branch_taken_and_its_pod_matches_the
     assert set(uris) == {"trained_model", "metrics", "report", "summary"}
     assert all(u.startswith(root) and u.endswith("/" + k) for k, u in uris.items())
     assert plan.outputs["outputFile"].startswith("/minio/" + root.removeprefix("minio://"))
-    # {{$}} became this very ExecutorInput.
-    whole = plan.args[plan.args.index("--executor_input") + 1]
-    assert json.loads(whole) == plan.executor_input
+    # {{$}} became this very ExecutorInput; as in the launcher, the other placeholders are
+    # then substituted inside it too (the resource inputs the SDK adds as constants).
+    sent = json.loads(plan.args[plan.args.index("--executor_input") + 1])
+    table = placeholders(plan.executor_input)
+    expected = json.loads(json.dumps(plan.executor_input))
+    for name, value in expected["inputs"]["parameterValues"].items():
+        if isinstance(value, str) and value in table:
+            expected["inputs"]["parameterValues"][name] = table[value]
+    assert sent == expected
 
     pod = plan.pod(PLACEMENT)
     assert pod["metadata"]["labels"]["pipeline/runid"] == run.run_id

@@ -106,6 +106,8 @@ class PodAttempt:
     started_at: float = 0.0
     finished_at: float = 0.0
     log: str = ""
+    # The main container's own start and end (kubelet's clock), when it terminated.
+    container_seconds: float | None = None
 
 
 @dataclass
@@ -657,6 +659,9 @@ class KfpRunner:
         terminated = main.state.terminated if main and main.state else None
         if terminated is not None:
             attempt.exit_code = terminated.exit_code
+            if terminated.started_at and terminated.finished_at:
+                runtime = terminated.finished_at - terminated.started_at
+                attempt.container_seconds = runtime.total_seconds()
         if pod.status.phase == SUCCEEDED:
             attempt.phase = SUCCEEDED
             return

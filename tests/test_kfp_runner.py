@@ -19,8 +19,10 @@ import pytest
 
 from tests.e2e.kfp_inputs import (
     RunInfo,
+    TaskOutputs,
     evaluate_condition,
     executor_output_parameters,
+    importer_output,
     pipeline_arguments,
     placeholders,
 )
@@ -159,6 +161,31 @@ def test_the_server_with_checkpoints_is_the_branch_taken_and_its_pod_matches_the
     assert retry["spec"]["activeDeadlineSeconds"] == 120
     assert _env(retry)["KFP_RETRY_INDEX"]["value"] == "1"
     assert retry["metadata"]["name"] != pod["metadata"]["name"]
+
+
+def test_with_an_initial_model_the_importer_feeds_the_server_its_artifact(ir):
+    run = _run(ir)
+    uri = f"minio://mlpipeline/v2/artifacts/{ir.name}/{uuid.uuid4()}/fl-server-3/x/trained_model"
+    scope = pipeline_arguments(ir.root, {"initial_model_uri": uri})
+    branch = ["exit-handler-1", "condition-branches-2", "condition-6"]
+    _, task, inputs, _ = descend(ir, scope, branch, run)
+    assert evaluate_condition(task["triggerPolicy"]["condition"], inputs.parameters)
+    _, importer_task, importer_inputs, _ = descend(ir, scope, [*branch, "importer"], run)
+    executor = ir.executor(ir.component(importer_task["componentRef"]["name"])["executorLabel"])
+    produced = {
+        "importer": TaskOutputs(
+            artifacts={"artifact": importer_output(executor["importer"], importer_inputs)}
+        )
+    }
+    path = [*branch, "condition-branches-3", "condition-5", "fl-server-2"]
+    name, server, inputs, parent = descend(ir, scope, path, run, produced)
+    plan = ContainerPlan.make(ir, name, server, inputs, parent, run)
+    (artifact,) = plan.executor_input["inputs"]["artifacts"]["initial_model"]["artifacts"]
+    assert artifact["uri"] == uri and artifact["type"]["schemaTitle"] == "system.Model"
+    # KFP's executor gives the component this path: the store's hostPath in the e2e pods.
+    from kfp.dsl import Model
+
+    assert Model(uri=uri).path == "/minio/" + uri.removeprefix("minio://")
 
 
 def test_a_client_gets_its_loop_item_and_the_default_retry_strategy(ir):

@@ -312,6 +312,25 @@ def compile_command(
     ]
 
 
+def importer_output(importer: dict[str, Any], inputs: Scope) -> dict[str, Any]:
+    """The artifact an importer task outputs (key ``artifact``): the URI it was given.
+
+    KFP's importer launcher records it in MLMD; the consumer's launcher then downloads it
+    from the store (here: finds it under the store's hostPath at ``/minio``).
+    """
+    source = importer["artifactUri"]
+    if "runtimeParameter" in source:
+        uri = inputs.parameters[source["runtimeParameter"]]
+    else:
+        uri = source["constant"]
+    return {
+        "name": "artifact",
+        "uri": uri,
+        "type": importer["typeSchema"],
+        **({"metadata": importer["metadata"]} if importer.get("metadata") else {}),
+    }
+
+
 def executor_output_parameters(
     executor_output: dict[str, Any], component: dict[str, Any]
 ) -> dict[str, Any]:

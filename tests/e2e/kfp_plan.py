@@ -15,6 +15,7 @@ from typing import Any
 from tests.e2e.kfp_inputs import (
     RunInfo,
     Scope,
+    TaskOutputs,
     build_executor_input,
     compile_command,
     provision_outputs,
@@ -132,23 +133,27 @@ class ContainerPlan:
 
 
 def descend(
-    ir: PipelineIR, scope: Scope, path: list[str | int], run: RunInfo
+    ir: PipelineIR,
+    scope: Scope,
+    path: list[str | int],
+    run: RunInfo,
+    produced: dict[str, TaskOutputs] | None = None,
 ) -> tuple[str, dict[str, Any], Scope, Scope]:
     """Follow task keys from the root DAG; an int after a ParallelFor task is its loop item.
 
     Returns (task key, task spec, its inputs, its parent DAG's inputs), as the driver would
-    resolve them; tasks' outputs are not known statically, so a path may not pass through a
-    task input bound to another task's output, except a loop's items (given as the int).
+    resolve them. Tasks' outputs are not known statically: ``produced`` gives those a path
+    needs (by task key); bindings to other tasks' outputs are left out.
     """
+    produced = produced or {}
     component = ir.root
     parent = scope
     steps = list(path)
     while True:
         name = steps.pop(0)
         task = component["dag"]["tasks"][name]
-        inputs = resolve_task_inputs(
-            {**task, "inputs": _without_task_outputs(task.get("inputs", {}))}, parent, {}, run
-        )
+        bindings = _known_bindings(task.get("inputs", {}), produced)
+        inputs = resolve_task_inputs({**task, "inputs": bindings}, parent, produced, run)
         child = ir.component(task["componentRef"]["name"])
         if "parameterIterator" in task:
             item = steps.pop(0)
@@ -158,9 +163,9 @@ def descend(
         component, parent = child, inputs
 
 
-def _without_task_outputs(bindings: dict[str, Any]) -> dict[str, Any]:
-    task_refs = ("taskOutputParameter", "taskOutputArtifact")
-    return {
-        kind: {k: v for k, v in specs.items() if not any(r in v for r in task_refs)}
-        for kind, specs in bindings.items()
-    }
+def _known_bindings(bindings: dict[str, Any], produced: dict[str, TaskOutputs]) -> dict[str, Any]:
+    def known(spec: dict[str, Any]) -> bool:
+        ref = spec.get("taskOutputParameter") or spec.get("taskOutputArtifact")
+        return ref is None or ref["producerTask"] in produced
+
+    return {kind: {k: v for k, v in specs.items() if known(v)} for kind, specs in bindings.items()}

@@ -65,6 +65,7 @@ from tests.e2e.kfp_inputs import (
     evaluate_condition,
     executor_output_artifacts,
     executor_output_parameters,
+    importer_output,
     local_path_for_uri,
     pipeline_arguments,
     resolve_task_inputs,
@@ -514,17 +515,7 @@ class KfpRunner:
         inputs: Scope,
         path: str,
     ) -> tuple[str, TaskOutputs]:
-        source = importer["artifactUri"]
-        if "runtimeParameter" in source:
-            uri = inputs.parameters[source["runtimeParameter"]]
-        else:
-            uri = source["constant"]
-        artifact = {
-            "name": "artifact",
-            "uri": uri,
-            "type": importer["typeSchema"],
-            **({"metadata": importer["metadata"]} if importer.get("metadata") else {}),
-        }
+        artifact = importer_output(importer, inputs)
         outputs = TaskOutputs(artifacts={"artifact": artifact})
         record = run.add(self._task_record(path, name, task, SUCCEEDED, "importer"))
         record.outputs = outputs

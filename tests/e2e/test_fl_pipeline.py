@@ -326,7 +326,7 @@ def test_client_pod_deleted_with_min_clients_below_n_run_completes(env):
     def round_closed() -> str | None:
         for pod in handle.live_pods("fl-server"):
             with contextlib.suppress(Exception):
-                if "evaluation after round 1" in core.read_namespaced_pod_log(pod, env.namespace):
+                if re.search(r"\bround 1/\d+:", core.read_namespaced_pod_log(pod, env.namespace)):
                     return pod
         return None
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from components import DEFAULT_IMAGE
 from pipeline import CLIENT_RESOURCES, SERVER_RESOURCES, PodResources, compile_pipeline
-from pipeline.fl_pipeline import FIELDS
+from pipeline.fl_pipeline import FIELDS, SERVER_RETRIES, server_retry_deadline
 
 DEFAULT_RESOURCES = {"server": SERVER_RESOURCES, "client": CLIENT_RESOURCES}
 
@@ -46,13 +46,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help=f"{name.replace('_', ' ')} of the {role} pod"
                 + (" (each of them)" if role == "client" else ""),
             )
+    parser.add_argument(
+        "--server-retry-deadline",
+        type=int,
+        default=server_retry_deadline(),
+        metavar="SECONDS",
+        help="with checkpoint_pvc, how long after the server step's first start KFP may "
+        f"still retry its pod (up to {SERVER_RETRIES} times); the default covers the default "
+        "num_rounds, join_timeout and round_timeout with every retry and in-pod restart "
+        "taking its longest: raise it for longer runs (docs/kubeflow.md)",
+    )
     args = parser.parse_args(argv)
     try:
         server, client = (
             PodResources(**{name: getattr(args, f"{role}_{name}") for name in FIELDS})
             for role in DEFAULT_RESOURCES
         )
-        written = compile_pipeline(args.output, args.image, server, client)
+        written = compile_pipeline(
+            args.output, args.image, server, client, args.server_retry_deadline
+        )
     except ValueError as exc:
         parser.error(str(exc))
     print(f"wrote {written} (image {args.image})")

@@ -51,6 +51,7 @@ def fl_server(
     optimizer: str = "sgd",
     seed: int = 0,
     checkpoint_dir: str = "",
+    max_restarts: int = 2,
     initial_model: Input[Model] | None = None,
 ):
     """Run the federated-learning aggregation server for one pipeline run.
@@ -80,6 +81,8 @@ def fl_server(
         seed: Seed for data split and initial weights (shown in the report).
         checkpoint_dir: Folder on a mounted volume to checkpoint every round into (a
             subfolder per run) and resume from; empty: no checkpoints.
+        max_restarts: Times a crashed server process (killed, out of memory) is restarted
+            inside this pod from the checkpoint; needs checkpoint_dir.
         initial_model: Optional starting weights: the trained_model of an earlier run.
 
     Returns:
@@ -96,14 +99,17 @@ def fl_server(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # KFP may deliver an integer parameter as an integral float (8080.0): see tasks.params.
-    num_clients, num_rounds, min_clients, port, local_epochs, batch_size, seed = integer_params(
-        num_clients=num_clients,
-        num_rounds=num_rounds,
-        min_clients=min_clients,
-        port=port,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        seed=seed,
+    (num_clients, num_rounds, min_clients, port, local_epochs, batch_size, seed, max_restarts) = (
+        integer_params(
+            num_clients=num_clients,
+            num_rounds=num_rounds,
+            min_clients=min_clients,
+            port=port,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            seed=seed,
+            max_restarts=max_restarts,
+        )
     )
     result = run_server_task(
         run_id=run_id,
@@ -120,6 +126,7 @@ def fl_server(
         model=model,
         initial_model=initial_model.path if initial_model is not None else None,
         checkpoint_dir=checkpoint_dir,
+        max_restarts=max_restarts,
         report_path=report.path,
         summary_path=summary.path,
         params={

@@ -15,6 +15,7 @@ because an importer cannot take an empty URI).
 No ``from __future__ import annotations``: KFP reads the pipeline's annotations as objects.
 """
 
+import math
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from pathlib import Path
@@ -27,12 +28,17 @@ from kubernetes.utils import parse_quantity
 from components import DEFAULT_IMAGE, FLComponents, build_components
 from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT, SERVER_ROLE, SERVER_ROLE_LABEL
+from fl_kubeflow.tasks.durations import task_seconds
+from fl_kubeflow.tasks.server_task import DEFAULT_MAX_RESTARTS
 
 PIPELINE_NAME = "fl-kubeflow"
 CLIENT_ROLE = "client"
 NAMESPACE_ENV = "POD_NAMESPACE"
 CHECKPOINT_MOUNT = "/fl-checkpoint"
 SERVER_RETRIES = 3
+SERVER_RETRY_BACKOFF = 10  # seconds before the first retry, doubled for each next one
+# Defaults of the run parameters that bound how long a server step can take.
+NUM_ROUNDS, JOIN_TIMEOUT, ROUND_TIMEOUT = 5, 900.0, 600.0
 
 
 def _quantity(name: str, value: str) -> Decimal:
@@ -91,6 +97,23 @@ def _resources(task: dsl.PipelineTask, resources: dict[str, Any]) -> None:
     task.register_pipeline_channels(list(resources.values()))
 
 
+def server_retry_deadline(
+    num_rounds: int = NUM_ROUNDS,
+    join_timeout: float = JOIN_TIMEOUT,
+    round_timeout: float = ROUND_TIMEOUT,
+) -> int:
+    """Seconds after its first start within which a checkpointed server step may be retried.
+
+    Every pod (the first and each of the ``SERVER_RETRIES`` retries) may take the whole
+    server task's time, in-pod restarts included, before it is lost; plus the backoffs.
+    Argo forbids a retry after this deadline and stops one that reaches it, so it must
+    cover the longest run: pass the largest ``num_rounds`` and timeouts runs will use.
+    """
+    per_pod = task_seconds(num_rounds, join_timeout, round_timeout, DEFAULT_MAX_RESTARTS)
+    backoffs = sum(SERVER_RETRY_BACKOFF * 2**k for k in range(SERVER_RETRIES))
+    return math.ceil((SERVER_RETRIES + 1) * per_pod + backoffs)
+
+
 def _namespace_env(task: dsl.PipelineTask) -> None:
     # The service-account namespace file is the first source; this is the fallback.
     kubernetes.use_field_path_as_env(task, NAMESPACE_ENV, "metadata.namespace")
@@ -100,18 +123,27 @@ def build_pipeline(
     image: str = DEFAULT_IMAGE,
     server_resources: PodResources = SERVER_RESOURCES,
     client_resources: PodResources = CLIENT_RESOURCES,
+    retry_deadline: int | None = None,
 ):
     """The pipeline function with every component using ``image``.
 
     ``server_resources`` and ``client_resources`` are the defaults of the pipeline's
     resource parameters (``server_cpu_request`` ... ``client_memory_limit``).
+    ``retry_deadline`` is the checkpointed server's retry deadline in seconds
+    (default: :func:`server_retry_deadline` for the default rounds and timeouts).
     """
     comps: FLComponents = build_components(image)
+    if retry_deadline is None:
+        retry_deadline = server_retry_deadline()
+    if isinstance(retry_deadline, bool) or not isinstance(retry_deadline, int):
+        raise ValueError(f"retry_deadline must be whole seconds, got {retry_deadline!r}")
+    if retry_deadline < 1:
+        raise ValueError(f"retry_deadline must be at least 1 second, got {retry_deadline}")
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def fl_pipeline(
         num_clients: int = 3,
-        num_rounds: int = 5,
+        num_rounds: int = NUM_ROUNDS,
         dataset: str = defaults.DATASET,
         partition: str = defaults.PARTITION,
         model: str = defaults.MODEL,
@@ -122,8 +154,8 @@ def build_pipeline(
         strategy: str = "fedavg",
         strategy_options: str = "{}",
         min_clients: int = 0,
-        round_timeout: float = 600.0,
-        join_timeout: float = 900.0,
+        round_timeout: float = ROUND_TIMEOUT,
+        join_timeout: float = JOIN_TIMEOUT,
         seed: int = defaults.SEED,
         server_address: str = "",
         initial_model_uri: str = "",
@@ -159,8 +191,8 @@ def build_pipeline(
             seed: Seed for the data split and the initial weights.
             server_address: Server URL for the clients; empty means this run's in-cluster Service.
             initial_model_uri: URI of an earlier run's trained_model to start from; empty: none.
-            checkpoint_pvc: PVC to checkpoint every round on; a failed server pod is then
-                retried and resumes. Empty: no checkpoints.
+            checkpoint_pvc: PVC to checkpoint every round on; a crashed server process is
+                then restarted in its pod, a lost pod retried, both resuming. Empty: none.
             server_cpu_request: CPU the server pod requests, e.g. 500m (Kubernetes quantity).
             server_cpu_limit: Most CPU the server pod may use, e.g. 2.
             server_memory_request: Memory the server pod requests, e.g. 1Gi.
@@ -213,13 +245,21 @@ def build_pipeline(
                     optimizer=optimizer,
                     seed=seed,
                     checkpoint_dir=CHECKPOINT_MOUNT if checkpointed else "",
+                    max_restarts=DEFAULT_MAX_RESTARTS,
                     **initial,
                 )
                 task.set_display_name("fl-server")
                 if checkpointed:
                     kubernetes.mount_pvc(task, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
                     # A replacement pod resumes from the checkpoint; clients wait for it.
-                    task.set_retry(num_retries=SERVER_RETRIES, backoff_duration="10s")
+                    # A pod deleted or evicted ("Error" to Argo) is retried; a crash inside
+                    # it is restarted in the pod (max_restarts). The deadline runs from
+                    # the first start: KFP's default (3600s) would forbid late retries.
+                    task.set_retry(
+                        num_retries=SERVER_RETRIES,
+                        backoff_duration=f"{SERVER_RETRY_BACKOFF}s",
+                        backoff_max_duration=f"{retry_deadline}s",
+                    )
                 task.set_caching_options(False)
                 _resources(task, server_pod)
                 kubernetes.add_pod_label(task, SERVER_ROLE_LABEL, SERVER_ROLE)
@@ -277,14 +317,15 @@ def compile_pipeline(
     image: str = DEFAULT_IMAGE,
     server_resources: PodResources = SERVER_RESOURCES,
     client_resources: PodResources = CLIENT_RESOURCES,
+    retry_deadline: int | None = None,
 ) -> Path:
     """Compile the pipeline into ``output``; the same inputs give the same bytes.
 
     ``image`` is every component's image; the resources are the defaults of the
-    pipeline's resource parameters (see ``build_pipeline``).
+    pipeline's resource parameters, ``retry_deadline`` the server's (see ``build_pipeline``).
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(image, server_resources, client_resources)
+    pipeline = build_pipeline(image, server_resources, client_resources, retry_deadline)
     compiler.Compiler().compile(pipeline, package_path=str(output))
     return output

@@ -403,10 +403,50 @@ def test_checkpointed_servers_mount_the_pvc_and_retry(docs: tuple[dict, dict]) -
                 assert mounts[0]["pvcNameParameter"]["componentInputParameter"].endswith(
                     "checkpoint_pvc"
                 )
-                assert task["retryPolicy"]["maxRetryCount"] >= 1
+                policy = task["retryPolicy"]
+                assert policy["maxRetryCount"] >= 1
+                # Every pod may take its whole time before it is lost: KFP's default
+                # deadline of 3600s would forbid retrying a default run after an hour.
+                longest = 900.0 + 5 * 600.0  # join_timeout + num_rounds x round_timeout
+                deadline = int(policy["backoffMaxDuration"].removesuffix("s"))
+                assert deadline > (policy["maxRetryCount"] + 1) * longest
                 mounted += 1
                 retried += 1
             else:
                 assert checkpoint_dir["constant"] == ""
                 assert "retryPolicy" not in task
     assert mounted == retried == 2
+
+
+def test_server_restarts_in_pod_and_the_retry_deadline_is_a_compile_option(
+    spec: dict, tmp_path: Path
+) -> None:
+    servers = [t for c in server_components(spec) for _, _, t in tasks_of(spec, c)]
+    for task in servers:
+        assert task["inputs"]["parameters"]["max_restarts"]["runtimeValue"]["constant"] == 2
+    other = next(
+        yaml.safe_load_all(
+            compile_to(tmp_path / "d.yaml", "--server-retry-deadline", "86400").read_text()
+        )
+    )
+    deadlines = {
+        task["retryPolicy"]["backoffMaxDuration"]
+        for c in server_components(other)
+        for _, _, task in tasks_of(other, c)
+        if "retryPolicy" in task
+    }
+    assert deadlines == {"86400s"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "compile.py"),
+            "--output",
+            str(tmp_path / "x.yaml"),
+            "--server-retry-deadline",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "retry_deadline must be at least 1 second" in done.stderr

@@ -21,13 +21,14 @@ from fl_kubeflow.auth import TOKEN_ENV, read_token
 from fl_kubeflow.kube.naming import DEFAULT_PORT
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, publish_run_service
 from fl_kubeflow.kube.token_secret import publish_run_token
+from fl_kubeflow.tasks.durations import DEFAULT_EXPORT_TIMEOUT
 
 log = logging.getLogger("fl_kubeflow.tasks.server")
 
 KERAS_FILE = "model.keras"
 WEIGHTS_FILE = "weights.safetensors"  # as written by fl_kubeflow.server.serve
-# Exporting builds one model and saves it; minutes would mean something is wrong.
-DEFAULT_EXPORT_TIMEOUT = 900.0
+# Restarts of a crashed server process inside its pod (with checkpoints only).
+DEFAULT_MAX_RESTARTS = 2
 
 
 class ServerTaskError(RuntimeError):
@@ -104,6 +105,7 @@ def run_server_task(
     params: Mapping[str, Any] | None = None,
     export_timeout: float = DEFAULT_EXPORT_TIMEOUT,
     token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
 ) -> ServerTaskResult:
     """Serve one federated run and write its outputs.
 
@@ -112,14 +114,16 @@ def run_server_task(
     per-run Service is created first and deleted at the end. ``min_clients=0`` means all.
     With ``checkpoint_dir`` (a mounted volume), the run is saved into
     ``checkpoint_dir/<run_id>`` after every round, and a replacement server pod of the
-    same run resumes from there.
+    same run resumes from there. The federation runs in a child process
+    (``fl_kubeflow.tasks.server_process``); with checkpoints, one that crashes (killed,
+    OOM) is restarted in this pod from the checkpoint, at most ``max_restarts`` times.
 
     Raises ServerTaskError with the server's reason if the run fails; the history,
     report and summary are written first, so a failed run can still be inspected.
     """
     from fl_kubeflow import strategies
     from fl_kubeflow.server.config import ServerConfig
-    from fl_kubeflow.server.serve import serve
+    from fl_kubeflow.tasks.server_process import ServerProcessError, serve_in_child
 
     options = parse_strategy_options(strategy_options)
     quorum = min_clients or num_clients
@@ -157,8 +161,8 @@ def run_server_task(
     service = publish_run_service(run_id, port, token_dir=token_dir)
     try:
         try:
-            result = serve(config)
-        except ValueError as exc:  # e.g. an unreadable initial model
+            result = serve_in_child(config, max_restarts=max_restarts)
+        except (ValueError, ServerProcessError) as exc:  # e.g. an unreadable initial model
             raise ServerTaskError(str(exc)) from exc
     finally:
         if service is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import node_cluster as nc
+from tests.e2e.daemons import ClusterStartError
 
 E2E_DIR = Path(__file__).resolve().parent
 # Per e2e test, set-up included: the first one may build the base and project images.
@@ -25,11 +26,15 @@ _setup_report: list[str] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if E2E_DIR in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.e2e)
-            if item.get_closest_marker("timeout") is None:
-                item.add_marker(pytest.mark.timeout(E2E_TEST_TIMEOUT))
+    """Mark tests/e2e/ ``e2e`` and run them last: the cluster is up only while they run, not
+    beside the timing-sensitive loopback tests."""
+    e2e = [item for item in items if E2E_DIR in Path(str(item.fspath)).resolve().parents]
+    for item in e2e:
+        item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(E2E_TEST_TIMEOUT))
+    chosen = set(e2e)
+    items[:] = [item for item in items if item not in chosen] + e2e
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -67,7 +72,7 @@ def node_cluster() -> Iterator[nc.NodeCluster]:
         image_started = time.monotonic()
         image, built = nc.build_project_image(layout, timeouts)
         image_seconds = time.monotonic() - image_started
-    except nc.ClusterStartError as exc:
+    except ClusterStartError as exc:
         pytest.fail(f"the e2e node cluster did not start: {exc}", pytrace=False)
     hostpath_root = layout.hostpath / f"session-{uuid.uuid4().hex[:8]}"
     hostpath_root.mkdir(parents=True)

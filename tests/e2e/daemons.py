@@ -166,9 +166,9 @@ def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
     """Wait until every pid exited; return those still alive at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = [pid for pid in pids if alive(pid)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
+        living = [pid for pid in pids if alive(pid)]
+        if not living or time.monotonic() >= deadline:
+            return living
         time.sleep(0.1)
 
 

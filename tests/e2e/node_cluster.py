@@ -40,7 +40,6 @@ from tests.e2e.cluster_dns import dns_query
 from tests.e2e.daemons import (
     DOCKER,
     REPO_ROOT,
-    ClusterStartError,
     Layout,
     Timeouts,
     assets_dir,
@@ -450,55 +449,67 @@ def down(layout: Layout | None = None, timeouts: Timeouts | None = None) -> list
     """Stop the cluster and remove what it (or an interrupted earlier run) left behind.
 
     Idempotent; safe on a machine where nothing ever ran. Keeps the docker data (the image
-    cache) and the logs. Returns notes on what had to be cleaned, for the caller's log.
+    cache) and the logs. A step that fails is noted and the next one still runs (what is
+    left then shows in :func:`leftovers`). Returns notes on what had to be cleaned.
     """
     layout = layout or Layout.from_env()
     timeouts = timeouts or Timeouts.from_env()
     notes: list[str] = []
-    # The kubelet first, so nothing restarts the containers removed below.
-    for name in ("kubelet", "kube-proxy", "cluster-dns", "kube-scheduler",
-                 "kube-controller-manager"):  # fmt: skip
-        pid = read_pidfile(layout, name)
-        if pid is not None:
-            terminate([pid], timeouts.stop)
-        layout.pidfile(name).unlink(missing_ok=True)
 
-    containers_dir = layout.docker_data / "containers"
-    if containers_dir.is_dir() and any(containers_dir.iterdir()):
+    def stop(*names: str) -> None:
+        for name in names:
+            pid = read_pidfile(layout, name)
+            if pid is not None:
+                terminate([pid], timeouts.stop)
+            layout.pidfile(name).unlink(missing_ok=True)
+
+    def remove_containers() -> None:
+        containers_dir = layout.docker_data / "containers"
+        if not (containers_dir.is_dir() and any(containers_dir.iterdir())):
+            return
         # A dockerd (restarted if it died) removes its containers and their mounts properly.
+        start_dockerd(layout, timeouts, die_with_parent=True)
+        docker = docker_command(layout)
+        ids = run([*docker, "ps", "-aq"], 60).stdout.split()
+        if ids:
+            run([*docker, "rm", "-f", "-v", *ids], timeouts.stop * 4)
+            notes.append(f"removed {len(ids)} containers")
+
+    def clean_iptables() -> None:
+        proxy = assets_dir() / "kube-proxy"
+        if kube_chains() and os.access(proxy, os.X_OK):
+            run([str(proxy), "--cleanup"], 120)
+        if kube_chains():
+            _remove_kube_chains()
+            notes.append("removed KUBE- chains kube-proxy --cleanup left")
+
+    def end_strays() -> None:
+        strays = _processes_under(layout.root)
+        if strays:
+            notes.append(f"ended leftover processes {strays}")
+            terminate(strays, timeouts.stop)
+
+    def unmount() -> None:
+        unmounted = unmount_under(layout.root)
+        if unmounted:
+            notes.append(f"unmounted {len(unmounted)} mounts")
+
+    steps: list[tuple[str, Callable[[], None]]] = [
+        # The kubelet first, so nothing restarts the containers removed next.
+        ("stop the node", lambda: stop("kubelet", "kube-proxy", "cluster-dns", "kube-scheduler",
+                                       "kube-controller-manager")),
+        ("remove containers", remove_containers),
+        ("stop dockerd", lambda: stop("dockerd")),
+        ("remove iptables rules", clean_iptables),
+        ("stop the control plane", lambda: stop("kube-apiserver", "etcd")),
+        ("end leftover processes", end_strays),
+        ("unmount", unmount),
+    ]  # fmt: skip
+    for what, step in steps:
         try:
-            start_dockerd(layout, timeouts, die_with_parent=True)
-            docker = docker_command(layout)
-            ids = run([*docker, "ps", "-aq"], 60).stdout.split()
-            if ids:
-                run([*docker, "rm", "-f", "-v", *ids], timeouts.stop * 4)
-                notes.append(f"removed {len(ids)} containers")
-        except ClusterStartError as exc:
-            notes.append(f"dockerd did not come up to remove containers: {exc}")
-    pid = read_pidfile(layout, "dockerd")
-    if pid is not None:
-        terminate([pid], timeouts.stop * 2)
-    layout.pidfile("dockerd").unlink(missing_ok=True)
-
-    proxy = assets_dir() / "kube-proxy"
-    if kube_chains() and os.access(proxy, os.X_OK):
-        run([str(proxy), "--cleanup"], 120)
-    if kube_chains():
-        _remove_kube_chains()
-        notes.append("removed KUBE- chains kube-proxy --cleanup left")
-
-    for name in ("kube-apiserver", "etcd"):
-        pid = read_pidfile(layout, name)
-        if pid is not None:
-            terminate([pid], timeouts.stop)
-        layout.pidfile(name).unlink(missing_ok=True)
-    leftovers = _processes_under(layout.root)
-    if leftovers:
-        notes.append(f"ended leftover processes {leftovers}")
-        terminate(leftovers, timeouts.stop)
-    unmounted = unmount_under(layout.root)
-    if unmounted:
-        notes.append(f"unmounted {len(unmounted)} mounts")
+            step()
+        except Exception as exc:
+            notes.append(f"{what} failed: {type(exc).__name__}: {exc}")
     shutil.rmtree(layout.state, ignore_errors=True)
     shutil.rmtree(layout.cache / "rootfs", ignore_errors=True)
     for stale in layout.run.glob("*.pid") if layout.run.is_dir() else []:
@@ -654,3 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(found) if found else "nothing left behind")
         return 1 if found else 0
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

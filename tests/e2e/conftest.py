@@ -46,7 +46,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def _unavailable(reason: str) -> None:
     if nc.is_ci():
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.fail(f"CI=true, so this fails instead of skipping: {reason}", pytrace=False)
     pytest.skip(reason)
 
 
@@ -84,6 +84,8 @@ def node_cluster() -> Iterator[nc.NodeCluster]:
         f"(phases: {info.timings}; image {'built' if built else 'cached'} in "
         f"{image_seconds:.0f}s: {image}); node allocatable {cpu}m CPU, {memory >> 20} MiB"
     )
+    if owned and info.cleaned_before:
+        _setup_report.append("cleaned what an earlier run left: " + "; ".join(info.cleaned_before))
     try:
         yield cluster
     finally:

@@ -151,6 +151,7 @@ class ClusterInfo:
     owner: str
     started_at: float
     timings: dict[str, float] = field(default_factory=dict)
+    cleaned_before: list[str] = field(default_factory=list)  # what an earlier run had left
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -250,7 +251,7 @@ def up(
     layout = layout or Layout.from_env()
     timeouts = timeouts or Timeouts.from_env()
     assets = assets_dir()
-    down(layout, timeouts)
+    cleaned = down(layout, timeouts)
     timings: dict[str, float] = {}
     for folder in (layout.run, layout.logs, layout.state, layout.hostpath, layout.dns_hosts.parent):
         folder.mkdir(parents=True, exist_ok=True)
@@ -272,6 +273,7 @@ def up(
         down(layout, timeouts)
         raise
     info.timings = timings
+    info.cleaned_before = cleaned
     info.save(layout.info_file)
     return info
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a KUBEBUILDER_ASSETS-style directory (etcd, kube-apiserver, kube-controller-manager)
-# for the envtest-style cluster tests (tests/k8s_cluster.py).
+# for the envtest-style cluster tests (tests/k8s_cluster.py), plus the node binaries (kubelet,
+# kube-scheduler, kube-proxy) that the e2e tests' one-node cluster adds (tests/e2e/).
 #
 # Usage: scripts/k8s-assets.sh [OUT_DIR]        (default: <repo>/.k8s-assets)
 # Env:   K8S_SHARED_DIR  where the prebuilt .xz binaries and SHA256SUMS live
@@ -44,13 +45,13 @@ else
   echo "k8s-assets: linked $out_dir/etcd -> $etcd_path"
 fi
 
-# --- kube-apiserver, kube-controller-manager: prebuilt .xz files checked against SHA256SUMS.
+# --- The control plane and the node: prebuilt .xz files checked against SHA256SUMS.
 [[ -d "$shared_dir" ]] || die "shared binaries directory not found: $shared_dir (set K8S_SHARED_DIR)"
 [[ -f "$shared_dir/SHA256SUMS" ]] || die "missing $shared_dir/SHA256SUMS"
 command -v xz >/dev/null 2>&1 || die "xz is required to unpack the binaries (apt-get install xz-utils)"
 command -v sha256sum >/dev/null 2>&1 || die "sha256sum is required (coreutils)"
 
-for name in kube-apiserver kube-controller-manager; do
+for name in kube-apiserver kube-controller-manager kubelet kube-scheduler kube-proxy; do
   xz_file="$name-$version-linux-amd64.xz"
   stamp="$out_dir/.$name.sha256"
   expected="$(awk -v f="$xz_file" '$2 == f || $2 == "*" f {print $1}' "$shared_dir/SHA256SUMS")"

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The test command (CI runs exactly this): set up, lint, prepare the Kubernetes test
-# control plane, run every test. Extra arguments go to pytest.
+# control plane and the e2e node cluster's packages and binaries, run every test (the e2e
+# tests start and stop the node cluster themselves). Extra arguments go to pytest, e.g.
+# `scripts/test.sh -m e2e -rs` for the e2e tests alone, `-m "not e2e"` for all but them.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 scripts/setup.sh train,kfp,dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-if ! scripts/k8s-assets.sh; then
-  echo "test: Kubernetes test binaries unavailable; the k8s tests will say why they skip" >&2
+if ! scripts/e2e-prereqs.sh; then
+  echo "test: Kubernetes test binaries or e2e packages unavailable; the k8s and e2e tests" \
+    "will say why they skip (under CI=true the e2e tests fail instead)" >&2
 fi
 export KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$repo/.k8s-assets}"
 exec .venv/bin/pytest -ra "$@"

@@ -256,26 +256,38 @@ def _http_ok(url: str, token: str | None = None, context: ssl.SSLContext | None 
         return False
 
 
-def _write_certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
+def _write_certificates(
+    directory: Path,
+    ip_sans: tuple[str, ...] = ("127.0.0.1",),
+    dns_sans: tuple[str, ...] = ("localhost",),
+) -> tuple[Path, Path, Path, Path]:
     """Self-signed serving cert (also the CA clients trust) and the service-account key pair.
 
-    Uses the ``cryptography`` package when installed, else the openssl command.
+    Uses the ``cryptography`` package when installed, else the openssl command. The serving
+    certificate is valid for ``ip_sans`` and ``dns_sans``.
     """
     cert, key = directory / "serving.crt", directory / "serving.key"
     sa_key, sa_pub = directory / "sa.key", directory / "sa.pub"
     try:
-        _write_certificates_cryptography(cert, key, sa_key, sa_pub)
+        _write_certificates_cryptography(cert, key, sa_key, sa_pub, ip_sans, dns_sans)
     except ImportError:
         if not shutil.which("openssl"):
             pytest.skip(
                 "cannot make test certificates: neither the `cryptography` package nor the "
                 "`openssl` command is available"
             )
-        _write_certificates_openssl(cert, key, sa_key, sa_pub)
+        _write_certificates_openssl(cert, key, sa_key, sa_pub, ip_sans, dns_sans)
     return cert, key, sa_key, sa_pub
 
 
-def _write_certificates_cryptography(cert: Path, key: Path, sa_key: Path, sa_pub: Path) -> None:
+def _write_certificates_cryptography(
+    cert: Path,
+    key: Path,
+    sa_key: Path,
+    sa_pub: Path,
+    ip_sans: tuple[str, ...],
+    dns_sans: tuple[str, ...],
+) -> None:
     import datetime
     import ipaddress
 
@@ -305,7 +317,8 @@ def _write_certificates_cryptography(cert: Path, key: Path, sa_key: Path, sa_pub
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
+                [x509.IPAddress(ipaddress.IPv4Address(ip)) for ip in ip_sans]
+                + [x509.DNSName(name) for name in dns_sans]
             ),
             critical=False,
         )
@@ -329,15 +342,24 @@ def _write_certificates_cryptography(cert: Path, key: Path, sa_key: Path, sa_pub
     )
 
 
-def _write_certificates_openssl(cert: Path, key: Path, sa_key: Path, sa_pub: Path) -> None:
+def _write_certificates_openssl(
+    cert: Path,
+    key: Path,
+    sa_key: Path,
+    sa_pub: Path,
+    ip_sans: tuple[str, ...],
+    dns_sans: tuple[str, ...],
+) -> None:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    sans = [f"IP:{ip}" for ip in ip_sans] + [f"DNS:{name}" for name in dns_sans]
 
     run(
         "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
         "-keyout", str(key), "-out", str(cert),
         "-subj", "/CN=fl-kubeflow-test-apiserver",
-        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-addext", "subjectAltName=" + ",".join(sans),
     )  # fmt: skip
     run("genrsa", "-out", str(sa_key), "2048")
     run("rsa", "-in", str(sa_key), "-pubout", "-out", str(sa_pub))

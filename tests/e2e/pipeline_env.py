@@ -1,0 +1,190 @@
+"""What the pipeline scenarios need on the node cluster besides the runner.
+
+The pipeline compiled for the test image with small pod resources (``compile.py``, as a
+user compiles it), the service account the run's pods use with the Role of
+``docs/rbac.md`` (read from that file, so the documented Role is the one tested), a
+hostPath PersistentVolume + claim for checkpoints, the artifact store folder, and readers
+for a finished run's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tests.e2e.kfp_ir import PipelineIR
+from tests.e2e.kfp_runner import RunResult, TaskRun, wait_until
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+REPO = Path(__file__).resolve().parents[2]
+RBAC_DOC = REPO / "docs" / "rbac.md"
+RUNNER_ACCOUNT = "fl-pipeline-runner"
+
+# Small enough that two runs of N=2 (or one of N=3) fit a 2-CPU node at once, as requests;
+# the limits let a pod burst while the node is idle.
+TEST_RESOURCES = {
+    "server-cpu-request": "100m",
+    "server-cpu-limit": "1",
+    "server-memory-request": "256Mi",
+    "server-memory-limit": "2Gi",
+    "client-cpu-request": "200m",
+    "client-cpu-limit": "1",
+    "client-memory-request": "384Mi",
+    "client-memory-limit": "3Gi",
+}
+
+
+def compile_for(image: str, output: Path) -> PipelineIR:
+    """``python compile.py --image IMAGE`` with the small resources above; the IR it wrote."""
+    flags = [f"--{name}={value}" for name, value in TEST_RESOURCES.items()]
+    command = [sys.executable, str(REPO / "compile.py"), "--image", image, "--output", str(output)]
+    subprocess.run(
+        [*command, *flags],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return PipelineIR.load(output)
+
+
+def documented_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
+    """The Role + RoleBinding YAML block of docs/rbac.md, for this namespace and account."""
+    text = RBAC_DOC.read_text()
+    section = text[text.index("## Ready Role + RoleBinding") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    if block is None:
+        raise ValueError(f"{RBAC_DOC}: no YAML block under 'Ready Role + RoleBinding'")
+    documents = list(yaml.safe_load_all(block.group(1).replace("NAMESPACE", namespace)))
+    for document in documents:
+        if document["kind"] == "RoleBinding":
+            for subject in document["subjects"]:
+                subject["name"] = service_account
+    return documents
+
+
+def create_service_account(
+    api_client: ApiClient, namespace: str, name: str, *, with_role: bool, timeout: float
+) -> None:
+    """A service account, bound to docs/rbac.md's Role or to nothing, ready for pods."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    if with_role:
+        rbac = client.RbacAuthorizationV1Api(api_client)
+        for document in documented_rbac(namespace, name):
+            if document["kind"] == "Role":
+                rbac.create_namespaced_role(namespace, document)
+            else:
+                rbac.create_namespaced_role_binding(namespace, document)
+    # API 1.20 refuses pods until the token controller gave the account its Secret.
+    wait_until(
+        lambda: core.read_namespaced_service_account(name, namespace).secrets,
+        timeout,
+        f"a token for service account {namespace}/{name}",
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointVolume:
+    """A hostPath PersistentVolume bound to a claim in the test's namespace."""
+
+    claim: str
+    volume: str
+    host_dir: Path
+
+    def state(self, run_id: str) -> dict[str, Any] | None:
+        """The server's checkpoint state for ``run_id`` (``state.json``), if written yet."""
+        path = self.host_dir / run_id / "state.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # not there yet, or caught between the atomic rename's two states
+
+
+def create_checkpoint_volume(
+    api_client: ApiClient, namespace: str, host_dir: Path, timeout: float
+) -> CheckpointVolume:
+    """A PV on ``host_dir`` (the node is this machine) and a claim bound to it."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    host_dir.mkdir(parents=True)
+    host_dir.chmod(0o1777)  # the image runs as a non-root user
+    volume = f"fl-ckpt-{namespace}"
+    storage_class = f"manual-{namespace}"  # nothing else may bind to it
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": storage_class,
+                "hostPath": {"path": str(host_dir), "type": "Directory"},
+            },
+        }
+    )
+    claim = "fl-checkpoints"
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_until(
+        lambda: (
+            core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase == "Bound"
+        ),
+        timeout,
+        f"claim {claim} to bind",
+    )
+    return CheckpointVolume(claim=claim, volume=volume, host_dir=host_dir)
+
+
+def server_outputs(result: RunResult) -> tuple[TaskRun, Path]:
+    """The run's server task and its ``trained_model`` folder on the node."""
+    server = result.one("fl-server")
+    return server, result.artifact_path(server, "trained_model")
+
+
+def history(result: RunResult) -> dict[str, Any]:
+    """The server's ``history.json`` (in ``trained_model``)."""
+    _, model_dir = server_outputs(result)
+    return json.loads((model_dir / "history.json").read_text())
+
+
+def pod_processes(pod_uid: str, needle: str, proc: Path = Path("/proc")) -> list[int]:
+    """PIDs (on the node: this machine) of the pod's processes whose command line has ``needle``.
+
+    kubelet puts every container of a pod in a cgroup under ``pod<uid>``, so the node's
+    ``/proc/<pid>/cgroup`` says which pod a process belongs to.
+    """
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cgroup = (entry / "cgroup").read_text()
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+        if needle in cmdline and f"pod{pod_uid}" in cgroup:
+            found.append(int(entry.name))
+    return found

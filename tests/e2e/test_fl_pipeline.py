@@ -1,0 +1,365 @@
+"""The compiled pipeline on the one-node cluster, run by ``kfp_runner`` as KFP would run it.
+
+Each test is one scenario of issue 13: a default run, two runs at once, the server lost
+mid-run (its pod deleted; its process crashing inside the pod) and resumed from a
+checkpoint to the same weights as an uninterrupted run, a client lost with a quorum below
+N, and a service account without the Role of docs/rbac.md. Pods run the project's image
+built from images/Dockerfile; the pipeline is compiled for it by compile.py with resources
+that fit a 2-CPU node (``pipeline_env.TEST_RESOURCES``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html.parser
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fl_kubeflow.kube.naming import service_name
+from fl_kubeflow.kube.token_secret import secret_name
+from tests.e2e.kfp_ir import PipelineIR
+from tests.e2e.kfp_pods import PodPlacement
+from tests.e2e.kfp_retry import ERROR, FAILED, SUCCEEDED
+from tests.e2e.kfp_runner import KfpRunner, RunHandle, RunnerLimits, RunResult, wait_until
+from tests.e2e.pipeline_env import (
+    RUNNER_ACCOUNT,
+    CheckpointVolume,
+    compile_for,
+    create_checkpoint_volume,
+    create_service_account,
+    history,
+    pod_processes,
+    server_outputs,
+)
+
+# A run here takes about a minute; these bound a stuck one with room for a loaded machine.
+LIMITS = RunnerLimits(run_timeout=900.0, pending_timeout=300.0, poll_interval=0.5)
+SETUP_TIMEOUT = 120.0  # service account tokens, PVC binding
+FAULT_TIMEOUT = 600.0  # until the run reaches the point where the test injects a fault
+BASE_ARGUMENTS: dict[str, Any] = {
+    "num_clients": 2,
+    "num_rounds": 2,
+    "dataset": "digits",
+    "seed": 0,
+    # Pods of a busy node may take a while to start; nothing waits this long when healthy.
+    "join_timeout": 600.0,
+    "round_timeout": 300.0,
+}
+
+
+@dataclass
+class Env:
+    """A namespace with the documented Role, an artifact store, and a runner factory."""
+
+    cluster: Any
+    namespace: str
+    ir: PipelineIR
+    store: Path
+
+    def runner(self, service_account: str = RUNNER_ACCOUNT) -> KfpRunner:
+        placement = PodPlacement(self.namespace, service_account, str(self.store))
+        return KfpRunner(self.ir, self.cluster.core_v1(), placement, limits=LIMITS)
+
+    def gone(self, run_id: str) -> dict[str, bool]:
+        """Whether the run's Service and token Secret no longer exist."""
+        from kubernetes.client.rest import ApiException
+
+        core = self.cluster.core_v1()
+        found = {}
+        for kind, read, name in (
+            ("service", core.read_namespaced_service, service_name(run_id)),
+            ("secret", core.read_namespaced_secret, secret_name(run_id)),
+        ):
+            try:
+                read(name, self.namespace)
+                found[kind] = False
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                found[kind] = True
+        return found
+
+
+@pytest.fixture(scope="module")
+def fl_ir(node_cluster, tmp_path_factory) -> PipelineIR:
+    return compile_for(node_cluster.image, tmp_path_factory.mktemp("ir") / "fl_pipeline.yaml")
+
+
+def _env(node_cluster: Any, ir: PipelineIR) -> Env:
+    namespace = node_cluster.create_namespace("fl")
+    store = node_cluster.hostpath_root / f"store-{namespace}"
+    store.mkdir()
+    store.chmod(0o1777)  # pods run as the image's non-root user
+    create_service_account(
+        node_cluster.api_client(), namespace, RUNNER_ACCOUNT, with_role=True, timeout=SETUP_TIMEOUT
+    )
+    return Env(node_cluster, namespace, ir, store)
+
+
+@pytest.fixture
+def env(node_cluster, fl_ir) -> Iterator[Env]:
+    environment = _env(node_cluster, fl_ir)
+    yield environment
+    node_cluster.delete_namespace(environment.namespace)
+
+
+def _timed(request: pytest.FixtureRequest, started: float) -> None:
+    request.node.user_properties.append(("scenario_seconds", round(time.monotonic() - started)))
+
+
+@pytest.fixture(autouse=True)
+def scenario_time(request) -> Iterator[None]:
+    """Each scenario's wall time, in the JUnit report and the terminal summary."""
+    started = time.monotonic()
+    yield
+    _timed(request, started)
+    print(f"\n{request.node.name}: {time.monotonic() - started:.0f} s")
+
+
+def _all_pods(result: RunResult) -> list[tuple[str, str]]:
+    return [(t.display_name, a.phase) for t in result.tasks for a in t.attempts]
+
+
+def _weights(result: RunResult) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    _, model_dir = server_outputs(result)
+    return load_file(str(model_dir / "weights.safetensors"))
+
+
+class _Parser(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+
+def test_default_pipeline_on_digits(env):
+    result = env.runner().run(BASE_ARGUMENTS)
+    assert result.phase == SUCCEEDED, result
+    pods = _all_pods(result)
+    assert sorted(name for name, _ in pods) == [
+        "client-ids",
+        "fl-cleanup",
+        "fl-client",
+        "fl-client",
+        "fl-server",
+    ], result
+    assert all(phase == SUCCEEDED for _, phase in pods), result
+    cleanup = result.one("fl-cleanup")
+    others = [a.finished_at for t in result.tasks if t is not cleanup for a in t.attempts]
+    assert cleanup.attempts[0].started_at >= max(others)
+
+    import keras
+
+    from fl_kubeflow.training.datasets import load_client_data
+
+    server, model_dir = server_outputs(result)
+    model = keras.models.load_model(model_dir / "model.keras")
+    data = load_client_data("digits", 0, 2)
+    predictions = model.predict(data.x_test, verbose=0)
+    assert predictions.shape == (len(data.x_test), data.num_classes)
+    accuracy = float(np.mean(predictions.argmax(axis=1) == data.y_test))
+    assert accuracy > 0.5, accuracy  # two FedAvg rounds of the 2NN on digits reach ~0.9
+
+    metrics = server.outputs.artifacts["metrics"]["metadata"]
+    assert metrics["rounds"] == 2 and metrics["clients"] == 2, metrics
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0.0, metrics
+    report = result.artifact_path(server, "report").read_text()
+    parser = _Parser()
+    parser.feed(report)
+    parser.close()
+    assert {"html", "table"} <= set(parser.tags), parser.tags
+    assert "accuracy" in report
+    assert history(result)["status"] == "finished"
+    assert env.gone(result.run_id) == {"service": True, "secret": True}
+
+
+def test_two_runs_at_once_in_one_namespace_keep_to_their_own_clients(env):
+    runner = env.runner()
+    sizes = {"a": 2, "b": 3}
+    handles = {
+        key: runner.start({**BASE_ARGUMENTS, "num_clients": n, "seed": i})
+        for i, (key, n) in enumerate(sizes.items())
+    }
+    results = {key: handle.wait() for key, handle in handles.items()}
+    for key, result in results.items():
+        assert result.phase == SUCCEEDED, result
+        record = history(result)
+        ids = [str(i) for i in range(sizes[key])]
+        assert record["clients"] == ids, record
+        assert [r["contributors"] for r in record["rounds"][1:]] == [ids, ids], record
+        server_log = result.one("fl-server").logs
+        assert f"joined ({sizes[key]}/{sizes[key]})" in server_log
+        other = results["b" if key == "a" else "a"]
+        for client in result.executed("fl-client"):
+            assert service_name(result.run_id) in client.logs
+            assert service_name(other.run_id) not in client.logs
+        assert env.gone(result.run_id) == {"service": True, "secret": True}
+
+
+# --- the server lost mid-run, resumed from its checkpoint -------------------------------
+
+RESUME_ARGUMENTS = {**BASE_ARGUMENTS, "num_rounds": 5, "local_epochs": 3}
+
+
+@dataclass
+class ResumeEnv:
+    env: Env
+    volume: CheckpointVolume
+    reference: RunHandle
+
+    def start(self) -> RunHandle:
+        return self.env.runner().start({**RESUME_ARGUMENTS, "checkpoint_pvc": self.volume.claim})
+
+    def reached_round(self, handle: RunHandle, number: int) -> dict[str, Any]:
+        return wait_until(
+            lambda: (
+                (state := self.volume.state(handle.run_id))
+                and state["completed_round"] >= number
+                and state
+            ),
+            FAULT_TIMEOUT,
+            f"run {handle.run_id} to checkpoint round {number}",
+            interval=0.2,
+        )
+
+
+@pytest.fixture(scope="module")
+def resume_env(node_cluster, fl_ir) -> Iterator[ResumeEnv]:
+    """A namespace with a checkpoint claim, and an uninterrupted reference run started."""
+    environment = _env(node_cluster, fl_ir)
+    volume = create_checkpoint_volume(
+        node_cluster.api_client(),
+        environment.namespace,
+        node_cluster.hostpath_root / f"pv-{environment.namespace}",
+        SETUP_TIMEOUT,
+    )
+    reference = environment.runner().start({**RESUME_ARGUMENTS, "checkpoint_pvc": volume.claim})
+    yield ResumeEnv(environment, volume, reference)
+    with contextlib.suppress(Exception):
+        reference.abort()
+        reference.wait(LIMITS.delete_timeout)
+    node_cluster.delete_namespace(environment.namespace)
+    with contextlib.suppress(Exception):
+        node_cluster.core_v1().delete_persistent_volume(volume.volume)
+
+
+def _assert_resumed_to_reference(resume: ResumeEnv, result: RunResult, log: str) -> None:
+    assert result.phase == SUCCEEDED, result
+    rounds = RESUME_ARGUMENTS["num_rounds"]
+    resumed = re.search(r"resumed from checkpoint after round (\d+) of (\d+)", log)
+    assert resumed, log
+    assert 1 <= int(resumed.group(1)) < rounds, "not resumed mid-run: " + resumed.group(0)
+    reference = resume.reference.wait()
+    assert reference.phase == SUCCEEDED, reference
+    record = history(result)
+    assert [r["round"] for r in record["rounds"]] == list(range(rounds + 1)), record
+    expected, final = _weights(reference), _weights(result)
+    assert sorted(final) == sorted(expected)
+    for name, value in expected.items():
+        assert np.array_equal(final[name], value), name
+    assert resume.env.gone(result.run_id) == {"service": True, "secret": True}
+
+
+def test_server_pod_deleted_mid_run_is_retried_and_resumes_to_the_same_weights(resume_env):
+    handle = resume_env.start()
+    resume_env.reached_round(handle, 1)
+    (pod,) = handle.live_pods("fl-server")
+    # As a node loss or an API eviction does: the pod goes, Argo records "Error".
+    resume_env.env.cluster.core_v1().delete_namespaced_pod(
+        pod, resume_env.env.namespace, grace_period_seconds=0
+    )
+    result = handle.wait()
+    server, _ = server_outputs(result)
+    assert server.pod_phases == [ERROR, SUCCEEDED], result
+    _assert_resumed_to_reference(resume_env, result, server.attempts[1].log)
+
+
+# The process e-components' server task serves in (fl_kubeflow/tasks/server_process.py).
+SERVER_PROCESS = "-m fl_kubeflow.tasks.server_process"
+
+
+def test_server_process_crash_inside_its_pod_recovers_there_to_the_same_weights(resume_env):
+    handle = resume_env.start()
+    resume_env.reached_round(handle, 1)
+    (pod,) = handle.live_pods("fl-server")
+    core = resume_env.env.cluster.core_v1()
+    uid = core.read_namespaced_pod(pod, resume_env.env.namespace).metadata.uid
+    (pid,) = pod_processes(uid, SERVER_PROCESS)
+    # As the OOM killer or an interpreter crash does. Were the pod's main process to exit
+    # non-zero, Argo would call it "Failed", which OnError does not retry.
+    os.kill(pid, signal.SIGKILL)
+    result = handle.wait()
+    server, _ = server_outputs(result)
+    assert server.pod_phases == [SUCCEEDED], result
+    _assert_resumed_to_reference(resume_env, result, server.logs)
+
+
+# --- a client lost, the quorum below N ---------------------------------------------------
+
+
+def test_client_pod_deleted_with_min_clients_below_n_run_completes(env):
+    arguments = {
+        **BASE_ARGUMENTS,
+        "num_clients": 3,
+        "min_clients": 2,
+        "num_rounds": 4,
+        "local_epochs": 3,
+        "round_timeout": 30.0,
+    }
+    handle = env.runner().start(arguments)
+    core = env.cluster.core_v1()
+
+    def round_closed() -> str | None:
+        for pod in handle.live_pods("fl-server"):
+            with contextlib.suppress(Exception):
+                if re.search(r"\bround 1/\d+:", core.read_namespaced_pod_log(pod, env.namespace)):
+                    return pod
+        return None
+
+    wait_until(round_closed, FAULT_TIMEOUT, "the server to close round 1")
+    victim = next(p for p in handle.live_pods("fl-client") if "-fl-client-2-" in p)
+    core.delete_namespaced_pod(victim, env.namespace, grace_period_seconds=0)
+    result = handle.wait()
+    assert result.phase == SUCCEEDED, result
+    record = history(result)
+    assert record["status"] == "finished"
+    assert [r["round"] for r in record["rounds"]] == list(range(5)), record
+    assert all(len(r["contributors"]) >= 2 for r in record["rounds"][1:]), record
+    lost = next(t for t in result.executed("fl-client") if t.iteration == 2)
+    assert lost.attempts[0].name == victim and lost.attempts[0].phase == ERROR, result
+
+
+# --- no Role: the permission error, fast, and the cleanup still runs --------------------
+
+
+def test_without_the_documented_role_the_server_fails_fast_and_cleanup_runs(env):
+    account = f"no-role-{uuid.uuid4().hex[:6]}"
+    create_service_account(
+        env.cluster.api_client(), env.namespace, account, with_role=False, timeout=SETUP_TIMEOUT
+    )
+    result = env.runner(account).run({**BASE_ARGUMENTS, "join_timeout": 60.0})
+    assert result.phase == FAILED, result
+    server = result.one("fl-server")
+    # A non-zero exit is Argo "Failed", which retryPolicy OnError does not retry.
+    assert server.pod_phases == [FAILED] and server.exit_codes[0] != 0, result
+    seconds = server.attempts[0].container_seconds
+    assert seconds is not None and seconds < 30.0, (seconds, server.logs)
+    assert "KubernetesPermissionError" in server.logs and "docs/rbac.md" in server.logs
+    cleanup = result.one("fl-cleanup")
+    assert cleanup.attempts, result
+    others = [a.finished_at for t in result.tasks if t is not cleanup for a in t.attempts]
+    assert cleanup.attempts[0].started_at >= max(others)

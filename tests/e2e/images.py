@@ -49,6 +49,7 @@ BASE_IMAGE = "fl-kubeflow-e2e/python:3.11-slim-bookworm"
 
 
 IMAGE_REPOSITORY = "fl-kubeflow"
+KEEP_IMAGES = 3  # project images kept beside the current one (worktrees sharing the cluster)
 
 
 DEBIAN_SUITE = "bookworm"
@@ -270,4 +271,23 @@ def build_project_image(
             f"docker build of images/Dockerfile failed ({result.returncode}); "
             f"{layout.log('image-build')} ends:\n" + log_tail(layout, "image-build", 40)
         )
+    _prune_project_images(layout, keep=tag)
     return tag, True
+
+
+def _prune_project_images(layout: Layout, keep: str, newest: int = KEEP_IMAGES) -> None:
+    """Untag all but the ``newest`` project images (and ``keep``), so the cache does not grow
+    by an image per dependency change. Without --force: an image a container uses stays."""
+    listing = run(
+        [
+            *docker_command(layout),
+            "images",
+            IMAGE_REPOSITORY,
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ],
+        60,
+    ).stdout.split()  # newest first
+    stale = [t for t in listing if t.split(":")[-1].startswith("e2e-") and t != keep][newest:]
+    if stale:
+        run([*docker_command(layout), "rmi", *stale], 300)

@@ -17,10 +17,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
 DEFAULT_ROOT = Path("/var/lib/fl-kubeflow-e2e")
-
 
 # /usr/local/bin/docker on these machines is a newer client that shadows Debian's.
 DOCKER = "/usr/bin/docker"

@@ -37,27 +37,16 @@ from tests.e2e.daemons import (
 )
 
 BRIDGE_IP = "172.17.0.1"  # docker0: the node's address, the API server's and the DNS's
-
-
 PAUSE_IMAGE = "k8s.gcr.io/pause:3.2"
-
-
 ROOTFS_IMAGE = "fl-kubeflow-e2e/debian-rootfs:bookworm"
-
-
 BASE_IMAGE = "fl-kubeflow-e2e/python:3.11-slim-bookworm"
-
-
 IMAGE_REPOSITORY = "fl-kubeflow"
-
-
+KEEP_IMAGES = 3  # project images kept beside the current one (worktrees sharing the cluster)
 DEBIAN_SUITE = "bookworm"
-
 
 # python3-venv brings ensurepip (pip without a download); passwd gives useradd, as
 # debian:bookworm-slim has it.
 DEBOOTSTRAP_INCLUDE = "python3,python3-venv,ca-certificates,passwd"
-
 
 # The stand-in's Python: a venv first on PATH, so `python`/`pip` exist as in the official image
 # and Debian's PEP 668 block on the system Python does not apply.
@@ -69,7 +58,6 @@ ENV PATH=/usr/local/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
     LANG=C.UTF-8
 CMD ["python3"]
 """
-
 
 # What debootstrap leaves that debian:bookworm-slim does not ship (downloaded .debs, apt lists,
 # docs): 275 MB of rootfs down to 133 MB.
@@ -270,4 +258,23 @@ def build_project_image(
             f"docker build of images/Dockerfile failed ({result.returncode}); "
             f"{layout.log('image-build')} ends:\n" + log_tail(layout, "image-build", 40)
         )
+    _prune_project_images(layout, keep=tag)
     return tag, True
+
+
+def _prune_project_images(layout: Layout, keep: str, newest: int = KEEP_IMAGES) -> None:
+    """Untag all but the ``newest`` project images (and ``keep``), so the cache does not grow
+    by an image per dependency change. Without --force: an image a container uses stays."""
+    listing = run(
+        [
+            *docker_command(layout),
+            "images",
+            IMAGE_REPOSITORY,
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ],
+        60,
+    ).stdout.split()  # newest first
+    stale = [t for t in listing if t.split(":")[-1].startswith("e2e-") and t != keep][newest:]
+    if stale:
+        run([*docker_command(layout), "rmi", *stale], 300)

@@ -13,7 +13,6 @@ a dockerd of its own (data root, socket, pidfile: the docker data doubles as the
 the cluster's state and the logs. Only one such cluster can run on a machine (docker0, the
 kubelet's ports, iptables); :func:`down` removes whatever any earlier run left (containers,
 KUBE- iptables chains, mounts under the kubelet folder, processes) and :func:`up` calls it first.
-
 Tests use the session fixture ``node_cluster`` (``tests/e2e/conftest.py``). By hand, from the
 repository root: ``.venv/bin/python -m tests.e2e.node_cluster up|down|status|image``.
 """
@@ -68,39 +67,19 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient, CoreV1Api
 
 RUNC = "/usr/sbin/runc"
-
-
 POD_CIDR = "172.17.0.0/16"  # no CNI: pods get docker0 addresses
-
-
 SERVICE_CIDR = "10.96.0.0/16"
-
-
 API_SERVICE_IP = "10.96.0.1"
-
-
 API_PORT = 6443
-
 
 # Fixed ports below the kernel's ephemeral range, so loopback tests picking free ports
 # (tests/k8s_cluster.py) never take them.
 ETCD_PORT, ETCD_PEER_PORT = 12379, 12380
-
-
 SCHEDULER_PORT = 10259
-
-
 PROXY_HEALTH_PORT = 10256
-
-
 KUBELET_HEALTH_PORT = 10248
-
-
 NODE_NAME = "fl-e2e-node"
-
-
 CLUSTER_DOMAIN = "cluster.local"
-
 
 # Commands the set-up runs, and the Debian package each comes from (scripts/e2e-prereqs.sh
 # installs them).
@@ -120,20 +99,15 @@ COMMANDS = {
     "umount": "mount",
 }
 
-
 STATIC_LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")  # libc6-dev: gcc -static of pause.c
-
-
 K8S_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
                 "kube-proxy")  # fmt: skip
-
 
 # As tests/k8s_cluster.py, plus the node lifecycle controller: it lifts the not-ready taint the
 # kubelet registers the node with, or nothing is ever scheduled.
 CONTROLLERS = (
     "*,-nodeipam,-csrsigning,-csrapproving,-csrcleaner,-cloud-node-lifecycle,-route,-service"
 )
-
 
 DAEMONS = ("dockerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
            "kubelet", "kube-proxy", "cluster-dns")  # fmt: skip
@@ -226,7 +200,8 @@ def _node_ready(core: CoreV1Api) -> bool:
     return ready and not node.spec.taints
 
 
-def _core_v1(info: ClusterInfo) -> CoreV1Api:
+def _api_client(info: ClusterInfo) -> ApiClient:
+    """A cluster-admin ApiClient for ``info``'s cluster."""
     from kubernetes import client
 
     configuration = client.Configuration()
@@ -234,7 +209,13 @@ def _core_v1(info: ClusterInfo) -> CoreV1Api:
     configuration.ssl_ca_cert = info.ca_file
     configuration.api_key = {"authorization": info.token}
     configuration.api_key_prefix = {"authorization": "Bearer"}
-    return client.CoreV1Api(client.ApiClient(configuration))
+    return client.ApiClient(configuration)
+
+
+def _core_v1(info: ClusterInfo) -> CoreV1Api:
+    from kubernetes import client
+
+    return client.CoreV1Api(_api_client(info))
 
 
 def up(
@@ -567,14 +548,7 @@ class NodeCluster:
 
     def api_client(self) -> ApiClient:
         """A cluster-admin ApiClient (closed at the end of the session)."""
-        from kubernetes import client
-
-        configuration = client.Configuration()
-        configuration.host = self.info.host
-        configuration.ssl_ca_cert = self.info.ca_file
-        configuration.api_key = {"authorization": self.info.token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
-        api_client = client.ApiClient(configuration)
+        api_client = _api_client(self.info)
         self._clients.append(api_client)
         return api_client
 

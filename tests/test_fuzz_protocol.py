@@ -7,9 +7,10 @@ those of the same run without the garbage.
 
 The run is paced by the fuzz, not by the clock: a third honest client, the
 project's ``FederatedClient`` in a thread of the test, sends its update for round
-k only once k thirds of the garbage are sent. No round can close without it, so
-every round is open while its third of the garbage arrives and the run cannot end
-(nor the server exit) before the last request, however slow the machine.
+k < 3 once k thirds of the garbage are sent, and for round 3 once all of it is. No
+round can close without it, so every round is open while its share of the garbage
+arrives, and the run cannot end (nor the server exit, resetting the connection of
+a request in flight) before the last request, however slow the machine.
 """
 
 from __future__ import annotations

@@ -1,9 +1,16 @@
 """Property-based fuzzing of the /v1 protocol, interleaved with a real run.
 
 Over a thousand generated malformed requests (bodies, headers, tokens, rounds,
-shapes, dtypes, sizes) hit the server while two real clients train. None may get
-a 5xx or hang, and the run's final weights must equal those of the same run
-without the garbage.
+shapes, dtypes, sizes) hit the server while two real client processes train. None
+may get a 5xx, hang or lose its connection, and the run's final weights must equal
+those of the same run without the garbage.
+
+The run is paced by the fuzz, not by the clock: a third honest client, the
+project's ``FederatedClient`` in a thread of the test, sends its update for round
+k < 3 once k thirds of the garbage are sent, and for round 3 once all of it is. No
+round can close without it, so every round is open while its share of the garbage
+arrives, and the run cannot end (nor the server exit, resetting the connection of
+a request in flight) before the last request, however slow the machine.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,14 +29,21 @@ from hypothesis import strategies as st
 
 from fl_kubeflow import wire
 from fl_kubeflow.auth import new_token
-from fl_kubeflow.client.numpy_trainers import random_weights
+from fl_kubeflow.client.federated_client import ClientSummary, FederatedClient
+from fl_kubeflow.client.numpy_trainers import DeltaTrainer, random_weights
+from fl_kubeflow.client.trainer import FitResult
 from tests.fl_processes import start_delta_clients, start_server, wait_all
 
 pytestmark = pytest.mark.slow
 
 SHAPES = [(16, 8), (8,)]
-REAL_IDS = ("0", "1")
+PROCESS_IDS = ("0", "1")  # real client processes
+PACER_ID = "2"  # the honest client in the test that paces the run
+REAL_IDS = (*PROCESS_IDS, PACER_ID)
+ROUNDS = 3
 EXAMPLES = 1100
+# Longest wait of the pacer for its share of the garbage: generous, for a loaded machine.
+PACE_TIMEOUT = 600.0
 
 
 def _weights_like(draw, valid_names: bool) -> wire.Weights:
@@ -163,15 +179,94 @@ def garbage_requests(draw, token: str):
     )
 
 
+class Pace:
+    """How much garbage is sent: round k < rounds may close once k / rounds of it is,
+    the last round only once the fuzz is over."""
+
+    def __init__(self, examples: int, rounds: int, timeout: float) -> None:
+        self.examples = examples
+        self.rounds = rounds
+        self.timeout = timeout
+        self.sent = 0
+        self.done = False
+        self._changed = threading.Condition()
+
+    def count(self) -> None:
+        with self._changed:
+            self.sent += 1
+            self._changed.notify_all()
+
+    def finish(self) -> None:
+        """The fuzz is over (or failed): let every round close."""
+        with self._changed:
+            self.done = True
+            self._changed.notify_all()
+
+    def wait_for_round(self, server_round: int) -> None:
+        share = self.examples * server_round // self.rounds
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: self.done or (server_round < self.rounds and self.sent >= share),
+                timeout=self.timeout,
+            ):
+                raise TimeoutError(f"round {server_round}: {self.sent} of {share} requests sent")
+
+
+class PacedTrainer:
+    """A ``DeltaTrainer`` whose fit of round k waits for the garbage of rounds 1..k."""
+
+    def __init__(self, trainer: DeltaTrainer, pace: Pace) -> None:
+        self.trainer = trainer
+        self.pace = pace
+
+    def initial_weights(self) -> wire.Weights:
+        return self.trainer.initial_weights()
+
+    def fit(self, weights: wire.Weights, server_round: int, config: dict[str, Any]) -> FitResult:
+        self.pace.wait_for_round(server_round)
+        return self.trainer.fit(weights, server_round, config)
+
+    def evaluate(self, weights: wire.Weights, server_round: int) -> Any:
+        return self.trainer.evaluate(weights, server_round)
+
+
+def _start_pacer(
+    url: str, token: str, delta: float, count: int, pace: Pace
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run the pacing client in a thread; its summary or error lands in the dict."""
+    trainer = PacedTrainer(DeltaTrainer(SHAPES, delta=delta, num_examples=count), pace)
+    client = FederatedClient(
+        url,
+        PACER_ID,
+        trainer,
+        retry_timeout=30,
+        round_wait_timeout=PACE_TIMEOUT,
+        poll_wait=1.0,
+        request_timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = client.run()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="pacer", daemon=True)
+    thread.start()
+    return thread, outcome
+
+
 def test_garbage_interleaved_with_a_real_run(tmp_path):
     token = new_token()
-    deltas, counts = [1.0, -0.5], [2, 6]
+    deltas, counts = [1.0, -0.5, 0.5], [2, 6, 4]
     server = start_server(
         tmp_path,
         "--clients",
-        "2",
+        str(len(REAL_IDS)),
         "--rounds",
-        "3",
+        str(ROUNDS),
         "--client-ids",
         ",".join(REAL_IDS),
         "--grace-period",
@@ -184,9 +279,9 @@ def test_garbage_interleaved_with_a_real_run(tmp_path):
         "1",
         token=token,
     )
-    clients = start_delta_clients(
-        tmp_path, server.url, deltas, counts, "--fit-delay", "3.0", token=token
-    )
+    clients = start_delta_clients(tmp_path, server.url, deltas[:-1], counts[:-1], token=token)
+    pace = Pace(EXAMPLES, ROUNDS, PACE_TIMEOUT)
+    pacer, pacer_outcome = _start_pacer(server.url, token, deltas[-1], counts[-1], pace)
     session = requests.Session()
     statuses: dict[int, int] = {}
     previous: list = []
@@ -197,31 +292,42 @@ def test_garbage_interleaved_with_a_real_run(tmp_path):
     @given(st.data())
     def fuzz(data):
         method, path, headers, body, params = data.draw(garbage_requests(token))
-        if server.proc.poll() is not None:
-            return  # the run ended; later examples have nobody to talk to
+        # The run cannot end before the pacer's last update, sent after the last request:
+        # every request meets a live server in an open run, so no drop is excusable.
         try:
             response = session.request(
                 method, server.url + path, headers=headers, data=body, params=params, timeout=10
             )
-        except requests.ConnectionError as exc:
-            assert server.proc.poll() is not None, (
-                f"the server dropped a connection: {exc}\nprevious: {previous}\n"
+        except requests.RequestException as exc:
+            raise AssertionError(
+                f"the server dropped a connection: {exc!r}\nprevious: {previous}\n"
                 f"this: {(method, path, headers, body[:200], params)}"
-            )
-            return
+            ) from exc
         finally:
             previous[:] = [(method, path, headers, body[:200], params)]
+        pace.count()
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (method, path, headers, response.text)
         if response.status_code >= 400 and response.status_code != 405:
             assert "message" in response.json() or response.status_code == 413
 
-    fuzz()
+    try:
+        fuzz()
+        # The garbage came while the last round was open: the pacer still holds it.
+        status = server.status()
+        assert (status["phase"], status["round"]) == ("fit", ROUNDS), status
+        assert PACER_ID not in status["submitted"], status
+    finally:
+        pace.finish()
     assert sum(statuses.values()) >= 1000, statuses
+    pacer.join(timeout=120)
+    assert not pacer.is_alive(), "the pacing client did not finish"
+    assert "error" not in pacer_outcome, pacer_outcome
+    assert isinstance(pacer_outcome["summary"], ClientSummary)
     assert wait_all(clients) == [0, 0], [c.log() for c in clients]
     assert server.wait() == 0, server.log()
     step = sum(d * n for d, n in zip(deltas, counts, strict=True)) / sum(counts)
     final = server.final_weights()
     for name, w0 in random_weights(SHAPES, seed=0).items():
-        np.testing.assert_allclose(final[name], w0 + 3 * step, atol=1e-6)
+        np.testing.assert_allclose(final[name], w0 + ROUNDS * step, atol=1e-6)
     assert all(r["contributors"] == list(REAL_IDS) for r in server.history()["rounds"][1:])

@@ -6,6 +6,7 @@ aggregate untouched, and the run must still finish with the exact FedAvg result.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import struct
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from fl_kubeflow import wire
+from fl_kubeflow.auth import new_token
 from tests.fl_processes import RawClient, start_server
 
 W0 = {
@@ -306,4 +308,57 @@ def test_large_bodies_in_memory_or_spooled_are_checked_and_averaged(tmp_path, sl
         final = server.final_weights()
         np.testing.assert_array_equal(final["w"], big["w"] + np.float32(2.0))
     finally:
+        server.kill()
+
+
+def _refusals(token: str) -> list[tuple[str, str, dict[str, str], bytes, int]]:
+    """(method, target, headers, body, status): each kind of refusal the fuzz makes, with a body
+    where the fuzz sends one."""
+    auth = {"Authorization": f"Bearer {token}", "X-FL-Client-Id": "a"}
+    update = {**auth, "X-FL-Round": "1", "X-FL-Num-Examples": "1"}
+    return [
+        ("POST", "/v1/update", {**update, "Authorization": "Bearer wrong"}, b"\x01" * 2000, 401),
+        ("GET", "/v1/model?round=1&wait=0", {"X-FL-Client-Id": "a"}, b"", 401),
+        ("POST", "/v1/update", {**update, "X-FL-Round": "x"}, b"\x02" * 2000, 400),
+        ("POST", "/v1/update", update, b"\x03" * 20_000, 413),  # over --max-update-mb
+        ("POST", "/v1/join", auth, b"{" * 70_000, 413),  # over the JSON limit
+        ("POST", "/v1/join", auth, b"\xff\x00garbage", 400),
+        ("GET", "/v1/model?round=44&wait=-1", {**auth, "X-FL-Client-Id": "a b"}, b"", 400),
+        ("GET", "/v1/status?since=abc", auth, b"", 400),
+        ("DELETE", "/v1/update", auth, b"", 405),
+        ("GET", "/v1/nowhere", auth, b"", 404),
+    ]
+
+
+def test_refusals_keep_a_keep_alive_connection_usable(tmp_path):
+    """Every refusal, bodies included, is answered in full on a keep-alive connection, which
+    then serves the next request: the server never resets it (no unread body left behind)
+    unless the answer said ``Connection: close``. Every ordered pair of refusals is tried."""
+    token = new_token()
+    server = start_server(
+        tmp_path, "--clients", "2", "--max-update-mb", "0.01", "--join-timeout", "120", token=token
+    )
+    refusals = _refusals(token)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        previous = None
+        for first in refusals:
+            for this in [first, *refusals]:
+                method, target, headers, body, status = this
+                sock = conn.sock
+                try:
+                    conn.request(method, target, body=body or None, headers=headers)
+                    response = conn.getresponse()
+                    answer = response.read()
+                except (ConnectionError, http.client.HTTPException) as exc:
+                    raise AssertionError(f"{this[:2]} after {previous}: {exc!r}") from exc
+                assert response.status == status, (this[:2], answer)
+                assert response.status == 405 or "message" in json.loads(answer), answer
+                if previous is not None and sock is not None:
+                    # A new socket only where the server said it would close the last one.
+                    assert conn.sock is sock or previous[1] == "close", (this[:2], previous)
+                previous = (this[:2], response.getheader("Connection"))
+        assert server.proc.poll() is None
+    finally:
+        conn.close()
         server.kill()

@@ -130,12 +130,12 @@ def test_the_global_model_lives_in_its_message_whose_memory_is_reused(wire_dtype
     final = federation.final_weights()
     for array in final.values():
         np.testing.assert_array_equal(array, np.float32(4.0))
-    message = np.frombuffer(federation._global_body, np.uint8)
+    message = np.frombuffer(federation._model.body, np.uint8)
     if wire_dtype == "float32":
         # One copy of the model: its tensors are the message's, and the messages of
         # rounds two back were written over instead of new memory (rounds 2, 3 and 4).
         assert all(np.shares_memory(a, message) for a in final.values())
-        assert federation._bodies.reused == 3
+        assert federation._model.bodies.reused == 3
     else:
         # A half-precision message holds other values: the float32 model stays apart.
         assert not any(np.shares_memory(a, message) for a in final.values())

@@ -22,7 +22,6 @@ from typing import Any
 
 from fl_kubeflow import protocol, wire
 from fl_kubeflow.protocol import Phase
-from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.server import checkpoint, checkpoint_state, history, updates
 from fl_kubeflow.server.clients import Clients
 from fl_kubeflow.server.config import ServerConfig
@@ -598,15 +597,6 @@ class Federation:
                 clients_active=sum(s.active for s in self._clients.records.values()),
                 counters=self._counters.copy(),
             )
-
-    # tests/test_concurrent_folds.py checks where the model's memory lives through these.
-    @property
-    def _global_body(self) -> wire.Buffer:
-        return self._model.body
-
-    @property
-    def _bodies(self) -> Recycler:
-        return self._model.bodies
 
     def _view(self) -> history.RunView:
         # Records still change under the lock (refusals of closed rounds, evaluations):

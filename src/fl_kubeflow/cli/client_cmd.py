@@ -11,7 +11,7 @@ from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import auth_headers, read_token
 from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int, shapes
 
-TRAINERS = ("keras", "numpy-linear", "numpy-delta")
+NUMPY_TRAINERS = ("numpy-linear", "numpy-delta")
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +91,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="clients in the run, to partition a built-in dataset",
     )
-    parser.add_argument("--trainer", default="keras", choices=TRAINERS, help="what trains")
+    parser.add_argument(
+        "--trainer",
+        default="keras",
+        metavar="TRAINER",
+        help="what trains: keras or torch (built-in models and datasets), MODULE:FACTORY "
+        "(your factory(options) -> Trainer, importable here: docs/trainers.md), or "
+        + " / ".join(NUMPY_TRAINERS)
+        + " (TensorFlow-free test trainers)",
+    )
     add_training_options(parser)
     add_client_timeouts(parser)
     parser.add_argument(
@@ -159,9 +167,11 @@ def build_trainer(args: argparse.Namespace):
             local_epochs=args.local_epochs,
             seed=args.seed,
         )
-    from fl_kubeflow.training.keras_trainer import KerasTrainer, TrainerOptions
+    from fl_kubeflow.training.factory import build_trainer as build_from_spec
+    from fl_kubeflow.training.options import TrainerOptions
 
-    return KerasTrainer(
+    return build_from_spec(
+        args.trainer,
         TrainerOptions(
             dataset=args.dataset,
             partition=args.partition,
@@ -173,7 +183,7 @@ def build_trainer(args: argparse.Namespace):
             learning_rate=args.learning_rate,
             optimizer=args.optimizer,
             seed=args.seed,
-        )
+        ),
     )
 
 
@@ -181,7 +191,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
     from fl_kubeflow.client.transport import ServerError, ServerUnreachable
 
-    if args.client_id >= args.num_clients and args.trainer == "keras":
+    if args.client_id >= args.num_clients and args.trainer not in NUMPY_TRAINERS:
         parser.error(f"--client-id {args.client_id} must be below --num-clients {args.num_clients}")
     try:
         token = read_token(args.token_file)

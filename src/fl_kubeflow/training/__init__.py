@@ -1,8 +1,9 @@
 """The machine-learning side: datasets, partitioning, models, the Keras trainer, export.
 
 Importing this package (or ``datasets``, ``partition``, ``export``) does not import
-TensorFlow; ``KerasTrainer`` and ``TrainerOptions`` load it on first access, from
-``keras_trainer``, the only module that imports Keras at import time.
+TensorFlow; ``KerasTrainer`` loads it on first access, from ``keras_trainer``, the only
+module that imports Keras at import time. ``TrainerOptions`` and the trainer factories
+(``factory``) are framework-free.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fl_kubeflow.training.datasets import (
     dataset_spec,
     load_client_data,
 )
+from fl_kubeflow.training.options import TrainerOptions
 from fl_kubeflow.training.partition import (
     dirichlet_partition,
     iid_partition,
@@ -23,7 +25,7 @@ from fl_kubeflow.training.partition import (
 )
 
 if TYPE_CHECKING:
-    from fl_kubeflow.training.keras_trainer import KerasTrainer, TrainerOptions
+    from fl_kubeflow.training.keras_trainer import KerasTrainer
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -38,7 +40,7 @@ __all__ = [
     "parse_partition",
 ]
 
-_LAZY = {"KerasTrainer", "TrainerOptions"}
+_LAZY = {"KerasTrainer"}
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 # Before TensorFlow loads: hide its C++ INFO/WARNING start-up lines.
@@ -34,7 +34,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from fl_kubeflow import defaults
 from fl_kubeflow.client.trainer import EvaluateResult, FitResult
 from fl_kubeflow.training.datasets import ClientData, load_client_data
 from fl_kubeflow.training.models import (
@@ -44,53 +43,14 @@ from fl_kubeflow.training.models import (
     outputs_probabilities,
     set_weights,
 )
+from fl_kubeflow.training.options import TrainerOptions
 from fl_kubeflow.wire import Weights
 
 keras.utils.disable_interactive_logging()  # no progress bars in pod logs
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adam")
 _EVAL_BATCH_SIZE = 256  # evaluation has no gradient noise to care about: batch for speed
-
-
-@dataclass
-class TrainerOptions:
-    """Everything a client needs to build its model and data.
-
-    ``optimizer`` is ``sgd`` (with ``momentum``; 0 for plain SGD) or ``adam``.
-    ``seed`` fixes the partition, the local split, the initial weights and the
-    per-round shuffles; all clients of a federation must share ``seed``,
-    ``dataset``, ``partition``, ``num_clients`` and ``model``.
-    """
-
-    dataset: str = defaults.DATASET
-    partition: str = defaults.PARTITION
-    model: str = defaults.MODEL
-    client_id: int = 0
-    num_clients: int = 1
-    local_epochs: int = defaults.LOCAL_EPOCHS
-    batch_size: int = defaults.BATCH_SIZE
-    learning_rate: float = defaults.LEARNING_RATE
-    optimizer: str = defaults.OPTIMIZER
-    momentum: float = 0.9
-    seed: int = defaults.SEED
-    test_fraction: float = 0.2
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        if self.local_epochs < 1:
-            raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 def make_optimizer(options: TrainerOptions) -> keras.optimizers.Optimizer:

@@ -1,0 +1,80 @@
+"""Trainer factories: ``keras``, ``torch`` or a user's ``MODULE:FACTORY``.
+
+A factory is any callable ``factory(options: TrainerOptions) -> Trainer`` (a class
+whose constructor takes the options is one). Built-in names map to import paths so
+that neither TensorFlow nor PyTorch is imported until a client builds its trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from fl_kubeflow.client.trainer import Trainer
+from fl_kubeflow.training.options import TrainerOptions
+
+TrainerFactory = Callable[[TrainerOptions], Trainer]
+
+BUILTIN_TRAINERS = {
+    "keras": "fl_kubeflow.training.keras_trainer:KerasTrainer",
+    "torch": "fl_kubeflow.training.torch_trainer:TorchTrainer",
+}
+TRAINER_METHODS = ("initial_weights", "fit", "evaluate")
+
+
+class TrainerFactoryError(ValueError):
+    """A trainer spec that cannot be imported, called, or does not give a Trainer."""
+
+
+def is_builtin(spec: str) -> bool:
+    """Whether ``spec`` names a built-in trainer rather than ``MODULE:FACTORY``."""
+    return spec in BUILTIN_TRAINERS
+
+
+def load_factory(spec: str) -> TrainerFactory:
+    """Import the factory ``spec`` names: a built-in name or ``MODULE:ATTRIBUTE[.ATTR...]``."""
+    path = BUILTIN_TRAINERS.get(spec, spec)
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise TrainerFactoryError(
+            f"trainer {spec!r} is neither a built-in ({', '.join(BUILTIN_TRAINERS)}) "
+            "nor MODULE:FACTORY, e.g. my_package.trainers:build"
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TrainerFactoryError(
+            f"trainer {spec!r}: cannot import module {module_name!r}: {exc} "
+            "(is the package installed in this image or on PYTHONPATH?)"
+        ) from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise TrainerFactoryError(
+                f"trainer {spec!r}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not callable(target):
+        raise TrainerFactoryError(
+            f"trainer {spec!r}: {attribute!r} is a {type(target).__name__}, not a callable "
+            "factory(options) -> Trainer"
+        )
+    return target
+
+
+def check_trainer(trainer: object, spec: str) -> Trainer:
+    """Return ``trainer`` if it has the Trainer methods, else raise naming what is missing."""
+    missing = [m for m in TRAINER_METHODS if not callable(getattr(trainer, m, None))]
+    if missing:
+        raise TrainerFactoryError(
+            f"trainer {spec!r} returned a {type(trainer).__name__}, not a Trainer: "
+            f"it has no {', '.join(missing)} method(s) (see docs/trainers.md)"
+        )
+    return trainer  # type: ignore[return-value]
+
+
+def build_trainer(spec: str, options: TrainerOptions) -> Trainer:
+    """Build the trainer ``spec`` names for ``options``; errors name the spec and the problem."""
+    factory = load_factory(spec)
+    return check_trainer(factory(options), spec)

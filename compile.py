@@ -7,16 +7,17 @@ Upload the result in the KFP UI (Pipelines -> Upload pipeline) or submit it with
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Run from anywhere: the pipeline and components packages live next to this file.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from components import DEFAULT_IMAGE
-from pipeline import CLIENT_RESOURCES, SERVER_RESOURCES, PodResources, compile_pipeline
-from pipeline.fl_pipeline import FIELDS, SERVER_RETRIES, server_retry_deadline
+from fl_kubeflow_kfp.components import DEFAULT_IMAGE
+from fl_kubeflow_kfp.pipeline import (
+    CLIENT_RESOURCES,
+    SERVER_RESOURCES,
+    PodResources,
+    compile_pipeline,
+)
+from fl_kubeflow_kfp.pipeline.fl_pipeline import FIELDS, SERVER_RETRIES, server_retry_deadline
 
 DEFAULT_RESOURCES = {"server": SERVER_RESOURCES, "client": CLIENT_RESOURCES}
 

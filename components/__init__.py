@@ -1,6 +1,6 @@
 """KFP components of the federated-learning pipeline, built for a chosen image.
 
-``build_components(image)`` turns the functions in ``components.functions`` into
+``build_components(image)`` turns the functions in ``functions`` into
 lightweight Python components that run ``python3 -m kfp.dsl.executor_main`` in
 ``image`` with nothing installed at run time (``install_kfp_package=False``,
 ``packages_to_install=[]``): the image must contain kfp and fl-kubeflow (see
@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fl_kubeflow_kfp.components import functions
 from kfp import dsl
 from kfp.dsl.python_component import PythonComponent
-
-from components import functions
 
 DEFAULT_IMAGE = "ghcr.io/fl-on-kubeflow/fl-kubeflow:0.1.0"
 

@@ -1,6 +1,6 @@
 """The federated-learning KFP pipeline (depends on ``components``, which calls the runtime)."""
 
-from pipeline.fl_pipeline import (
+from fl_kubeflow_kfp.pipeline.fl_pipeline import (
     CLIENT_RESOURCES,
     PIPELINE_NAME,
     SERVER_RESOURCES,

@@ -21,11 +21,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from fl_kubeflow_kfp.components import DEFAULT_IMAGE, FLComponents, build_components
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Model
 from kubernetes.utils import parse_quantity
 
-from components import DEFAULT_IMAGE, FLComponents, build_components
 from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT, SERVER_ROLE, SERVER_ROLE_LABEL
 from fl_kubeflow.tasks.durations import task_seconds

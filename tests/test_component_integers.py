@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
+from fl_kubeflow_kfp.components import build_components
 
-from components import build_components
 from fl_kubeflow.tasks import ParameterError, integer_param, integer_params
 from fl_kubeflow.tasks.params import MAX_EXACT_INTEGER
 from tests.kfp_executor import run_executor

@@ -29,7 +29,7 @@ repo, root, kind, kwargs_json, result_file = sys.argv[1:6]
 sys.path.insert(0, repo)
 warnings.simplefilter("ignore")  # SubprocessRunner warns about non-"python" image names
 import kfp.local
-from components import DEFAULT_IMAGE, build_components
+from fl_kubeflow_kfp.components import DEFAULT_IMAGE, build_components
 
 kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=root)
 comps = build_components(DEFAULT_IMAGE)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from fl_kubeflow_kfp.components import functions
 
-from components import functions
 from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT
 

@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 
 import yaml
-
-from pipeline.fl_pipeline import compile_pipeline
+from fl_kubeflow_kfp.pipeline.fl_pipeline import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -225,7 +225,8 @@ def _completed_round(checkpoint: Path) -> int:
 def test_server_component_killed_mid_run_recovers_to_the_uninterrupted_weights(
     tmp_path: Path, initial_model: Path
 ) -> None:
-    from components import build_components
+    from fl_kubeflow_kfp.components import build_components
+
     from tests.kfp_executor import start_executor
 
     server_component = build_components().server

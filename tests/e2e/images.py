@@ -199,11 +199,13 @@ def ensure_pause_image(layout: Layout, timeouts: Timeouts) -> bool:
 
 
 def _image_inputs(repo: Path) -> Iterator[Path]:
-    """The files images/Dockerfile reads (its .dockerignore keeps pyproject, README, src)."""
+    """The files images/Dockerfile reads (what its .dockerignore keeps)."""
     yield repo / "images" / "Dockerfile"
     yield repo / "pyproject.toml"
+    yield repo / "setup.py"
     yield repo / "README.md"
-    for path in sorted((repo / "src").rglob("*")):
+    sources = (repo / "src", repo / "components", repo / "pipeline")
+    for path in sorted(p for folder in sources for p in folder.rglob("*")):
         parts = set(path.parts)
         if (
             path.is_file()

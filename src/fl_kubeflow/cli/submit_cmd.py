@@ -193,7 +193,8 @@ def ensure_package(package: Path, image: str | None) -> Path:
     if compile_pipeline is None:
         raise ValueError(
             f"pipeline package {str(package)!r} does not exist and the pipeline sources are "
-            "not importable here: run 'python compile.py' in a checkout of fl-on-kubeflow, "
+            "not installed here: pip install 'fl-kubeflow[kfp]', run 'python compile.py' in a "
+            "checkout of fl-on-kubeflow, "
             "or pass --package"
         )
     kwargs = {} if image is None else {"image": image}
@@ -203,13 +204,9 @@ def ensure_package(package: Path, image: str | None) -> Path:
 
 
 def _find_compiler():
-    """``pipeline.compile_pipeline`` from the checkout this CLI runs from, or None."""
-    candidates = [Path.cwd(), Path(__file__).resolve().parents[3]]
-    for root in candidates:
-        if (root / "pipeline" / "fl_pipeline.py").is_file() and str(root) not in sys.path:
-            sys.path.insert(0, str(root))
+    """``compile_pipeline`` of the installed KFP suite (``fl-kubeflow[kfp]``), or None."""
     try:
-        from pipeline import compile_pipeline
+        from fl_kubeflow_kfp.pipeline import compile_pipeline
     except ImportError:
         return None
     return compile_pipeline

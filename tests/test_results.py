@@ -22,13 +22,16 @@ import numpy as np
 import pytest
 import yaml
 
+from fl_kubeflow.kube.permissions import KubernetesPermissionError
 from fl_kubeflow.tasks.server_task import history_metrics
 from fl_kubeflow_kfp import compile_pipeline
-from fl_kubeflow_kfp.artifact_store import ArtifactStore, ArtifactStoreError
+from fl_kubeflow_kfp.artifact_store import DEFAULT_SECRET, ArtifactStore, ArtifactStoreError
 from fl_kubeflow_kfp.results import RunResults, fetch_run_results
 from fl_kubeflow_kfp.run_artifacts import RunArtifactsError, find_output_uri, task_names
 from tests.fl_processes import start_delta_clients, start_server, wait_all
+from tests.k8s_cluster import K8sCluster  # the k8s_cluster fixture comes from conftest.py
 from tests.s3_server import S3Server, s3_server  # noqa: F401  (pytest fixture)
+from tests.test_kube_service import grant
 
 KFP_BUCKET = "mlpipeline"  # KFP's default pipeline root: minio://mlpipeline/v2/artifacts
 PIPELINE_ID = "0b7e4f4c-6a55-4a4f-8d55-0c1f2b7a9e10"
@@ -279,3 +282,32 @@ def test_store_from_environment_variables(s3_server: S3Server) -> None:  # noqa:
 def test_results_folder_without_history_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"no history\.json"):
         RunResults.from_folder(tmp_path)
+
+
+@pytest.mark.k8s
+def test_store_from_kfps_secret_reads_the_artifact(
+    k8s_cluster: K8sCluster,
+    s3_server: S3Server,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from kubernetes import client
+
+    namespace = k8s_cluster.create_namespace("profile")
+    admin = k8s_cluster.core_v1()
+    admin.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=DEFAULT_SECRET),
+            string_data={"accesskey": s3_server.access_key, "secretkey": s3_server.secret_key},
+        ),
+    )
+    uri = s3_server.put("from-secret/trained_model/history.json", b"{}").rsplit("/", 1)[0]
+    store = ArtifactStore.from_secret(namespace, endpoint_url=s3_server.endpoint, core_v1_api=admin)
+    assert (store.download(uri, tmp_path / "m") / "history.json").read_bytes() == b"{}"
+
+    # A notebook whose service account may not read Secrets is told so, by name.
+    token = grant(k8s_cluster, namespace, "notebook", [("pods", ["get"])])
+    with pytest.raises(KubernetesPermissionError, match=r"get.*secrets"):
+        ArtifactStore.from_secret(namespace, core_v1_api=k8s_cluster.core_v1(token))
+    with pytest.raises(ArtifactStoreError, match=f"Secret {namespace}/absent not found"):
+        ArtifactStore.from_secret(namespace, name="absent", core_v1_api=admin)

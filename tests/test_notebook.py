@@ -47,9 +47,11 @@ for source in cells:
         if value is None:  # Jupyter shows nothing, e.g. for print(...)
             continue
         markdown = getattr(value, "_repr_markdown_", None)
+        png = getattr(value, "_repr_png_", None)
         shown.append({
             "type": type(value).__module__ + "." + type(value).__qualname__,
             "markdown": markdown() if markdown else None,
+            "png": png()[:8].hex() if png else None,
             "value": value if isinstance(value, dict) else None,
         })
 with open(report, "w") as handle:
@@ -140,7 +142,8 @@ def test_notebook_cells_show_a_local_runs_results(tmp_path: Path) -> None:
     assert results["type"] == "fl_kubeflow_kfp.results.RunResults"
     assert results["markdown"].startswith("# Federated learning run")
     assert metrics["value"] == history_metrics(history)
-    assert figure["type"] == "matplotlib.figure.Figure"
+    assert figure["type"] == "fl_kubeflow_kfp.results.LearningCurves"
+    assert bytes.fromhex(figure["png"]) == b"\x89PNG\r\n\x1a\n"  # Jupyter shows the PNG
     assert "round  clients  train acc" in kernel.stdout
     accuracy_line = next(
         line for line in kernel.stdout.splitlines() if line.startswith("accuracy on all")

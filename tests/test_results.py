@@ -207,8 +207,9 @@ def test_trained_model_is_found_downloaded_and_read(
 
     for name, value in wire.decode(bytearray(final)).items():
         np.testing.assert_array_equal(weights[name], value)
-    figure = results.learning_curves()
-    assert [ax.get_title() for ax in figure.axes] == ["Accuracy", "Loss"]
+    curves = results.learning_curves()
+    assert [ax.get_title() for ax in curves.figure.axes] == ["Accuracy", "Loss"]
+    assert curves._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")  # what Jupyter shows
 
 
 def test_run_of_an_uploaded_pipeline_version_with_its_own_root(

@@ -75,8 +75,7 @@ def learning_curves_figure(history: Mapping[str, Any]) -> Figure:
     """Accuracy and loss per round (evaluation and training) as a matplotlib Figure.
 
     Evaluation includes round 0 (the initial model); training starts at round 1.
-    A history without any metrics still gives a figure, saying so. A notebook shows the
-    figure inline when it is a cell's value.
+    A history without any metrics still gives a figure, saying so.
 
     Args:
         history: the server's history (see the module docstring); partial is fine.
@@ -118,11 +117,16 @@ def learning_curves_figure(history: Mapping[str, Any]) -> Figure:
     return figure
 
 
+def figure_png(figure: Figure) -> bytes:
+    """A matplotlib Figure rendered as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def learning_curves_png(history: Mapping[str, Any]) -> bytes:
     """The learning curves of ``learning_curves_figure`` as PNG bytes."""
-    buffer = io.BytesIO()
-    learning_curves_figure(history).savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(learning_curves_figure(history))
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

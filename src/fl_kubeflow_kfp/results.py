@@ -11,7 +11,7 @@ downloads it from the artifact store (``artifact_store``)::
 
     results = fetch_run_results(kfp.Client(), run_id, "results/", ArtifactStore.from_secret())
     results.metrics               # final evaluation accuracy and loss, rounds, clients
-    results.learning_curves()     # a matplotlib Figure: shown inline as a cell's value
+    results.learning_curves()     # shown inline as a cell's value (.figure: matplotlib)
     model = results.load_keras_model()
 
 matplotlib is needed for the curves, TensorFlow/Keras only for ``load_keras_model``.
@@ -34,11 +34,31 @@ from fl_kubeflow_kfp.run_artifacts import DEFAULT_PIPELINE_ROOT, SERVER_TASK, fi
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["ArtifactStore", "RunResults", "fetch_run_results"]
+__all__ = ["ArtifactStore", "LearningCurves", "RunResults", "fetch_run_results"]
 
 
 class RunResultsError(RuntimeError):
     """A results folder lacks a file or holds an unreadable one; the message says which."""
+
+
+@dataclass(frozen=True)
+class LearningCurves:
+    """A run's learning curves: Jupyter shows them as a PNG when they are a cell's value.
+
+    The figure is built without pyplot, so no notebook backend would show a bare Figure.
+
+    Attributes:
+        figure: The matplotlib Figure (accuracy and loss axes), to restyle or save.
+    """
+
+    figure: Figure
+
+    def png(self) -> bytes:
+        """The curves as PNG bytes."""
+        return report.figure_png(self.figure)
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
 
 
 @dataclass(frozen=True)
@@ -112,9 +132,9 @@ class RunResults:
         # Jupyter shows a RunResults that is a cell's value as this Markdown.
         return self.summary()
 
-    def learning_curves(self) -> Figure:
-        """Accuracy and loss per round as a matplotlib Figure (inline as a cell's value)."""
-        return report.learning_curves_figure(self.history)
+    def learning_curves(self) -> LearningCurves:
+        """Accuracy and loss per round (shown inline as a cell's value; ``.figure``)."""
+        return LearningCurves(report.learning_curves_figure(self.history))
 
     def load_weights(self) -> dict[str, Any]:
         """The final global weights from ``weights.safetensors``, as numpy arrays by name."""

@@ -27,7 +27,15 @@ from fl_kubeflow.tasks.server_task import history_metrics
 from fl_kubeflow_kfp import compile_pipeline
 from fl_kubeflow_kfp.artifact_store import DEFAULT_SECRET, ArtifactStore, ArtifactStoreError
 from fl_kubeflow_kfp.results import RunResults, fetch_run_results
-from fl_kubeflow_kfp.run_artifacts import RunArtifactsError, find_output_uri, task_names
+from fl_kubeflow_kfp.run_artifacts import (
+    DEFAULT_PIPELINE_ROOT,
+    LAUNCHER_CONFIG,
+    LAUNCHER_ROOT_KEY,
+    RunArtifactsError,
+    default_pipeline_root,
+    find_output_uri,
+    task_names,
+)
 from tests.fl_processes import start_delta_clients, start_server, wait_all
 from tests.k8s_cluster import K8sCluster  # the k8s_cluster fixture comes from conftest.py
 from tests.s3_server import S3Server, s3_server  # noqa: F401  (pytest fixture)
@@ -283,6 +291,46 @@ def test_store_from_environment_variables(s3_server: S3Server) -> None:  # noqa:
 def test_results_folder_without_history_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"no history\.json"):
         RunResults.from_folder(tmp_path)
+
+
+@pytest.mark.k8s
+def test_profiles_launcher_config_gives_the_pipeline_root(
+    k8s_cluster: K8sCluster,
+    kfp_api: CannedKfpApi,
+    compiled_spec: dict[str, Any],
+    federation_output: Path,
+    s3_server: S3Server,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from kubernetes import client
+
+    namespace, bare = k8s_cluster.create_namespace("profile"), k8s_cluster.create_namespace()
+    admin = k8s_cluster.core_v1()
+    # What multi-user Kubeflow's profile controller puts in every profile namespace.
+    root = f"minio://{s3_server.bucket}/private-artifacts/{namespace}/v2/artifacts"
+    admin.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=LAUNCHER_CONFIG), data={LAUNCHER_ROOT_KEY: root}
+        ),
+    )
+    assert default_pipeline_root(namespace, admin) == root
+    assert default_pipeline_root(bare, admin) == DEFAULT_PIPELINE_ROOT
+
+    run_id = str(uuid.uuid4())
+    folder = root.split("://")[1] + f"/fl-kubeflow/{run_id}/fl-server/{uuid.uuid4()}"
+    _upload(s3_server, federation_output, f"{folder}/trained_model")
+    kfp_api.documents[f"/apis/v2beta1/runs/{run_id}"] = _run_document(
+        run_id, "SUCCEEDED", compiled_spec
+    )
+    results = fetch_run_results(
+        kfp_api.client(),
+        run_id,
+        tmp_path,
+        _store(s3_server),
+        pipeline_root=default_pipeline_root(namespace, admin),
+    )
+    assert results.uri == f"minio://{folder}/trained_model"
 
 
 @pytest.mark.k8s

@@ -121,23 +121,16 @@ class ArtifactStore:
             core_v1_api: A Kubernetes client; default: the pod's service account, else the
                 current kubeconfig context.
         """
-        from fl_kubeflow.kube.api import call, make_core_v1_api
-        from fl_kubeflow.kube.pod_context import detect_in_cluster
+        from fl_kubeflow_kfp.kube_reads import pod_namespace, read_object
 
-        if namespace is None:
-            context = detect_in_cluster()
-            if context is None:
-                raise ArtifactStoreError(
-                    f"not in a pod: pass the namespace of the {name} Secret (e.g. your profile's)"
-                )
-            namespace = context.namespace
-        api = core_v1_api if core_v1_api is not None else make_core_v1_api()
-        secret = call(
-            lambda: api.read_namespaced_secret(name, namespace),
-            "get",
-            "secrets",
-            namespace,
-            absent=(404,),
+        found = pod_namespace(namespace)
+        if found is None:
+            raise ArtifactStoreError(
+                f"not in a pod: pass the namespace of the {name} Secret (e.g. your profile's)"
+            )
+        namespace = found
+        secret = read_object(
+            lambda api: api.read_namespaced_secret(name, found), "secrets", found, core_v1_api
         )
         if secret is None:
             raise ArtifactStoreError(f"Secret {namespace}/{name} not found")

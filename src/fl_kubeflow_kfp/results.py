@@ -29,7 +29,7 @@ from fl_kubeflow import report, wire
 from fl_kubeflow.server.serve import HISTORY_FILE, WEIGHTS_FILE
 from fl_kubeflow.tasks.server_task import KERAS_FILE, history_metrics, markdown_summary
 from fl_kubeflow_kfp.artifact_store import ArtifactStore
-from fl_kubeflow_kfp.run_artifacts import DEFAULT_PIPELINE_ROOT, SERVER_TASK, find_output_uri
+from fl_kubeflow_kfp.run_artifacts import SERVER_TASK, default_pipeline_root, find_output_uri
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -169,7 +169,7 @@ def fetch_run_results(
     destination: str | os.PathLike[str],
     store: ArtifactStore,
     display_name: str = SERVER_TASK,
-    pipeline_root: str = DEFAULT_PIPELINE_ROOT,
+    pipeline_root: str | None = None,
 ) -> RunResults:
     """Find a KFP run's ``trained_model`` artifact, download it, and read it.
 
@@ -179,8 +179,11 @@ def fetch_run_results(
         destination: Local folder the artifact's files are written into.
         store: The artifact store, e.g. ``ArtifactStore.from_secret()`` in a notebook pod.
         display_name: The server task's display name in the pipeline.
-        pipeline_root: The pipeline root when neither the run nor its spec sets one.
+        pipeline_root: The pipeline root when neither the run nor its spec sets one;
+            default: ``default_pipeline_root()``, the one KFP uses in this pod's namespace.
     """
+    if pipeline_root is None:
+        pipeline_root = default_pipeline_root()
     uri = find_output_uri(
         client, run_id, store, display_name=display_name, pipeline_root=pipeline_root
     )

@@ -16,20 +16,27 @@ every output (``driver.go``, ``provisionOutputs``)::
 
 with the pipeline root of the run (its runtime config, else the spec's
 ``defaultPipelineRoot``, else the namespace's ``kfp-launcher`` ConfigMap, else
-``minio://mlpipeline/v2/artifacts``), the pipeline name and the task names of the server
-tasks from the run's pipeline spec, and then confirmed by listing the artifact store: the
-random id is whatever the store holds. Nothing here is a guessed path: a URI is returned
-only when the store has the artifact's files there.
+``minio://mlpipeline/v2/artifacts``; multi-user Kubeflow's profile controller sets the
+ConfigMap's root to ``minio://mlpipeline/private-artifacts/<namespace>/v2/artifacts``),
+the pipeline name and the task names of the server tasks from the run's pipeline spec,
+and then confirmed by listing the artifact store: the random id is whatever the store
+holds. Nothing here is a guessed path: a URI is returned only when the store has the
+artifact's files there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow_kfp.artifact_store import ArtifactStore
 
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
+
 DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"  # KFP 2.17's launcher default
+LAUNCHER_CONFIG = "kfp-launcher"  # per-namespace ConfigMap the driver reads its root from
+LAUNCHER_ROOT_KEY = "defaultPipelineRoot"
 SERVER_TASK = "fl-server"  # the display name the suite gives every server task
 TRAINED_MODEL = "trained_model"
 HISTORY_FILE = "history.json"
@@ -89,6 +96,34 @@ def task_names(spec: Mapping[str, Any], display_name: str = SERVER_TASK) -> list
     return sorted(names)
 
 
+def default_pipeline_root(
+    namespace: str | None = None, core_v1_api: CoreV1Api | None = None
+) -> str:
+    """The pipeline root of runs in ``namespace`` that set none: what KFP's driver uses.
+
+    That is the ``defaultPipelineRoot`` of the namespace's ``kfp-launcher`` ConfigMap, else
+    ``minio://mlpipeline/v2/artifacts``. Outside a pod and without ``namespace``: the latter.
+
+    Args:
+        namespace: The runs' namespace; default: this pod's (a notebook's profile).
+        core_v1_api: A Kubernetes client; default: the pod's service account, else the
+            current kubeconfig context.
+    """
+    from fl_kubeflow_kfp.kube_reads import pod_namespace, read_object
+
+    found = pod_namespace(namespace)
+    if found is None:
+        return DEFAULT_PIPELINE_ROOT
+    config = read_object(
+        lambda api: api.read_namespaced_config_map(LAUNCHER_CONFIG, found),
+        "configmaps",
+        found,
+        core_v1_api,
+    )
+    root = ((config.data or {}) if config is not None else {}).get(LAUNCHER_ROOT_KEY)
+    return root or DEFAULT_PIPELINE_ROOT
+
+
 def pipeline_root_of(run: Any, spec: Mapping[str, Any], default: str) -> str:
     """The pipeline root the run's outputs went to (see the module docstring)."""
     config = run.runtime_config
@@ -113,9 +148,8 @@ def find_output_uri(
         store: The artifact store the run's pipeline root is in.
         output: The output artifact's name.
         display_name: The task's display name (``taskInfo.name``) in the pipeline.
-        pipeline_root: The pipeline root when neither the run nor its spec sets one:
-            the ``defaultPipelineRoot`` of your namespace's ``kfp-launcher`` ConfigMap if
-            it has one, else KFP's default.
+        pipeline_root: The pipeline root when neither the run nor its spec sets one
+            (``default_pipeline_root()`` gives the namespace's).
         marker: A file the artifact folder must hold (the trained model's history).
     """
     run = client.get_run(run_id)

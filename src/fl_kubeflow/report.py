@@ -28,7 +28,10 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DASH = "\u2013"
 
@@ -68,11 +71,14 @@ def _series(
     return xs, ys
 
 
-def learning_curves_png(history: Mapping[str, Any]) -> bytes:
-    """Accuracy and loss per round (evaluation and training) as PNG bytes.
+def learning_curves_figure(history: Mapping[str, Any]) -> Figure:
+    """Accuracy and loss per round (evaluation and training) as a matplotlib Figure.
 
     Evaluation includes round 0 (the initial model); training starts at round 1.
-    A history without any metrics still gives a PNG, saying so.
+    A history without any metrics still gives a figure, saying so.
+
+    Args:
+        history: the server's history (see the module docstring); partial is fine.
     """
     # Figure + Agg canvas directly: no pyplot global state, safe in a server thread.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,9 +114,19 @@ def learning_curves_png(history: Mapping[str, Any]) -> bytes:
     if status and status != "finished":
         figure.suptitle(f"run {status}", color="firebrick")
     figure.tight_layout()
+    return figure
+
+
+def figure_png(figure: Figure) -> bytes:
+    """A matplotlib Figure rendered as PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def learning_curves_png(history: Mapping[str, Any]) -> bytes:
+    """The learning curves of ``learning_curves_figure`` as PNG bytes."""
+    return figure_png(learning_curves_figure(history))
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

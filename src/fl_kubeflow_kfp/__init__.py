@@ -5,7 +5,9 @@ repository's top-level folders, which stay the source of truth:
 
 - ``fl_kubeflow_kfp.components`` (``components/``): the server, client, client-ids and
   cleanup components, built for a chosen image by ``build_components(image)``;
-- ``fl_kubeflow_kfp.pipeline`` (``pipeline/``): the federated-learning pipeline.
+- ``fl_kubeflow_kfp.pipeline`` (``pipeline/``): the federated-learning pipeline;
+- ``fl_kubeflow_kfp.results``: a finished run's metrics, learning curves and trained model,
+  found through ``kfp.Client`` and downloaded from KFP's artifact store (for notebooks).
 
 The runtime they run, ``fl_kubeflow``, never imports kfp; this package is the only one
 that does.

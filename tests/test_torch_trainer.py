@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +291,21 @@ def test_fedprox_matches_a_numpy_reference(mu: float) -> None:
     np.testing.assert_allclose(result.weights["1.weight"], w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(result.weights["1.bias"], b, rtol=1e-4, atol=1e-5)
     assert ("proximal_term" in result.metrics) == (mu > 0)
+
+
+def test_without_torch_the_factory_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # as if PyTorch were not installed
+        "from fl_kubeflow.training.factory import build_trainer, TrainerFactoryError\n"
+        "from fl_kubeflow.training.options import TrainerOptions\n"
+        "try:\n"
+        "    build_trainer('torch', TrainerOptions())\n"
+        "except TrainerFactoryError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "trainer 'torch'" in done.stdout
+    assert "pip install 'fl-kubeflow[torch]'" in done.stdout

@@ -30,7 +30,14 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as exc:  # the factory's error then says what to install
+    raise ImportError(
+        f"the torch trainer needs PyTorch ({exc}): pip install 'fl-kubeflow[torch]', or use an "
+        "image built with it (docs/pytorch.md)"
+    ) from exc
 import torch.nn.functional as F
 from torch import nn
 

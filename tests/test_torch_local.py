@@ -30,10 +30,16 @@ EXAMPLE = REPO / "examples" / "torch_client"
 CLIENTS = 3
 
 
-def local(output: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
+def local(
+    output: Path,
+    *args: str,
+    clients: int = CLIENTS,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+):
     command = [sys.executable, "-m", "fl_kubeflow", "local", "--output", str(output)]
     return subprocess.run(
-        [*command, "--trainer", "torch", "--clients", str(CLIENTS), "--join-timeout", "300", *args],
+        [*command, "--trainer", "torch", "--clients", str(clients), "--join-timeout", "300", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -90,7 +96,9 @@ def test_example_user_model_trains_federated(tmp_path: Path) -> None:
 
 
 def test_unimportable_user_model_fails_before_round_one(tmp_path: Path) -> None:
-    done = local(tmp_path / "run", "--model", "no_such_module_xyz:build", "--rounds", "1")
+    done = local(
+        tmp_path / "run", "--model", "no_such_module_xyz:build", "--rounds", "1", clients=1
+    )
     assert done.returncode != 0
     assert "cannot import module 'no_such_module_xyz'" in done.stderr, done.stderr
     history = tmp_path / "run" / "history.json"

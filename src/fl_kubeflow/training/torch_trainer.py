@@ -204,7 +204,8 @@ class TorchTrainer:
         options = self.options
         optimizer = self.optimizer
         optimizer.state.clear()  # no momentum or Adam moments carried over from a past round
-        anchors = [p.detach().clone() for p in self.model.parameters()] if mu > 0 else []
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        anchors = [p.detach().clone() for p in trainable] if mu > 0 else []
         # Our own seeded shuffles, and a seeded torch RNG for any dropout in a user's
         # model: the same round replays identically on a restart.
         rng = np.random.default_rng([options.seed, options.client_id, server_round])
@@ -223,8 +224,7 @@ class TorchTrainer:
                 total = loss
                 if mu > 0:
                     term = sum(
-                        torch.sum((p - a) ** 2)
-                        for p, a in zip(self.model.parameters(), anchors, strict=True)
+                        torch.sum((p - a) ** 2) for p, a in zip(trainable, anchors, strict=True)
                     )
                     total = loss + 0.5 * mu * term
                     prox = 0.5 * mu * float(term.detach())

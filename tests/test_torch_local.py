@@ -30,16 +30,10 @@ EXAMPLE = REPO / "examples" / "torch_client"
 CLIENTS = 3
 
 
-def local(
-    output: Path,
-    *args: str,
-    clients: int = CLIENTS,
-    env: dict[str, str] | None = None,
-    timeout: float = 600,
-):
+def local(output: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
     command = [sys.executable, "-m", "fl_kubeflow", "local", "--output", str(output)]
     return subprocess.run(
-        [*command, "--trainer", "torch", "--clients", str(clients), "--join-timeout", "300", *args],
+        [*command, "--trainer", "torch", "--clients", str(CLIENTS), "--join-timeout", "300", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -95,11 +89,14 @@ def test_example_user_model_trains_federated(tmp_path: Path) -> None:
     assert accuracy_of(digits_net.build((1, 8, 8), 10, 0), out / "weights.safetensors") >= 0.8
 
 
-def test_unimportable_user_model_fails_before_round_one(tmp_path: Path) -> None:
-    done = local(
-        tmp_path / "run", "--model", "no_such_module_xyz:build", "--rounds", "1", clients=1
+def test_unimportable_user_model_fails_before_contacting_the_server() -> None:
+    # The client builds its trainer first: no server is needed to see the error.
+    command = [sys.executable, "-m", "fl_kubeflow", "client", "--server", "http://127.0.0.1:9"]
+    done = subprocess.run(
+        [*command, "--trainer", "torch", "--model", "no_such_module_xyz:build"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert done.returncode != 0
-    assert "cannot import module 'no_such_module_xyz'" in done.stderr, done.stderr
-    history = tmp_path / "run" / "history.json"
-    assert not history.exists() or json.loads(history.read_text())["rounds"] == []
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "model 'no_such_module_xyz:build': cannot import module" in done.stderr, done.stderr

@@ -21,7 +21,7 @@ want="$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16) $extras"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
-echo "setup: installing fl-kubeflow[$extras] into $venv (first time: a few minutes, ~1.6 GB)"
+echo "setup: installing fl-kubeflow[$extras] into $venv (first time: a few minutes, ~1.6 GB; ~0.9 GB more with torch)"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e "$repo[$extras]"
 echo "$want" > "$stamp"

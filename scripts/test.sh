@@ -6,7 +6,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-scripts/setup.sh train,kfp,dev
+scripts/setup.sh train,kfp,dev,torch
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 if ! scripts/e2e-prereqs.sh; then

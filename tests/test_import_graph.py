@@ -194,3 +194,30 @@ def test_client_process_never_loads_server_code() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# Only these import PyTorch; the server side never reaches them (the server stays framework-free).
+TORCH_IMPORTERS = {f"{ROOT}.training.torch_trainer", f"{ROOT}.training.torch_models"}
+SERVER_SIDE = [m for m in MODULES if _forbidden(m)]
+
+
+def _imports_torch(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(name == "torch" or name.startswith("torch.") for name in names):
+            return True
+    return False
+
+
+def test_only_the_torch_trainer_imports_torch_and_the_server_never_reaches_it() -> None:
+    assert {m for m, path in MODULES.items() if _imports_torch(path)} == TORCH_IMPORTERS
+    offenders = []
+    for start in SERVER_SIDE:
+        parents = _reached_from(start)
+        offenders += [_chain(start, m, parents) for m in sorted(parents) if m in TORCH_IMPORTERS]
+    assert SERVER_SIDE and offenders == []

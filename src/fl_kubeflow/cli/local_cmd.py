@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--trainer",
         default="keras",
-        choices=["keras", "numpy-linear"],
-        help="keras trains the model on the dataset; numpy-linear is a TensorFlow-free demo",
+        help="keras or torch train the model on the dataset; numpy-linear is a TensorFlow-free "
+        "demo",
     )
     parser.add_argument(
         "--output", type=Path, default=Path("runs/local"), help="folder for the run's outputs"

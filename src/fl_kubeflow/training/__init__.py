@@ -1,8 +1,9 @@
 """The machine-learning side: datasets, partitioning, models, the Keras trainer, export.
 
 Importing this package (or ``datasets``, ``partition``, ``export``) does not import
-TensorFlow; ``KerasTrainer`` loads it on first access, from ``keras_trainer``, the only
-module that imports Keras at import time. ``TrainerOptions`` and the trainer factories
+TensorFlow or PyTorch; ``KerasTrainer`` loads TensorFlow on first access, from
+``keras_trainer``, the only module that imports Keras at import time, and ``TorchTrainer``
+loads PyTorch, from ``torch_trainer``. ``TrainerOptions`` and the trainer factories
 (``factory``) are framework-free.
 """
 
@@ -26,12 +27,14 @@ from fl_kubeflow.training.partition import (
 
 if TYPE_CHECKING:
     from fl_kubeflow.training.keras_trainer import KerasTrainer
+    from fl_kubeflow.training.torch_trainer import TorchTrainer
 
 __all__ = [
     "BUILTIN_DATASETS",
     "ClientData",
     "DatasetError",
     "KerasTrainer",
+    "TorchTrainer",
     "TrainerOptions",
     "dataset_spec",
     "dirichlet_partition",
@@ -40,13 +43,16 @@ __all__ = [
     "parse_partition",
 ]
 
-_LAZY = {"KerasTrainer"}
-
 
 def __getattr__(name: str) -> Any:
-    """Import the Keras trainer only when someone asks for it (costs seconds and ~600 MB)."""
-    if name in _LAZY:
+    """Import a framework's trainer only when someone asks for it (seconds, hundreds of MB)."""
+    # Plain imports, not importlib: tests/test_import_graph.py reads these edges.
+    if name == "KerasTrainer":
         from fl_kubeflow.training import keras_trainer
 
-        return getattr(keras_trainer, name)
+        return keras_trainer.KerasTrainer
+    if name == "TorchTrainer":
+        from fl_kubeflow.training import torch_trainer
+
+        return torch_trainer.TorchTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

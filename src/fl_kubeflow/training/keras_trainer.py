@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from fl_kubeflow.client.trainer import EvaluateResult, FitResult
+from fl_kubeflow.training.common import proximal_mu
 from fl_kubeflow.training.datasets import ClientData, load_client_data
 from fl_kubeflow.training.models import (
     build_model,
@@ -211,22 +212,6 @@ class KerasTrainer:
             num_examples=len(self.data.x_test),
             metrics={"loss": float(result["loss"]), "accuracy": float(result["accuracy"])},
         )
-
-
-def proximal_mu(config: dict[str, Any]) -> float:
-    """The round's FedProx ``proximal_mu`` (0 when absent); a bad value is a ValueError."""
-    value = config.get("proximal_mu")
-    if value is None:
-        return 0.0
-    if isinstance(value, bool):
-        raise ValueError(f"proximal_mu must be a number >= 0, got {value!r}")
-    try:
-        mu = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"proximal_mu must be a number >= 0, got {value!r}") from None
-    if not (math.isfinite(mu) and mu >= 0):
-        raise ValueError(f"proximal_mu must be a number >= 0, got {value!r}")
-    return mu
 
 
 class _ProximalLoop:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fl_kubeflow.training.common import check_weights
 from fl_kubeflow.wire import Weights
 
 if TYPE_CHECKING:
@@ -234,22 +235,10 @@ def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
             Nothing is assigned unless everything matches.
     """
     names = weight_names(model)
-    expected, given = set(names), set(weights)
-    if expected != given:
-        missing, extra = sorted(expected - given), sorted(given - expected)
-        raise ValueError(
-            f"weights do not match the model: missing {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-            f"{' ...' if len(extra) > 5 else ''}"
-        )
-    arrays = []
-    for name, variable in zip(names, model.weights, strict=True):
-        array = np.asarray(weights[name])
-        if tuple(array.shape) != tuple(variable.shape):
-            raise ValueError(
-                f"weight {name!r} has shape {tuple(array.shape)}; the model needs "
-                f"{tuple(variable.shape)}"
-            )
-        arrays.append(array.astype(variable.dtype, copy=False))
+    check_weights({n: tuple(v.shape) for n, v in zip(names, model.weights, strict=True)}, weights)
+    arrays = [
+        np.asarray(weights[name]).astype(variable.dtype, copy=False)
+        for name, variable in zip(names, model.weights, strict=True)
+    ]
     for variable, array in zip(model.weights, arrays, strict=True):
         variable.assign(array)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def _int_at_least(text: str, minimum: int, rule: str) -> int:
@@ -49,14 +48,9 @@ def shapes(text: str) -> list[tuple[int, ...]]:
 
 def json_list(text: str) -> tuple[str, ...]:
     """'["s3://b/c0.csv", "s3://b/c1.csv"]' -> a tuple of strings; '' or '[]' -> ()."""
-    if not text.strip():
-        return ()
+    from fl_kubeflow.training.datasets import parse_data_locations
+
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError(
-            f'{text!r} is not a JSON list, e.g. \'["s3://bucket/c0.csv", "s3://bucket/c1.csv"]\''
-        ) from None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON list of non-empty strings")
-    return tuple(v.strip() for v in value)
+        return parse_data_locations(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -268,6 +268,34 @@ def file_dataset(spec: str) -> tuple[str, str] | None:
     return None
 
 
+def parse_data_locations(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A ``data_locations`` value: a JSON list of strings (as the pipeline passes it), or a list.
+
+    ``""`` and ``"[]"`` are the empty list.
+
+    Raises:
+        DatasetError: not a JSON list of non-empty strings.
+    """
+    import json
+
+    items: object = value
+    if isinstance(value, str):
+        if not value.strip():
+            return ()
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            items = None
+    if not isinstance(items, (list, tuple)) or not all(
+        isinstance(item, str) and item.strip() for item in items
+    ):
+        raise DatasetError(
+            f"data_locations {value!r} must be a JSON list of locations, one per client, "
+            'e.g. ["s3://bucket/c0.csv", "s3://bucket/c1.csv"]'
+        )
+    return tuple(item.strip() for item in items)
+
+
 def client_dataset(
     dataset: str, data_locations: Sequence[str], client_id: int, num_clients: int
 ) -> str:

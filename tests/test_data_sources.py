@@ -252,3 +252,19 @@ def test_federated_run_reads_each_clients_table_from_s3(
         timeout=120,
     )
     assert loaded.stdout.strip() == "(2, 10)", loaded.stderr
+
+
+def test_export_takes_a_tables_shapes_from_the_weights_without_reading_it():
+    from fl_kubeflow.training.export import model_shapes
+
+    weights = {
+        "0000:mlp/fc1/kernel": np.zeros((64, 200), np.float32),
+        "0001:mlp/fc1/bias": np.zeros(200, np.float32),
+        "0004:mlp/output/bias": np.zeros(10, np.float32),
+    }
+    # Nothing serves this bucket: a read would fail, so these answers come from the weights.
+    assert model_shapes("mlp", "s3://nowhere/c0.parquet", weights) == ((64,), 10)
+    assert model_shapes("mlp", "csv:/absent/c{client_id}", weights) == ((64,), 10)
+    assert model_shapes("mlp", "digits", weights) == ((8, 8, 1), 10)
+    with pytest.raises(ValueError, match="pass --input-shape and --num-classes"):
+        model_shapes("cnn", "s3://nowhere/c0.csv", weights)

@@ -268,3 +268,15 @@ def test_export_takes_a_tables_shapes_from_the_weights_without_reading_it():
     assert model_shapes("mlp", "digits", weights) == ((8, 8, 1), 10)
     with pytest.raises(ValueError, match="pass --input-shape and --num-classes"):
         model_shapes("cnn", "s3://nowhere/c0.csv", weights)
+
+
+def test_local_preflight_checks_each_listed_file(tmp_path):
+    from fl_kubeflow.local.preflight import check_options
+
+    (tmp_path / "c0.csv").write_text("label,x\n0,1\n")
+    present, absent = str(tmp_path / "c0.csv"), str(tmp_path / "c1.parquet")
+    check_options("digits", "iid", "mlp", 2, (present, "s3://remote/c1.csv"))
+    with pytest.raises(ValueError, match=r"client 1's file '.*c1\.parquet' does not exist"):
+        check_options("digits", "iid", "mlp", 2, (present, absent))
+    with pytest.raises(ValueError, match="has 2 entries but the run has 3 clients"):
+        check_options("digits", "iid", "mlp", 3, (present, absent))

@@ -280,3 +280,25 @@ def test_local_preflight_checks_each_listed_file(tmp_path):
         check_options("digits", "iid", "mlp", 2, (present, absent))
     with pytest.raises(ValueError, match="has 2 entries but the run has 3 clients"):
         check_options("digits", "iid", "mlp", 3, (present, absent))
+
+
+@pytest.mark.slow
+def test_client_task_fails_on_a_missing_object_before_joining(
+    s3_env,
+    s3_server,  # noqa: F811
+    s3_tables,
+):
+    from fl_kubeflow.tasks import ClientTaskError, run_client_task
+    from tests.ports import free_port
+
+    missing = s3_server.url("digits/nobody.csv")
+    with pytest.raises(ClientTaskError, match=rf"{missing} does not exist at http://127"):
+        run_client_task(
+            run_id="data-test",
+            client_id=1,
+            num_clients=2,
+            # Nothing listens here: reaching it would mean the data was not checked first.
+            server_address=f"http://127.0.0.1:{free_port()}",
+            data_locations=json.dumps([s3_tables[0], missing]),
+            retry_timeout=120,
+        )

@@ -43,6 +43,7 @@ def fl_server(
     strategy_options: str = "{}",
     port: int = 8080,
     dataset: str = "digits",
+    data_locations: str = "[]",
     partition: str = "iid",
     model: str = "mlp",
     local_epochs: int = 2,
@@ -72,6 +73,8 @@ def fl_server(
         strategy_options: The strategy's options as a JSON object, e.g. {"eta": 0.03}.
         port: TCP port the server listens on and the Service exposes.
         dataset: Dataset the clients train on; gives the exported model's input shape.
+        data_locations: The clients' data files as a JSON list, one per client (their format
+            only: a table's shapes are read from the weights); [] when dataset is used.
         partition: How the clients split the dataset (shown in the report).
         model: Model the clients train (mlp, cnn or a .keras path); rebuilt for export.
         local_epochs: Epochs each client trains per round (shown in the report).
@@ -123,6 +126,7 @@ def fl_server(
         strategy_options=strategy_options,
         port=port,
         dataset=dataset,
+        data_locations=data_locations,
         model=model,
         initial_model=initial_model.path if initial_model is not None else None,
         checkpoint_dir=checkpoint_dir,
@@ -138,6 +142,7 @@ def fl_server(
             "strategy": strategy,
             "strategy_options": strategy_options,
             "dataset": dataset,
+            "data_locations": data_locations,
             "partition": partition,
             "model": model,
             "local_epochs": local_epochs,
@@ -168,6 +173,10 @@ def fl_client(
     learning_rate: float = 0.05,
     optimizer: str = "sgd",
     seed: int = 0,
+    data_locations: str = "[]",
+    label_column: str = "label",
+    feature_columns: str = "",
+    data_timeout: float = 60.0,
     retry_timeout: float = 900.0,
     round_wait_timeout: float = 3600.0,
 ):
@@ -179,7 +188,8 @@ def fl_client(
         num_clients: Clients in the run (N), to partition the dataset.
         server_address: Server URL override; empty means this run's in-cluster Service.
         port: Server port when the address is derived from the run id.
-        dataset: digits (bundled), mnist, fashion_mnist, cifar10, or npz:PATH with {client_id}.
+        dataset: digits (bundled), mnist, fashion_mnist, cifar10, or a file with {client_id}:
+            npz:/csv:/parquet: and a path, http(s):// or s3:// location (docs/data.md).
         partition: iid or dirichlet:ALPHA.
         model: mlp, cnn, or a path to a .keras model.
         local_epochs: Epochs trained per round.
@@ -187,6 +197,11 @@ def fl_client(
         learning_rate: Local learning rate.
         optimizer: sgd (momentum 0.9) or adam.
         seed: Seed for data split and initial weights; the same for every client.
+        data_locations: JSON list of data files, one per client (this client reads entry
+            client_id); replaces dataset. [] to use dataset.
+        label_column: A table's column of integer class ids.
+        feature_columns: A table's feature columns, comma-separated; empty: all the others.
+        data_timeout: Seconds each remote read of this client's data may take per attempt.
         retry_timeout: Seconds to keep retrying an unreachable server (it may start later).
         round_wait_timeout: Longest wait in seconds for the next round to open.
 
@@ -223,6 +238,10 @@ def fl_client(
         learning_rate=learning_rate,
         optimizer=optimizer,
         seed=seed,
+        data_locations=data_locations,
+        label_column=label_column,
+        feature_columns=feature_columns,
+        data_timeout=data_timeout,
         retry_timeout=retry_timeout,
         round_wait_timeout=round_wait_timeout,
     )

@@ -32,6 +32,10 @@ from fl_kubeflow.tasks.durations import task_seconds
 from fl_kubeflow.tasks.server_task import DEFAULT_MAX_RESTARTS
 
 PIPELINE_NAME = "fl-kubeflow"
+# The Secret a run's clients read object-storage credentials from (docs/data.md): its keys
+# become the same-named variables, each optional so a run without the Secret still starts.
+DATA_CREDENTIALS = "fl-data-credentials"
+DATA_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
 CLIENT_ROLE = "client"
 NAMESPACE_ENV = "POD_NAMESPACE"
 CHECKPOINT_MOUNT = "/fl-checkpoint"
@@ -143,6 +147,11 @@ def build_pipeline(
         num_clients: int = defaults.NUM_CLIENTS,
         num_rounds: int = defaults.NUM_ROUNDS,
         dataset: str = defaults.DATASET,
+        data_locations: str = "[]",
+        label_column: str = defaults.LABEL_COLUMN,
+        feature_columns: str = defaults.FEATURE_COLUMNS,
+        data_timeout: float = defaults.DATA_TIMEOUT,
+        data_credentials: str = DATA_CREDENTIALS,
         partition: str = defaults.PARTITION,
         model: str = defaults.MODEL,
         local_epochs: int = defaults.LOCAL_EPOCHS,
@@ -172,7 +181,16 @@ def build_pipeline(
         Args:
             num_clients: Number of federated clients (N); one client pod each.
             num_rounds: Training rounds (R).
-            dataset: digits (bundled, offline), mnist, fashion_mnist, cifar10, or npz:PATH.
+            dataset: digits (bundled, offline), mnist, fashion_mnist, cifar10, or a file
+                npz:/csv:/parquet:LOCATION (path, http(s):// or s3://) with {client_id}.
+            data_locations: JSON list of data files, one per client (client i reads entry
+                i); replaces dataset. [] to use dataset. docs/data.md.
+            label_column: A table's column of integer class ids.
+            feature_columns: A table's feature columns, comma-separated; empty: all others.
+            data_timeout: Seconds each remote read of a client's data may take per attempt.
+            data_credentials: Kubernetes Secret whose AWS_ACCESS_KEY_ID,
+                AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL_S3 keys the clients read
+                (each optional; a missing Secret means anonymous access).
             partition: How the dataset is split across clients: iid or dirichlet:ALPHA.
             model: mlp, cnn, or a path to a .keras model inside the image.
             local_epochs: Epochs each client trains per round.
@@ -235,6 +253,7 @@ def build_pipeline(
                     strategy_options=strategy_options,
                     port=DEFAULT_PORT,
                     dataset=dataset,
+                    data_locations=data_locations,
                     partition=partition,
                     model=model,
                     local_epochs=local_epochs,
@@ -295,6 +314,10 @@ def build_pipeline(
                     learning_rate=learning_rate,
                     optimizer=optimizer,
                     seed=seed,
+                    data_locations=data_locations,
+                    label_column=label_column,
+                    feature_columns=feature_columns,
+                    data_timeout=data_timeout,
                     # Clients may start long before the server pod is scheduled.
                     retry_timeout=join_timeout,
                 )
@@ -303,6 +326,13 @@ def build_pipeline(
                 _resources(client, client_pod)
                 kubernetes.add_pod_label(client, SERVER_ROLE_LABEL, CLIENT_ROLE)
                 _namespace_env(client)
+                # Credentials come from a Secret, never a parameter; only its name is one.
+                kubernetes.use_secret_as_env(
+                    client,
+                    secret_name=data_credentials,
+                    secret_key_to_env={key: key for key in DATA_CREDENTIAL_KEYS},
+                    optional=True,
+                )
 
     return fl_pipeline
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from fl_kubeflow.training.datasets import (
     load_full_dataset,
     local_split,
 )
+from tests.http_files import serve_directory
 
 
 def test_digits_shapes_and_ranges() -> None:
@@ -143,21 +141,8 @@ def test_npz_file_uri(clients_dir: Path) -> None:
 
 @pytest.fixture
 def http_root(clients_dir: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clients_dir))
-
-    class Quiet(http.server.ThreadingHTTPServer):
-        def handle_error(self, request, client_address) -> None:  # client hung up: fine
-            pass
-
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = Quiet(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_directory(clients_dir) as url:
+        yield url
 
 
 def test_npz_over_http(http_root: str) -> None:
@@ -265,7 +250,7 @@ def test_npz_uint8_features_scaled(tmp_path: Path) -> None:
     ("spec", "fragment"),
     [
         ("npz:", "names no file"),
-        ("npz:s3://bucket/c{client_id}.npz", "unsupported scheme"),
+        ("npz:gs://bucket/c{client_id}.npz", "unsupported scheme"),
         ("npz:file://otherhost/c.npz", "'otherhost'"),
     ],
 )

@@ -36,6 +36,9 @@ EXPECTED = {
     },
     functions.fl_client: {
         **TRAINING,
+        "label_column": defaults.LABEL_COLUMN,
+        "feature_columns": defaults.FEATURE_COLUMNS,
+        "data_timeout": defaults.DATA_TIMEOUT,
         "retry_timeout": defaults.PIPELINE_JOIN_TIMEOUT,
         "round_wait_timeout": defaults.ROUND_WAIT_TIMEOUT,
     },

@@ -41,6 +41,11 @@ EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "num_rounds": ("NUMBER_INTEGER", 5),
     # The training options share their defaults with ``fl-kubeflow local``.
     "dataset": ("STRING", defaults.DATASET),
+    "data_locations": ("STRING", "[]"),
+    "label_column": ("STRING", defaults.LABEL_COLUMN),
+    "feature_columns": ("STRING", defaults.FEATURE_COLUMNS),
+    "data_timeout": ("NUMBER_DOUBLE", defaults.DATA_TIMEOUT),
+    "data_credentials": ("STRING", "fl-data-credentials"),
     "partition": ("STRING", defaults.PARTITION),
     "model": ("STRING", defaults.MODEL),
     "local_epochs": ("NUMBER_INTEGER", defaults.LOCAL_EPOCHS),

@@ -6,7 +6,11 @@ import re
 from pathlib import Path
 
 import yaml
-from fl_kubeflow_kfp.pipeline.fl_pipeline import compile_pipeline
+from fl_kubeflow_kfp.pipeline.fl_pipeline import (
+    DATA_CREDENTIAL_KEYS,
+    DATA_CREDENTIALS,
+    compile_pipeline,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +27,21 @@ def test_no_token_parameter_or_env_in_the_yaml(tmp_path):
             assert not re.search("token|secret|password", name, re.I), name
     platform = docs[1] if len(docs) > 1 else {}
     assert "FL_KUBEFLOW_TOKEN" not in yaml.safe_dump(platform)
-    assert "secretAsEnv" not in text and "secretAsVolume" not in text
+    assert "secretAsVolume" not in text
+    # The one Secret in the pipeline: the clients' object-storage credentials (docs/data.md).
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secret_envs = {name: e["secretAsEnv"] for name, e in executors.items() if "secretAsEnv" in e}
+    assert list(secret_envs) == ["exec-fl-client"]
+    (only,) = secret_envs["exec-fl-client"]
+    assert [(k["secretKey"], k["envVar"]) for k in only["keyToEnv"]] == [
+        (key, key) for key in DATA_CREDENTIAL_KEYS
+    ]
+    assert only["optional"] is True
+    assert only["secretNameParameter"]["componentInputParameter"].endswith("data_credentials")
+    assert (
+        spec["root"]["inputDefinitions"]["parameters"]["data_credentials"]["defaultValue"]
+        == DATA_CREDENTIALS
+    )
     # No literal that looks like a generated token (43 URL-safe base64 characters).
     assert not re.search(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", text)
 

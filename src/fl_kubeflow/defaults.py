@@ -17,6 +17,11 @@ BATCH_SIZE = 16
 LEARNING_RATE = 0.05
 OPTIMIZER = "sgd"
 SEED = 0
+# Client data tables (docs/data.md): the label column, the feature columns ("" means
+# every other column), and the bound on each remote read of a client's data file.
+LABEL_COLUMN = "label"
+FEATURE_COLUMNS = ""
+DATA_TIMEOUT = 60.0
 
 # The run's shape (``fl-kubeflow local`` and the pipeline).
 NUM_CLIENTS = 3

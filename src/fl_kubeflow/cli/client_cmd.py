@@ -9,7 +9,13 @@ from pathlib import Path
 
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import auth_headers, read_token
-from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int, shapes
+from fl_kubeflow.cli.options import (
+    json_list,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    shapes,
+)
 
 NUMPY_TRAINERS = ("numpy-linear", "numpy-delta")
 
@@ -19,8 +25,30 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default=defaults.DATASET,
-        help="digits (bundled, offline), mnist, fashion_mnist, cifar10, "
-        "or npz:PATH containing {client_id}",
+        help="digits (bundled, offline), mnist, fashion_mnist, cifar10, or a file: "
+        "npz:/csv:/parquet:LOCATION (a path, http(s):// or s3:// URL) containing {client_id}",
+    )
+    parser.add_argument(
+        "--data-locations",
+        type=json_list,
+        default=(),
+        metavar="JSON",
+        help="one file dataset per client as a JSON list (client i reads entry i); "
+        "replaces --dataset (docs/data.md)",
+    )
+    parser.add_argument(
+        "--label-column", default=defaults.LABEL_COLUMN, help="a table's class-id column"
+    )
+    parser.add_argument(
+        "--feature-columns",
+        default=defaults.FEATURE_COLUMNS,
+        help="a table's feature columns, comma-separated (empty: every other column)",
+    )
+    parser.add_argument(
+        "--data-timeout",
+        type=positive_float,
+        default=defaults.DATA_TIMEOUT,
+        help="seconds each remote read of a client's data file may take per attempt",
     )
     parser.add_argument(
         "--partition",
@@ -183,6 +211,10 @@ def build_trainer(args: argparse.Namespace):
             learning_rate=args.learning_rate,
             optimizer=args.optimizer,
             seed=args.seed,
+            data_locations=args.data_locations,
+            label_column=args.label_column,
+            feature_columns=args.feature_columns,
+            data_timeout=args.data_timeout,
         ),
     )
 

@@ -58,7 +58,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from fl_kubeflow.local.preflight import check_options
 
         try:
-            check_options(args.dataset, args.partition, args.model, args.clients)
+            check_options(
+                args.dataset, args.partition, args.model, args.clients, args.data_locations
+            )
         except ValueError as exc:
             parser.error(str(exc))
     options = LocalRunOptions(
@@ -73,6 +75,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         learning_rate=args.learning_rate,
         optimizer=args.optimizer,
         seed=args.seed,
+        data_locations=args.data_locations,
+        label_column=args.label_column,
+        feature_columns=args.feature_columns,
+        data_timeout=args.data_timeout,
         strategy=args.strategy,
         strategy_options=strategy_options,
         trainer=args.trainer,

@@ -44,3 +44,13 @@ def shapes(text: str) -> list[tuple[int, ...]]:
     if not result or any(not s or min(s) < 1 for s in result):
         raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be at least 1")
     return result
+
+
+def json_list(text: str) -> tuple[str, ...]:
+    """'["s3://b/c0.csv", "s3://b/c1.csv"]' -> a tuple of strings; '' or '[]' -> ()."""
+    from fl_kubeflow.training.datasets import parse_data_locations
+
+    try:
+        return parse_data_locations(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -6,31 +6,39 @@ when it builds its trainer, still before any round starts.
 
 from __future__ import annotations
 
-import urllib.parse
-import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 
-def check_options(dataset: str, partition: str, model: str, num_clients: int) -> None:
+def check_options(
+    dataset: str,
+    partition: str,
+    model: str,
+    num_clients: int,
+    data_locations: Sequence[str] = (),
+) -> None:
     """Raise ValueError naming the bad value."""
     from fl_kubeflow.training.datasets import (
         BUILTIN_DATASETS,
         CLIENT_ID_FIELD,
-        NPZ_PREFIX,
+        client_dataset,
+        file_dataset,
         valid_dataset_names,
     )
     from fl_kubeflow.training.partition import parse_partition
+    from fl_kubeflow.training.sources import local_path
 
     spec = dataset.strip()
-    if spec.lower().startswith(NPZ_PREFIX):
-        location = spec[len(NPZ_PREFIX) :].strip()
-        if not location:
-            raise ValueError(f"--dataset {dataset!r} names no file")
+    parsed = file_dataset(spec)
+    if data_locations or parsed is not None:
         for client_id in range(num_clients):
-            path = _local_path(location.replace(CLIENT_ID_FIELD, str(client_id)))
+            own = client_dataset(spec, data_locations, client_id, num_clients)
+            template = file_dataset(own)
+            assert template is not None  # client_dataset checked the entries
+            path = local_path(template[1].replace(CLIENT_ID_FIELD, str(client_id)))
             if path is not None and not path.is_file():
                 raise ValueError(
-                    f"--dataset {dataset!r}: client {client_id}'s file {str(path)!r} does not exist"
+                    f"--dataset {own!r}: client {client_id}'s file {str(path)!r} does not exist"
                 )
     elif spec.lower() not in BUILTIN_DATASETS:
         raise ValueError(f"--dataset {dataset!r} is unknown; valid: {valid_dataset_names()}")
@@ -41,14 +49,3 @@ def check_options(dataset: str, partition: str, model: str, num_clients: int) ->
             raise ValueError(f"--model {model!r} must be mlp, cnn or a path to a .keras file")
         if not Path(model).is_file():
             raise ValueError(f"--model {model!r}: no such file")
-
-
-def _local_path(location: str) -> Path | None:
-    """The file a location names on this machine, or None for a remote URL."""
-    lowered = location.lower()
-    if lowered.startswith("file://"):
-        parsed = urllib.parse.urlparse(location)
-        return Path(urllib.request.url2pathname(urllib.parse.unquote(parsed.path)))
-    if "://" in lowered:
-        return None
-    return Path(location)

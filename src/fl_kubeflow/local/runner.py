@@ -47,6 +47,10 @@ class LocalRunOptions:
     learning_rate: float = defaults.LEARNING_RATE
     optimizer: str = defaults.OPTIMIZER
     seed: int = defaults.SEED
+    data_locations: tuple[str, ...] = ()
+    label_column: str = defaults.LABEL_COLUMN
+    feature_columns: str = defaults.FEATURE_COLUMNS
+    data_timeout: float = defaults.DATA_TIMEOUT
     strategy: str = defaults.STRATEGY
     strategy_options: dict[str, Any] = field(default_factory=dict)
     trainer: str = "keras"
@@ -173,6 +177,14 @@ class LocalRun:
                 opts.optimizer,
                 "--seed",
                 str(opts.seed),
+                "--data-locations",
+                json.dumps(list(opts.data_locations)),
+                "--label-column",
+                opts.label_column,
+                "--feature-columns",
+                opts.feature_columns,
+                "--data-timeout",
+                str(opts.data_timeout),
                 "--retry-timeout",
                 "60",
                 "--summary",
@@ -231,7 +243,8 @@ class LocalRun:
             "--model",
             opts.model,
             "--dataset",
-            opts.dataset,
+            # Only the format matters to the export; a table's shapes come from the weights.
+            opts.data_locations[0] if opts.data_locations else opts.dataset,
             "--output",
             str(target),
         ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,12 +89,19 @@ def run_client_task(
     learning_rate: float = defaults.LEARNING_RATE,
     optimizer: str = defaults.OPTIMIZER,
     seed: int = defaults.SEED,
+    data_locations: str | Sequence[str] = "[]",
+    label_column: str = defaults.LABEL_COLUMN,
+    feature_columns: str = defaults.FEATURE_COLUMNS,
+    data_timeout: float = defaults.DATA_TIMEOUT,
     retry_timeout: float = defaults.RETRY_TIMEOUT,
     round_wait_timeout: float = defaults.ROUND_WAIT_TIMEOUT,
     summary_path: str | os.PathLike[str] | None = None,
     token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
 ) -> ClientTaskResult:
     """Take part in the run as client ``client_id`` and return what it did.
+
+    ``data_locations`` (a JSON list, one per client) and the table options are those of
+    ``TrainerOptions``; the data is loaded, and a bad location fails, before joining.
 
     Raises ClientTaskError (with the server's reason when it has one) if the run
     cannot be joined or fails.
@@ -108,6 +115,7 @@ def run_client_task(
     log.info("client %d of %d: server %s", client_id, num_clients, url)
 
     # Keras is imported here, in the client pod only (seconds and ~600 MB).
+    from fl_kubeflow.training.datasets import parse_data_locations
     from fl_kubeflow.training.keras_trainer import KerasTrainer, TrainerOptions
 
     try:
@@ -123,6 +131,10 @@ def run_client_task(
                 learning_rate=learning_rate,
                 optimizer=optimizer,
                 seed=seed,
+                data_locations=parse_data_locations(data_locations),
+                label_column=label_column,
+                feature_columns=feature_columns,
+                data_timeout=data_timeout,
             )
         )
 

@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ def run_server_task(
     strategy_options: str | Mapping[str, Any] = "{}",
     port: int = DEFAULT_PORT,
     dataset: str = defaults.DATASET,
+    data_locations: str | Sequence[str] = "[]",
     model: str = defaults.MODEL,
     initial_model: str | os.PathLike[str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -118,14 +119,22 @@ def run_server_task(
     (``fl_kubeflow.tasks.server_process``); with checkpoints, one that crashes (killed,
     OOM) is restarted in this pod from the checkpoint, at most ``max_restarts`` times.
 
+    ``dataset`` or, when given, the clients' ``data_locations`` (a JSON list) tell the
+    export the data's format: a table's shapes come from the weights, unread.
+
     Raises ServerTaskError with the server's reason if the run fails; the history,
     report and summary are written first, so a failed run can still be inspected.
     """
     from fl_kubeflow import strategies
     from fl_kubeflow.server.config import ServerConfig
     from fl_kubeflow.tasks.server_process import ServerProcessError, serve_in_child
+    from fl_kubeflow.training.datasets import parse_data_locations
 
     options = parse_strategy_options(strategy_options)
+    try:
+        locations = parse_data_locations(data_locations)
+    except ValueError as exc:
+        raise ServerTaskError(str(exc)) from exc
     try:
         # Checked here so a bad strategy fails before the Service exists; the server
         # process builds its own from the config.
@@ -190,13 +199,17 @@ def run_server_task(
         raise ServerTaskError("the run finished but no final weights were written")
 
     keras_path = export_keras_model(
-        result.weights_path, model_dir / KERAS_FILE, model, dataset, export_timeout
+        result.weights_path,
+        model_dir / KERAS_FILE,
+        model,
+        locations[0] if locations else dataset,
+        export_timeout,
     )
     metadata: dict[str, Any] = {
         "framework": "keras",
         "files": [KERAS_FILE, WEIGHTS_FILE, "history.json"],
         "model": model,
-        "dataset": dataset,
+        "dataset": list(locations) if locations else dataset,
         "rounds": int(metrics.get("rounds", 0)),
         "clients": num_clients,
         "strategy": strategy,

@@ -7,10 +7,15 @@ Dataset strings (``--dataset``):
 * ``mnist``, ``fashion_mnist``, ``cifar10``: downloaded by ``keras.datasets`` (cached
   in ``~/.keras/datasets``, or ``$KERAS_HOME``). Offline this fails with a
   ``DatasetError`` that says so.
-* ``npz:<path-or-uri>``: the client's own file, e.g. ``npz:/data/client-{client_id}.npz``,
-  ``npz:file:///data/c{client_id}.npz`` or ``npz:https://host/c{client_id}.npz``.
-  ``{client_id}`` is replaced by the client's id; a template without it makes every
-  client read the same path (fine when each pod mounts its own volume there).
+* ``npz:<location>``, ``csv:<location>``, ``parquet:<location>``: the client's own file,
+  e.g. ``npz:/data/client-{client_id}.npz``, ``csv:s3://bucket/c{client_id}.csv`` or
+  ``parquet:https://host/c{client_id}.parquet``. The prefix may be left out when the
+  location ends in ``.npz``, ``.csv``, ``.parquet`` or ``.pq``. ``{client_id}`` is
+  replaced by the client's id; a template without it makes every client read the same
+  path (fine when each pod mounts its own volume there). Locations are read by
+  ``sources`` (a path, ``file://``, ``http(s)://``, ``s3://``), tables by ``tables``.
+* A list of such locations, one per client (``data_locations``): client ``i`` reads
+  entry ``i``; see ``client_dataset``. docs/data.md has the whole story.
 
 How built-in data is split: the whole dataset is loaded (for the keras datasets the
 official train and test sets are concatenated), partitioned across ``num_clients``
@@ -28,35 +33,44 @@ used as float32 unchanged. Without ``num_classes`` the class count is inferred a
 ``max(label) + 1`` from that client's file, which can differ between clients with
 skewed data: store ``num_classes`` to be safe.
 
-Only the keras loader imports TensorFlow (lazily); everything else is numpy.
+A table (CSV or Parquet) holds one sample per row: a label column of integer class ids
+and numeric feature columns (``TableColumns``); each client holds out ``test_fraction``
+of its rows (seeded by ``seed`` and its id) as its local test set. Its class count is
+inferred like an npz file's without ``num_classes``: every client's table should
+contain every class.
+
+Only the keras loader imports TensorFlow (lazily), only tables import pandas; the rest
+is numpy.
 """
 
 from __future__ import annotations
 
 import io
-import re
 import socket
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fl_kubeflow import defaults
 from fl_kubeflow.training.partition import DEFAULT_MIN_SIZE, partition_indices
+from fl_kubeflow.training.sources import DatasetError, read_bytes
+from fl_kubeflow.training.tables import TABLE_FORMATS, TableColumns, read_table
+
+if TYPE_CHECKING:
+    from fl_kubeflow.training.options import TrainerOptions
+
+__all__ = ["DatasetError"]  # defined in sources (the lowest layer), raised from here too
 
 NPZ_PREFIX = "npz:"
+FILE_FORMATS = ("npz", *TABLE_FORMATS)
+# A location's suffix gives its format when the dataset string has no ``FORMAT:`` prefix.
+_SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 CLIENT_ID_FIELD = "{client_id}"
-# Bounds every socket operation of a keras download or an npz fetch: a firewalled
-# network that drops packets must not hang a client forever.
+# Bounds every socket operation of a keras download: a firewalled network that drops
+# packets must not hang a client forever. Client files use ``TrainerOptions.data_timeout``.
 DOWNLOAD_TIMEOUT_S = 60.0
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-class DatasetError(ValueError):
-    """The dataset could not be loaded; the message names the bad value and a way out."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,10 @@ BUILTIN_DATASETS: dict[str, DatasetInfo] = {
 
 def valid_dataset_names() -> str:
     """Human-readable list of accepted dataset strings, for error messages and --help."""
-    return ", ".join(BUILTIN_DATASETS) + ", npz:<path-or-uri with {client_id}>"
+    return (
+        ", ".join(BUILTIN_DATASETS)
+        + ", npz:/csv:/parquet:<path, http(s):// or s3:// location with {client_id}>"
+    )
 
 
 @dataclass
@@ -230,41 +247,86 @@ def client_splits(
 # ----------------------------------------------------------------- npz files
 
 
-def _npz_location(spec: str, client_id: int) -> str:
-    location = spec[len(NPZ_PREFIX) :].strip()
-    if not location:
-        raise DatasetError(
-            f"dataset {spec!r} names no file; expected e.g. 'npz:/data/client-{{client_id}}.npz'"
-        )
-    return location.replace(CLIENT_ID_FIELD, str(client_id))
+def file_dataset(spec: str) -> tuple[str, str] | None:
+    """``(format, location template)`` of a file dataset string, None for a built-in name.
+
+    ``npz:``/``csv:``/``parquet:`` prefixes name the format; without one, a location
+    ending in a known suffix (``.npz``, ``.csv``, ``.parquet``, ``.pq``) does.
+    """
+    text = spec.strip()
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix.lower() in FILE_FORMATS:
+        if not rest.strip():
+            raise DatasetError(
+                f"dataset {spec!r} names no file; expected e.g. "
+                f"'{prefix.lower()}:/data/client-{{client_id}}.{prefix.lower()}'"
+            )
+        return prefix.lower(), rest.strip()
+    for suffix, file_format in _SUFFIX_FORMATS.items():
+        if text.lower().endswith(suffix):
+            return file_format, text
+    return None
 
 
-def _open_npz(location: str) -> tuple[np.lib.npyio.NpzFile, str]:
-    """Open ``location`` (path, file:// or http(s):// URL) as an npz; return it and a label."""
-    lowered = location.lower()
-    if lowered.startswith(("http://", "https://")):
+def parse_data_locations(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A ``data_locations`` value: a JSON list of strings (as the pipeline passes it), or a list.
+
+    ``""`` and ``"[]"`` are the empty list.
+
+    Raises:
+        DatasetError: not a JSON list of non-empty strings.
+    """
+    import json
+
+    items: object = value
+    if isinstance(value, str):
+        if not value.strip():
+            return ()
         try:
-            with urllib.request.urlopen(location, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                payload = response.read()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DatasetError(f"could not download npz file {location}: {exc}") from exc
-        source: io.BytesIO | Path = io.BytesIO(payload)
-    elif lowered.startswith("file://"):
-        parsed = urllib.parse.urlparse(location)
-        if parsed.netloc not in ("", "localhost"):
-            raise DatasetError(f"npz URI {location} names host {parsed.netloc!r}; use file:///path")
-        source = Path(urllib.request.url2pathname(urllib.parse.unquote(parsed.path)))
-    elif _URL_SCHEME.match(location):
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            items = None
+    if not isinstance(items, (list, tuple)) or not all(
+        isinstance(item, str) and item.strip() for item in items
+    ):
         raise DatasetError(
-            f"npz location {location} has an unsupported scheme; use a local path, "
-            "file:///path or http(s):// (mount object storage into the pod instead)"
+            f"data_locations {value!r} must be a JSON list of locations, one per client, "
+            'e.g. ["s3://bucket/c0.csv", "s3://bucket/c1.csv"]'
         )
-    else:
-        source = Path(location).expanduser()
-    if isinstance(source, Path) and not source.is_file():
-        raise DatasetError(f"npz file {source} does not exist (from {location})")
+    return tuple(item.strip() for item in items)
+
+
+def client_dataset(
+    dataset: str, data_locations: Sequence[str], client_id: int, num_clients: int
+) -> str:
+    """The dataset string client ``client_id`` loads: its entry of ``data_locations``, if any.
+
+    Raises:
+        DatasetError: the list does not have one location per client, or an entry is
+            not a file dataset.
+    """
+    if not data_locations:
+        return dataset
+    if len(data_locations) != num_clients:
+        raise DatasetError(
+            f"data_locations has {len(data_locations)} entries but the run has {num_clients} "
+            "clients; give exactly one location per client"
+        )
+    entry = str(data_locations[client_id]).strip()
+    if file_dataset(entry) is None:
+        raise DatasetError(
+            f"data_locations[{client_id}] = {entry!r} is neither FORMAT:LOCATION "
+            f"({', '.join(FILE_FORMATS)}) nor a location ending in "
+            f"{', '.join(_SUFFIX_FORMATS)}"
+        )
+    return entry
+
+
+def _open_npz(location: str, timeout: float) -> tuple[np.lib.npyio.NpzFile, str]:
+    """Open ``location`` (see ``sources.read_bytes``) as an npz; return it and a label."""
+    payload = read_bytes(location, timeout)
     try:
-        loaded = np.load(source, allow_pickle=False)
+        loaded = np.load(io.BytesIO(payload), allow_pickle=False)
     except Exception as exc:  # zipfile, pickle refusal, truncated data: all "unreadable"
         raise DatasetError(f"npz file {location} is not a readable .npz archive: {exc}") from exc
     if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -301,15 +363,28 @@ def _features(x: np.ndarray, name: str, where: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def load_npz_client_data(spec: str, client_id: int) -> ClientData:
+def _client_location(spec: str, client_id: int) -> tuple[str, str]:
+    """``(format, location)`` of client ``client_id``'s file."""
+    parsed = file_dataset(spec)
+    if parsed is None:
+        raise DatasetError(
+            f"dataset {spec!r} is not a file dataset; valid: {valid_dataset_names()}"
+        )
+    file_format, template = parsed
+    return file_format, template.replace(CLIENT_ID_FIELD, str(client_id))
+
+
+def load_npz_client_data(
+    spec: str, client_id: int, timeout: float = defaults.DATA_TIMEOUT
+) -> ClientData:
     """Read client ``client_id``'s own ``.npz`` (see the module docstring for the arrays).
 
     Raises:
         DatasetError: naming the file and the fault (missing file or arrays, length
             mismatch, non-integer labels, ...).
     """
-    location = _npz_location(spec, client_id)
-    archive, where = _open_npz(location)
+    _, location = _client_location(spec, client_id)
+    archive, where = _open_npz(location, timeout)
     with archive:
         keys = set(archive.files)
         missing = {"x_train", "y_train"} - keys
@@ -368,6 +443,39 @@ def load_npz_client_data(spec: str, client_id: int) -> ClientData:
     )
 
 
+def load_table_client_data(
+    spec: str,
+    client_id: int,
+    columns: TableColumns,
+    seed: int = defaults.SEED,
+    test_fraction: float = 0.2,
+    timeout: float = defaults.DATA_TIMEOUT,
+) -> ClientData:
+    """Read client ``client_id``'s CSV or Parquet table and split off its local test rows.
+
+    Raises:
+        DatasetError: naming the location and the fault (unreachable, no label column,
+            non-numeric features, non-integer labels, ...).
+    """
+    table_format, location = _client_location(spec, client_id)
+    x, raw_labels = read_table(read_bytes(location, timeout), table_format, columns, location)
+    y = _labels(raw_labels, f"label column {columns.label!r}", f"{table_format} {location}")
+    train, test = local_split(len(y), test_fraction, seed, client_id)
+    return ClientData(
+        x_train=x[train],
+        y_train=y[train],
+        x_test=x[test],
+        y_test=y[test],
+        num_classes=int(y.max()) + 1,
+        input_shape=(int(x.shape[1]),),
+        description=(
+            f"{table_format} {location} (client {client_id}): {len(train)} train / "
+            f"{len(test)} test rows, {x.shape[1]} features"
+        ),
+        num_classes_inferred=True,
+    )
+
+
 # ----------------------------------------------------------------- entry points
 
 
@@ -378,19 +486,25 @@ def load_client_data(
     partition: str = "iid",
     seed: int = 0,
     test_fraction: float = 0.2,
+    columns: TableColumns | None = None,
+    timeout: float = defaults.DATA_TIMEOUT,
 ) -> ClientData:
     """This client's train/test data for a dataset string.
 
     Built-ins are partitioned (``partition``, ``seed``) and split locally
-    (``test_fraction``); an ``npz:`` client reads only its own file, unsplit.
+    (``test_fraction``); an ``npz:`` client reads only its own file, unsplit; a table
+    client reads its own table and splits it locally.
 
     Args:
-        dataset: ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10`` or ``npz:<path>``.
+        dataset: ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, or a file dataset
+            (``npz:``/``csv:``/``parquet:`` location, see ``file_dataset``).
         client_id: this client's index, ``0 <= client_id < num_clients``.
         num_clients: how many clients share the built-in dataset.
         partition: ``iid`` or ``dirichlet:<alpha>``.
         seed: partition and split seed; every client must use the same one.
-        test_fraction: share of the shard held out for local evaluation.
+        test_fraction: share of the shard (or table) held out for local evaluation.
+        columns: a table's label and feature columns (default: ``label`` and the rest).
+        timeout: seconds each remote read of a client file may take per attempt.
 
     Raises:
         DatasetError: unknown or unloadable dataset.
@@ -402,8 +516,13 @@ def load_client_data(
         raise ValueError(f"client_id must be in [0, {num_clients}), got {client_id}")
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if dataset.strip().lower().startswith(NPZ_PREFIX):
-        return load_npz_client_data(dataset.strip(), client_id)
+    parsed = file_dataset(dataset)
+    if parsed is not None and parsed[0] == "npz":
+        return load_npz_client_data(dataset, client_id, timeout)
+    if parsed is not None:
+        return load_table_client_data(
+            dataset, client_id, columns or TableColumns(), seed, test_fraction, timeout
+        )
     full = load_full_dataset(dataset)
     train_idx, test_idx = client_splits(full.y, num_clients, partition, seed, test_fraction)[
         client_id
@@ -422,14 +541,36 @@ def load_client_data(
     )
 
 
+def load_trainer_data(options: TrainerOptions) -> ClientData:
+    """The data a trainer built from ``options`` trains on: the one entry point for trainers."""
+    return load_client_data(
+        client_dataset(
+            options.dataset, options.data_locations, options.client_id, options.num_clients
+        ),
+        options.client_id,
+        options.num_clients,
+        partition=options.partition,
+        seed=options.seed,
+        test_fraction=options.test_fraction,
+        columns=TableColumns.parse(options.label_column, options.feature_columns),
+        timeout=options.data_timeout,
+    )
+
+
 def dataset_spec(dataset: str, client_id: int = 0) -> tuple[tuple[int, ...], int]:
     """``(input_shape, num_classes)`` of a dataset string.
 
     Built-ins answer from a table without downloading; ``npz:`` reads client
-    ``client_id``'s file.
+    ``client_id``'s file. Tables are not read here (a server has no credentials for
+    them): ``export`` takes their shapes from the weights.
     """
-    if dataset.strip().lower().startswith(NPZ_PREFIX):
-        data = load_npz_client_data(dataset.strip(), client_id)
+    parsed = file_dataset(dataset)
+    if parsed is not None and parsed[0] == "npz":
+        data = load_npz_client_data(dataset, client_id)
         return data.input_shape, data.num_classes
+    if parsed is not None:
+        raise DatasetError(
+            f"dataset {dataset!r} is a table: its shapes come from the weights, not the data"
+        )
     info = BUILTIN_DATASETS[_builtin_name(dataset)]
     return info.input_shape, info.num_classes

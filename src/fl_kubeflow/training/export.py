@@ -9,6 +9,13 @@ The model is rebuilt exactly as the clients built it (same name, input shape, cl
 count), the weights are assigned by name with every shape checked, and the model
 is saved compiled (sparse cross-entropy, accuracy, plain SGD) so ``load_model(...).evaluate``
 works as well as ``predict``. Importing this module does not import Keras.
+
+Where the shapes come from (``model_shapes``), so that a server without the clients'
+data or credentials can still export: a built-in dataset's table; for a table dataset
+(CSV/Parquet, usually in object storage the server cannot read) the weights themselves
+(``mlp``: features = rows of ``fc1``'s kernel, classes = length of ``output``'s bias);
+a ``.keras`` model brings its own; ``npz:`` with ``cnn`` reads client 0's file as before.
+``--input-shape`` and ``--num-classes`` override all of these.
 """
 
 from __future__ import annotations
@@ -72,6 +79,38 @@ def export_keras(
     return destination
 
 
+def _weight(weights: Mapping[str, np.ndarray], suffix: str) -> np.ndarray:
+    matches = [name for name in weights if name.endswith(suffix)]
+    if len(matches) != 1:
+        raise ValueError(f"the weights have {len(matches)} tensors named *{suffix}, expected 1")
+    return weights[matches[0]]
+
+
+def model_shapes(
+    model: str, dataset: str, weights: Mapping[str, np.ndarray], client_id: int = 0
+) -> tuple[tuple[int, ...], int]:
+    """``(input_shape, num_classes)`` to rebuild ``model`` with (see the module docstring).
+
+    Raises:
+        ValueError: the shapes cannot be known without the data (``cnn`` on a table).
+    """
+    from fl_kubeflow.training.datasets import dataset_spec, file_dataset
+    from fl_kubeflow.training.models import is_model_file
+
+    file_format = (file_dataset(dataset) or ("builtin", ""))[0]
+    if file_format in ("builtin", "npz"):
+        return dataset_spec(dataset, client_id)
+    if is_model_file(model):
+        return (1,), 2  # unused: build_model loads the file as it is, shapes and all
+    if model.strip().lower() != "mlp":
+        raise ValueError(
+            f"model {model!r} on table dataset {dataset!r}: pass --input-shape and "
+            "--num-classes (only mlp's shapes can be read from its weights)"
+        )
+    features = int(_weight(weights, "fc1/kernel").shape[0])
+    return (features,), int(_weight(weights, "output/bias").shape[0])
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
@@ -102,15 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     input_shape, num_classes = args.input_shape, args.num_classes
     try:
+        weights = read_weights(args.weights)
         if input_shape is None or num_classes is None:
             if not args.dataset:
                 raise ValueError("give --dataset, or both --input-shape and --num-classes")
-            from fl_kubeflow.training.datasets import dataset_spec
-
-            spec_shape, spec_classes = dataset_spec(args.dataset, args.client_id)
+            spec_shape, spec_classes = model_shapes(
+                args.model, args.dataset, weights, args.client_id
+            )
             input_shape = input_shape or spec_shape
             num_classes = num_classes or spec_classes
-        weights = read_weights(args.weights)
         written = export_keras(weights, args.model, input_shape, num_classes, args.output)
     except (OSError, ValueError) as exc:  # DatasetError and WireFormatError are ValueErrors
         print(f"export failed: {exc}", file=sys.stderr)

@@ -36,7 +36,7 @@ import numpy as np
 
 from fl_kubeflow.client.trainer import EvaluateResult, FitResult
 from fl_kubeflow.training.common import proximal_mu
-from fl_kubeflow.training.datasets import ClientData, load_client_data
+from fl_kubeflow.training.datasets import ClientData, load_trainer_data
 from fl_kubeflow.training.models import (
     build_model,
     check_compatible,
@@ -92,7 +92,7 @@ class KerasTrainer:
     def __init__(self, options: TrainerOptions, data: ClientData | None = None) -> None:
         options.validate()
         self.options = options
-        self.data = data if data is not None else self._load(options)
+        self.data = data if data is not None else load_trainer_data(options)
         self.model = build_model(
             options.model, self.data.input_shape, self.data.num_classes, options.seed
         )
@@ -110,17 +110,6 @@ class KerasTrainer:
         self._fresh_optimizer_state = [np.array(v.numpy()) for v in optimizer.variables]
         self._initial = get_weights(self.model)
         self._proximal: _ProximalLoop | None = None
-
-    @staticmethod
-    def _load(options: TrainerOptions) -> ClientData:
-        return load_client_data(
-            options.dataset,
-            options.client_id,
-            options.num_clients,
-            partition=options.partition,
-            seed=options.seed,
-            test_fraction=options.test_fraction,
-        )
 
     @property
     def num_parameters(self) -> int:

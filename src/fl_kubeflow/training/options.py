@@ -7,7 +7,7 @@ without importing TensorFlow or PyTorch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fl_kubeflow import defaults
 
@@ -22,6 +22,12 @@ class TrainerOptions:
     ``seed`` fixes the partition, the local split, the initial weights and the
     per-round shuffles; all clients of a federation must share ``seed``,
     ``dataset``, ``partition``, ``num_clients`` and ``model``.
+
+    ``data_locations``, when not empty, has one file dataset per client (client ``i``
+    reads entry ``i``) and replaces ``dataset``; ``label_column`` and
+    ``feature_columns`` (comma-separated, empty for every other column) pick a table's
+    columns; ``data_timeout`` bounds each remote read of the client's file
+    (docs/data.md).
     """
 
     dataset: str = defaults.DATASET
@@ -36,6 +42,10 @@ class TrainerOptions:
     momentum: float = 0.9
     seed: int = defaults.SEED
     test_fraction: float = 0.2
+    data_locations: tuple[str, ...] = field(default_factory=tuple)
+    label_column: str = defaults.LABEL_COLUMN
+    feature_columns: str = defaults.FEATURE_COLUMNS
+    data_timeout: float = defaults.DATA_TIMEOUT
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -51,3 +61,12 @@ class TrainerOptions:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not self.label_column.strip():
+            raise ValueError("label_column must name a column")
+        if not (math.isfinite(self.data_timeout) and self.data_timeout > 0):
+            raise ValueError(f"data_timeout must be > 0, got {self.data_timeout}")
+        if self.data_locations and len(self.data_locations) != self.num_clients:
+            raise ValueError(
+                f"data_locations has {len(self.data_locations)} entries for {self.num_clients} "
+                "clients; give exactly one location per client"
+            )

@@ -43,7 +43,7 @@ from torch import nn
 
 from fl_kubeflow.client.trainer import EvaluateResult, FitResult
 from fl_kubeflow.training.common import check_weights, proximal_mu
-from fl_kubeflow.training.datasets import ClientData, load_client_data
+from fl_kubeflow.training.datasets import ClientData, load_trainer_data
 from fl_kubeflow.training.options import TrainerOptions
 from fl_kubeflow.training.torch_models import build_torch_model, torch_input_shape
 from fl_kubeflow.wire import Weights
@@ -121,7 +121,7 @@ class TorchTrainer:
         if THREADS_ENV not in os.environ:
             torch.set_num_threads(1)
         self.options = options
-        self.data = data if data is not None else self._load(options)
+        self.data = data if data is not None else load_trainer_data(options)
         self.x_train = torch.from_numpy(channels_first(self.data.x_train))
         self.y_train = torch.from_numpy(self.data.y_train.astype(np.int64))
         self.x_test = torch.from_numpy(channels_first(self.data.x_test))
@@ -136,17 +136,6 @@ class TorchTrainer:
         # is better paid here, before the client joins, than in round 1. Each fit clears
         # its state instead (see fit).
         self.optimizer = make_optimizer(self.model, options)
-
-    @staticmethod
-    def _load(options: TrainerOptions) -> ClientData:
-        return load_client_data(
-            options.dataset,
-            options.client_id,
-            options.num_clients,
-            partition=options.partition,
-            seed=options.seed,
-            test_fraction=options.test_fraction,
-        )
 
     def _check_outputs(self) -> None:
         """Raise a ValueError naming the model and the data if one cannot train on the other."""

@@ -9,6 +9,7 @@ No ``from __future__ import annotations``: KFP reads the test pipeline's annotat
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,26 @@ def test_client_ids_file_runs_through_kfp_local(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("OUTPUT=")]
     assert json.loads(line.removeprefix("OUTPUT=")) == [0, 1, 2]
+
+
+def test_readme_example_compiles(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Use the suite in your own pipeline") :]
+    section = section[: section.index("\n## ", 1)]
+    script = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
+    (tmp_path / "example.py").write_text(script)
+    done = subprocess.run(
+        [sys.executable, "example.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    spec = next(yaml.safe_load_all((tmp_path / "my_pipeline.yaml").read_text()))
+    tasks = spec["root"]["dag"]["tasks"]
+    model = tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+    assert model == {"outputArtifactKey": "trained_model", "producerTask": "fl-server"}
+    assert tasks["fl-server"]["cachingOptions"] == {}
+    loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]
+    assert loop["dag"]["tasks"]["fl-client"]["cachingOptions"] == {}

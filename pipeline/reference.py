@@ -110,7 +110,7 @@ def render_reference(
         title = f"`{component.name}` (`components/{file}.yaml`)"
         lines += _section("###", title, component, "input")
     title = f"The pipeline `{pipeline.name}` (`{pipeline_file}`)"
-    lines += _section("##", title, pipeline, "parameter")
+    lines += ['<a id="pipeline"></a>', *_section("##", title, pipeline, "parameter")]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -7,6 +7,10 @@ repository's top-level folders, which stay the source of truth:
   cleanup components, built for a chosen image by ``build_components(image)``;
 - ``fl_kubeflow_kfp.pipeline`` (``pipeline/``): the federated-learning pipeline.
 
+The same components ship as KFP component files, ``components/<name>.yaml``:
+``fl_kubeflow_kfp.components.load(name)`` loads the installed one. ``docs/components.md``
+lists every component's inputs and outputs.
+
 The runtime they run, ``fl_kubeflow``, never imports kfp; this package is the only one
 that does.
 """

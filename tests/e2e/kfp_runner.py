@@ -62,6 +62,7 @@ from tests.e2e.kfp_inputs import (
     Scope,
     TaskOutputs,
     UnsupportedFeature,
+    dag_outputs,
     evaluate_condition,
     executor_output_artifacts,
     executor_output_parameters,
@@ -316,7 +317,7 @@ class KfpRunner:
         watchdog = threading.Thread(target=self._watchdog, args=(run,), daemon=True)
         watchdog.start()
         try:
-            phase, message = self._dag(run, self.ir.root, scope, "")
+            phase, message, _ = self._dag(run, self.ir.root, scope, "")
             run.result.phase, run.result.message = phase, message
         except Exception as exc:  # the runner itself broke: say so in the result
             run.result.phase, run.result.message = ERROR, f"runner error: {exc!r}"
@@ -344,10 +345,11 @@ class KfpRunner:
         scope: Scope,
         path: str,
         iteration: int | None = None,
-    ) -> tuple[str, str]:
-        """Run a DAG's tasks as their dependencies allow; return (phase, message).
+    ) -> tuple[str, str, TaskOutputs]:
+        """Run a DAG's tasks as their dependencies allow; return (phase, message, outputs).
 
-        ``iteration`` is the ParallelFor index when this DAG is a loop body.
+        ``iteration`` is the ParallelFor index when this DAG is a loop body. The outputs
+        are the DAG's own (``dag.outputs``: a graph component's, a condition's).
         """
         tasks: dict[str, dict[str, Any]] = component["dag"]["tasks"]
         phases: dict[str, str] = {}
@@ -388,10 +390,10 @@ class KfpRunner:
             if phase in (FAILED, ERROR):
                 failed.append(name)
         if failed:
-            return FAILED, f"failed: {', '.join(sorted(failed))}"
+            return FAILED, f"failed: {', '.join(sorted(failed))}", TaskOutputs()
         if any(p == OMITTED for p in phases.values()):
-            return FAILED, "aborted"
-        return SUCCEEDED, ""
+            return FAILED, "aborted", TaskOutputs()
+        return SUCCEEDED, "", dag_outputs(component, outputs)
 
     def _task_record(
         self, path: str, name: str, task: dict[str, Any], phase: str, kind: str = "task"
@@ -448,10 +450,18 @@ class KfpRunner:
         if "artifactIterator" in task:
             raise UnsupportedFeature("ParallelFor over artifacts")
         if "dag" in component:
-            phase, message = self._dag(run, component, inputs, path, iteration)
+            # A graph component's inputs the caller left out take their defaults
+            # (kubeflow/pipelines#11980: optional inputs of nested pipelines).
+            for key, definition in (
+                component.get("inputDefinitions", {}).get("parameters", {}).items()
+            ):
+                if key not in inputs.parameters and "defaultValue" in definition:
+                    inputs.parameters[key] = definition["defaultValue"]
+            phase, message, outputs = self._dag(run, component, inputs, path, iteration)
             record = run.add(self._task_record(path, name, task, phase, "dag"))
             record.message = message
-            return phase, TaskOutputs()
+            record.outputs = outputs
+            return phase, outputs
         executor = self.ir.executor(component["executorLabel"])
         if "importer" in executor:
             return self._importer(run, name, task, executor["importer"], inputs, path)
@@ -486,7 +496,7 @@ class KfpRunner:
                 parameters[iterator["itemInput"]] = item
                 scope = Scope(parameters=parameters, artifacts=dict(inputs.artifacts))
                 try:
-                    results[index], _ = self._dag(run, component, scope, f"{path}[{index}]", index)
+                    results[index], *_ = self._dag(run, component, scope, f"{path}[{index}]", index)
                 except Exception as exc:
                     self._record_error(run, f"{path}[{index}]", name, task, exc)
                     results[index] = ERROR

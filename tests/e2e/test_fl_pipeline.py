@@ -34,6 +34,7 @@ from tests.e2e.kfp_runner import KfpRunner, RunHandle, RunnerLimits, RunResult, 
 from tests.e2e.pipeline_env import (
     RUNNER_ACCOUNT,
     CheckpointVolume,
+    compile_example_for,
     compile_for,
     create_checkpoint_volume,
     create_service_account,
@@ -363,3 +364,42 @@ def test_without_the_documented_role_the_server_fails_fast_and_cleanup_runs(env)
     assert cleanup.attempts, result
     others = [a.finished_at for t in result.tasks if t is not cleanup for a in t.attempts]
     assert cleanup.attempts[0].started_at >= max(others)
+
+
+@pytest.fixture
+def user_env(node_cluster, tmp_path_factory) -> Iterator[Env]:
+    ir = compile_example_for(node_cluster.image, tmp_path_factory.mktemp("ir") / "user.yaml")
+    environment = _env(node_cluster, ir)
+    yield environment
+    node_cluster.delete_namespace(environment.namespace)
+
+
+def test_user_pipeline_with_federated_training_as_one_step(user_env):
+    """examples/user_pipeline.py: data step -> federated_training (graph) -> evaluate."""
+    result = user_env.runner().run({"num_clients": 2, "num_rounds": 2})
+    assert result.phase == SUCCEEDED, result
+    assert sorted(name for name, _ in _all_pods(result)) == [
+        "client-ids",
+        "evaluate",
+        "fl-client",
+        "fl-client",
+        "fl-server",
+        "held-out-test-set",
+    ], result
+    # The graph's output is the server's trained_model, through dsl.OneOf of the branch ran.
+    server, model_dir = server_outputs(result)
+    (graph,) = [t for t in result.tasks if t.kind == "dag" and t.task == "federated-training"]
+    trained = server.outputs.artifacts["trained_model"]["uri"]
+    assert graph.outputs.artifacts["trained_model"]["uri"] == trained, result
+    evaluation = result.one("evaluate")
+    given = evaluation.executor_input["inputs"]["artifacts"]["trained_model"]["artifacts"][0]
+    assert given["uri"] == trained and (model_dir / "model.keras").is_file()
+    # The held-out set is the union of the clients' local test splits, so the evaluation
+    # step's accuracy is the server's final federated evaluation of the same model.
+    accuracy = evaluation.outputs.parameters["Output"]
+    federated = server.outputs.artifacts["metrics"]["metadata"]["accuracy"]
+    assert accuracy > 0.5 and abs(accuracy - federated) < 0.01, (accuracy, federated)
+    metrics = evaluation.outputs.artifacts["metrics"]["metadata"]
+    assert metrics["accuracy"] == accuracy and metrics["examples"] > 0, metrics
+    # No exit handler in the graph: the server deleted its Service and token Secret itself.
+    assert user_env.gone(result.run_id) == {"service": True, "secret": True}

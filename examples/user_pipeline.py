@@ -31,6 +31,7 @@ from fl_kubeflow_kfp.pipeline import (
 )
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl.python_component import PythonComponent
 
 PIPELINE_NAME = "user-pipeline"
 
@@ -88,6 +89,14 @@ def evaluate(
     return accuracy
 
 
+def build_steps(image: str = DEFAULT_IMAGE) -> tuple[PythonComponent, PythonComponent]:
+    """The data and the evaluation step as components in ``image`` (it has kfp installed)."""
+    return tuple(  # type: ignore[return-value]
+        dsl.component(step, base_image=image, install_kfp_package=False)
+        for step in (held_out_test_set, evaluate)
+    )
+
+
 def build_user_pipeline(
     image: str = DEFAULT_IMAGE,
     server_resources: PodResources = SERVER_RESOURCES,
@@ -95,8 +104,7 @@ def build_user_pipeline(
 ):
     """The pipeline with every step in ``image`` and the federation's pods sized as given."""
     federated_training = build_federated_training(image, server_resources, client_resources)
-    data_step = dsl.component(held_out_test_set, base_image=image, install_kfp_package=False)
-    evaluation_step = dsl.component(evaluate, base_image=image, install_kfp_package=False)
+    data_step, evaluation_step = build_steps(image)
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def user_pipeline(num_clients: int = 2, num_rounds: int = 3, seed: int = 0):

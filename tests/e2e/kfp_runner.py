@@ -11,7 +11,9 @@ every executor as a real Pod of the project's image:
   ``triggerPolicy.condition`` (``dsl.If``/``dsl.Else`` on parameters); ``parameterIterator``
   (``dsl.ParallelFor`` over a task's real output parameter, every iteration at once unless
   ``iteratorPolicy.parallelismLimit``); the importer (in-process: its output is the
-  artifact with the given URI, which the launcher would download from the store);
+  artifact with the given URI, which the launcher would download from the store); DAG
+  outputs (``dag.outputs`` selectors, ``dsl.OneOf`` taking the branch that ran) and the
+  defaults of a graph component's inputs its caller leaves out;
 * each task's ExecutorInput and command/args (``kfp_inputs``): pipeline parameters with
   their defaults, constants with numbers as protojson writes them (``8080.0`` -> ``8080``),
   ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` as the run UUID, the loop item, output artifact URIs
@@ -33,7 +35,7 @@ Not covered (and not needed by this pipeline, or outside what a test here can ru
 Argo itself (workflow CRDs, driver/launcher pods, the ``kfp-launcher`` init container,
 exit-hook mechanics, pod GC), the KFP API server, UI and MLMD (no lineage, no run records),
 MinIO uploads and downloads (a hostPath mounted at ``/minio`` in every pod stands in for the
-store, so artifacts are files on the node), caching, DAG outputs and
+store, so artifacts are files on the node), caching,
 ``taskFinalStatus``, artifact iterators, ``dsl.Collected``, ``IfPresent``/``Concat``
 argument clauses, kfp-kubernetes features other than pod
 labels/annotations, field-path env, secrets, PVC mounts, pull policy and ``set_timeout``

@@ -401,5 +401,17 @@ def test_user_pipeline_with_federated_training_as_one_step(user_env):
     assert accuracy > 0.5 and abs(accuracy - federated) < 0.01, (accuracy, federated)
     metrics = evaluation.outputs.artifacts["metrics"]["metadata"]
     assert metrics["accuracy"] == accuracy and metrics["examples"] > 0, metrics
-    # No exit handler in the graph: the server deleted its Service and token Secret itself.
-    assert user_env.gone(result.run_id) == {"service": True, "secret": True}
+    # No exit handler in the graph: the server deleted its Service itself; the token Secret
+    # is owned by the server pod and goes with it (KFP deletes a run's pods with the run).
+    assert user_env.gone(result.run_id) == {"service": True, "secret": False}
+    core = user_env.cluster.core_v1()
+    secret = core.read_namespaced_secret(secret_name(result.run_id), user_env.namespace)
+    pod = core.read_namespaced_pod(server.pod_names[-1], user_env.namespace)
+    owners = [(o.kind, o.uid) for o in secret.metadata.owner_references or []]
+    assert owners == [("Pod", pod.metadata.uid)], owners
+    core.delete_namespaced_pod(pod.metadata.name, user_env.namespace, grace_period_seconds=0)
+    wait_until(
+        lambda: user_env.gone(result.run_id)["secret"],
+        SETUP_TIMEOUT,
+        "the garbage collector to delete the token Secret with the server pod",
+    )

@@ -63,12 +63,17 @@ def load_factory(spec: str) -> TrainerFactory:
     return target
 
 
-def check_trainer(trainer: object, spec: str) -> Trainer:
-    """Return ``trainer`` if it has the Trainer methods, else raise naming what is missing."""
+def check_trainer(trainer: object, origin: str) -> Trainer:
+    """Return ``trainer`` if it has the Trainer methods, else raise naming what is missing.
+
+    Args:
+        trainer: What a factory returned, or what a caller passed as a trainer.
+        origin: Where it came from, for the message, e.g. "trainer 'pkg:build' returned".
+    """
     missing = [m for m in TRAINER_METHODS if not callable(getattr(trainer, m, None))]
     if missing:
         raise TrainerFactoryError(
-            f"trainer {spec!r} returned a {type(trainer).__name__}, not a Trainer: "
+            f"{origin} a {type(trainer).__name__}, not a Trainer: "
             f"it has no {', '.join(missing)} method(s) (see docs/trainers.md)"
         )
     return trainer  # type: ignore[return-value]
@@ -77,4 +82,4 @@ def check_trainer(trainer: object, spec: str) -> Trainer:
 def build_trainer(spec: str, options: TrainerOptions) -> Trainer:
     """Build the trainer ``spec`` names for ``options``; errors name the spec and the problem."""
     factory = load_factory(spec)
-    return check_trainer(factory(options), spec)
+    return check_trainer(factory(options), f"trainer {spec!r} returned")

@@ -142,6 +142,7 @@ def build_pipeline(
     def fl_pipeline(
         num_clients: int = defaults.NUM_CLIENTS,
         num_rounds: int = defaults.NUM_ROUNDS,
+        trainer: str = defaults.TRAINER,
         dataset: str = defaults.DATASET,
         partition: str = defaults.PARTITION,
         model: str = defaults.MODEL,
@@ -172,6 +173,8 @@ def build_pipeline(
         Args:
             num_clients: Number of federated clients (N); one client pod each.
             num_rounds: Training rounds (R).
+            trainer: What each client trains: keras or torch (built-in models), or
+                MODULE:FACTORY, a factory in the image (docs/trainers.md).
             dataset: digits (bundled, offline), mnist, fashion_mnist, cifar10, or npz:PATH.
             partition: How the dataset is split across clients: iid or dirichlet:ALPHA.
             model: mlp, cnn, or a path to a .keras model inside the image.
@@ -234,6 +237,7 @@ def build_pipeline(
                     strategy=strategy,
                     strategy_options=strategy_options,
                     port=DEFAULT_PORT,
+                    trainer=trainer,
                     dataset=dataset,
                     partition=partition,
                     model=model,
@@ -287,6 +291,7 @@ def build_pipeline(
                     num_clients=num_clients,
                     server_address=server_address,
                     port=DEFAULT_PORT,
+                    trainer=trainer,
                     dataset=dataset,
                     partition=partition,
                     model=model,

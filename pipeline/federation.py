@@ -37,8 +37,9 @@ CLIENT_CONTRACT: Mapping[str, str] = {
     "port": "Integer",
     "retry_timeout": "Float",
 }
-# What the built-in client takes besides the contract: the training options.
+# What the built-in client (and the server, for its export) takes besides the contract.
 TRAINING_OPTIONS = (
+    "trainer",
     "dataset",
     "partition",
     "model",

@@ -56,6 +56,13 @@ def federation_parameters(
         ),
         _p("num_rounds", int, defaults.NUM_ROUNDS, "Training rounds (R)."),
         _p(
+            "trainer",
+            str,
+            defaults.TRAINER,
+            "What each client trains: keras or torch (built-in models), or",
+            "MODULE:FACTORY, a factory in the image (docs/trainers.md).",
+        ),
+        _p(
             "dataset",
             str,
             defaults.DATASET,

@@ -31,6 +31,7 @@ from fl_kubeflow_kfp.pipeline import (
 )
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl.base_component import BaseComponent
 from kfp.dsl.python_component import PythonComponent
 
 PIPELINE_NAME = "user-pipeline"
@@ -101,9 +102,16 @@ def build_user_pipeline(
     image: str = DEFAULT_IMAGE,
     server_resources: PodResources = SERVER_RESOURCES,
     client_resources: PodResources = CLIENT_RESOURCES,
+    client_component: BaseComponent | None = None,
 ):
-    """The pipeline with every step in ``image`` and the federation's pods sized as given."""
-    federated_training = build_federated_training(image, server_resources, client_resources)
+    """The pipeline with every step in ``image`` and the federation's pods sized as given.
+
+    ``client_component`` is a client of your own in place of the built-in one
+    (``examples/user_client.py``).
+    """
+    federated_training = build_federated_training(
+        image, server_resources, client_resources, client_component=client_component
+    )
     data_step, evaluation_step = build_steps(image)
 
     @dsl.pipeline(name=PIPELINE_NAME)

@@ -161,3 +161,12 @@ def test_user_pipeline_example_compiles_with_training_as_one_step(tmp_path: Path
     assert inputs["test_set"]["taskOutputArtifact"]["producerTask"] == "held-out-test-set"
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {IMAGE}
+
+
+def test_user_client_example_compiles_into_the_user_pipeline(tmp_path: Path) -> None:
+    example = load_example("user_client")
+    assert example.main(["--image", IMAGE, "--output", str(tmp_path / "uc.yaml")]) == 0
+    spec = next(d for d in yaml.safe_load_all((tmp_path / "uc.yaml").read_text()) if d)
+    assert "comp-my-client" in spec["components"] and "comp-fl-client" not in spec["components"]
+    source = spec["deploymentSpec"]["executors"]["exec-my-client"]["container"]["command"][-1]
+    assert "join_federation(" in source

@@ -55,12 +55,16 @@ def small_pod_resources() -> tuple[PodResources, PodResources]:
 
 
 def compile_example_for(image: str, output: Path) -> PipelineIR:
-    """examples/user_pipeline.py built for ``image`` with the small resources; its IR."""
+    """examples/user_pipeline.py with examples/user_client.py's client, built for ``image``
+    with the small resources; its IR."""
     from kfp import compiler
 
     from tests.examples import load_example
 
-    pipeline = load_example("user_pipeline").build_user_pipeline(image, *small_pod_resources())
+    client = load_example("user_client").build_client(image)
+    pipeline = load_example("user_pipeline").build_user_pipeline(
+        image, *small_pod_resources(), client_component=client
+    )
     compiler.Compiler().compile(pipeline, package_path=str(output))
     return PipelineIR.load(output)
 

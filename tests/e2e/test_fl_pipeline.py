@@ -375,9 +375,13 @@ def user_env(node_cluster, tmp_path_factory) -> Iterator[Env]:
 
 
 def test_user_pipeline_with_federated_training_as_one_step(user_env):
-    """examples/user_pipeline.py: data step -> federated_training (graph) -> evaluate."""
+    """examples/user_pipeline.py: data step -> federated_training (graph) -> evaluate, the
+    clients being examples/user_client.py's component (join_federation with its trainer)."""
     result = user_env.runner().run({"num_clients": 2, "num_rounds": 2})
     assert result.phase == SUCCEEDED, result
+    clients = result.executed("fl-client")
+    assert {t.task for t in clients} == {"my-client"}, result
+    assert all(t.outputs.artifacts["metrics"]["metadata"]["rounds_trained"] == 2 for t in clients)
     assert sorted(name for name, _ in _all_pods(result)) == [
         "client-ids",
         "evaluate",

@@ -38,19 +38,6 @@ def _graph(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def user_client(
-    run_id: str,
-    client_id: int,
-    num_clients: int,
-    server_address: str,
-    port: int,
-    retry_timeout: float,
-    epochs: int = 1,
-):
-    """A user's client: builds its trainer, calls fl_kubeflow.tasks.join_federation."""
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def short_client(run_id: str, client_id: str, server_address: str, data_uri: str):
     """A client that lacks inputs, has one of the wrong type and requires one of its own."""
 
@@ -121,16 +108,17 @@ def test_graph_yaml_loads_and_feeds_a_users_next_step(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("builder", [build_pipeline, build_federated_training])
 def test_user_client_component_replaces_the_builtin_client(builder: Any, tmp_path: Path) -> None:
+    user_client = load_example("user_client").build_client(IMAGE)
     spec, platform = _compile(builder(IMAGE, client_component=user_client), tmp_path / "p.yaml")
-    assert "comp-user-client" in spec["components"] and "comp-fl-client" not in spec["components"]
+    assert "comp-my-client" in spec["components"] and "comp-fl-client" not in spec["components"]
     (loop,) = [
-        c for c in spec["components"].values() if "user-client" in c.get("dag", {}).get("tasks", {})
+        c for c in spec["components"].values() if "my-client" in c.get("dag", {}).get("tasks", {})
     ]
-    task = loop["dag"]["tasks"]["user-client"]
+    task = loop["dag"]["tasks"]["my-client"]
     assert set(task["inputs"]["parameters"]) >= set(CLIENT_CONTRACT)
     assert "dataset" not in task["inputs"]["parameters"] and task["cachingOptions"] == {}
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert executors["exec-user-client"]["podMetadata"]["labels"] == {"fl-kubeflow/role": "client"}
+    assert executors["exec-my-client"]["podMetadata"]["labels"] == {"fl-kubeflow/role": "client"}
 
 
 @pytest.mark.parametrize("builder", [build_pipeline, build_federated_training])

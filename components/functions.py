@@ -21,7 +21,7 @@ def client_ids(num_clients: int) -> list[int]:
         num_clients: Number of federated clients (N >= 1).
 
     Returns:
-        The ids [0, 1, ..., N-1].
+        Output: The ids [0, 1, ..., N-1].
     """
     from fl_kubeflow.tasks import client_ids as ids
 

@@ -42,6 +42,7 @@ def fl_server(
     strategy: str = "fedavg",
     strategy_options: str = "{}",
     port: int = 8080,
+    trainer: str = "keras",
     dataset: str = "digits",
     partition: str = "iid",
     model: str = "mlp",
@@ -71,6 +72,8 @@ def fl_server(
             fedadagrad, fedmedian, fedtrimmedavg, krum or multikrum.
         strategy_options: The strategy's options as a JSON object, e.g. {"eta": 0.03}.
         port: TCP port the server listens on and the Service exposes.
+        trainer: The clients' trainer: keras exports model.keras; torch or MODULE:FACTORY
+            export weights.safetensors only (named in trained_model's metadata).
         dataset: Dataset the clients train on; gives the exported model's input shape.
         partition: How the clients split the dataset (shown in the report).
         model: Model the clients train (mlp, cnn or a .keras path); rebuilt for export.
@@ -86,7 +89,8 @@ def fl_server(
         initial_model: Optional starting weights: the trained_model of an earlier run.
 
     Returns:
-        trained_model: Folder with model.keras, weights.safetensors and history.json.
+        trained_model: Folder with weights.safetensors, history.json and (keras trainer)
+            model.keras; metadata says which trainer and framework.
         metrics: Final evaluation accuracy and loss, rounds completed, clients.
         report: HTML report with learning curves and a per-round table.
         summary: Markdown summary of the run.
@@ -122,6 +126,7 @@ def fl_server(
         strategy=strategy,
         strategy_options=strategy_options,
         port=port,
+        trainer=trainer,
         dataset=dataset,
         model=model,
         initial_model=initial_model.path if initial_model is not None else None,
@@ -137,6 +142,7 @@ def fl_server(
             "round_timeout": round_timeout,
             "strategy": strategy,
             "strategy_options": strategy_options,
+            "trainer": trainer,
             "dataset": dataset,
             "partition": partition,
             "model": model,
@@ -160,6 +166,7 @@ def fl_client(
     metrics: Output[Metrics],
     server_address: str = "",
     port: int = 8080,
+    trainer: str = "keras",
     dataset: str = "digits",
     partition: str = "iid",
     model: str = "mlp",
@@ -179,6 +186,8 @@ def fl_client(
         num_clients: Clients in the run (N), to partition the dataset.
         server_address: Server URL override; empty means this run's in-cluster Service.
         port: Server port when the address is derived from the run id.
+        trainer: keras, torch, or MODULE:FACTORY: a factory(options) -> Trainer importable
+            in the image (docs/trainers.md).
         dataset: digits (bundled), mnist, fashion_mnist, cifar10, or npz:PATH with {client_id}.
         partition: iid or dirichlet:ALPHA.
         model: mlp, cnn, or a path to a .keras model.
@@ -215,6 +224,7 @@ def fl_client(
         num_clients=num_clients,
         server_address=server_address,
         port=port,
+        trainer=trainer,
         dataset=dataset,
         partition=partition,
         model=model,

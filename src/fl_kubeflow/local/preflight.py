@@ -11,6 +11,22 @@ import urllib.request
 from pathlib import Path
 
 
+def check_trainer_options(
+    trainer: str, dataset: str, partition: str, model: str, num_clients: int
+) -> None:
+    """Raise ValueError naming the bad value, as far as ``trainer`` gives the options meaning.
+
+    A built-in trainer reads the dataset, partition and model options; a user's
+    ``MODULE:FACTORY`` may read them any way it likes, so only its module is looked for.
+    """
+    from fl_kubeflow.training.factory import check_findable, is_builtin
+
+    if is_builtin(trainer):
+        check_options(dataset, partition, model, num_clients)
+    else:
+        check_findable(trainer)
+
+
 def check_options(dataset: str, partition: str, model: str, num_clients: int) -> None:
     """Raise ValueError naming the bad value."""
     from fl_kubeflow.training.datasets import (

@@ -199,7 +199,13 @@ def test_readme_example_compiles(tmp_path: Path) -> None:
     spec = next(yaml.safe_load_all((tmp_path / "my_pipeline.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
     model = tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
-    assert model == {"outputArtifactKey": "trained_model", "producerTask": "fl-server"}
-    assert tasks["fl-server"]["cachingOptions"] == {}
-    loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]
-    assert loop["dag"]["tasks"]["fl-client"]["cachingOptions"] == {}
+    assert model == {"outputArtifactKey": "trained_model", "producerTask": "federated-training"}
+    # The federation's steps inside the graph component: never cached.
+    inner = [
+        (name, task)
+        for component in spec["components"].values()
+        for name, task in component.get("dag", {}).get("tasks", {}).items()
+    ]
+    steps = [(name, task) for name, task in inner if name.startswith(("fl-server", "fl-client"))]
+    assert {name.split("-")[1] for name, _ in steps} == {"server", "client"}
+    assert all(task["cachingOptions"] == {} for _, task in steps)

@@ -37,13 +37,4 @@ __all__ = [
     "compile_pipeline",
     "federated_training",
     "fl_pipeline",
-    "graph_components",
 ]
-
-
-def graph_components(image: str) -> dict:
-    """The suite's graph components by file stem, for ``components/<stem>.yaml``."""
-    return {
-        "federated_training": build_federated_training(image),
-        "federated_training_from_model": build_federated_training(image, initial_model=True),
-    }

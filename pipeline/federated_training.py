@@ -50,7 +50,8 @@ INITIAL_MODEL = Parameter(
     ("Starting weights: the trained_model of an earlier run (same model and dataset).",),
 )
 OUTPUTS_DOC = (
-    "trained_model: Folder with model.keras, weights.safetensors and history.json.",
+    "trained_model: Folder with weights.safetensors, history.json and (keras trainer)",
+    "    model.keras; metadata says which trainer and framework.",
     "metrics: Final evaluation accuracy and loss, rounds completed, clients.",
 )
 
@@ -103,8 +104,9 @@ def build_federated_training(
     if initial_model:
         parameters = (INITIAL_MODEL, *parameters)  # first: it has no default
     name = FEDERATED_TRAINING_FROM_MODEL if initial_model else FEDERATED_TRAINING
+    summary = SUMMARY + (" Starts from initial_model." if initial_model else "")
     function = pipeline_function(
-        name.replace("-", "_"), SUMMARY, parameters, body, returns=Outputs, returns_doc=OUTPUTS_DOC
+        name.replace("-", "_"), summary, parameters, body, returns=Outputs, returns_doc=OUTPUTS_DOC
     )
     return dsl.pipeline(name=name)(function)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fl_kubeflow_kfp.components import DEFAULT_IMAGE, build_components
+from fl_kubeflow_kfp.pipeline.federated_training import build_federated_training
 from kfp import compiler
 from kfp.dsl.base_component import BaseComponent
 
@@ -23,6 +24,9 @@ def component_specs(image: str = DEFAULT_IMAGE) -> dict[str, BaseComponent]:
         "fl_server": comps.server,
         "fl_client": comps.client,
         "fl_cleanup": comps.cleanup,
+        # Graph components: the whole federation as one step of a user's pipeline.
+        "federated_training": build_federated_training(image),
+        "federated_training_from_model": build_federated_training(image, initial_model=True),
     }
 
 

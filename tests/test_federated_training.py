@@ -16,8 +16,8 @@ from fl_kubeflow_kfp.pipeline import (
     build_federated_training,
     build_pipeline,
     federated_training,
-    graph_components,
 )
+from fl_kubeflow_kfp.pipeline.suite import component_specs, write_component_files
 from kfp import compiler, components, dsl
 from kfp.dsl import Input, Model
 
@@ -83,8 +83,9 @@ def test_initial_model_variant_takes_a_required_model_input(tmp_path: Path) -> N
 
 
 def test_graph_yaml_loads_and_feeds_a_users_next_step(tmp_path: Path) -> None:
-    for stem, graph in graph_components(IMAGE).items():
-        compiler.Compiler().compile(graph, package_path=str(tmp_path / f"{stem}.yaml"))
+    graphs = {k: v for k, v in component_specs(IMAGE).items() if k.startswith("federated_")}
+    assert sorted(graphs) == ["federated_training", "federated_training_from_model"]
+    write_component_files(tmp_path, graphs)
     loaded = components.load_component_from_file(str(tmp_path / "federated_training.yaml"))
     from_model = components.load_component_from_file(
         str(tmp_path / "federated_training_from_model.yaml")

@@ -4,8 +4,9 @@
 '<wheel>[kfp]'`` puts it into a new virtualenv in a temporary folder (from pip's cache, no
 ``--no-deps``: the extra's requirements resolve as for a user). In that virtualenv, run
 from outside the repository with ``python -I`` (no current folder, no ``PYTHONPATH``), a
-user's script compiles one pipeline from the Python components and one from the installed
-component files, and finds no top-level ``components`` or ``pipeline`` module.
+user's script compiles pipelines from the Python components and from the installed component
+files (the single components, and federated training as one step), and finds no top-level
+``components`` or ``pipeline`` module.
 
 The virtualenv has no pip of its own: this one installs into it (``pip --python``), and
 skips byte-compiling (``--no-compile``), which together take minutes off on a loaded machine.
@@ -45,6 +46,7 @@ from kfp import compiler, dsl, kubernetes
 import fl_kubeflow_kfp
 from fl_kubeflow_kfp import build_components
 from fl_kubeflow_kfp.components import component_names, load
+from fl_kubeflow_kfp.pipeline import build_federated_training
 
 out, image = Path(sys.argv[1]), sys.argv[2]
 
@@ -83,8 +85,23 @@ def users_files(num_clients: int = 2):
     federation({name: load(name) for name in component_names()}, num_clients)
 
 
-compiler.Compiler().compile(users_python, str(out / "users_python.yaml"))
-compiler.Compiler().compile(users_files, str(out / "users_files.yaml"))
+one_step = {"python": build_federated_training(image), "file": load("federated_training")}
+
+
+@dsl.pipeline(name="users-one-step-python")
+def users_one_step_python(num_clients: int = 2):
+    training = one_step["python"](num_clients=num_clients, num_rounds=2)
+    evaluate(model=training.outputs["trained_model"])
+
+
+@dsl.pipeline(name="users-one-step-file")
+def users_one_step_file(num_clients: int = 2):
+    training = one_step["file"](num_clients=num_clients, num_rounds=2)
+    evaluate(model=training.outputs["trained_model"])
+
+
+for pipeline in (users_python, users_files, users_one_step_python, users_one_step_file):
+    compiler.Compiler().compile(pipeline, str(out / f"{pipeline.name}.yaml"))
 print("RESULT=" + json.dumps({
     "suite": fl_kubeflow_kfp.__file__,
     "prefix": sys.prefix,
@@ -100,8 +117,7 @@ def _run(command: list[str], timeout: float, cwd: Path) -> str:
     return done.stdout
 
 
-def _images(package: Path) -> dict[str, str]:
-    spec = next(yaml.safe_load_all(package.read_text()))
+def _images(spec: dict) -> dict[str, str]:
     return {
         label: executor["container"]["image"]
         for label, executor in spec["deploymentSpec"]["executors"].items()
@@ -148,18 +164,13 @@ def test_wheel_installs_into_a_fresh_venv_and_compiles_users_pipelines(tmp_path:
     assert result["component_names"] == sorted(component_specs())
     assert result["top_level"] == {"components": False, "pipeline": False}
 
-    python_images = _images(users / "users_python.yaml")
-    file_images = _images(users / "users_files.yaml")
-    assert (
-        python_images.keys()
-        == file_images.keys()
-        >= {
-            "exec-client-ids",
-            "exec-fl-server",
-            "exec-fl-client",
-            "exec-evaluate",
-        }
-    )
-    assert {python_images.pop("exec-evaluate"), file_images.pop("exec-evaluate")} == {"python:3.11"}
-    assert set(python_images.values()) == {IMAGE}
-    assert set(file_images.values()) == {DEFAULT_IMAGE}  # the files' image
+    for pipeline in ("users-python", "users-files", "users-one-step-python", "users-one-step-file"):
+        spec = next(yaml.safe_load_all((users / f"{pipeline}.yaml").read_text()))
+        images = _images(spec)
+        assert images.keys() >= {"exec-client-ids", "exec-fl-server", "exec-fl-client"}, pipeline
+        assert images.pop("exec-evaluate") == "python:3.11"
+        # The Python components run in the user's image, the files in the default one.
+        assert set(images.values()) == {DEFAULT_IMAGE if "file" in pipeline else IMAGE}, pipeline
+        model = spec["root"]["dag"]["tasks"]["evaluate"]["inputs"]["artifacts"]["model"]
+        producer = "federated-training" if "one-step" in pipeline else "fl-server"
+        assert model["taskOutputArtifact"]["producerTask"] == producer, pipeline

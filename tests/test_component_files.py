@@ -57,6 +57,22 @@ def test_committed_reference_is_fresh(compiled: Path) -> None:
     assert REFERENCE.is_file() and REFERENCE.read_bytes() == fresh, f"{REFERENCE} is stale: {STALE}"
 
 
+def test_component_files_take_the_image_and_folders_given(tmp_path: Path) -> None:
+    image = "registry.example.com/team/fl-kubeflow:2"
+    compile_to(
+        tmp_path / "out" / "fl_pipeline.yaml",
+        *("--image", image, "--components-dir", str(tmp_path / "files")),
+        *("--reference", str(tmp_path / "reference.md")),
+    )
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["fl_pipeline.yaml"]
+    for name in component_specs():
+        spec = next(yaml.safe_load_all((tmp_path / "files" / f"{name}.yaml").read_text()))
+        images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+        assert images == {image}, name
+    # The reference describes interfaces, not images: the same as the committed one.
+    assert (tmp_path / "reference.md").read_bytes() == REFERENCE.read_bytes()
+
+
 def _section(text: str, anchor: str) -> str:
     start = text.index(f'<a id="{anchor}"></a>')
     end = text.find('<a id="', start + 1)

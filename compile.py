@@ -1,7 +1,9 @@
 """Compile the federated-learning pipeline to YAML: ``python compile.py [--image IMAGE]``.
 
 Upload the result in the KFP UI (Pipelines -> Upload pipeline) or submit it with
-``fl-kubeflow submit``. The output is deterministic: the same image gives the same bytes.
+``fl-kubeflow submit``. Beside it go the suite's component files (``components/<name>.yaml``)
+and their reference (``docs/components.md``). The output is deterministic: the same options
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from fl_kubeflow_kfp.pipeline import (
     CLIENT_RESOURCES,
     SERVER_RESOURCES,
     PodResources,
+    build_pipeline,
     compile_pipeline,
 )
 from fl_kubeflow_kfp.pipeline.fl_pipeline import FIELDS, SERVER_RETRIES, server_retry_deadline
+from fl_kubeflow_kfp.pipeline.reference import write_reference
+from fl_kubeflow_kfp.pipeline.suite import component_specs, write_component_files
 
 DEFAULT_RESOURCES = {"server": SERVER_RESOURCES, "client": CLIENT_RESOURCES}
 
@@ -29,6 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--output", type=Path, default=Path("fl_pipeline.yaml"), help="YAML file")
+    parser.add_argument(
+        "--components-dir",
+        type=Path,
+        help="folder for the component files <name>.yaml (default: components/ in the "
+        "folder of --output)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="Markdown reference of the components and the pipeline's parameters "
+        "(default: docs/components.md in the folder of --output)",
+    )
     parser.add_argument(
         "--image",
         default=DEFAULT_IMAGE,
@@ -63,12 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             PodResources(**{name: getattr(args, f"{role}_{name}") for name in FIELDS})
             for role in DEFAULT_RESOURCES
         )
-        written = compile_pipeline(
-            args.output, args.image, server, client, args.server_retry_deadline
-        )
+        options = (args.image, server, client, args.server_retry_deadline)
+        written = compile_pipeline(args.output, *options)
     except ValueError as exc:
         parser.error(str(exc))
-    print(f"wrote {written} (image {args.image})")
+    specs = component_specs(args.image)
+    files = write_component_files(args.components_dir or args.output.parent / "components", specs)
+    reference = write_reference(
+        args.reference or args.output.parent / "docs" / "components.md",
+        specs,
+        build_pipeline(*options),
+        args.output.name,
+    )
+    print(f"wrote {written}, {len(files)} component files in {files[0].parent}, {reference}")
+    print(f"(image {args.image})")
     return 0
 
 

@@ -21,7 +21,7 @@ def client_ids(num_clients: int) -> list[int]:
         num_clients: Number of federated clients (N >= 1).
 
     Returns:
-        The ids [0, 1, ..., N-1].
+        Output: The ids [0, 1, ..., N-1].
     """
     from fl_kubeflow.tasks import client_ids as ids
 
@@ -42,6 +42,7 @@ def fl_server(
     strategy: str = "fedavg",
     strategy_options: str = "{}",
     port: int = 8080,
+    trainer: str = "keras",
     dataset: str = "digits",
     data_locations: str = "[]",
     partition: str = "iid",
@@ -72,6 +73,8 @@ def fl_server(
             fedadagrad, fedmedian, fedtrimmedavg, krum or multikrum.
         strategy_options: The strategy's options as a JSON object, e.g. {"eta": 0.03}.
         port: TCP port the server listens on and the Service exposes.
+        trainer: The clients' trainer: keras exports model.keras; torch or MODULE:FACTORY
+            export weights.safetensors only (named in trained_model's metadata).
         dataset: Dataset the clients train on; gives the exported model's input shape.
         data_locations: The clients' data files as a JSON list, one per client (their format
             only: a table's shapes are read from the weights); [] when dataset is used.
@@ -89,7 +92,8 @@ def fl_server(
         initial_model: Optional starting weights: the trained_model of an earlier run.
 
     Returns:
-        trained_model: Folder with model.keras, weights.safetensors and history.json.
+        trained_model: Folder with weights.safetensors, history.json and (keras trainer)
+            model.keras; metadata says which trainer and framework.
         metrics: Final evaluation accuracy and loss, rounds completed, clients.
         report: HTML report with learning curves and a per-round table.
         summary: Markdown summary of the run.
@@ -125,6 +129,7 @@ def fl_server(
         strategy=strategy,
         strategy_options=strategy_options,
         port=port,
+        trainer=trainer,
         dataset=dataset,
         data_locations=data_locations,
         model=model,
@@ -141,6 +146,7 @@ def fl_server(
             "round_timeout": round_timeout,
             "strategy": strategy,
             "strategy_options": strategy_options,
+            "trainer": trainer,
             "dataset": dataset,
             "data_locations": data_locations,
             "partition": partition,
@@ -165,6 +171,7 @@ def fl_client(
     metrics: Output[Metrics],
     server_address: str = "",
     port: int = 8080,
+    trainer: str = "keras",
     dataset: str = "digits",
     partition: str = "iid",
     model: str = "mlp",
@@ -188,6 +195,8 @@ def fl_client(
         num_clients: Clients in the run (N), to partition the dataset.
         server_address: Server URL override; empty means this run's in-cluster Service.
         port: Server port when the address is derived from the run id.
+        trainer: keras, torch, or MODULE:FACTORY: a factory(options) -> Trainer importable
+            in the image (docs/trainers.md).
         dataset: digits (bundled), mnist, fashion_mnist, cifar10, or a file with {client_id}:
             npz:/csv:/parquet: and a path, http(s):// or s3:// location (docs/data.md).
         partition: iid or dirichlet:ALPHA.
@@ -230,6 +239,7 @@ def fl_client(
         num_clients=num_clients,
         server_address=server_address,
         port=port,
+        trainer=trainer,
         dataset=dataset,
         partition=partition,
         model=model,

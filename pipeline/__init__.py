@@ -1,5 +1,18 @@
-"""The federated-learning KFP pipeline (depends on ``components``, which calls the runtime)."""
+"""The federated-learning KFP pipeline and graph component (depend on ``components``).
 
+- ``fl_pipeline`` / ``build_pipeline``: a whole run (one federation per pipeline run);
+- ``federated_training`` / ``build_federated_training``: the same federation as one step
+  of a user's own pipeline (a graph component returning ``trained_model`` and ``metrics``);
+- ``CLIENT_CONTRACT``: the inputs both pass a client component, built-in or a user's own.
+"""
+
+from fl_kubeflow_kfp.pipeline.federated_training import (
+    FEDERATED_TRAINING,
+    FEDERATED_TRAINING_FROM_MODEL,
+    build_federated_training,
+    federated_training,
+)
+from fl_kubeflow_kfp.pipeline.federation import CLIENT_CONTRACT, check_client_component
 from fl_kubeflow_kfp.pipeline.fl_pipeline import (
     CLIENT_RESOURCES,
     PIPELINE_NAME,
@@ -11,11 +24,17 @@ from fl_kubeflow_kfp.pipeline.fl_pipeline import (
 )
 
 __all__ = [
+    "CLIENT_CONTRACT",
     "CLIENT_RESOURCES",
+    "FEDERATED_TRAINING",
+    "FEDERATED_TRAINING_FROM_MODEL",
     "PIPELINE_NAME",
     "SERVER_RESOURCES",
     "PodResources",
+    "build_federated_training",
     "build_pipeline",
+    "check_client_component",
     "compile_pipeline",
+    "federated_training",
     "fl_pipeline",
 ]

@@ -15,6 +15,7 @@ from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT
 
 TRAINING = {
+    "trainer": defaults.TRAINER,
     "dataset": defaults.DATASET,
     "partition": defaults.PARTITION,
     "model": defaults.MODEL,

@@ -26,6 +26,7 @@ COMMITTED = REPO / "fl_pipeline.yaml"
 DEFAULT_IMAGE = "ghcr.io/fl-on-kubeflow/fl-kubeflow:0.1.0"
 RUN_UUID = "{{$.pipeline_job_uuid}}"
 TRAINING_OPTIONS = (
+    "trainer",
     "dataset",
     "partition",
     "model",
@@ -40,6 +41,7 @@ EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "num_clients": ("NUMBER_INTEGER", 3),
     "num_rounds": ("NUMBER_INTEGER", 5),
     # The training options share their defaults with ``fl-kubeflow local``.
+    "trainer": ("STRING", defaults.TRAINER),
     "dataset": ("STRING", defaults.DATASET),
     "data_locations": ("STRING", "[]"),
     "label_column": ("STRING", defaults.LABEL_COLUMN),
@@ -183,6 +185,14 @@ def test_component_defaults_match_the_shared_defaults(spec: dict) -> None:
         params = spec["components"][name]["inputDefinitions"]["parameters"]
         for key, value in shared.items():
             assert params[key]["defaultValue"] == value, f"{name}: {key}"
+
+
+def test_trainer_parameter_reaches_the_server_and_every_client(spec: dict) -> None:
+    # The clients build their trainer from it; the server decides from it what it exports.
+    for component in (*server_components(spec), "comp-fl-client"):
+        for _, name, task in tasks_of(spec, component):
+            source = task["inputs"]["parameters"]["trainer"]["componentInputParameter"]
+            assert source in ("trainer", "pipelinechannel--trainer"), name
 
 
 def test_server_outputs_are_typed_artifacts(spec: dict) -> None:

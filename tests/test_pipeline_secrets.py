@@ -6,11 +6,8 @@ import re
 from pathlib import Path
 
 import yaml
-from fl_kubeflow_kfp.pipeline.fl_pipeline import (
-    DATA_CREDENTIAL_KEYS,
-    DATA_CREDENTIALS,
-    compile_pipeline,
-)
+from fl_kubeflow_kfp.pipeline.federation import DATA_CREDENTIAL_KEYS, DATA_CREDENTIALS
+from fl_kubeflow_kfp.pipeline.fl_pipeline import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

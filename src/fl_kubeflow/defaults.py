@@ -8,7 +8,8 @@ literals (KFP copies their source); tests/test_defaults.py checks that they agre
 
 from __future__ import annotations
 
-# What each client trains.
+# What each client trains. TRAINER: keras, torch or MODULE:FACTORY (training.factory).
+TRAINER = "keras"
 DATASET = "digits"
 PARTITION = "iid"
 MODEL = "mlp"

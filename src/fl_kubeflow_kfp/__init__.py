@@ -9,6 +9,10 @@ repository's top-level folders, which stay the source of truth:
 - ``fl_kubeflow_kfp.results``: a finished run's metrics, learning curves and trained model,
   found through ``kfp.Client`` and downloaded from KFP's artifact store (for notebooks).
 
+The same components ship as KFP component files, ``components/<name>.yaml``:
+``fl_kubeflow_kfp.components.load(name)`` loads the installed one. ``docs/components.md``
+lists every component's inputs and outputs.
+
 The runtime they run, ``fl_kubeflow``, never imports kfp; this package is the only one
 that does.
 """

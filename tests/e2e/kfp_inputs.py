@@ -358,3 +358,43 @@ def executor_output_artifacts(
             artifact["metadata"] = {**artifact.get("metadata", {}), **update["metadata"]}
         merged[name] = artifact
     return merged
+
+
+def dag_outputs(component: dict[str, Any], produced: dict[str, TaskOutputs]) -> TaskOutputs:
+    """A finished DAG's outputs (``dag.outputs``) from what its tasks produced.
+
+    A selector names a task of the DAG and one of its outputs; ``dsl.OneOf`` compiles to
+    several selectors, of which the one whose task ran has the value (a skipped branch
+    produced nothing). As the driver: an output no selector can supply is an error.
+    """
+    spec = component.get("dag", {}).get("outputs", {})
+    result = TaskOutputs()
+    for name, output in spec.get("artifacts", {}).items():
+        result.artifacts[name] = _select(
+            name,
+            output["artifactSelectors"],
+            lambda ref: produced.get(ref["producerSubtask"], TaskOutputs()).artifacts.get(
+                ref["outputArtifactKey"]
+            ),
+        )
+    for name, output in spec.get("parameters", {}).items():
+        if "valueFromParameter" in output:
+            selectors = [output["valueFromParameter"]]
+        else:
+            selectors = output["valueFromOneof"]["parameterSelectors"]
+        result.parameters[name] = _select(
+            name,
+            selectors,
+            lambda ref: produced.get(ref["producerSubtask"], TaskOutputs()).parameters.get(
+                ref["outputParameterKey"]
+            ),
+        )
+    return result
+
+
+def _select(name: str, selectors: list[dict[str, Any]], value: Any) -> Any:
+    for ref in selectors:
+        found = value(ref)
+        if found is not None:
+            return found
+    raise ValueError(f"DAG output {name!r}: none of {selectors} produced a value")

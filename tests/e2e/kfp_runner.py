@@ -11,7 +11,9 @@ every executor as a real Pod of the project's image:
   ``triggerPolicy.condition`` (``dsl.If``/``dsl.Else`` on parameters); ``parameterIterator``
   (``dsl.ParallelFor`` over a task's real output parameter, every iteration at once unless
   ``iteratorPolicy.parallelismLimit``); the importer (in-process: its output is the
-  artifact with the given URI, which the launcher would download from the store);
+  artifact with the given URI, which the launcher would download from the store); DAG
+  outputs (``dag.outputs`` selectors, ``dsl.OneOf`` taking the branch that ran) and the
+  defaults of a graph component's inputs its caller leaves out;
 * each task's ExecutorInput and command/args (``kfp_inputs``): pipeline parameters with
   their defaults, constants with numbers as protojson writes them (``8080.0`` -> ``8080``),
   ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` as the run UUID, the loop item, output artifact URIs
@@ -33,7 +35,7 @@ Not covered (and not needed by this pipeline, or outside what a test here can ru
 Argo itself (workflow CRDs, driver/launcher pods, the ``kfp-launcher`` init container,
 exit-hook mechanics, pod GC), the KFP API server, UI and MLMD (no lineage, no run records),
 MinIO uploads and downloads (a hostPath mounted at ``/minio`` in every pod stands in for the
-store, so artifacts are files on the node), caching, DAG outputs and
+store, so artifacts are files on the node), caching,
 ``taskFinalStatus``, artifact iterators, ``dsl.Collected``, ``IfPresent``/``Concat``
 argument clauses, kfp-kubernetes features other than pod
 labels/annotations, field-path env, secrets, PVC mounts, pull policy and ``set_timeout``
@@ -62,6 +64,7 @@ from tests.e2e.kfp_inputs import (
     Scope,
     TaskOutputs,
     UnsupportedFeature,
+    dag_outputs,
     evaluate_condition,
     executor_output_artifacts,
     executor_output_parameters,
@@ -316,7 +319,7 @@ class KfpRunner:
         watchdog = threading.Thread(target=self._watchdog, args=(run,), daemon=True)
         watchdog.start()
         try:
-            phase, message = self._dag(run, self.ir.root, scope, "")
+            phase, message, _ = self._dag(run, self.ir.root, scope, "")
             run.result.phase, run.result.message = phase, message
         except Exception as exc:  # the runner itself broke: say so in the result
             run.result.phase, run.result.message = ERROR, f"runner error: {exc!r}"
@@ -344,10 +347,11 @@ class KfpRunner:
         scope: Scope,
         path: str,
         iteration: int | None = None,
-    ) -> tuple[str, str]:
-        """Run a DAG's tasks as their dependencies allow; return (phase, message).
+    ) -> tuple[str, str, TaskOutputs]:
+        """Run a DAG's tasks as their dependencies allow; return (phase, message, outputs).
 
-        ``iteration`` is the ParallelFor index when this DAG is a loop body.
+        ``iteration`` is the ParallelFor index when this DAG is a loop body. The outputs
+        are the DAG's own (``dag.outputs``: a graph component's, a condition's).
         """
         tasks: dict[str, dict[str, Any]] = component["dag"]["tasks"]
         phases: dict[str, str] = {}
@@ -388,10 +392,10 @@ class KfpRunner:
             if phase in (FAILED, ERROR):
                 failed.append(name)
         if failed:
-            return FAILED, f"failed: {', '.join(sorted(failed))}"
+            return FAILED, f"failed: {', '.join(sorted(failed))}", TaskOutputs()
         if any(p == OMITTED for p in phases.values()):
-            return FAILED, "aborted"
-        return SUCCEEDED, ""
+            return FAILED, "aborted", TaskOutputs()
+        return SUCCEEDED, "", dag_outputs(component, outputs)
 
     def _task_record(
         self, path: str, name: str, task: dict[str, Any], phase: str, kind: str = "task"
@@ -448,10 +452,18 @@ class KfpRunner:
         if "artifactIterator" in task:
             raise UnsupportedFeature("ParallelFor over artifacts")
         if "dag" in component:
-            phase, message = self._dag(run, component, inputs, path, iteration)
+            # A graph component's inputs the caller left out take their defaults
+            # (kubeflow/pipelines#11980: optional inputs of nested pipelines).
+            for key, definition in (
+                component.get("inputDefinitions", {}).get("parameters", {}).items()
+            ):
+                if key not in inputs.parameters and "defaultValue" in definition:
+                    inputs.parameters[key] = definition["defaultValue"]
+            phase, message, outputs = self._dag(run, component, inputs, path, iteration)
             record = run.add(self._task_record(path, name, task, phase, "dag"))
             record.message = message
-            return phase, TaskOutputs()
+            record.outputs = outputs
+            return phase, outputs
         executor = self.ir.executor(component["executorLabel"])
         if "importer" in executor:
             return self._importer(run, name, task, executor["importer"], inputs, path)
@@ -486,7 +498,7 @@ class KfpRunner:
                 parameters[iterator["itemInput"]] = item
                 scope = Scope(parameters=parameters, artifacts=dict(inputs.artifacts))
                 try:
-                    results[index], _ = self._dag(run, component, scope, f"{path}[{index}]", index)
+                    results[index], *_ = self._dag(run, component, scope, f"{path}[{index}]", index)
                 except Exception as exc:
                     self._record_error(run, f"{path}[{index}]", name, task, exc)
                     results[index] = ERROR

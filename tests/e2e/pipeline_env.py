@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from fl_kubeflow_kfp.pipeline.resources import FIELDS, PodResources
 
 from tests.e2e.kfp_ir import PipelineIR
 from tests.e2e.kfp_runner import RunResult, TaskRun, wait_until
@@ -41,6 +42,31 @@ TEST_RESOURCES = {
     "client-memory-request": "384Mi",
     "client-memory-limit": "3Gi",
 }
+
+
+def small_pod_resources() -> tuple[PodResources, PodResources]:
+    """TEST_RESOURCES as the (server, client) PodResources a pipeline builder takes."""
+    return tuple(  # type: ignore[return-value]
+        PodResources(
+            **{name: TEST_RESOURCES[f"{role}-{name.replace('_', '-')}"] for name in FIELDS}
+        )
+        for role in ("server", "client")
+    )
+
+
+def compile_example_for(image: str, output: Path) -> PipelineIR:
+    """examples/user_pipeline.py with examples/user_client.py's client, built for ``image``
+    with the small resources; its IR."""
+    from kfp import compiler
+
+    from tests.examples import load_example
+
+    client = load_example("user_client").build_client(image)
+    pipeline = load_example("user_pipeline").build_user_pipeline(
+        image, *small_pod_resources(), client_component=client
+    )
+    compiler.Compiler().compile(pipeline, package_path=str(output))
+    return PipelineIR.load(output)
 
 
 def compile_for(image: str, output: Path) -> PipelineIR:

@@ -34,6 +34,7 @@ from tests.e2e.kfp_runner import KfpRunner, RunHandle, RunnerLimits, RunResult, 
 from tests.e2e.pipeline_env import (
     RUNNER_ACCOUNT,
     CheckpointVolume,
+    compile_example_for,
     compile_for,
     create_checkpoint_volume,
     create_service_account,
@@ -363,3 +364,58 @@ def test_without_the_documented_role_the_server_fails_fast_and_cleanup_runs(env)
     assert cleanup.attempts, result
     others = [a.finished_at for t in result.tasks if t is not cleanup for a in t.attempts]
     assert cleanup.attempts[0].started_at >= max(others)
+
+
+@pytest.fixture
+def user_env(node_cluster, tmp_path_factory) -> Iterator[Env]:
+    ir = compile_example_for(node_cluster.image, tmp_path_factory.mktemp("ir") / "user.yaml")
+    environment = _env(node_cluster, ir)
+    yield environment
+    node_cluster.delete_namespace(environment.namespace)
+
+
+def test_user_pipeline_with_federated_training_as_one_step(user_env):
+    """examples/user_pipeline.py: data step -> federated_training (graph) -> evaluate, the
+    clients being examples/user_client.py's component (join_federation with its trainer)."""
+    result = user_env.runner().run({"num_clients": 2, "num_rounds": 2})
+    assert result.phase == SUCCEEDED, result
+    clients = result.executed("fl-client")
+    assert {t.task for t in clients} == {"my-client"}, result
+    assert all(t.outputs.artifacts["metrics"]["metadata"]["rounds_trained"] == 2 for t in clients)
+    assert sorted(name for name, _ in _all_pods(result)) == [
+        "client-ids",
+        "evaluate",
+        "fl-client",
+        "fl-client",
+        "fl-server",
+        "held-out-test-set",
+    ], result
+    # The graph's output is the server's trained_model, through dsl.OneOf of the branch ran.
+    server, model_dir = server_outputs(result)
+    (graph,) = [t for t in result.tasks if t.kind == "dag" and t.task == "federated-training"]
+    trained = server.outputs.artifacts["trained_model"]["uri"]
+    assert graph.outputs.artifacts["trained_model"]["uri"] == trained, result
+    evaluation = result.one("evaluate")
+    given = evaluation.executor_input["inputs"]["artifacts"]["trained_model"]["artifacts"][0]
+    assert given["uri"] == trained and (model_dir / "model.keras").is_file()
+    # The held-out set is the union of the clients' local test splits, so the evaluation
+    # step's accuracy is the server's final federated evaluation of the same model.
+    accuracy = evaluation.outputs.parameters["Output"]
+    federated = server.outputs.artifacts["metrics"]["metadata"]["accuracy"]
+    assert accuracy > 0.5 and abs(accuracy - federated) < 0.01, (accuracy, federated)
+    metrics = evaluation.outputs.artifacts["metrics"]["metadata"]
+    assert metrics["accuracy"] == accuracy and metrics["examples"] > 0, metrics
+    # No exit handler in the graph: the server deleted its Service itself; the token Secret
+    # is owned by the server pod and goes with it (KFP deletes a run's pods with the run).
+    assert user_env.gone(result.run_id) == {"service": True, "secret": False}
+    core = user_env.cluster.core_v1()
+    secret = core.read_namespaced_secret(secret_name(result.run_id), user_env.namespace)
+    pod = core.read_namespaced_pod(server.pod_names[-1], user_env.namespace)
+    owners = [(o.kind, o.uid) for o in secret.metadata.owner_references or []]
+    assert owners == [("Pod", pod.metadata.uid)], owners
+    core.delete_namespaced_pod(pod.metadata.name, user_env.namespace, grace_period_seconds=0)
+    wait_until(
+        lambda: user_env.gone(result.run_id)["secret"],
+        SETUP_TIMEOUT,
+        "the garbage collector to delete the token Secret with the server pod",
+    )

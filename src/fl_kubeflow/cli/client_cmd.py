@@ -221,6 +221,7 @@ def build_trainer(args: argparse.Namespace):
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
+    from fl_kubeflow.client.signature import ModelMismatch
     from fl_kubeflow.client.transport import ServerError, ServerUnreachable
 
     if args.client_id >= args.num_clients and args.trainer not in NUMPY_TRAINERS:
@@ -247,6 +248,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
     try:
         summary = client.run()
+    except ModelMismatch as exc:
+        print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)
+        return 2
     except (FederationFailed, ServerError, ServerUnreachable, TimeoutError) as exc:
         print(f"fl-kubeflow client {args.client_id}: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fl_kubeflow import defaults
-from fl_kubeflow.cli.client_cmd import add_training_options
+from fl_kubeflow.cli.client_cmd import NUMPY_TRAINERS, add_training_options
 from fl_kubeflow.cli.options import positive_float, positive_int
 from fl_kubeflow.cli.server_cmd import add_server_options, strategy_from_args
 
@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run a whole federation on this machine",
         description=(
             "Start the aggregation server and N client processes on loopback, show progress, "
-            "and write model.keras, weights.safetensors, history.json and report.html."
+            "and write weights.safetensors, history.json, report.html and (with the keras "
+            "trainer) model.keras."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -29,9 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_training_options(parser)
     parser.add_argument(
         "--trainer",
-        default="keras",
-        help="keras or torch train the model on the dataset; numpy-linear is a TensorFlow-free "
-        "demo",
+        default=defaults.TRAINER,
+        metavar="TRAINER",
+        help="what each client trains: keras or torch (built-in models and datasets), "
+        "MODULE:FACTORY (your factory(options) -> Trainer, importable here, e.g. on "
+        "PYTHONPATH: docs/trainers.md), or numpy-linear (a TensorFlow-free demo)",
     )
     parser.add_argument(
         "--output", type=Path, default=Path("runs/local"), help="folder for the run's outputs"
@@ -54,15 +57,20 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         strategy_options, _ = strategy_from_args(args, args.clients)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.trainer == "keras":
-        from fl_kubeflow.local.preflight import check_options
+    from fl_kubeflow.local.preflight import check_trainer_options
 
-        try:
-            check_options(
-                args.dataset, args.partition, args.model, args.clients, args.data_locations
+    try:
+        if args.trainer not in NUMPY_TRAINERS:  # the demos read none of the training options
+            check_trainer_options(
+                args.trainer,
+                args.dataset,
+                args.partition,
+                args.model,
+                args.clients,
+                args.data_locations,
             )
-        except ValueError as exc:
-            parser.error(str(exc))
+    except ValueError as exc:
+        parser.error(str(exc))
     options = LocalRunOptions(
         clients=args.clients,
         rounds=args.rounds,

@@ -13,6 +13,7 @@ import requests
 
 from fl_kubeflow import defaults, protocol, wire
 from fl_kubeflow.client.clipping import clip_for_config
+from fl_kubeflow.client.signature import ModelMismatch, check_matches
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
 
@@ -75,6 +76,9 @@ class FederatedClient:
             and the request is tried once more.
         wire_dtype: How this client sends float32 tensors (float32, float16, bfloat16);
             None: as the server sends the model (its X-FL-Wire-Dtype header).
+        check_model: Compare the first global model's tensor names, shapes and dtypes
+            with the trainer's initial weights and raise ModelMismatch before any
+            training if they differ.
     """
 
     def __init__(
@@ -91,8 +95,10 @@ class FederatedClient:
         verify: bool | str = True,
         refresh_headers: Callable[[], dict[str, str]] | None = None,
         wire_dtype: str | None = None,
+        check_model: bool = True,
     ) -> None:
         self.client_id = client_id
+        self.check_model = check_model
         self.wire_dtype = None if wire_dtype is None else wire.check_wire_dtype(wire_dtype)
         self.refresh_headers = refresh_headers
         self.trainer = trainer
@@ -107,15 +113,24 @@ class FederatedClient:
         )
 
     def run(self) -> ClientSummary:
-        """Take part in the run until the server says it is finished."""
+        """Take part in the run until the server says it is finished.
+
+        Raises:
+            ModelMismatch: the server's model does not fit the trainer (when
+                ``check_model``), before any training or evaluation.
+        """
         summary = ClientSummary(self.client_id)
         try:
             info = self._join()
             log.info("client %s joined (%d rounds)", self.client_id, info["num_rounds"])
             evaluated: set[int] = set()
             next_round = 1
+            checked = not self.check_model
             while True:
                 model = self._wait_for_model(next_round)
+                if not checked:
+                    self._check_model(model.weights)
+                    checked = True
                 if model.phase == protocol.Phase.FINISHED.value:
                     summary.final_round = model.server_round
                     self._say_goodbye(model, summary, evaluated)
@@ -129,6 +144,21 @@ class FederatedClient:
                 next_round = model.server_round + 1
         finally:
             self.transport.close()
+
+    def _check_model(self, weights: wire.Weights) -> None:
+        """Raise ModelMismatch if the server's model does not fit the trainer; leave first.
+
+        The leave is best effort: it tells the server not to wait for this client.
+        """
+        try:
+            check_matches(weights, self.trainer.initial_weights(), self.client_id)
+        except ModelMismatch:
+            self.transport.retry_timeout = min(self.transport.retry_timeout, GOODBYE_RETRY_S)
+            try:
+                self._post_json(protocol.LEAVE_PATH, {"client_id": self.client_id})
+            except (ServerError, ServerUnreachable, FederationFailed) as exc:
+                log.warning("client %s: could not leave the run: %s", self.client_id, exc)
+            raise
 
     def _say_goodbye(self, model: _Model, summary: ClientSummary, evaluated: set[int]) -> None:
         """Send the final evaluation and leave: best effort, the run is over already.

@@ -10,12 +10,38 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def check_trainer_options(
+    trainer: str,
+    dataset: str,
+    partition: str,
+    model: str,
+    num_clients: int,
+    data_locations: Sequence[str] = (),
+) -> None:
+    """Raise ValueError naming the bad value, as far as ``trainer`` gives the options meaning.
+
+    A built-in trainer reads the dataset, partition and model options (the PyTorch
+    trainer's ``MODULE:FACTORY`` models are checked when its clients build them); a
+    user's ``MODULE:FACTORY`` trainer may read them any way it likes, so only its module
+    is looked for.
+    """
+    from fl_kubeflow.training.factory import check_findable, is_builtin
+
+    if is_builtin(trainer):
+        check_options(
+            dataset, partition, model, num_clients, data_locations, check_model=trainer == "keras"
+        )
+    else:
+        check_findable(trainer)
+
+
 def check_options(
     dataset: str,
     partition: str,
     model: str,
     num_clients: int,
     data_locations: Sequence[str] = (),
+    check_model: bool = True,
 ) -> None:
     """Raise ValueError naming the bad value."""
     from fl_kubeflow.training.datasets import (
@@ -44,7 +70,7 @@ def check_options(
         raise ValueError(f"--dataset {dataset!r} is unknown; valid: {valid_dataset_names()}")
     else:
         parse_partition(partition)
-    if model not in ("mlp", "cnn"):
+    if check_model and model not in ("mlp", "cnn"):
         if not model.endswith(".keras"):
             raise ValueError(f"--model {model!r} must be mlp, cnn or a path to a .keras file")
         if not Path(model).is_file():

@@ -22,6 +22,7 @@ from fl_kubeflow.auth import TOKEN_ENV, new_token
 from fl_kubeflow.local import processes
 from fl_kubeflow.local.processes import Child
 from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
+from fl_kubeflow.training.factory import exports_keras
 
 POLL_INTERVAL_S = 0.25
 STATUS_INTERVAL_S = 0.5
@@ -53,7 +54,7 @@ class LocalRunOptions:
     data_timeout: float = defaults.DATA_TIMEOUT
     strategy: str = defaults.STRATEGY
     strategy_options: dict[str, Any] = field(default_factory=dict)
-    trainer: str = "keras"
+    trainer: str = defaults.TRAINER
     output: Path = Path("runs/local")
     join_timeout: float = defaults.JOIN_TIMEOUT
     round_timeout: float = defaults.ROUND_TIMEOUT
@@ -114,7 +115,7 @@ class LocalRun:
             "weights": self.output / "weights.safetensors",
             "history": self.output / "history.json",
         }
-        if opts.trainer == "keras":
+        if exports_keras(opts.trainer):
             outputs["model"] = self._export_keras()
         outputs["report"] = self._write_report(history)
         return LocalRunResult(history, self.output, outputs)

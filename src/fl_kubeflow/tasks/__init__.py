@@ -10,6 +10,7 @@ from fl_kubeflow.tasks.client_task import (
     ClientTaskError,
     ClientTaskResult,
     client_ids,
+    join_federation,
     resolve_server_address,
     run_client_task,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "client_ids",
     "integer_param",
     "integer_params",
+    "join_federation",
     "resolve_server_address",
     "run_cleanup_task",
     "run_client_task",

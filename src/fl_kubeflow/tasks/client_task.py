@@ -15,6 +15,7 @@ from typing import Any
 
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, auth_headers, read_token
+from fl_kubeflow.client.trainer import Trainer
 from fl_kubeflow.kube.naming import DEFAULT_PORT, server_url
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, discover_server_url
 from fl_kubeflow.kube.token_secret import fetch_run_token
@@ -74,6 +75,104 @@ def resolve_server_address(
     )
 
 
+def join_federation(
+    trainer: Trainer,
+    *,
+    run_id: str,
+    client_id: int | str,
+    server_address: str = "",
+    port: int = DEFAULT_PORT,
+    retry_timeout: float = defaults.RETRY_TIMEOUT,
+    round_wait_timeout: float = defaults.ROUND_WAIT_TIMEOUT,
+    summary_path: str | os.PathLike[str] | None = None,
+    token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
+) -> ClientTaskResult:
+    """Take part in a federated run with your own trainer, until the server says it is done.
+
+    The one call a KFP component of your own makes to act as a federated client: build
+    a trainer (anything with the ``fl_kubeflow.client.Trainer`` methods) from your model
+    and data, then pass it here. In a pipeline run's pod the server is found through the
+    run's Service and the run's token through its Secret, exactly as the built-in client
+    does; give ``server_address`` to reach a server elsewhere. See docs/trainers.md.
+
+    Before the first round the server's model is compared with
+    ``trainer.initial_weights()`` (tensor names, shapes and dtypes); if a server has no
+    model yet, the first client's initial weights become it.
+
+    Args:
+        trainer: The model and data of this client: ``initial_weights``, ``fit`` and
+            ``evaluate`` as ``fl_kubeflow.client.Trainer`` documents them.
+        run_id: The pipeline run's id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which names
+            the server's Service ``fl-<run_id>`` and the run's token Secret.
+        client_id: This client's id in the run: one of the server's client ids, which
+            for the built-in pipeline are 0..num_clients-1.
+        server_address: The server's URL (or host:port); empty: this run's in-cluster
+            Service.
+        port: The server's port when its address comes from the run id.
+        retry_timeout: Seconds to keep retrying an unreachable server (it may start after
+            this client does).
+        round_wait_timeout: Longest wait in seconds for the next round to open.
+        summary_path: If given, this client's per-round metrics are written there as JSON.
+        token_dir: Where the pod's service-account token is (tests point it elsewhere).
+
+    Returns:
+        The client's per-round training and evaluation metrics (``summary``), and the
+        final ones as scalars for a KFP Metrics artifact (``metrics``).
+
+    Raises:
+        ClientTaskError: the run could not be joined, the server's model does not match
+            the trainer's, ``trainer`` is not a Trainer, or the run failed; the message
+            says which, with the server's reason when it gave one.
+    """
+    from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
+    from fl_kubeflow.client.signature import ModelMismatch
+    from fl_kubeflow.client.transport import ServerError, ServerUnreachable
+    from fl_kubeflow.training.factory import TrainerFactoryError, check_trainer
+
+    try:
+        check_trainer(trainer, "join_federation was given")
+    except TrainerFactoryError as exc:
+        raise ClientTaskError(f"client {client_id}: {exc}") from exc
+    url = resolve_server_address(server_address, run_id, port, token_dir=token_dir)
+    log.info("client %s: server %s", client_id, url)
+
+    def refresh() -> dict[str, str]:
+        return auth_headers(fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir))
+
+    try:
+        token = read_token() or fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir)
+    except TimeoutError as exc:
+        raise ClientTaskError(f"client {client_id}: {exc}") from exc
+    if token is None:
+        log.warning(
+            "no run token (%s unset, not in a pod): talking to the server without authentication",
+            TOKEN_ENV,
+        )
+    client = FederatedClient(
+        url,
+        str(client_id),
+        trainer,
+        retry_timeout=retry_timeout,
+        round_wait_timeout=round_wait_timeout,
+        headers=auth_headers(token),
+        # A replaced server pod (retry, eviction) makes a new token: read it again.
+        refresh_headers=None if token is None or read_token() else refresh,
+    )
+    try:
+        summary = client.run()
+    except FederationFailed as exc:
+        raise ClientTaskError(f"client {client_id}: the run failed: {exc}") from exc
+    except ModelMismatch as exc:
+        raise ClientTaskError(str(exc)) from exc
+    except (ServerError, ServerUnreachable, TimeoutError) as exc:
+        raise ClientTaskError(f"client {client_id}: {exc}") from exc
+
+    result = ClientTaskResult(summary.to_dict(), summary_metrics(summary.to_dict()))
+    if summary_path is not None:
+        files.write_json(Path(summary_path), result.summary)
+    return result
+
+
 def run_client_task(
     *,
     run_id: str,
@@ -81,6 +180,7 @@ def run_client_task(
     num_clients: int,
     server_address: str = "",
     port: int = DEFAULT_PORT,
+    trainer: str = defaults.TRAINER,
     dataset: str = defaults.DATASET,
     partition: str = defaults.PARTITION,
     model: str = defaults.MODEL,
@@ -98,81 +198,63 @@ def run_client_task(
     summary_path: str | os.PathLike[str] | None = None,
     token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
 ) -> ClientTaskResult:
-    """Take part in the run as client ``client_id`` and return what it did.
+    """Take part in the run as client ``client_id`` with the trainer ``trainer`` names.
 
-    ``data_locations`` (a JSON list, one per client) and the table options are those of
-    ``TrainerOptions``; the data is loaded, and a bad location fails, before joining.
+    ``trainer`` is ``keras``, ``torch`` or ``MODULE:FACTORY`` (training.factory); the
+    trainer is built from the other options (``data_locations``, a JSON list with one
+    location per client, and the table options are those of ``TrainerOptions``), so its
+    data is loaded, and a bad location fails, before :func:`join_federation` takes it
+    into the run.
 
-    Raises ClientTaskError (with the server's reason when it has one) if the run
-    cannot be joined or fails.
+    Raises ClientTaskError (with the server's reason when it has one) if the trainer
+    cannot be built, the run cannot be joined or it fails.
     """
-    from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
-    from fl_kubeflow.client.transport import ServerError, ServerUnreachable
+    from fl_kubeflow.training.factory import TrainerFactoryError, build_trainer
+    from fl_kubeflow.training.options import TrainerOptions
 
     if not 0 <= client_id < num_clients:
         raise ClientTaskError(f"client_id {client_id} must be in 0..{num_clients - 1}")
+    # Resolved first: a client that cannot find its server fails before any framework loads.
     url = resolve_server_address(server_address, run_id, port, token_dir=token_dir)
-    log.info("client %d of %d: server %s", client_id, num_clients, url)
-
-    # Keras is imported here, in the client pod only (seconds and ~600 MB).
+    log.info("client %d of %d: trainer %s", client_id, num_clients, trainer)
     from fl_kubeflow.training.datasets import parse_data_locations
-    from fl_kubeflow.training.keras_trainer import KerasTrainer, TrainerOptions
 
     try:
-        trainer = KerasTrainer(
-            TrainerOptions(
-                dataset=dataset,
-                partition=partition,
-                model=model,
-                client_id=client_id,
-                num_clients=num_clients,
-                local_epochs=local_epochs,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                optimizer=optimizer,
-                seed=seed,
-                data_locations=parse_data_locations(data_locations),
-                label_column=label_column,
-                feature_columns=feature_columns,
-                data_timeout=data_timeout,
-            )
+        options = TrainerOptions(
+            dataset=dataset,
+            partition=partition,
+            model=model,
+            client_id=client_id,
+            num_clients=num_clients,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            optimizer=optimizer,
+            seed=seed,
+            data_locations=parse_data_locations(data_locations),
+            label_column=label_column,
+            feature_columns=feature_columns,
+            data_timeout=data_timeout,
         )
-
-        def refresh() -> dict[str, str]:
-            return auth_headers(fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir))
-
-        token = read_token() or fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir)
-        if token is None:
-            log.warning(
-                "no run token (%s unset, not in a pod): talking to the server "
-                "without authentication",
-                TOKEN_ENV,
-            )
-        client = FederatedClient(
-            url,
-            str(client_id),
-            trainer,
-            retry_timeout=retry_timeout,
-            round_wait_timeout=round_wait_timeout,
-            headers=auth_headers(token),
-            # A replaced server pod (retry, eviction) makes a new token: read it again.
-            refresh_headers=None if token is None or read_token() else refresh,
-        )
-    except ValueError as exc:
-        raise ClientTaskError(f"client {client_id}: bad options: {exc}") from exc
+        # Imports the trainer's framework here, in the client pod only (seconds, ~600 MB).
+        built = build_trainer(trainer, options)
+    except TrainerFactoryError as exc:
+        raise ClientTaskError(f"client {client_id}: {exc}") from exc
     except TimeoutError as exc:
         raise ClientTaskError(f"client {client_id}: {exc}") from exc
-    try:
-        summary = client.run()
-    except FederationFailed as exc:
-        raise ClientTaskError(f"client {client_id}: the run failed: {exc}") from exc
-    except (ServerError, ServerUnreachable, TimeoutError) as exc:
-        raise ClientTaskError(f"client {client_id}: {exc}") from exc
-
-    result = ClientTaskResult(summary.to_dict(), summary_metrics(summary.to_dict()))
-    if summary_path is not None:
-        files.write_json(Path(summary_path), result.summary)
-    return result
+    except ValueError as exc:
+        raise ClientTaskError(f"client {client_id}: bad options: {exc}") from exc
+    return join_federation(
+        built,
+        run_id=run_id,
+        client_id=client_id,
+        server_address=url,
+        port=port,
+        retry_timeout=retry_timeout,
+        round_wait_timeout=round_wait_timeout,
+        summary_path=summary_path,
+        token_dir=token_dir,
+    )
 
 
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:

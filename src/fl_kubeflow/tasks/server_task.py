@@ -96,6 +96,7 @@ def run_server_task(
     strategy: str = defaults.STRATEGY,
     strategy_options: str | Mapping[str, Any] = "{}",
     port: int = DEFAULT_PORT,
+    trainer: str = defaults.TRAINER,
     dataset: str = defaults.DATASET,
     data_locations: str | Sequence[str] = "[]",
     model: str = defaults.MODEL,
@@ -110,9 +111,12 @@ def run_server_task(
 ) -> ServerTaskResult:
     """Serve one federated run and write its outputs.
 
-    ``model_dir`` receives ``weights.safetensors``, ``history.json`` and ``model.keras``;
-    ``report_path`` the HTML report, ``summary_path`` a Markdown summary. In a pod the
-    per-run Service is created first and deleted at the end. ``min_clients=0`` means all.
+    ``model_dir`` receives ``weights.safetensors``, ``history.json`` and, when the
+    clients' ``trainer`` is the built-in Keras one, ``model.keras`` (rebuilt from
+    ``model`` and ``dataset``; other trainers' models need their own code to load the
+    weights, named in the metadata's ``trainer``). ``report_path`` receives the HTML
+    report, ``summary_path`` a Markdown summary. In a pod the per-run Service is created
+    first and deleted at the end. ``min_clients=0`` means all.
     With ``checkpoint_dir`` (a mounted volume), the run is saved into
     ``checkpoint_dir/<run_id>`` after every round, and a replacement server pod of the
     same run resumes from there. The federation runs in a child process
@@ -129,6 +133,7 @@ def run_server_task(
     from fl_kubeflow.server.config import ServerConfig
     from fl_kubeflow.tasks.server_process import ServerProcessError, serve_in_child
     from fl_kubeflow.training.datasets import parse_data_locations
+    from fl_kubeflow.training.factory import exports_keras, framework
 
     options = parse_strategy_options(strategy_options)
     try:
@@ -198,16 +203,19 @@ def run_server_task(
     if result.weights_path is None:
         raise ServerTaskError("the run finished but no final weights were written")
 
-    keras_path = export_keras_model(
-        result.weights_path,
-        model_dir / KERAS_FILE,
-        model,
-        locations[0] if locations else dataset,
-        export_timeout,
-    )
+    keras_path = None
+    if exports_keras(trainer):
+        keras_path = export_keras_model(
+            result.weights_path,
+            model_dir / KERAS_FILE,
+            model,
+            locations[0] if locations else dataset,
+            export_timeout,
+        )
     metadata: dict[str, Any] = {
-        "framework": "keras",
-        "files": [KERAS_FILE, WEIGHTS_FILE, "history.json"],
+        "framework": framework(trainer),
+        "trainer": trainer,
+        "files": [*([KERAS_FILE] if keras_path else []), WEIGHTS_FILE, "history.json"],
         "model": model,
         "dataset": list(locations) if locations else dataset,
         "rounds": int(metrics.get("rounds", 0)),

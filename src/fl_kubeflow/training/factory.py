@@ -8,6 +8,7 @@ that neither TensorFlow nor PyTorch is imported until a client builds its traine
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -32,15 +33,55 @@ def is_builtin(spec: str) -> bool:
     return spec in BUILTIN_TRAINERS
 
 
-def load_factory(spec: str) -> TrainerFactory:
-    """Import the factory ``spec`` names: a built-in name or ``MODULE:ATTRIBUTE[.ATTR...]``."""
-    path = BUILTIN_TRAINERS.get(spec, spec)
-    module_name, sep, attribute = path.partition(":")
+def exports_keras(spec: str) -> bool:
+    """Whether a run of this trainer's clients can end with a ``model.keras``.
+
+    Only the built-in Keras trainer's models (mlp, cnn, a ``.keras`` file) can be
+    rebuilt from the final weights without the clients' own code; other trainers'
+    runs give ``weights.safetensors`` (and ``history.json``) only.
+    """
+    return spec == "keras"
+
+
+def framework(spec: str) -> str:
+    """What the trainer's weights belong to, for a model's metadata: keras, torch or custom."""
+    return spec if is_builtin(spec) else "custom"
+
+
+def _split(spec: str) -> tuple[str, str]:
+    """``(module, attribute)`` of a built-in name or ``MODULE:ATTRIBUTE``; raise if neither."""
+    module_name, sep, attribute = BUILTIN_TRAINERS.get(spec, spec).partition(":")
     if not sep or not module_name or not attribute:
         raise TrainerFactoryError(
             f"trainer {spec!r} is neither a built-in ({', '.join(BUILTIN_TRAINERS)}) "
             "nor MODULE:FACTORY, e.g. my_package.trainers:build"
         )
+    return module_name, attribute
+
+
+def check_findable(spec: str) -> None:
+    """Raise unless ``spec`` is well formed and its module can be found, without running it.
+
+    For checks before any process starts (``fl-kubeflow local``): the module itself,
+    which may import a framework, is imported only by the clients.
+    """
+    module_name, _ = _split(spec)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:  # a missing parent package, or a bad name
+        found, reason = None, f": {exc}"
+    else:
+        reason = ""
+    if found is None:
+        raise TrainerFactoryError(
+            f"trainer {spec!r}: cannot find module {module_name!r}{reason} "
+            "(is the package installed in this image or on PYTHONPATH?)"
+        )
+
+
+def load_factory(spec: str) -> TrainerFactory:
+    """Import the factory ``spec`` names: a built-in name or ``MODULE:ATTRIBUTE[.ATTR...]``."""
+    module_name, attribute = _split(spec)
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -63,12 +104,17 @@ def load_factory(spec: str) -> TrainerFactory:
     return target
 
 
-def check_trainer(trainer: object, spec: str) -> Trainer:
-    """Return ``trainer`` if it has the Trainer methods, else raise naming what is missing."""
+def check_trainer(trainer: object, origin: str) -> Trainer:
+    """Return ``trainer`` if it has the Trainer methods, else raise naming what is missing.
+
+    Args:
+        trainer: What a factory returned, or what a caller passed as a trainer.
+        origin: Where it came from, for the message, e.g. "trainer 'pkg:build' returned".
+    """
     missing = [m for m in TRAINER_METHODS if not callable(getattr(trainer, m, None))]
     if missing:
         raise TrainerFactoryError(
-            f"trainer {spec!r} returned a {type(trainer).__name__}, not a Trainer: "
+            f"{origin} a {type(trainer).__name__}, not a Trainer: "
             f"it has no {', '.join(missing)} method(s) (see docs/trainers.md)"
         )
     return trainer  # type: ignore[return-value]
@@ -77,4 +123,4 @@ def check_trainer(trainer: object, spec: str) -> Trainer:
 def build_trainer(spec: str, options: TrainerOptions) -> Trainer:
     """Build the trainer ``spec`` names for ``options``; errors name the spec and the problem."""
     factory = load_factory(spec)
-    return check_trainer(factory(options), spec)
+    return check_trainer(factory(options), f"trainer {spec!r} returned")

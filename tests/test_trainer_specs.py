@@ -177,3 +177,30 @@ def test_server_task_of_a_user_trainer_exports_weights_and_says_which_trainer(
         "history.json",
         "weights.safetensors",
     ]
+
+
+def test_client_task_builds_the_trainer_a_spec_names(
+    tmp_path: Path, user_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the fl-client component calls with the pipeline's trainer parameter.
+    from fl_kubeflow.tasks import ClientTaskError, run_client_task
+
+    monkeypatch.syspath_prepend(str(user_path))
+    monkeypatch.delenv("FL_KUBEFLOW_TOKEN", raising=False)
+    common = {"run_id": "spec", "client_id": 0, "num_clients": 1, "token_dir": tmp_path / "no"}
+    bad = "user_trainers:not_a_trainer"
+    with pytest.raises(ClientTaskError, match=rf"client 0: trainer '{bad}' returned a int"):
+        run_client_task(server_address="127.0.0.1:1", trainer=bad, **common)
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(wire.encode(random_weights([(4, 3), (3,)], seed=0)))
+    server = start_server(
+        tmp_path / "server", "--clients", "1", "--rounds", "1", "--initial-weights", str(initial)
+    )
+    try:
+        result = run_client_task(
+            server_address=server.url, trainer="user_trainers:build", retry_timeout=30, **common
+        )
+    finally:
+        code = server.wait()
+    assert code == 0, server.log()
+    assert result.metrics["rounds_trained"] == 1.0

@@ -44,6 +44,12 @@ def user_path(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def user_module(user_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``user_trainers`` importable in this process too."""
+    monkeypatch.syspath_prepend(str(user_path))
+
+
 def fl(*args: str, path: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("FL_KUBEFLOW_TOKEN", None)
@@ -78,14 +84,10 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         ("user_trainers", "is neither a built-in (keras, torch) nor MODULE:FACTORY"),
     ],
 )
+@pytest.mark.usefixtures("user_module")
 def test_client_names_a_bad_trainer(
-    user_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    trainer: str,
-    message: str,
+    capsys: pytest.CaptureFixture[str], trainer: str, message: str
 ) -> None:
-    monkeypatch.syspath_prepend(str(user_path))
     # Port 1: the trainer is built before any request, so nothing is ever contacted.
     code, stderr = cli(capsys, "client", "--server", "http://127.0.0.1:1", "--trainer", trainer)
     assert code == 2, stderr
@@ -100,15 +102,10 @@ def test_client_names_a_bad_trainer(
         ("user_trainers", "is neither a built-in"),
     ],
 )
+@pytest.mark.usefixtures("user_module")
 def test_local_names_a_bad_trainer_before_anything_starts(
-    tmp_path: Path,
-    user_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    trainer: str,
-    message: str,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trainer: str, message: str
 ) -> None:
-    monkeypatch.syspath_prepend(str(user_path))
     out = tmp_path / "run"
     code, stderr = cli(capsys, "local", "--output", str(out), "--trainer", trainer)
     assert code == 2, stderr
@@ -205,13 +202,13 @@ def test_server_task_of_a_user_trainer_exports_weights_and_says_which_trainer(
     ]
 
 
+@pytest.mark.usefixtures("user_module")
 def test_client_task_builds_the_trainer_a_spec_names(
-    tmp_path: Path, user_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What the fl-client component calls with the pipeline's trainer parameter.
     from fl_kubeflow.tasks import ClientTaskError, run_client_task
 
-    monkeypatch.syspath_prepend(str(user_path))
     monkeypatch.delenv("FL_KUBEFLOW_TOKEN", raising=False)
     common = {"run_id": "spec", "client_id": 0, "num_clients": 1, "token_dir": tmp_path / "no"}
     bad = "user_trainers:not_a_trainer"

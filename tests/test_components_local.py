@@ -62,6 +62,7 @@ def _start(tmp: Path, name: str, kind: str, kwargs: dict) -> tuple[subprocess.Po
 def test_server_and_two_clients_through_kfp_local(tmp_path: Path) -> None:
     port = free_port()
     training = {
+        "trainer": "keras",
         "dataset": "digits",
         "partition": "iid",
         "model": "mlp",
@@ -122,6 +123,7 @@ def test_server_and_two_clients_through_kfp_local(tmp_path: Path) -> None:
     assert [r["round"] for r in history["rounds"] if r["round"] > 0] == [1, 2]
     model_meta = server["trained_model"]["metadata"]
     assert model_meta["rounds"] == 2 and model_meta["clients"] == 2
+    assert model_meta["trainer"] == "keras" and model_meta["framework"] == "keras"
     assert 0.0 <= model_meta["accuracy"] <= 1.0
 
     metrics = server["metrics"]["metadata"]

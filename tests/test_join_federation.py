@@ -1,12 +1,15 @@
 """``fl_kubeflow.tasks.join_federation``: a user's own trainer in a real run, and its errors.
 
 A real server process on loopback; the client runs in this process with a numpy
-trainer (no framework), as a user's own KFP component would call it.
+trainer (no framework), or inside a user's own KFP component run by KFP's executor.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +126,79 @@ def test_mismatch_names_missing_extra_and_differing_tensors() -> None:
     assert "'x0', 'x1', 'x2' and 2 more, which the trainer lacks" in text
     assert "the trainer has 'y', which the server's model lacks" in text
     assert issubclass(ModelMismatch, ValueError) and EvaluateResult(1).metrics == {}
+
+
+# A user's own client component, as a user would write it in their own module: KFP copies
+# its source, runs it with KFP's executor, and it calls join_federation.
+USER_COMPONENT = """
+from kfp import dsl
+from kfp.dsl import Metrics, Output
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False, packages_to_install=[])
+def my_client(
+    run_id: str,
+    client_id: int,
+    num_clients: int,
+    server_address: str,
+    port: int,
+    retry_timeout: float,
+    metrics: Output[Metrics],
+):
+    from fl_kubeflow.client.numpy_trainers import DeltaTrainer
+    from fl_kubeflow.tasks import join_federation
+
+    trainer = DeltaTrainer(shapes=[(4, 3), (3,)], delta=0.5, evaluate_rounds=True)
+    result = join_federation(
+        trainer,
+        run_id=run_id,
+        client_id=client_id,
+        server_address=server_address,
+        port=port,
+        retry_timeout=retry_timeout,
+        round_wait_timeout=60.0,
+    )
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+"""
+
+RUN_COMPONENT = r"""
+import json, sys, warnings
+folder, root, address, result_file = sys.argv[1:5]
+sys.path.insert(0, folder)
+warnings.simplefilter("ignore")  # SubprocessRunner warns about non-"python" image names
+import kfp.local
+from user_component import my_client
+
+kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=root)
+task = my_client(
+    run_id="own-component", client_id=0, num_clients=1, server_address=address, port=0,
+    retry_timeout=30.0,
+)
+with open(result_file, "w") as handle:
+    json.dump(dict(task.outputs["metrics"].metadata), handle)
+"""
+
+
+def test_own_kfp_component_joins_through_kfps_executor(tmp_path: Path) -> None:
+    (tmp_path / "user_component.py").write_text(USER_COMPONENT)
+    server = _server_with_model(tmp_path, "--rounds", "2")
+    result = tmp_path / "metrics.json"
+    env = {k: v for k, v in os.environ.items() if k != "FL_KUBEFLOW_TOKEN"}
+    command = [sys.executable, "-c", RUN_COMPONENT, str(tmp_path), str(tmp_path / "root")]
+    try:
+        done = subprocess.run(
+            [*command, server.url, str(result)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+            env=env,
+        )
+    finally:
+        code = server.wait()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert code == 0, server.log()
+    metrics = json.loads(result.read_text())
+    assert metrics["rounds_trained"] == 2 and metrics["final_round"] == 2
+    assert server.history()["rounds"][-1]["contributors"] == ["0"]

@@ -293,3 +293,43 @@ def test_export_cli(tmp_path: Path, digits: ClientData, capsys: pytest.CaptureFi
     )
     assert code == 1
     assert "weights do not match the model" in capsys.readouterr().err
+
+
+def _own_model(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    inputs = keras.Input(input_shape, name="pixels")
+    x = keras.layers.Flatten(name="flat")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(x), name="own")
+
+
+def test_own_model_builder_is_seeded_compiled_and_checked() -> None:
+    data = small_data(64)
+    seen: list[tuple] = []
+
+    def builder(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+        seen.append((input_shape, num_classes))
+        return _own_model(input_shape, num_classes)
+
+    trainer = KerasTrainer(TrainerOptions(seed=5), data=data, model=builder)
+    again = KerasTrainer(TrainerOptions(seed=5), data=data, model=builder)
+    assert seen == [((8, 8, 1), 10)] * 2
+    assert_same(trainer.initial_weights(), again.initial_weights())
+    assert sorted(trainer.initial_weights()) == ["0000:out/kernel", "0001:out/bias"]
+    # Uncompiled: compiled as the built-ins are, so fit reports loss and accuracy.
+    result = trainer.fit(trainer.initial_weights(), 1, {})
+    assert set(result.metrics) == {"loss", "accuracy"}
+
+
+def not_a_model(input_shape: tuple[int, ...], num_classes: int) -> str:
+    return "no model"
+
+
+def too_many_classes(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    return _own_model(input_shape, num_classes + 1)
+
+
+def test_own_model_builder_errors_name_the_builder() -> None:
+    data = small_data(16)
+    with pytest.raises(ValueError, match=r"model not_a_model\(\) returned a str, not a keras"):
+        KerasTrainer(TrainerOptions(), data=data, model=not_a_model)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"model too_many_classes\(\) outputs shape \(11,\)"):
+        KerasTrainer(TrainerOptions(), data=data, model=too_many_classes)

@@ -18,7 +18,7 @@ import pytest
 
 from fl_kubeflow import wire
 from fl_kubeflow.client.numpy_trainers import random_weights
-from tests.fl_processes import start_client, start_server
+from tests.fl_processes import start_server
 from tests.ports import free_port
 
 USER_MODULE = '''
@@ -44,6 +44,12 @@ def user_path(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def user_module(user_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``user_trainers`` importable in this process too."""
+    monkeypatch.syspath_prepend(str(user_path))
+
+
 def fl(*args: str, path: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("FL_KUBEFLOW_TOKEN", None)
@@ -58,6 +64,17 @@ def fl(*args: str, path: Path | None = None, timeout: float = 120) -> subprocess
     )
 
 
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``fl-kubeflow ARGS`` in this process (errors need no child): exit status, stderr."""
+    from fl_kubeflow.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's parser.error
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("trainer", "message"),
     [
@@ -67,11 +84,14 @@ def fl(*args: str, path: Path | None = None, timeout: float = 120) -> subprocess
         ("user_trainers", "is neither a built-in (keras, torch) nor MODULE:FACTORY"),
     ],
 )
-def test_client_names_a_bad_trainer(user_path: Path, trainer: str, message: str) -> None:
+@pytest.mark.usefixtures("user_module")
+def test_client_names_a_bad_trainer(
+    capsys: pytest.CaptureFixture[str], trainer: str, message: str
+) -> None:
     # Port 1: the trainer is built before any request, so nothing is ever contacted.
-    done = fl("client", "--server", "http://127.0.0.1:1", "--trainer", trainer, path=user_path)
-    assert done.returncode == 2, done.stderr
-    assert f"trainer {trainer!r}" in done.stderr and message in done.stderr
+    code, stderr = cli(capsys, "client", "--server", "http://127.0.0.1:1", "--trainer", trainer)
+    assert code == 2, stderr
+    assert f"trainer {trainer!r}" in stderr and message in stderr
 
 
 @pytest.mark.parametrize(
@@ -82,14 +102,15 @@ def test_client_names_a_bad_trainer(user_path: Path, trainer: str, message: str)
         ("user_trainers", "is neither a built-in"),
     ],
 )
+@pytest.mark.usefixtures("user_module")
 def test_local_names_a_bad_trainer_before_anything_starts(
-    tmp_path: Path, user_path: Path, trainer: str, message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trainer: str, message: str
 ) -> None:
     out = tmp_path / "run"
-    done = fl("local", "--output", str(out), "--trainer", trainer, path=user_path, timeout=60)
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr
-    assert not (out / "logs").exists()
+    code, stderr = cli(capsys, "local", "--output", str(out), "--trainer", trainer)
+    assert code == 2, stderr
+    assert message in stderr
+    assert not out.exists()
 
 
 def test_local_run_with_a_user_factory(tmp_path: Path, user_path: Path) -> None:
@@ -118,19 +139,21 @@ def test_local_run_with_a_user_factory(tmp_path: Path, user_path: Path) -> None:
         assert abs(float((final[name] - start).mean()) - 0.5) < 1e-5, name
 
 
-def test_client_stops_on_a_model_unlike_the_servers(tmp_path: Path) -> None:
+def test_client_stops_on_a_model_unlike_the_servers(tmp_path: Path, user_path: Path) -> None:
     initial = tmp_path / "initial.safetensors"
-    initial.write_bytes(wire.encode(random_weights([(4, 3), (3,)], seed=0)))
+    initial.write_bytes(wire.encode(random_weights([(4, 3), (2,)], seed=0)))
     server = start_server(
         tmp_path / "server", "--clients", "1", "--rounds", "1", "--initial-weights", str(initial)
     )
     try:
-        client = start_client(tmp_path, server.url, 0, "--shapes", "4x3,2")
-        assert client.wait() == 2, client.log()
+        done = fl(
+            "client", "--server", server.url, "--trainer", "user_trainers:build", path=user_path
+        )
+        assert done.returncode == 2, done.stderr
         assert server.status()["completed_rounds"] == 0
     finally:
         server.kill()
-    assert "tensor 't001' is float32[3] in the server's model but float32[2]" in client.log()
+    assert "tensor 't001' is float32[2] in the server's model but float32[3]" in done.stderr
 
 
 def test_server_task_of_a_user_trainer_exports_weights_and_says_which_trainer(
@@ -177,3 +200,30 @@ def test_server_task_of_a_user_trainer_exports_weights_and_says_which_trainer(
         "history.json",
         "weights.safetensors",
     ]
+
+
+@pytest.mark.usefixtures("user_module")
+def test_client_task_builds_the_trainer_a_spec_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the fl-client component calls with the pipeline's trainer parameter.
+    from fl_kubeflow.tasks import ClientTaskError, run_client_task
+
+    monkeypatch.delenv("FL_KUBEFLOW_TOKEN", raising=False)
+    common = {"run_id": "spec", "client_id": 0, "num_clients": 1, "token_dir": tmp_path / "no"}
+    bad = "user_trainers:not_a_trainer"
+    with pytest.raises(ClientTaskError, match=rf"client 0: trainer '{bad}' returned a int"):
+        run_client_task(server_address="127.0.0.1:1", trainer=bad, **common)
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(wire.encode(random_weights([(4, 3), (3,)], seed=0)))
+    server = start_server(
+        tmp_path / "server", "--clients", "1", "--rounds", "1", "--initial-weights", str(initial)
+    )
+    try:
+        result = run_client_task(
+            server_address=server.url, trainer="user_trainers:build", retry_timeout=30, **common
+        )
+    finally:
+        code = server.wait()
+    assert code == 0, server.log()
+    assert result.metrics["rounds_trained"] == 1.0

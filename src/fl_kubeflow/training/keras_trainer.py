@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -74,6 +75,9 @@ def compile_model(model: keras.Model, options: TrainerOptions) -> None:
     )
 
 
+ModelBuilder = Callable[[tuple[int, ...], int], keras.Model]
+
+
 class KerasTrainer:
     """A Keras model and this client's data, driven by the federated client.
 
@@ -83,28 +87,50 @@ class KerasTrainer:
     Args:
         options: what to build.
         data: preloaded client data (tests, baselines); loaded from ``options`` if None.
+        model: your own model instead of ``options.model``: called once as
+            ``model(input_shape, num_classes)`` (one sample's shape, e.g. ``(8, 8, 1)``)
+            after ``keras.utils.set_random_seed(options.seed)``. A compiled model keeps
+            its optimizer, loss and metrics (then ``options``' optimizer and learning
+            rate are unused); an uncompiled one is compiled as the built-ins are. Give
+            its layers fixed names: the weights travel by name.
 
     Raises:
         ValueError: bad options, or a model/data mismatch naming both shapes.
         DatasetError: the dataset cannot be loaded.
     """
 
-    def __init__(self, options: TrainerOptions, data: ClientData | None = None) -> None:
+    def __init__(
+        self,
+        options: TrainerOptions,
+        data: ClientData | None = None,
+        model: ModelBuilder | None = None,
+    ) -> None:
         options.validate()
         self.options = options
         self.data = data if data is not None else load_trainer_data(options)
-        self.model = build_model(
-            options.model, self.data.input_shape, self.data.num_classes, options.seed
-        )
+        if model is None:
+            self.model = build_model(
+                options.model, self.data.input_shape, self.data.num_classes, options.seed
+            )
+            model_name = f"model {options.model!r}"
+        else:
+            keras.utils.set_random_seed(options.seed)
+            self.model = model(tuple(self.data.input_shape), self.data.num_classes)
+            model_name = f"model {getattr(model, '__name__', type(model).__name__)}()"
+            if not isinstance(self.model, keras.Model):
+                raise ValueError(
+                    f"{model_name} returned a {type(self.model).__name__}, not a keras.Model"
+                )
         check_compatible(
             self.model,
             self.data.input_shape,
             self.data.num_classes,
             exact_classes=not self.data.num_classes_inferred,
-            model_name=f"model {options.model!r}",
+            model_name=model_name,
             data_name=f"dataset {options.dataset!r}",
         )
-        compile_model(self.model, options)
+        if not self.model.compiled:
+            compile_model(self.model, options)
         optimizer = self.model.optimizer
         optimizer.build(self.model.trainable_variables)
         self._fresh_optimizer_state = [np.array(v.numpy()) for v in optimizer.variables]
@@ -178,11 +204,11 @@ class KerasTrainer:
                 f"(loss {metrics.get('loss')}); lower the learning rate "
                 f"(now {self.options.learning_rate})"
             )
-        extra = {"proximal_term": metrics["proximal_term"]} if mu > 0 else {}
         return FitResult(
             weights=get_weights(self.model),
             num_examples=len(x) * self.options.local_epochs,
-            metrics={"loss": metrics["loss"], "accuracy": metrics["accuracy"], **extra},
+            # The loss and whatever the model was compiled with (built-ins: accuracy).
+            metrics=metrics,
         )
 
     def evaluate(self, weights: Weights, server_round: int) -> EvaluateResult | None:
@@ -199,7 +225,7 @@ class KerasTrainer:
         )
         return EvaluateResult(
             num_examples=len(self.data.x_test),
-            metrics={"loss": float(result["loss"]), "accuracy": float(result["accuracy"])},
+            metrics={key: float(value) for key, value in result.items()},
         )
 
 
@@ -225,6 +251,12 @@ class _ProximalLoop:
         ]
         self.mu = tf.Variable(0.0, dtype=tf.float32, trainable=False)
         loss_fn = model.loss
+        if not isinstance(loss_fn, keras.losses.Loss):
+            # A loss given by name or as a plain function is not reduced to one number.
+            raise ValueError(
+                f"FedProx needs the model compiled with a keras.losses.Loss object, "
+                f"got loss={loss_fn!r}"
+            )
         optimizer = model.optimizer
 
         def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -8,9 +8,11 @@ log follows the first one's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,28 @@ DEFAULT_TIMEOUT = 120.0
 def _env(token: str | None) -> dict[str, str | None]:
     """The child's token: this one, or none at all (not one inherited from the test run)."""
     return {TOKEN_ENV: token}
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str | None] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``python -m fl_kubeflow ARGS`` to its end, output captured as text.
+
+    ``env`` entries are set over this process's environment; a None value removes one.
+    """
+    child = dict(os.environ)
+    for name, value in (env or {}).items():
+        if value is None:
+            child.pop(name, None)
+        else:
+            child[name] = value
+    return subprocess.run(
+        [sys.executable, "-m", "fl_kubeflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child,
+    )
 
 
 @dataclass

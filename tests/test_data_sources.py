@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from fl_kubeflow.training.datasets import (
 )
 from fl_kubeflow.training.options import TrainerOptions
 from fl_kubeflow.training.tables import TableColumns
+from tests.fl_processes import run_cli
 from tests.http_files import serve_directory
 from tests.s3_server import s3_server  # noqa: F401  (pytest fixture)
 
@@ -180,10 +180,7 @@ def test_location_lists_need_one_file_per_client(tmp_path):
 
 
 def fl(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "fl_kubeflow", *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}
-    )
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 @pytest.mark.slow

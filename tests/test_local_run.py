@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fl_processes import run_cli
+
 pytestmark = pytest.mark.slow
 
 TINY = ["--batch-size", "16", "--local-epochs", "1", "--join-timeout", "120"]
 
 
 def local(output: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "fl_kubeflow", "local", "--output", str(output), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return run_cli("local", "--output", str(output), *args, timeout=timeout)
 
 
 def test_local_run_writes_every_output_and_learns(tmp_path):

@@ -24,6 +24,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
 from fl_kubeflow.training.torch_models import build_torch_model  # noqa: E402
+from tests.fl_processes import run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "torch_client"
@@ -31,14 +32,8 @@ CLIENTS = 3
 
 
 def local(output: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
-    command = [sys.executable, "-m", "fl_kubeflow", "local", "--output", str(output)]
-    return subprocess.run(
-        [*command, "--trainer", "torch", "--clients", str(CLIENTS), "--join-timeout", "300", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    options = ["--trainer", "torch", "--clients", str(CLIENTS), "--join-timeout", "300"]
+    return run_cli("local", "--output", str(output), *options, *args, env=env, timeout=timeout)
 
 
 def union_test_set() -> tuple[torch.Tensor, np.ndarray]:

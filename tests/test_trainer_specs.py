@@ -18,7 +18,7 @@ import pytest
 
 from fl_kubeflow import wire
 from fl_kubeflow.client.numpy_trainers import random_weights
-from tests.fl_processes import start_server
+from tests.fl_processes import run_cli, start_server
 from tests.ports import free_port
 
 USER_MODULE = '''
@@ -51,17 +51,10 @@ def user_module(user_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def fl(*args: str, path: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("FL_KUBEFLOW_TOKEN", None)
+    env: dict[str, str | None] = {"FL_KUBEFLOW_TOKEN": None}
     if path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "fl_kubeflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")]))
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

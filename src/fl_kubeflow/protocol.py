@@ -8,6 +8,7 @@ docs/protocol.md.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any
 
@@ -47,6 +48,15 @@ class Phase(str, Enum):
     AGGREGATING = "aggregating"
     FINISHED = "finished"
     FAILED = "failed"
+
+
+# A client id: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def valid_client_id(client_id: str) -> bool:
+    """Whether ``client_id`` is a whole client id (fullmatch: no trailing newline)."""
+    return isinstance(client_id, str) and CLIENT_ID_PATTERN.fullmatch(client_id) is not None
 
 
 # Error codes: the ``error`` of a refusal's JSON body.

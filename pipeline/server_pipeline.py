@@ -38,6 +38,9 @@ from fl_kubeflow_kfp.pipeline.resources import SERVER_RESOURCES, PodResources
 from kfp import dsl
 from kfp.dsl import Model
 
+from fl_kubeflow.cli.credential_manifests import (
+    DEFAULT_REGISTRY_SECRET as DEFAULT_CREDENTIALS_SECRET,
+)
 from fl_kubeflow.kube.naming import SERVICE_TYPES
 from fl_kubeflow.tasks.server_access import DEFAULT_CREDENTIALS_RELOAD
 
@@ -51,7 +54,6 @@ SUMMARY = (
 CROSS_SILO_JOIN_TIMEOUT = 3600.0
 DEFAULT_SERVICE_NAME = "fl-server"
 DEFAULT_TLS_SECRET = "fl-server-tls"
-DEFAULT_CREDENTIALS_SECRET = "fl-registry"
 
 # The federation's parameters the server takes (not the clients' data options).
 SERVER_OPTIONS = (

@@ -17,11 +17,10 @@ from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, auth_headers, read_token
 from fl_kubeflow.client.trainer import Trainer
 from fl_kubeflow.credentials import (
-    CA_KEY,
-    SERVER_KEY,
     ClientCredential,
     CredentialError,
-    read_credential_dir,
+    CredentialFolder,
+    open_credential_dir,
 )
 from fl_kubeflow.kube.credential_secrets import fetch_run_credential
 from fl_kubeflow.kube.naming import DEFAULT_PORT, server_url
@@ -149,7 +148,7 @@ def join_federation(
     if own is not None:
         client_id = own.credential.client_id
     url = resolve_server_address(
-        server_address or (own.server if own else ""), run_id, port, token_dir=token_dir
+        server_address or ((own.server or "") if own else ""), run_id, port, token_dir=token_dir
     )
     log.info("client %s: server %s", client_id, url)
 
@@ -159,9 +158,10 @@ def join_federation(
         )
 
     def refresh() -> dict[str, str]:
-        # A server pod that lost its Secrets (deleted with its pod) makes new ones.
-        credential = fetch()
-        return {"Authorization": credential.authorization} if credential else {}
+        # An updated mounted Secret, or a server pod that lost its Secrets (deleted with
+        # its pod) and made new ones: read the credential again.
+        again = _own_credential(credential_dir, client_id).credential if own else fetch()
+        return {"Authorization": again.authorization} if again else {}
 
     legacy = read_token()
     try:
@@ -185,8 +185,8 @@ def join_federation(
         retry_timeout=retry_timeout,
         round_wait_timeout=round_wait_timeout,
         headers=headers,
-        verify=own.ca if own and own.ca else True,
-        refresh_headers=refresh if credential is not None and own is None else None,
+        verify=str(own.ca_file) if own and own.ca_file else True,
+        refresh_headers=refresh if credential is not None else None,
     )
     try:
         summary = client.run()
@@ -249,7 +249,7 @@ def run_client_task(
     # Resolved first: a client that cannot find its server fails before any framework loads.
     own = _own_credential(credential_dir, client_id)
     url = resolve_server_address(
-        server_address or (own.server if own else ""), run_id, port, token_dir=token_dir
+        server_address or ((own.server or "") if own else ""), run_id, port, token_dir=token_dir
     )
     log.info("client %d of %d: trainer %s", client_id, num_clients, trainer)
     from fl_kubeflow.training.datasets import parse_data_locations
@@ -293,37 +293,27 @@ def run_client_task(
     )
 
 
-@dataclass(frozen=True)
-class OwnCredential:
-    """A credential folder's contents: the credential, the CA to trust, the server."""
-
-    credential: ClientCredential
-    ca: str | None
-    server: str
-
-
 def _own_credential(
     folder: str | os.PathLike[str] | None, client_id: int | str
-) -> OwnCredential | None:
+) -> CredentialFolder | None:
     """The credential in ``folder`` (a mounted Secret); None without a folder."""
     if not folder:
         return None
     try:
-        credential = read_credential_dir(folder)
+        return open_credential_dir(folder)
     except CredentialError as exc:
         raise ClientTaskError(f"client {client_id}: {exc}") from exc
-    ca, server = Path(folder) / CA_KEY, Path(folder) / SERVER_KEY
-    return OwnCredential(
-        credential,
-        str(ca) if ca.is_file() else None,
-        server.read_text().strip() if server.is_file() else "",
-    )
 
 
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Scalars for a KFP Metrics artifact: final local evaluation and participation."""
+    """Scalars for a KFP Metrics artifact: final local evaluation and participation.
+
+    ``client_id`` is there when it is a number (an all-in-one run's); a credential's id
+    such as ``hospital-a`` is no scalar (it is in the client's log).
+    """
+    client_id = str(summary.get("client_id", "-1"))
     metrics: dict[str, float] = {
-        "client_id": float(summary.get("client_id", -1)),
+        **({"client_id": float(client_id)} if client_id.lstrip("-").isdigit() else {}),
         "rounds_trained": float(len(summary.get("rounds_trained", []))),
         "stale_rounds": float(len(summary.get("stale_rounds", []))),
         "final_round": float(summary.get("final_round", 0)),

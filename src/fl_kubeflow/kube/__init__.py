@@ -1,9 +1,9 @@
-"""Kubernetes wiring: the per-run Service and token Secret of a run's server pod.
+"""Kubernetes wiring: the per-run Service and credential Secrets of a run's server pod.
 
 ``naming`` (names, labels, addresses), ``pod_context`` (which pod this is, from its
 service-account files) and ``permissions`` (RBAC errors) are pure: no ``kubernetes``
 import. ``api`` (the client, one checked call, the owner pod), ``service`` and
-``token_secret`` import ``kubernetes`` only inside the functions that call the API, so
+``credential_secrets`` import ``kubernetes`` only inside the functions that call the API, so
 importing this package never needs it.
 """
 

@@ -1,6 +1,6 @@
 """Talking to the Kubernetes API from the pod: the client, one call, the owner pod.
 
-What the per-run Service (``service``) and the per-run token Secret (``token_secret``)
+What the per-run Service (``service``) and the credential Secrets (``credential_secrets``)
 both need: a CoreV1Api built without touching the ``kubernetes`` package's global
 configuration, one request with RBAC refusals turned into KubernetesPermissionError,
 this pod as the objects' owner, and "do this if we run in a pod".

@@ -167,8 +167,12 @@ def run_clients(run_id: str, folders: list[Path], tmp_path: Path) -> dict[str, A
 
 @pytest.mark.k8s
 def test_server_task_serves_its_registry_on_a_node_port_and_writes_the_address(
-    k8s_cluster: K8sCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    k8s_cluster: K8sCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     namespace = k8s_cluster.create_namespace()
     admin = k8s_cluster.core_v1()
     registry, credentials = issue_many(["hospital-a", "bank-b"])
@@ -206,7 +210,9 @@ def test_server_task_serves_its_registry_on_a_node_port_and_writes_the_address(
     # The server deleted its Service at the end; no token is in what it wrote.
     assert api_status(lambda: admin.read_namespaced_service("fl-server", namespace)) == 404
     written = json.dumps(history) + task.address.read_text() + task.summary.read_text()
-    assert not any(c.token in written for c in credentials)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"http://192.0.2.7:{node_port}" in logged  # the address is in the log
+    assert not any(c.token in written + logged for c in credentials)
 
 
 @pytest.mark.k8s

@@ -75,7 +75,7 @@ def tls_files(
         raise AccessError(
             f"a {service_type} Service reaches the server from outside the cluster: TLS is "
             f"required, but {where} with {TLS_CERT} and {TLS_KEY} is not mounted (create a "
-            "kubernetes.io/tls Secret, docs/kubeflow.md#across-silos, or set allow_plaintext)"
+            "kubernetes.io/tls Secret: docs/kubeflow.md, Across silos; or set allow_plaintext)"
         )
     log.warning(
         "no %s mounted: serving plain HTTP on a %s Service%s",

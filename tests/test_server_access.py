@@ -257,7 +257,7 @@ def test_all_in_one_server_task_issues_a_secret_per_client_and_serves_tls(
 
 
 @pytest.mark.k8s
-def test_server_task_refuses_a_node_port_without_tls_before_making_anything(
+def test_server_task_refuses_no_tls_beyond_cluster_ip_or_no_registry_before_making_anything(
     k8s_cluster: K8sCluster, tmp_path: Path
 ) -> None:
     from fl_kubeflow.tasks import ServerTaskError
@@ -273,6 +273,18 @@ def test_server_task_refuses_a_node_port_without_tls_before_making_anything(
             service_type="LoadBalancer",
             tls_dir=tmp_path / "no-tls",
             tls_secret="fl-server-tls",
+            credentials_secret=REGISTRY_SECRET,
+            token_dir=fake_token_dir(tmp_path / "sa", "unused", namespace),
+            core_v1_api=admin,
+        )
+    assert admin.list_namespaced_service(namespace).items == []
+    # A registry Secret that is not there: refused by name, before the Service exists.
+    with pytest.raises(ServerTaskError, match=f"no registry Secret {namespace}/{REGISTRY_SECRET}"):
+        run_server_task(
+            run_id=new_run_id(),
+            num_clients=1,
+            num_rounds=1,
+            model_dir=tmp_path / "model",
             credentials_secret=REGISTRY_SECRET,
             token_dir=fake_token_dir(tmp_path / "sa", "unused", namespace),
             core_v1_api=admin,

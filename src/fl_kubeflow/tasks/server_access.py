@@ -77,6 +77,8 @@ def tls_files(
             f"required, but {where} with {TLS_CERT} and {TLS_KEY} is not mounted (create a "
             "kubernetes.io/tls Secret: docs/kubeflow.md, Across silos; or set allow_plaintext)"
         )
+    if folder is None:  # no TLS asked for (the all-in-one run): nothing to say
+        return None
     log.warning(
         "no %s mounted: serving plain HTTP on a %s Service%s",
         where,

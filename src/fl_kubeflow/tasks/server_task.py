@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, read_token
+from fl_kubeflow.credentials import CredentialError, Registry
 from fl_kubeflow.kube.naming import DEFAULT_PORT
 from fl_kubeflow.kube.service import (
     DEFAULT_TOKEN_DIR,
@@ -391,6 +392,15 @@ def _credentials(
     try:
         if secret:
             with registry_sync(secret, path, reload, token_dir=token_dir, core_v1_api=core_v1_api):
+                registry = Registry.load(path)
+                usable = set(registry.clients()) - registry.revoked
+                if len(usable) < num_clients:
+                    log.warning(
+                        "the registry enrols %d usable clients but the run waits for %d: it "
+                        "cannot start unless more are enrolled",
+                        len(usable),
+                        num_clients,
+                    )
                 yield {"credentials": path, "credentials_reload": reload}
             return
         token = read_token()
@@ -402,7 +412,7 @@ def _credentials(
         ):
             yield {"credentials": path, "credentials_reload": reload}
             return
-    except AccessError as exc:
+    except (AccessError, CredentialError) as exc:
         raise ServerTaskError(str(exc)) from exc
     log.warning(
         "no credentials (not in a pod, no credentials_secret, %s unset): any client that "

@@ -290,3 +290,14 @@ def test_server_task_refuses_no_tls_beyond_cluster_ip_or_no_registry_before_maki
             core_v1_api=admin,
         )
     assert admin.list_namespaced_service(namespace).items == []
+
+
+def test_a_credential_client_needs_an_address_and_never_guesses_the_run_service(
+    tmp_path: Path,
+) -> None:
+    folder = write_credential_dir(issue("hospital-a"), tmp_path / "cred")  # no server key
+    with pytest.raises(ClientTaskError, match="no server address: set server_address"):
+        join(new_run_id(), folder, tmp_path)
+    (folder / "token").write_text("")
+    with pytest.raises(ClientTaskError, match="bad client_id or empty token"):
+        join(new_run_id(), folder, tmp_path, server_address="http://127.0.0.1:1")

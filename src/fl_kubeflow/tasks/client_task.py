@@ -148,7 +148,7 @@ def join_federation(
     if own is not None:
         client_id = own.credential.client_id
     url = resolve_server_address(
-        server_address or ((own.server or "") if own else ""), run_id, port, token_dir=token_dir
+        _address(server_address, own, client_id), run_id, port, token_dir=token_dir
     )
     log.info("client %s: server %s", client_id, url)
 
@@ -249,7 +249,7 @@ def run_client_task(
     # Resolved first: a client that cannot find its server fails before any framework loads.
     own = _own_credential(credential_dir, client_id)
     url = resolve_server_address(
-        server_address or ((own.server or "") if own else ""), run_id, port, token_dir=token_dir
+        _address(server_address, own, client_id), run_id, port, token_dir=token_dir
     )
     log.info("client %d of %d: trainer %s", client_id, num_clients, trainer)
     from fl_kubeflow.training.datasets import parse_data_locations
@@ -303,6 +303,22 @@ def _own_credential(
         return open_credential_dir(folder)
     except CredentialError as exc:
         raise ClientTaskError(f"client {client_id}: {exc}") from exc
+
+
+def _address(server_address: str, own: CredentialFolder | None, client_id: int | str) -> str:
+    """The server address given, else the credential's; a credential's client needs one.
+
+    A client with its own credential runs outside the server's run (another namespace or
+    cluster): the run's in-cluster Service, derived from the run id, is not its server.
+    """
+    if server_address or own is None:
+        return server_address
+    if not own.server:
+        raise ClientTaskError(
+            f"client {client_id}: no server address: set server_address, or issue the "
+            "credential with the server's address (fl-kubeflow credentials issue --server)"
+        )
+    return own.server
 
 
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:

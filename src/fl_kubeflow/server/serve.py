@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.header_check import check_request_head
 from fl_kubeflow.server.http_server import start_http_server
 from fl_kubeflow.server.memory import peak_rss_bytes, release_large_allocations
 from fl_kubeflow.strategies import Strategy
@@ -67,7 +69,10 @@ def serve(
     if resume is None and config.initial_weights:
         initial = load_initial_weights(config.initial_weights)
     federation = Federation(config, strategy, initial, resume=resume)
-    server = start_http_server(create_app(federation, config), config)
+    head_check = functools.partial(check_request_head, federation, config.token)
+    server = start_http_server(
+        create_app(federation, config), config, head_check, federation.count_rejection
+    )
     log.info(
         "serving %d clients x %d rounds (strategy %s, min_clients %d) on %s://%s:%d",
         config.num_clients,

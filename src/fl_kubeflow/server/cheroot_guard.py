@@ -12,9 +12,11 @@ for the clients plus the strangers the guard holds at most.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -26,6 +28,11 @@ from fl_kubeflow.server.errors import RequestError
 from fl_kubeflow.server.header_check import HeadCheck, trusted
 
 TLS_ENVIRON = {"wsgi.url_scheme": "https", "HTTPS": "on"}
+# After a refusal, how long what the client still sends is read and dropped before the
+# connection closes. A TLS client cut off mid-body sees a broken connection, not the
+# refusal (urllib3 reads the answer after a broken pipe, not after a TLS error).
+LINGER_SECONDS = 2.0
+DRAIN_PIECE = 1 << 16
 
 
 class LateHandshakeAdapter(BuiltinSSLAdapter):
@@ -80,6 +87,7 @@ def guarded_connection_class(head_check: HeadCheck, guard: ConnectionGuard) -> t
             self.close_connection = True
             self.conn.wfile.write(head.encode("latin-1") + body)
             self.conn.wfile.flush()
+            _drain(self.conn.socket)
 
         def respond(self) -> None:
             super().respond()
@@ -102,3 +110,13 @@ def guarded_connection_class(head_check: HeadCheck, guard: ConnectionGuard) -> t
             super().close()
 
     return GuardedConnection
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read and drop what arrives for up to LINGER_SECONDS, or until the peer is done."""
+    deadline = time.monotonic() + LINGER_SECONDS
+    with contextlib.suppress(OSError):
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(DRAIN_PIECE):
+                return

@@ -6,9 +6,9 @@ answered at once with its JSON body and the connection is closed unread, so a
 stranger's 15 MiB upload costs the server one header block, not 15 MiB of spool.
 
 The order is the protocol's: 401 (no, unknown or revoked token), 403 (the token's
-principal is not the client it claims, or that client has not joined), 413 (a
-``Content-Length`` over the path's limit), 409 (an update for a round that is not
-open). What needs the body (the JSON ``client_id`` of join, evaluate and leave, the
+principal is not the client it claims, or that client has not joined), 409 (an
+update for a round that is not open), 413 (a ``Content-Length`` over the path's
+limit). What needs the body (the JSON ``client_id`` of join, evaluate and leave, the
 model itself) is checked by the app afterwards, as before.
 """
 
@@ -71,23 +71,26 @@ def check_request_head(
         _authenticate(federation, identities_or_token, path, headers)
     except RequestError as exc:
         return exc
-    refusal = _size_refusal(federation, path, headers)
-    if refusal is not None or method != "POST" or path not in MODEL_BODY_PATHS:
-        return refusal
+    if method == "POST" and path in MODEL_BODY_PATHS:
+        try:
+            _check_run(federation, path, headers)
+        except RequestError as exc:
+            return exc
+    return _size_refusal(federation, path, headers)
+
+
+def _check_run(federation: Federation, path: str, headers: Mapping[str, str]) -> None:
+    """403 for a client that has not joined, 409 for an update to a round not open."""
     client_id = headers.get(CLIENT_ID)
     if not client_id:
-        return None  # the app answers 400 for the missing header, as ever
+        return  # the app answers 400 for the missing header, as ever
     server_round = None
     if path == protocol.UPDATE_PATH:
         try:
             server_round = int(headers.get(ROUND, "").strip())
         except ValueError:
-            return None  # malformed: the app's 400
-    try:
-        federation.check_before_body(client_id, server_round)
-    except RequestError as exc:
-        return exc
-    return None
+            return  # malformed: the app's 400
+    federation.check_before_body(client_id, server_round)
 
 
 def trusted(path: str, refusal: RequestError | None) -> bool:

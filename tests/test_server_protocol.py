@@ -320,7 +320,9 @@ def _refusals(token: str) -> list[tuple[str, str, dict[str, str], bytes, int]]:
         ("POST", "/v1/update", {**update, "Authorization": "Bearer wrong"}, b"\x01" * 2000, 401),
         ("GET", "/v1/model?round=1&wait=0", {"X-FL-Client-Id": "a"}, b"", 401),
         ("POST", "/v1/update", {**update, "X-FL-Round": "x"}, b"\x02" * 2000, 400),
-        ("POST", "/v1/update", update, b"\x03" * 20_000, 413),  # over --max-update-mb
+        # Over --max-update-mb, but from a client that has not joined: refused on the
+        # headers for that first (401, 403, 409, then the body's size).
+        ("POST", "/v1/update", update, b"\x03" * 20_000, 403),
         ("POST", "/v1/join", auth, b"{" * 70_000, 413),  # over the JSON limit
         ("POST", "/v1/join", auth, b"\xff\x00garbage", 400),
         ("GET", "/v1/model?round=44&wait=-1", {**auth, "X-FL-Client-Id": "a b"}, b"", 400),

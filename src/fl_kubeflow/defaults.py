@@ -48,6 +48,8 @@ SLOT_PATIENCE = 2.0
 HEAD_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
 MAX_PENDING_CONNECTIONS = 64
+# Seconds between checks of the credential registry file for changes (revocations).
+CREDENTIALS_RELOAD = 2.0
 
 # Client timeouts, in seconds. A pipeline's clients retry for PIPELINE_JOIN_TIMEOUT:
 # they may start minutes before the server pod is scheduled.

@@ -14,14 +14,13 @@ model itself) is checked by the app afterwards, as before.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 from fl_kubeflow import protocol
 from fl_kubeflow.server.app import MAX_JSON_BYTES
-from fl_kubeflow.server.errors import RequestError, TooLarge, Unauthorized
+from fl_kubeflow.server.errors import RequestError, TooLarge
 from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.identity import Identities
 from fl_kubeflow.server.updates import check_update_size
 
 # Paths whose body is a model (safetensors), up to --max-update-mb.
@@ -37,17 +36,9 @@ ROUND = protocol.ROUND_HEADER.lower()
 HeadCheck = Callable[[str, str, Mapping[str, str]], RequestError | None]
 
 
-class Authenticator(Protocol):
-    """Who a request is (server/identity.py's ``Identities``): raises Unauthorized/Forbidden."""
-
-    def authenticate(
-        self, authorization: str | None, claimed_client_id: str | None, path: str
-    ) -> object: ...
-
-
 def check_request_head(
     federation: Federation,
-    identities_or_token: Authenticator | str | None,
+    identities_or_token: Identities | str | None,
     method: str,
     path: str,
     headers: Mapping[str, str],
@@ -59,8 +50,8 @@ def check_request_head(
 
     Args:
         federation: The run (client records and the open round).
-        identities_or_token: The server's principals (``Identities``), a shared bearer
-            token (``--token-file``), or None for an open run.
+        identities_or_token: The server's principals (server/identity.py), a shared
+            bearer token (``--token-file``), or None for an open run.
         method: The request method, e.g. ``POST``.
         path: The request path, without the query string.
         headers: The request headers by lower-case name.
@@ -104,21 +95,22 @@ def trusted(path: str, refusal: RequestError | None) -> bool:
 
 def _authenticate(
     federation: Federation,
-    identities_or_token: Authenticator | str | None,
+    identities_or_token: Identities | str | None,
     path: str,
     headers: Mapping[str, str],
 ) -> None:
-    authorization = headers.get(AUTHORIZATION)
     if identities_or_token is None:
         return
-    if not isinstance(identities_or_token, str):
-        identities_or_token.authenticate(authorization, headers.get(CLIENT_ID), path)
-        return
-    expected = f"Bearer {identities_or_token}"
-    # compare_digest: the time taken must not reveal how much of a guess was right.
-    if not hmac.compare_digest((authorization or "").encode(), expected.encode()):
-        federation.count_rejection(protocol.UNAUTHORIZED)
-        raise Unauthorized("missing or wrong bearer token in the Authorization header")
+    identities = (
+        Identities(shared_token=identities_or_token)
+        if isinstance(identities_or_token, str)
+        else identities_or_token
+    )
+    try:
+        identities.authenticate(headers.get(AUTHORIZATION), headers.get(CLIENT_ID), path)
+    except RequestError as exc:
+        federation.count_rejection(exc.code)
+        raise
 
 
 def _size_refusal(

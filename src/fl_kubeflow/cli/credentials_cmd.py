@@ -122,17 +122,21 @@ def _kube_options(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _registry_secret(args: argparse.Namespace) -> str:
+    from fl_kubeflow.cli.credential_manifests import DEFAULT_REGISTRY_SECRET
+
+    return args.registry_secret or DEFAULT_REGISTRY_SECRET
+
+
 def _apply(args: argparse.Namespace, manifests: list[dict[str, Any]]) -> None:
     """Create or replace these Secrets in --kube-namespace, if given."""
     if not args.kube_namespace:
         return
-    from fl_kubeflow.kube.api import make_core_v1_api
-    from fl_kubeflow.kube.credential_secrets import apply_secret
+    from fl_kubeflow.cli.credential_manifests import apply_manifests, manifest_name
 
-    api = make_core_v1_api(args.kubeconfig)
+    apply_manifests(manifests, args.kube_namespace, args.kubeconfig)
     for manifest in manifests:
-        apply_secret(api, args.kube_namespace, manifest)
-        print(f"Secret {args.kube_namespace}/{manifest['metadata']['name']} applied")
+        print(f"Secret {args.kube_namespace}/{manifest_name(manifest)} applied")
 
 
 def _registry_option(parser: argparse.ArgumentParser) -> None:
@@ -142,10 +146,8 @@ def _registry_option(parser: argparse.ArgumentParser) -> None:
 
 
 def run_issue(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from fl_kubeflow.kube import credential_secrets as secrets
+    from fl_kubeflow.cli import credential_manifests as manifests
 
-    name_format = args.secret_name_format or secrets.DEFAULT_NAME_FORMAT
-    registry_secret = args.registry_secret or secrets.DEFAULT_REGISTRY_SECRET
     try:
         registry = Registry.load(args.registry) if args.registry.exists() else Registry()
         ca_pem = args.ca.read_text() if args.ca else None
@@ -154,16 +156,19 @@ def run_issue(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             credential = issue(client_id)
             registry = registry.enrol(credential, role=args.role, max_examples=args.max_examples)
             issued.append(credential)
-        manifests = {
-            c.client_id: secrets.credential_manifest(
-                c, name_format=name_format, ca_pem=ca_pem, server=args.server
+        secrets = [
+            manifests.credential_manifest(
+                c,
+                args.secret_name_format or manifests.DEFAULT_NAME_FORMAT,
+                ca_pem,
+                args.server,
             )
             for c in issued
-        }
-        names = [m["metadata"]["name"] for m in manifests.values()]
+        ]
+        names = [manifests.manifest_name(m) for m in secrets]
         if len(set(names)) != len(names):
             raise ValueError(f"these ids give clashing Secret names: {sorted(names)}")
-        registry_manifest = secrets.registry_manifest(registry, name=registry_secret)
+        secrets.append(manifests.registry_manifest(registry, _registry_secret(args)))
     except OSError as exc:
         parser.error(f"cannot read {exc.filename}: {exc.strerror}")
     except (CredentialError, ValueError) as exc:
@@ -172,34 +177,32 @@ def run_issue(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for credential in issued:
         write_credential_dir(credential, args.out / credential.client_id, ca_pem, args.server)
     if args.secret_manifests:
-        folder = args.out / SECRETS_FOLDER
-        for manifest in [*manifests.values(), registry_manifest]:
-            text = json.dumps(manifest, indent=2) + "\n"
-            write_private_file(folder / f"{manifest['metadata']['name']}.json", text)
+        for manifest in secrets:
+            path = args.out / SECRETS_FOLDER / f"{manifests.manifest_name(manifest)}.json"
+            write_private_file(path, manifests.manifest_text(manifest))
     registry.save(args.registry)
-    _apply(args, [*manifests.values(), registry_manifest])
-    for credential in issued:
+    _apply(args, secrets)
+    for credential, name in zip(issued, names, strict=True):
         where = args.out / credential.client_id
-        secret = manifests[credential.client_id]["metadata"]["name"]
-        print(f"issued {credential.client_id} ({args.role}): {where} (Secret {secret})")
+        print(f"issued {credential.client_id} ({args.role}): {where} (Secret {name})")
     print(f"registry {args.registry}: {len(registry.enrolments)} principals")
     return 0
 
 
 def run_revoke(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from fl_kubeflow.kube.credential_secrets import DEFAULT_REGISTRY_SECRET, registry_manifest
+    from fl_kubeflow.cli.credential_manifests import manifest_text, registry_manifest
 
     try:
         registry = Registry.load(args.registry)
         for name in args.ids:
             registry = registry.revoke(name)
-    except CredentialError as exc:
+        manifest = registry_manifest(registry, _registry_secret(args))
+    except (CredentialError, ValueError) as exc:
         parser.error(str(exc))
     registry.save(args.registry)
     print(f"revoked {', '.join(args.ids)} in {args.registry}")
-    manifest = registry_manifest(registry, name=args.registry_secret or DEFAULT_REGISTRY_SECRET)
     if args.registry_manifest is not None:
-        write_private_file(args.registry_manifest, json.dumps(manifest, indent=2) + "\n")
+        write_private_file(args.registry_manifest, manifest_text(manifest))
     _apply(args, [manifest])
     return 0
 

@@ -85,8 +85,7 @@ class ConnectionGuard:
                 # Oldest first, and never one being served (deadline None).
                 idle = [w for w in strangers if w.deadline is not None]
                 victims = idle[: len(strangers) - self.max_strangers]
-                for victim in victims:
-                    victim.deadline = None  # closing: not shed twice
+                self._forget(victims)
         for victim in victims:
             self._close(victim, SHED)
 
@@ -123,12 +122,17 @@ class ConnectionGuard:
             overdue = [
                 w for w in self._watched.values() if w.deadline is not None and w.deadline < now
             ]
-            for watched in overdue:
-                watched.deadline = None
+            self._forget(overdue)
         for watched in overdue:
             self._close(watched, HEAD_TIMEOUT)
         self._log_totals(now)
         return len(overdue)
+
+    def _forget(self, closing: list[_Watched]) -> None:
+        """Stop watching connections about to be closed (under the lock): closed once,
+        and no longer counted as strangers while they close."""
+        for key in [k for k, w in self._watched.items() if w in closing]:
+            del self._watched[key]
 
     def _close(self, watched: _Watched, reason: str) -> None:
         with contextlib.suppress(OSError):  # gone already

@@ -118,8 +118,12 @@ def start_server(
     ready_timeout: float = 30.0,
     token: str | None = None,
     log_level: str = "INFO",
+    env: Mapping[str, str | None] | None = None,
 ) -> ServerProcess:
-    """Start a server (``args`` are extra CLI options) and wait until it listens."""
+    """Start a server (``args`` are extra CLI options) and wait until it listens.
+
+    ``env`` entries are set over the environment (the token's is always ``token``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "server.log"
     try:
@@ -127,7 +131,7 @@ def start_server(
             ["--output", str(folder / "out"), *args],
             folder / f"ready-{time.monotonic_ns()}.json",
             log_path,
-            _env(token),
+            {**(env or {}), **_env(token)},
             port=port,
             log_level=log_level,
             ready_timeout=ready_timeout,

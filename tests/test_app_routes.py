@@ -7,8 +7,8 @@ protocol against a real server process is in test_server_protocol.py and
 test_fuzz_protocol.py.
 
 What only a real server can show stays there: waitress's body objects (updates received
-straight into memory slots, large bodies mapped from its spool file, its plain-text 413
-for bodies over twice the limit). Here the body arrives as the WSGI input stream werkzeug
+straight into memory slots, large bodies mapped from its spool file, refusals from the
+headers before the body). Here the body arrives as the WSGI input stream werkzeug
 gives every app, which is also the path of small bodies and of cheroot (TLS).
 """
 

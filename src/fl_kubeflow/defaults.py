@@ -41,6 +41,13 @@ POLL_TIMEOUT = 30.0
 MAX_UPDATE_MB = 512.0
 RECEIVE_SLOTS = 2
 SLOT_PATIENCE = 2.0
+# Connections (docs/protocol.md, "Connections"): a request's line and headers must
+# arrive within HEAD_TIMEOUT (a new connection's, TLS handshake included, from its
+# accept), a client's connection may idle IDLE_TIMEOUT between requests, and at most
+# MAX_PENDING_CONNECTIONS connections not yet shown to be a client's are held at once.
+HEAD_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120.0
+MAX_PENDING_CONNECTIONS = 64
 # Seconds between checks of the credential registry file for changes (revocations).
 CREDENTIALS_RELOAD = 2.0
 

@@ -172,6 +172,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="seconds an upload waits for a receive slot while none frees before it is "
         "received into a temporary file instead (default: 2)",
     )
+    parser.add_argument(
+        "--head-timeout",
+        type=positive_float,
+        default=defaults.HEAD_TIMEOUT,
+        help="seconds a request's line and headers may take from its first byte; a "
+        "connection not yet shown to be a client's must send each within this of its "
+        "accept (TLS handshake included) or of its last answer",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=defaults.IDLE_TIMEOUT,
+        help="seconds a client's connection may stay idle between requests (a long-poll "
+        "is a request, not idle)",
+    )
+    parser.add_argument(
+        "--max-pending-connections",
+        type=positive_int,
+        default=defaults.MAX_PENDING_CONNECTIONS,
+        help="connections not yet shown to be a client's (by an authenticated /v1 "
+        "request) held at once; beyond, the oldest idle one is closed",
+    )
     parser.set_defaults(run=run)
 
 
@@ -247,6 +269,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             io_threads=args.io_threads,
             receive_slots=args.receive_slots,
             slot_patience=args.slot_patience,
+            head_timeout=args.head_timeout,
+            idle_timeout=args.idle_timeout,
+            max_pending_connections=args.max_pending_connections,
         )
     except ValueError as exc:
         parser.error(str(exc))

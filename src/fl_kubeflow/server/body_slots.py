@@ -26,8 +26,6 @@ from typing import Any
 
 import numpy as np
 from waitress.buffers import OverflowableBuffer
-from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
 from waitress.receiver import FixedStreamReceiver
 
 from fl_kubeflow.server.buffer_file import BufferFile
@@ -241,76 +239,3 @@ class ReceivedBody(BufferFile):
         self.array = None
         self._view = memoryview(b"")
         return array
-
-
-def slot_channel_class(slots: ReceiveSlots, largest: int) -> type[HTTPChannel]:
-    """A waitress channel class receiving bodies of up to ``largest`` bytes into ``slots``.
-
-    Larger ones, which the app refuses anyway, are spooled as waitress does: memory
-    is for bodies that can be accepted.
-    """
-
-    class SlotParser(HTTPRequestParser):
-        def parse_header(self, header_plus: bytes) -> None:
-            super().parse_header(header_plus)
-            length = self.content_length
-            if not self.chunked and SLOT_BODIES_FROM <= length <= largest:
-                self.body_rcv = SlotBody(length, slots, self.adj.inbuf_overflow)
-
-    class SlotChannel(HTTPChannel):
-        parser_class = SlotParser
-
-        def _slot_body(self) -> SlotBody | None:
-            body = getattr(self.request, "body_rcv", None)
-            return body if isinstance(body, SlotBody) and not body.completed else None
-
-        def readable(self) -> bool:
-            if not super().readable():
-                return False
-            body = self._slot_body()
-            return body is None or body.ready()
-
-        def handle_read(self) -> None:
-            body = self._slot_body()
-            if body is None or not body.direct:
-                super().handle_read()
-                return
-            try:
-                count = body.receive_into(self.socket)
-            except BlockingIOError:
-                return
-            except OSError:
-                if self.adj.log_socket_errors:
-                    self.logger.exception("Socket error")
-                self.handle_close()
-                return
-            if not count:  # the client went away mid-body
-                self.handle_close()
-                self.connected = False
-                return
-            self.last_activity = time.time()
-            if body.completed:
-                self._hand_over()
-
-        def _hand_over(self) -> None:
-            # What waitress's received() does with a completed request.
-            with self.requests_lock:
-                request = self.request
-                if self.will_close or self.close_when_flushed or request is None:
-                    return
-                request.body_bytes_received = request.content_length
-                request.completed = True
-                self.sent_continue = False
-                self.requests.append(request)
-                if len(self.requests) == 1:
-                    self.server.add_task(self)
-                self.request = None
-
-        def handle_close(self) -> None:
-            # A body cut off mid-way would otherwise keep its slot.
-            request = self.request
-            if request is not None and isinstance(request.body_rcv, SlotBody):
-                request.body_rcv.close()
-            super().handle_close()
-
-    return SlotChannel

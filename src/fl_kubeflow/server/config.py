@@ -58,6 +58,13 @@ class ServerConfig:
             once (at least one), with TLS too.
         slot_patience: Seconds an upload waits for a receive slot while none frees
             before it is received into a temporary file instead.
+        head_timeout: Seconds a request's line and headers may take from its first
+            byte; a connection not yet shown to be a client's must send each within
+            this of its accept (TLS handshake included) or of its last response.
+        idle_timeout: Seconds a client's connection may stay idle between requests.
+        max_pending_connections: Connections not yet shown to be a client's (by a /v1
+            request that passed authentication) held at once; beyond, the oldest idle
+            one is closed.
     """
 
     num_clients: int
@@ -85,6 +92,9 @@ class ServerConfig:
     io_threads: int | None = None
     receive_slots: int = defaults.RECEIVE_SLOTS
     slot_patience: float = defaults.SLOT_PATIENCE
+    head_timeout: float = defaults.HEAD_TIMEOUT
+    idle_timeout: float = defaults.IDLE_TIMEOUT
+    max_pending_connections: int = defaults.MAX_PENDING_CONNECTIONS
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -102,6 +112,8 @@ class ServerConfig:
             "grace_period",
             "poll_timeout",
             "slot_patience",
+            "head_timeout",
+            "idle_timeout",
             "credentials_reload",
         ):
             if getattr(self, name) <= 0:
@@ -131,6 +143,10 @@ class ServerConfig:
             raise ValueError(
                 f"receive_slots must be between 0 and {MAX_RECEIVE_SLOTS}, got {self.receive_slots}"
             )
+        if self.max_pending_connections < 1:
+            raise ValueError(
+                f"max_pending_connections must be at least 1, got {self.max_pending_connections}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key file")
         for name in ("tls_cert", "tls_key"):
@@ -149,8 +165,9 @@ class ServerConfig:
 
     @property
     def connection_limit(self) -> int:
-        """Two connections per client (a long-poll and a submission) plus probes and status."""
-        return 2 * self.num_clients + 32
+        """Two connections per client (a long-poll and a submission) plus probes and status,
+        and the strangers' own share (max_pending_connections), which they cannot exceed."""
+        return 2 * self.num_clients + 32 + self.max_pending_connections
 
     @property
     def socket_loops(self) -> int:

@@ -293,11 +293,30 @@ class Federation:
             self._cond.notify_all()
             return {"accepted": True, "duplicate": False, "round": server_round}
 
-    def _check_round_open(self, client_id: str, server_round: int) -> dict[str, Any] | None:
-        """Raise unless ``server_round`` is collecting; a resend gets the first answer back."""
+    def check_before_body(self, client_id: str, server_round: int | None) -> None:
+        """Refuse on its headers a model body that submit_update or propose_initial would.
+
+        ``server_round`` None: an initial proposal (only the client is checked). The
+        same errors and counts as those calls, but it never waits: the HTTP server's
+        I/O thread calls it (server/header_check.py), before it reads the body. A
+        resend of a counted update passes, to be answered by submit_update.
+        """
+        with self._cond:
+            self._require_client(client_id)
+            if server_round is not None:
+                self._check_round_open(client_id, server_round, early=True)
+
+    def _check_round_open(
+        self, client_id: str, server_round: int, early: bool = False
+    ) -> dict[str, Any] | None:
+        """Raise unless ``server_round`` is collecting; a resend gets the first answer back.
+
+        ``early``: from the headers, before the body; no waiting and nothing counted
+        for what passes (the check with the body does that).
+        """
         self._raise_if_failed()
         current = self._current
-        while current is not None and current.number == server_round:
+        while not early and current is not None and current.number == server_round:
             if client_id not in current.folding:
                 break
             # A resend while the first copy is being folded: answer it as a duplicate
@@ -305,6 +324,8 @@ class Federation:
             self._cond.wait(1.0)
         for past in [*self._rounds, self._closing, self._current]:
             if past is not None and past.number == server_round and client_id in past.contributors:
+                if early:
+                    return None
                 self._counters.updates_duplicate += 1
                 return {"accepted": True, "duplicate": True, "round": server_round}
         if self._phase is Phase.FIT and server_round == self._round:

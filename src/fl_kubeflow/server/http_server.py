@@ -3,21 +3,30 @@
 waitress has no TLS support; cheroot (CherryPy's server) terminates TLS itself
 with the standard library's ssl module, so a federation can be encrypted without
 a sidecar. Both are sized from the federation: every client may hold a long-poll.
+Both check each request's head before its body (server/header_check.py) and report
+every connection to one ConnectionGuard (deadlines, the strangers' cap).
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fl_kubeflow.server.body_slots import ReceiveSlots, slot_channel_class
+from fl_kubeflow.server.body_slots import ReceiveSlots
 from fl_kubeflow.server.config import ServerConfig
+from fl_kubeflow.server.connection_guard import ConnectionGuard
+from fl_kubeflow.server.header_check import MAX_JSON_BYTES, HeadCheck
 
 log = logging.getLogger("fl_kubeflow.server")
+
+# File descriptors kept for what is not a connection: the listening sockets, the
+# loops' triggers, spool files, the checkpoint and output files, the registry.
+FD_RESERVE = 64
 
 
 @dataclass
@@ -30,24 +39,88 @@ class RunningServer:
     receive_slots: ReceiveSlots | None = None  # None with TLS (cheroot) or no slots
 
 
-def start_http_server(app: Any, config: ServerConfig) -> RunningServer:
-    """Bind, start serving on a daemon thread, and return the bound port."""
+def start_http_server(
+    app: Any,
+    config: ServerConfig,
+    head_check: HeadCheck | None = None,
+    count: Callable[[str], None] | None = None,
+) -> RunningServer:
+    """Bind, start serving on daemon threads, and return the bound port.
+
+    Args:
+        app: The WSGI app.
+        config: The run's configuration (sizes, timeouts, TLS).
+        head_check: Called with each request's method, path and headers before its
+            body is read; a refusal it returns is the answer. None: every head passes
+            (a bare WSGI app's server, in tests), and every connection is a stranger's.
+        count: Called with a reason for each connection the guard closes.
+    """
+    head_check = head_check or _no_check
+    guard = ConnectionGuard(config.head_timeout, config.max_pending_connections, count or _no_count)
+    guard.start()
     if config.tls_cert is not None:
-        return _start_cheroot(app, config)
-    return _start_waitress(app, config)
+        running = _start_cheroot(app, config, head_check, guard)
+    else:
+        running = _start_waitress(app, config, head_check, guard)
+    close = running.close
+
+    def close_all() -> None:
+        guard.stop()
+        close()
+
+    running.close = close_all
+    return running
 
 
-def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
+def _no_check(method: str, path: str, headers: Mapping[str, str]) -> None:
+    return None
+
+
+def _no_count(reason: str) -> None:
+    return None
+
+
+def connection_capacity(config: ServerConfig) -> int:
+    """config.connection_limit, or fewer if the process may not open that many files.
+
+    The soft limit on open files is raised to the hard one first: a server holding
+    thousands of connections must not fail to accept one, or to write its outputs.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = config.connection_limit + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return config.connection_limit
+    capacity = max(1, soft - FD_RESERVE)
+    log.warning(
+        "open-file limit %d allows %d connections, not %d", soft, capacity, config.connection_limit
+    )
+    return capacity
+
+
+def _start_waitress(
+    app: Any, config: ServerConfig, head_check: HeadCheck, guard: ConnectionGuard
+) -> RunningServer:
     from waitress import create_server
+
+    from fl_kubeflow.server.waitress_channel import guarded_channel_class
 
     options: dict[str, Any] = dict(
         threads=config.server_threads,
         # Each client keeps a connection (often a long-poll) open: waitress's default
-        # limit of 100 connections would stall a federation of 200. (Per loop.)
-        connection_limit=config.connection_limit,
+        # limit of 100 connections would stall a federation of 200. (Per loop; the
+        # strangers among them are capped by the guard.)
+        connection_limit=connection_capacity(config),
         # Bodies beyond the receive slots are spooled to disk, so this costs no memory.
         max_request_body_size=_server_body_limit(config),
-        channel_timeout=max(120, int(config.poll_timeout) + 30),
+        # Idle clients' connections; strangers' are the guard's (head_timeout).
+        channel_timeout=config.idle_timeout,
         # Our headers are small; a 64 KiB cap refuses header floods early.
         max_request_header_size=64 * 1024,
         # Bytes per socket read: waitress's 8 KiB default makes a 40 MB update 5,000
@@ -76,10 +149,11 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
     slots = None
     if config.receive_slots:
         slots = ReceiveSlots(config.receive_slots, patience=config.slot_patience)
-        channel_class = slot_channel_class(slots, largest=config.max_update_bytes)
         for loop in loops:
-            loop.channel_class = channel_class  # type: ignore[union-attr]
             slots.wake_on_free(loop)
+    channel_class = guarded_channel_class(head_check, guard, slots, config.max_update_bytes)
+    for loop in loops:
+        loop.channel_class = channel_class  # type: ignore[union-attr]
     closing = threading.Event()
     for number, loop in enumerate(loops):
         threading.Thread(
@@ -95,12 +169,14 @@ def _start_waitress(app: Any, config: ServerConfig) -> RunningServer:
 
 
 def _server_body_limit(config: ServerConfig) -> int:
-    """The WSGI server's own body limit: well above the app's (max_update_bytes).
+    """The WSGI server's own limit, met only by chunked bodies (no Content-Length).
 
-    So the app answers oversize bodies with a JSON reason (413 too_large); only
-    absurd bodies meet the server's plain-text 413.
+    A declared length over the limit is refused from the headers (header_check); a
+    chunked body is counted as it arrives, chunk framing included, hence the slack;
+    the app refuses one over max_update_bytes by its own count. Both answer 413
+    too_large in JSON.
     """
-    return 2 * config.max_update_bytes + 16 * 1024 * 1024
+    return config.max_update_bytes + MAX_JSON_BYTES
 
 
 def _run_loop(loop: Any, closing: threading.Event) -> None:
@@ -113,22 +189,33 @@ def _run_loop(loop: Any, closing: threading.Event) -> None:
             raise
 
 
-def _start_cheroot(app: Any, config: ServerConfig) -> RunningServer:
+def _start_cheroot(
+    app: Any, config: ServerConfig, head_check: HeadCheck, guard: ConnectionGuard
+) -> RunningServer:
     from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+    from fl_kubeflow.server.cheroot_guard import LateHandshakeAdapter, guarded_connection_class
+
+    capacity = connection_capacity(config)
+    # A worker thread per connection being read: the clients' share, and one for each
+    # stranger the guard lets in, so strangers never hold the clients' threads.
+    threads = config.server_threads + config.max_pending_connections
     server = wsgi.Server(
         (config.host, config.port),
         app,
-        numthreads=config.server_threads,
-        max=config.server_threads,
-        request_queue_size=config.connection_limit,
-        timeout=max(120, int(config.poll_timeout) + 30),
+        numthreads=threads,
+        max=threads,
+        request_queue_size=capacity,
+        timeout=config.idle_timeout,
         server_name="fl-kubeflow",
     )
+    server.ConnectionClass = guarded_connection_class(head_check, guard)
+    server.keep_alive_conn_limit = capacity
     server.max_request_header_size = 64 * 1024
-    server.max_request_body_size = _server_body_limit(config)
-    adapter = BuiltinSSLAdapter(str(config.tls_cert), str(config.tls_key))
+    # None of cheroot's own: it would answer a declared length over it in plain text
+    # before the head check runs. The check refuses those; the app, chunked ones.
+    server.max_request_body_size = 0
+    adapter = LateHandshakeAdapter(str(config.tls_cert), str(config.tls_key))
     adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
     server.ssl_adapter = adapter
     server.prepare()

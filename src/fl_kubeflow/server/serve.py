@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.header_check import check_request_head
 from fl_kubeflow.server.http_server import start_http_server
 from fl_kubeflow.server.identity import identities_for
 from fl_kubeflow.server.memory import peak_rss_bytes, release_large_allocations
@@ -71,8 +73,14 @@ def serve(
     # A client revoked in the registry file during the run is dropped from it.
     identities = identities_for(config, on_revoke=federation.revoke)
     identities.watch(config.credentials_reload)
+    head_check = functools.partial(check_request_head, federation, identities)
     try:
-        server = start_http_server(create_app(federation, config, identities), config)
+        server = start_http_server(
+            create_app(federation, config, identities),
+            config,
+            head_check,
+            federation.count_rejection,
+        )
     except BaseException:
         identities.close()
         raise

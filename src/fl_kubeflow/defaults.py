@@ -41,6 +41,9 @@ POLL_TIMEOUT = 30.0
 MAX_UPDATE_MB = 512.0
 RECEIVE_SLOTS = 2
 SLOT_PATIENCE = 2.0
+# The most examples one update or evaluation may claim (X-FL-Num-Examples, FedAvg's weight):
+# a client claiming more is refused rather than let dominate the average.
+MAX_EXAMPLES = 10**9
 
 # Client timeouts, in seconds. A pipeline's clients retry for PIPELINE_JOIN_TIMEOUT:
 # they may start minutes before the server pod is scheduled.

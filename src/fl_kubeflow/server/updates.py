@@ -7,6 +7,8 @@ up another.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from fl_kubeflow import wire
@@ -17,6 +19,7 @@ from fl_kubeflow.wire import Weights
 Signature = dict[str, tuple[tuple[int, ...], str]]
 
 _FINITE_SLICE = 1 << 16
+DIGEST_BYTES = 16
 
 
 def check_update_size(size: int, limit: int, *, counted: bool = True) -> None:
@@ -31,6 +34,12 @@ def check_update_size(size: int, limit: int, *, counted: bool = True) -> None:
     if size > limit:
         what = f"body of {size} bytes" if counted else "body"
         raise TooLarge(f"{what} exceeds max_update_bytes={limit}", limit=limit)
+
+
+def digest(body: wire.Buffer) -> bytes:
+    """A body's BLAKE2b digest: what tells a resend of the same update from another."""
+    # hashlib releases the GIL on large buffers: other requests go on meanwhile.
+    return hashlib.blake2b(body, digest_size=DIGEST_BYTES).digest()
 
 
 def decode(body: wire.Buffer, limit: int, wire_dtype: str) -> Weights:

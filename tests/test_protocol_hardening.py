@@ -3,7 +3,8 @@
 Example counts out of range, resends that differ from the update counted, a client id with
 a trailing newline, evaluations after a failed run and junk initial proposals once the start
 model is set: each is refused as docs/protocol.md's error table says, and nothing refused
-changes the round (``finish`` checks the exact average afterwards).
+changes the round (``finish`` checks the exact average afterwards). The last test runs a
+real server process: a restarted client meeting the resend refusal must go on.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from fl_kubeflow import defaults, wire
+from fl_kubeflow.client.federated_client import ClientSummary, FederatedClient
+from fl_kubeflow.client.numpy_trainers import DeltaTrainer, random_weights
 from fl_kubeflow.server.config import MAX_EXAMPLES_CEILING, ServerConfig
 from fl_kubeflow.server.errors import BadRequest
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.strategies import FedAvg
+from tests.fl_processes import RawClient, start_server
 from tests.test_app_routes import W0, WAIT, Api, build, expect_error, finish, plus
 
 
@@ -107,6 +113,8 @@ def test_a_clients_declared_limit_lowers_the_servers() -> None:
         # A declared limit above the server's does not raise it.
         federation.submit_evaluation("a", 0, defaults.MAX_EXAMPLES + 1, {}, max_examples=10**12)
     assert federation.submit_evaluation("a", 0, 5, {}, max_examples=5)["accepted"] is True
+    answer = federation.submit_update("a", 1, 5, {}, wire.encode(W0), max_examples=5)
+    assert answer["accepted"] is True  # and the run finishes: no thread left waiting
 
 
 # --- resent updates ---------------------------------------------------------------------------
@@ -162,6 +170,7 @@ def test_after_a_failed_run_evaluations_are_refused_like_everything_else() -> No
     # Was 200 {"accepted": true} while every other call answered 409.
     expect_error(a.evaluate(0), 409, "run_failed", "round_timeout")
     expect_error(a.update(1, plus(1.0)), 409, "run_failed", "round_timeout")
+    expect_error(a.propose(wire.encode(W0)), 409, "run_failed", "round_timeout")
     assert a.get("/v1/status").json["last_evaluation"] is None
 
 
@@ -175,3 +184,50 @@ def test_initial_proposals_are_checked_after_the_start_model_is_set() -> None:
     lost = b.propose(plus(1.0))  # a model that could have started the run, too late
     assert (lost.status_code, lost.json) == (200, {"accepted": False})
     finish(a, b)  # from W0: no proposal changed the start model
+
+
+# --- the client, against a real server ----------------------------------------------------------
+
+
+def test_a_restarted_client_whose_round_was_counted_goes_on(tmp_path: Path) -> None:
+    """Its first life's update stands; the retrained one (other bytes) is refused, not fatal."""
+    shapes = [(4, 3), (3,)]
+    start = random_weights(shapes, seed=0)
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(wire.encode(start))
+    server = start_server(
+        tmp_path / "server",
+        *("--clients", "2", "--rounds", "1", "--initial-weights", str(initial)),
+        *("--join-timeout", "60", "--round-timeout", "60", "--grace-period", "5"),
+    )
+    timeouts = {"retry_timeout": 30.0, "round_wait_timeout": 60.0}
+    try:
+        first_life = RawClient(server.url, "0")
+        # Client 1 joins now (so round 1 opens) and runs later.
+        assert first_life.join().status_code == RawClient(server.url, "1").join().status_code == 200
+        assert first_life.model(1).headers["X-FL-Round"] == "1"
+        counted = {name: value + np.float32(0.5) for name, value in start.items()}
+        assert first_life.update(1, wire.encode(counted)).json()["accepted"] is True
+        summaries: dict[str, ClientSummary] = {}
+
+        def run(client_id: str, delta: float) -> None:
+            trainer = DeltaTrainer(shapes=shapes, delta=delta)
+            summaries[client_id] = FederatedClient(server.url, client_id, trainer, **timeouts).run()
+
+        restarted = threading.Thread(target=run, args=("0", 0.25), daemon=True)
+        restarted.start()
+        deadline = time.monotonic() + WAIT
+        while 'reason="resend_differs"} 1' not in requests.get(f"{server.url}/metrics").text:
+            assert restarted.is_alive(), "the restarted client stopped at the refusal"
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)  # /metrics does not long-poll: ask again shortly
+        run("1", 1.0)
+        restarted.join(WAIT)
+        assert server.wait() == 0, server.log()
+    finally:
+        server.kill()
+    assert "0" in summaries, "the restarted client stopped at the resend refusal"
+    assert summaries["0"].final_round == summaries["1"].final_round == 1
+    assert summaries["0"].rounds_trained == []  # its second life's update did not count
+    for name, value in start.items():  # (0.5 + 1.0) / 2: the first life's update stands
+        np.testing.assert_allclose(server.final_weights()[name], value + 0.75, atol=1e-6)

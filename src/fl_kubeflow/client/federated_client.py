@@ -195,6 +195,16 @@ class FederatedClient:
         except ServerError as exc:
             if exc.code == protocol.RUN_FAILED:
                 raise FederationFailed(exc.message) from None
+            if exc.code == protocol.CONFLICT:
+                # The round already counted another update from this id: ours from before a
+                # restart (trained again, so not the same bytes). That one stands.
+                log.warning(
+                    "client %s: round %d already has our update: %s",
+                    self.client_id,
+                    model.server_round,
+                    exc.message,
+                )
+                return
             if exc.code != protocol.WRONG_ROUND:
                 raise
             # Too late: the round closed without us. Catch up with the next one.

@@ -138,6 +138,7 @@ class Federation:
         the run: junk is refused whenever it comes, as the error table says.
         """
         with self._cond:
+            self._raise_if_failed()
             self._require_client(client_id)
         weights = updates.validated_initial(self._decode(body))
         with self._cond:

@@ -21,9 +21,11 @@ import requests
 from fl_kubeflow import defaults, wire
 from fl_kubeflow.client.federated_client import ClientSummary, FederatedClient
 from fl_kubeflow.client.numpy_trainers import DeltaTrainer, random_weights
+from fl_kubeflow.credentials import Registry, issue
+from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import MAX_EXAMPLES_CEILING, ServerConfig
-from fl_kubeflow.server.errors import BadRequest
 from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.identity import Identities
 from fl_kubeflow.strategies import FedAvg
 from tests.fl_processes import RawClient, start_server
 from tests.test_app_routes import W0, WAIT, Api, build, expect_error, finish, plus
@@ -99,22 +101,26 @@ def test_fedavg_weights_stay_finite_and_exact_at_the_largest_counts() -> None:
 
 
 def test_a_clients_declared_limit_lowers_the_servers() -> None:
-    """``max_examples`` from the client's enrolment (credentials.Enrolment) applies."""
-    config = ServerConfig(num_clients=1, num_rounds=1, port=0, client_ids=("a",), join_timeout=60.0)
+    """``max_examples`` declared at enrolment (the registry) applies to that client alone."""
+    a, b = issue("a"), issue("b")
+    registry = Registry().enrol(a, max_examples=2).enrol(b, max_examples=10**12)
+    config = ServerConfig(
+        num_clients=2, num_rounds=1, port=0, client_ids=("a", "b"), join_timeout=60.0
+    )
     federation = Federation(config, FedAvg(), initial_weights=dict(W0))
     threading.Thread(target=federation.run, name="federation", daemon=True).start()
-    federation.join("a")
-    assert federation.wait_for_model("a", 1, WAIT) is not None  # round 1 opened
-    with pytest.raises(BadRequest, match="max_examples=5"):
-        federation.submit_update("a", 1, 6, {}, wire.encode(W0), max_examples=5)
-    with pytest.raises(BadRequest, match="max_examples=5"):
-        federation.submit_evaluation("a", 0, 6, {}, max_examples=5)
-    with pytest.raises(BadRequest, match=f"max_examples={defaults.MAX_EXAMPLES}"):
-        # A declared limit above the server's does not raise it.
-        federation.submit_evaluation("a", 0, defaults.MAX_EXAMPLES + 1, {}, max_examples=10**12)
-    assert federation.submit_evaluation("a", 0, 5, {}, max_examples=5)["accepted"] is True
-    answer = federation.submit_update("a", 1, 5, {}, wire.encode(W0), max_examples=5)
-    assert answer["accepted"] is True  # and the run finishes: no thread left waiting
+    http = create_app(federation, config, Identities(registry)).test_client()
+    clients = [Api(http, c.token, c.client_id) for c in (a, b)]
+    for client in clients:
+        assert client.join().status_code == 200
+    assert clients[0].model(1).headers["X-FL-Round"] == "1"
+    expect_error(clients[0].update(1, plus(9.0), num_examples=3), 400, "bad_request", "s=2,")
+    expect_error(clients[0].evaluate(0, num_examples=3), 400, "bad_request", "max_examples=2")
+    # A declared limit above the server's does not raise it.
+    too_many = defaults.MAX_EXAMPLES + 1
+    body = expect_error(clients[1].evaluate(0, num_examples=too_many), 400, "bad_request")
+    assert body["max_examples"] == defaults.MAX_EXAMPLES
+    finish(*clients)  # counts 1 and 3: b's 3 is within its limit
 
 
 # --- resent updates ---------------------------------------------------------------------------

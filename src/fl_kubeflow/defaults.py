@@ -44,6 +44,8 @@ SLOT_PATIENCE = 2.0
 # The most examples one update or evaluation may claim (X-FL-Num-Examples, FedAvg's weight):
 # a client claiming more is refused rather than let dominate the average.
 MAX_EXAMPLES = 10**9
+# Seconds between checks of the credential registry file for changes (revocations).
+CREDENTIALS_RELOAD = 2.0
 
 # Client timeouts, in seconds. A pipeline's clients retry for PIPELINE_JOIN_TIMEOUT:
 # they may start minutes before the server pod is scheduled.

@@ -347,11 +347,17 @@ class Federation:
                 max_examples=limit,
             )
 
-    def _check_round_open(self, client_id: str, server_round: int) -> RoundRecord | None:
-        """Raise unless ``server_round`` is collecting; the round if it counted this client."""
+    def _check_round_open(
+        self, client_id: str, server_round: int, early: bool = False
+    ) -> RoundRecord | None:
+        """Raise unless ``server_round`` is collecting; the round if it counted this client.
+
+        ``early``: from the headers, before the body (server/header_check.py): no waiting
+        for a fold. What passes is counted only by the check with the body.
+        """
         self._raise_if_failed()
         current = self._current
-        while current is not None and current.number == server_round:
+        while not early and current is not None and current.number == server_round:
             if client_id not in current.folding:
                 break
             # A resend while the first copy is being folded: answer it once the fold is

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from fl_kubeflow import defaults, wire
-from fl_kubeflow.client.federated_client import ClientSummary, FederatedClient
+from fl_kubeflow.client.federated_client import ClientSummary, FederatedClient, FederationFailed
 from fl_kubeflow.client.numpy_trainers import DeltaTrainer, random_weights
 from fl_kubeflow.credentials import Registry, issue
 from fl_kubeflow.server.app import create_app
@@ -237,3 +237,24 @@ def test_a_restarted_client_whose_round_was_counted_goes_on(tmp_path: Path) -> N
     assert summaries["0"].rounds_trained == []  # its second life's update did not count
     for name, value in start.items():  # (0.5 + 1.0) / 2: the first life's update stands
         np.testing.assert_allclose(server.final_weights()[name], value + 0.75, atol=1e-6)
+
+
+def test_a_client_whose_run_failed_before_its_proposal_is_told_so(tmp_path: Path) -> None:
+    """409 run_failed to the initial proposal is the run's end (FederationFailed), as elsewhere."""
+    server = start_server(tmp_path / "server", "--clients", "2", "--join-timeout", "1")
+
+    class LateProposer(DeltaTrainer):
+        def initial_weights(self) -> wire.Weights:
+            # Proposes only once the run failed at its join timeout (nobody else joins).
+            deadline = time.monotonic() + WAIT
+            while requests.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.05)  # the readiness probe does not long-poll: ask again shortly
+            return super().initial_weights()
+
+    client = FederatedClient(server.url, "0", LateProposer(shapes=[(3,)]), retry_timeout=30.0)
+    try:
+        with pytest.raises(FederationFailed, match="no initial model within join_timeout"):
+            client.run()  # was a ServerError: the proposal's 409 was not read as the run's end
+    finally:
+        server.kill()

@@ -48,6 +48,9 @@ SLOT_PATIENCE = 2.0
 HEAD_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
 MAX_PENDING_CONNECTIONS = 64
+# The most examples one update or evaluation may claim (X-FL-Num-Examples, FedAvg's weight):
+# a client claiming more is refused rather than let dominate the average.
+MAX_EXAMPLES = 10**9
 # Seconds between checks of the credential registry file for changes (revocations).
 CREDENTIALS_RELOAD = 2.0
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from fl_kubeflow import __version__
 from fl_kubeflow.cli import client_cmd, credentials_cmd, server_cmd
+from fl_kubeflow.cli.options import HelpFormatter
 
 SUBCOMMANDS = [server_cmd, client_cmd, credentials_cmd]
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fl-kubeflow",
         description="Federated learning on Kubeflow Pipelines: server, clients, local runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(

@@ -12,6 +12,7 @@ from pathlib import Path
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import auth_headers, read_token
 from fl_kubeflow.cli.options import (
+    HelpFormatter,
     json_list,
     non_negative_int,
     positive_float,
@@ -34,7 +35,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-locations",
         type=json_list,
-        default=(),
+        default="[]",
         metavar="JSON",
         help="one file dataset per client as a JSON list (client i reads entry i); "
         "replaces --dataset (docs/data.md)",
@@ -107,7 +108,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "client",
         help="run one federated client",
         description="Join a run, train each round, and stop when the server says finished.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--server",
@@ -175,7 +176,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     delta.add_argument(
         "--num-examples", type=positive_int, default=1, help="example count reported"
     )
-    delta.add_argument("--shapes", type=shapes, default=[(16, 8), (8,)], help="tensor shapes")
+    # A string default goes through ``type`` like a given value, and shows as one in --help.
+    delta.add_argument("--shapes", type=shapes, default="16x8,8", help="tensor shapes")
     delta.add_argument(
         "--fit-delay", type=float, default=0.0, help="seconds each fit sleeps (a slow client)"
     )

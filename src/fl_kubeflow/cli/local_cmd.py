@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fl_kubeflow import defaults
 from fl_kubeflow.cli.client_cmd import NUMPY_TRAINERS, add_training_options
-from fl_kubeflow.cli.options import positive_float, positive_int
+from fl_kubeflow.cli.options import HelpFormatter, positive_float, positive_int
 from fl_kubeflow.cli.server_cmd import add_server_options, strategy_from_args
 
 
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "and write weights.safetensors, history.json, report.html and (with the keras "
             "trainer) model.keras."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--clients", type=positive_int, default=defaults.NUM_CLIENTS, help="client processes (N)"
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             str(args.poll_timeout),
             "--max-update-mb",
             str(args.max_update_mb),
+            "--max-examples",
+            str(args.max_examples),
             *[arg for pair in args.strategy_option for arg in ("--strategy-option", pair)],
         ],
     )

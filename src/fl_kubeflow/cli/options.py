@@ -1,8 +1,24 @@
-"""Argument types shared by subcommands: each names the bad value in its error."""
+"""Argument types shared by subcommands, each naming the bad value in its error; the help
+formatter every subcommand uses."""
 
 from __future__ import annotations
 
 import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help where X is a value the option takes.
+
+    Not for a None or empty default (the option's help says in words what leaving it
+    out does: "None" or "[]" of a repeatable option is nothing one could pass), nor where
+    the help already names its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, "", [], ()) or "(default" in text:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _int_at_least(text: str, minimum: int, rule: str) -> int:

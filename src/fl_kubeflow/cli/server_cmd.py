@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, read_token
-from fl_kubeflow.cli.options import non_negative_int, positive_float, positive_int
+from fl_kubeflow.cli.options import (
+    HelpFormatter,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from fl_kubeflow.server.config import ServerConfig
@@ -59,6 +64,13 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="largest update body accepted, in MiB (larger: HTTP 413)",
     )
     parser.add_argument(
+        "--max-examples",
+        type=positive_int,
+        default=defaults.MAX_EXAMPLES,
+        help="most examples one update or evaluation may claim (FedAvg's weight; more: "
+        "HTTP 400); a client enrolled with a lower max_examples gets its own",
+    )
+    parser.add_argument(
         "--grace-period",
         type=positive_float,
         default=defaults.GRACE_PERIOD,
@@ -77,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "server",
         help="run the aggregation server",
         description="Run the aggregation server until the run finishes or fails.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--clients", type=positive_int, default=2, help="clients expected (N)")
     add_server_options(parser)
@@ -210,6 +222,7 @@ def config_from_args(
         join_timeout=args.join_timeout,
         round_timeout=args.round_timeout,
         max_update_bytes=int(args.max_update_mb * 1024 * 1024),
+        max_examples=args.max_examples,
         grace_period=args.grace_period,
         poll_timeout=args.poll_timeout,
         strategy=args.strategy,

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fl_kubeflow.cli.options import HelpFormatter
+
 DEFAULT_PACKAGE = Path("fl_pipeline.yaml")
 DEFAULT_EXPERIMENT = "fl-kubeflow"
 _TRUE = {"true", "1", "yes", "on"}
@@ -35,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Create a run of the compiled pipeline (fl_pipeline.yaml) with kfp.Client. "
             "Inside a Kubeflow notebook, --host can be left out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--host",

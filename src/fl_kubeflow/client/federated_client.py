@@ -195,6 +195,16 @@ class FederatedClient:
         except ServerError as exc:
             if exc.code == protocol.RUN_FAILED:
                 raise FederationFailed(exc.message) from None
+            if exc.code == protocol.CONFLICT:
+                # The round already counted another update from this id: ours from before a
+                # restart (trained again, so not the same bytes). That one stands.
+                log.warning(
+                    "client %s: round %d already has our update: %s",
+                    self.client_id,
+                    model.server_round,
+                    exc.message,
+                )
+                return
             if exc.code != protocol.WRONG_ROUND:
                 raise
             # Too late: the round closed without us. Catch up with the next one.
@@ -311,7 +321,13 @@ class FederatedClient:
         info = self._post_json(protocol.JOIN_PATH, {"client_id": self.client_id})
         if info.get("propose_initial"):
             parts = wire.encode_parts(self.trainer.initial_weights())
-            self.transport.request("POST", protocol.INITIAL_PATH, data=BufferBody(parts))
+            try:
+                self.transport.request("POST", protocol.INITIAL_PATH, data=BufferBody(parts))
+            except ServerError as exc:
+                # The run may fail between the join and the proposal (its join timeout).
+                if exc.code == protocol.RUN_FAILED:
+                    raise FederationFailed(exc.message) from None
+                raise
         return info
 
     def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,10 @@ from fl_kubeflow.server.identity import Identities, identities_for
 log = logging.getLogger("fl_kubeflow.server")
 
 MAX_JSON_BYTES = 64 * 1024
+# Integers in headers and query parameters: a decimal of at most this many digits, so a
+# thousand-digit value is refused before int() and nothing downstream meets a huge number.
+MAX_INT_DIGITS = 40
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 MAX_METRICS_HEADER = 4096
 # Bytes per piece when a server without a file wrapper (cheroot) sends the model.
 SEND_PIECE = 1 << 20
@@ -151,17 +156,26 @@ def create_app(
         metrics = _metrics_header()
         with bodies_in_memory:
             body = _weights_body(config)
-            answer = federation.submit_update(client_id, server_round, num_examples, metrics, body)
+            answer = federation.submit_update(
+                client_id,
+                server_round,
+                num_examples,
+                metrics,
+                body,
+                identities.limit_for(client_id),
+            )
         return jsonify(answer)
 
     @app.post(protocol.EVALUATE_PATH)
     def evaluate() -> Response:
         body = _json_body()
+        client_id = claimed_id(body)
         result = federation.submit_evaluation(
-            claimed_id(body),
+            client_id,
             _int_field(body, "round"),
             _int_field(body, "num_examples"),
             _validated_metrics(body.get("metrics", {})),
+            identities.limit_for(client_id),
         )
         return jsonify(result)
 
@@ -190,24 +204,37 @@ def _client_id() -> str:
     return value
 
 
+def _parse_int(raw: str) -> int | None:
+    """``raw`` as an integer if it is a decimal of at most MAX_INT_DIGITS digits; else None."""
+    text = raw.strip()
+    if len(text) > MAX_INT_DIGITS + 1 or not _INT_TEXT.fullmatch(text):
+        return None
+    return int(text)
+
+
 def _int_header(name: str) -> int:
     raw = request.headers.get(name)
     if raw is None:
         raise BadRequest(f"missing header {name}")
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise BadRequest(f"header {name} must be an integer, got {raw[:40]!r}") from None
+    value = _parse_int(raw)
+    if value is None:
+        raise BadRequest(
+            f"header {name} must be an integer of at most {MAX_INT_DIGITS} digits, got {raw[:40]!r}"
+        )
+    return value
 
 
 def _int_arg(name: str) -> int:
     raw = request.args.get(name)
     if raw is None:
         raise BadRequest(f"missing query parameter {name!r}")
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name!r} must be an integer, got {raw[:40]!r}") from None
+    value = _parse_int(raw)
+    if value is None:
+        raise BadRequest(
+            f"query parameter {name!r} must be an integer of at most {MAX_INT_DIGITS} "
+            f"digits, got {raw[:40]!r}"
+        )
+    return value
 
 
 def _float_arg(name: str, default: float) -> float:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl_kubeflow import defaults
+from fl_kubeflow import defaults, protocol
 from fl_kubeflow.cpus import usable_cpus
+from fl_kubeflow.server.records import CLIENT_ID_RULE
 
 # As in fl_kubeflow.wire, which this module does not import (it needs no numpy).
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
@@ -15,6 +16,8 @@ MIN_TOKEN_LENGTH = 22  # 128 bits in URL-safe base64
 DEFAULT_MAX_IO_THREADS = 4
 MAX_IO_THREADS = 64
 MAX_RECEIVE_SLOTS = 64
+# Below 2**53: every count, and the sum of a round's counts, stays exact as a float64 weight.
+MAX_EXAMPLES_CEILING = 10**15
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class ServerConfig:
         join_timeout: Seconds to wait for N clients (and an initial model) before starting.
         round_timeout: Seconds a round stays open for updates.
         max_update_bytes: Largest update body accepted (HTTP 413 above).
+        max_examples: The most examples one update or evaluation may claim (HTTP 400
+            above); a client enrolled with a lower limit gets its own.
         host: Interface to bind; 0.0.0.0 because the server runs in a pod.
         port: TCP port; 0 picks a free one.
         client_ids: If given, only these ids may join.
@@ -73,6 +78,7 @@ class ServerConfig:
     join_timeout: float = defaults.JOIN_TIMEOUT
     round_timeout: float = defaults.ROUND_TIMEOUT
     max_update_bytes: int = int(defaults.MAX_UPDATE_MB * 1024 * 1024)
+    max_examples: int = defaults.MAX_EXAMPLES
     host: str = "0.0.0.0"
     port: int = 8080
     client_ids: tuple[str, ...] | None = None
@@ -120,6 +126,11 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_update_bytes < 1024:
             raise ValueError(f"max_update_bytes must be at least 1024, got {self.max_update_bytes}")
+        if not 1 <= self.max_examples <= MAX_EXAMPLES_CEILING:
+            raise ValueError(
+                f"max_examples must be between 1 and {MAX_EXAMPLES_CEILING}, "
+                f"got {self.max_examples}"
+            )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
@@ -153,6 +164,9 @@ class ServerConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} {str(path)!r} is not a file")
+        bad_ids = [c for c in self.client_ids or () if not protocol.valid_client_id(c)]
+        if bad_ids:
+            raise ValueError(f"client_ids {bad_ids!r} are not client ids: {CLIENT_ID_RULE}")
         if self.client_ids is not None and len(set(self.client_ids)) != self.num_clients:
             raise ValueError(
                 f"client_ids must list num_clients={self.num_clients} distinct ids, "

@@ -152,11 +152,14 @@ class Federation:
             self._cond.notify_all()
 
     def propose_initial(self, client_id: str, body: wire.Buffer) -> bool:
-        """First proposal wins; later ones are answered but ignored."""
+        """First proposal wins; later ones are checked as the first was, then ignored.
+
+        A proposal that lost the race is answered False only if it could have started
+        the run: junk is refused whenever it comes, as the error table says.
+        """
         with self._cond:
+            self._raise_if_failed()
             self._require_client(client_id)
-            if self._model.weights is not None:
-                return False
         weights = updates.validated_initial(self._decode(body))
         with self._cond:
             if self._model.weights is not None:
@@ -249,26 +252,43 @@ class Federation:
         num_examples: int,
         metrics: dict[str, float],
         body: wire.Buffer,
+        max_examples: int | None = None,
     ) -> dict[str, Any]:
-        """Validate an update and fold it into the round, once per client and round."""
+        """Validate an update and fold it into the round, once per client and round.
+
+        A resend of an update already counted is checked like the first copy and must
+        be the same update (body and example count): it is then answered as a
+        duplicate, else refused (409 conflict). Neither changes the round.
+
+        Args:
+            client_id: Who sends it (its X-FL-Client-Id).
+            server_round: The round it was trained for (X-FL-Round).
+            num_examples: The examples it was trained on: FedAvg's weight.
+            metrics: Its training metrics.
+            body: The safetensors body.
+            max_examples: The most examples this client declared at enrolment; None:
+                the server's ``max_examples`` alone.
+        """
         with self._cond:
             self._require_client(client_id)
-            duplicate = self._check_round_open(client_id, server_round)
-            if duplicate:
-                return duplicate
-        if num_examples < 1:
-            self._refuse(client_id, server_round, "bad_examples", "num_examples < 1")
-            raise BadRequest(f"num_examples must be a positive integer, got {num_examples}")
+            self._check_round_open(client_id, server_round)
+        try:
+            self._check_examples(num_examples, max_examples)
+        except BadRequest as exc:
+            self._refuse(client_id, server_round, "bad_examples", exc.message)
+            raise
         try:
             weights = self._decode(body)
             updates.check_signature(weights, self._model.signature, what="update")
         except (BadRequest, InvalidUpdate, TooLarge) as exc:
             self._refuse(client_id, server_round, exc.code, exc.message)
             raise
+        # Outside the lock: hashing a large body takes a while and holds nobody up.
+        digest = updates.digest(body)
         with self._cond:
-            duplicate = self._check_round_open(client_id, server_round)
-            if duplicate:
-                return duplicate
+            counted = self._check_round_open(client_id, server_round)
+            if counted is not None:
+                return self._answer_resend(counted, client_id, num_examples, digest)
             current = self._current
             assert current is not None and current.aggregator is not None
             current.folding.add(client_id)
@@ -285,6 +305,7 @@ class Federation:
         with self._cond:
             current.folding.discard(client_id)
             current.contributors[client_id] = num_examples
+            current.digests[client_id] = digest
             current.train.add(metrics, num_examples)
             current.bytes_in += len(body)
             self._counters.bytes_in += len(body)
@@ -306,28 +327,58 @@ class Federation:
             if server_round is not None:
                 self._check_round_open(client_id, server_round, early=True)
 
+    def _answer_resend(
+        self, counted: RoundRecord, client_id: str, num_examples: int, digest: bytes
+    ) -> dict[str, Any]:
+        """A duplicate's answer if the resend is the update counted; else 409 conflict.
+
+        A round restored from a checkpoint has no digests: its resends are compared by
+        example count alone.
+        """
+        number = counted.number
+        first = counted.digests.get(client_id, digest)
+        if counted.contributors[client_id] != num_examples or first != digest:
+            reason = (
+                f"round {number} already counted a different update from client "
+                f"{client_id!r} (a resend must repeat it exactly: same body, same "
+                f"{protocol.NUM_EXAMPLES_HEADER})"
+            )
+            self._refuse(client_id, number, "resend_differs", reason, locked=True)
+            raise Conflict(reason, round=number)
+        self._counters.updates_duplicate += 1
+        return {"accepted": True, "duplicate": True, "round": number}
+
+    def _check_examples(self, num_examples: int, declared: int | None) -> None:
+        """400 unless 1 <= num_examples <= the client's limit (the server's, or lower)."""
+        limit = self.config.max_examples
+        if declared is not None:
+            limit = min(limit, declared)
+        if not 1 <= num_examples <= limit:
+            shown = str(num_examples) if num_examples < 10**40 else "a number over 10**40"
+            raise BadRequest(
+                f"num_examples must be a positive integer <= max_examples={limit}, got {shown}",
+                max_examples=limit,
+            )
+
     def _check_round_open(
         self, client_id: str, server_round: int, early: bool = False
-    ) -> dict[str, Any] | None:
-        """Raise unless ``server_round`` is collecting; a resend gets the first answer back.
+    ) -> RoundRecord | None:
+        """Raise unless ``server_round`` is collecting; the round if it counted this client.
 
-        ``early``: from the headers, before the body; no waiting and nothing counted
-        for what passes (the check with the body does that).
+        ``early``: from the headers, before the body (server/header_check.py): no waiting
+        for a fold. What passes is counted only by the check with the body.
         """
         self._raise_if_failed()
         current = self._current
         while not early and current is not None and current.number == server_round:
             if client_id not in current.folding:
                 break
-            # A resend while the first copy is being folded: answer it as a duplicate
-            # once the fold is done (a fold takes milliseconds, not a timeout's worth).
+            # A resend while the first copy is being folded: answer it once the fold is
+            # done (a fold takes milliseconds, not a timeout's worth).
             self._cond.wait(1.0)
         for past in [*self._rounds, self._closing, self._current]:
             if past is not None and past.number == server_round and client_id in past.contributors:
-                if early:
-                    return None
-                self._counters.updates_duplicate += 1
-                return {"accepted": True, "duplicate": True, "round": server_round}
+                return past
         if self._phase is Phase.FIT and server_round == self._round:
             current = self._current
             if current is not None and client_id not in current.sampled:
@@ -373,12 +424,26 @@ class Federation:
     # -------------------------------------------------------------- evaluation
 
     def submit_evaluation(
-        self, client_id: str, server_round: int, num_examples: int, metrics: dict[str, float]
+        self,
+        client_id: str,
+        server_round: int,
+        num_examples: int,
+        metrics: dict[str, float],
+        max_examples: int | None = None,
     ) -> dict[str, Any]:
-        """Record a client's evaluation of the global model after ``server_round``."""
-        if num_examples < 1:
-            raise BadRequest(f"num_examples must be a positive integer, got {num_examples}")
+        """Record a client's evaluation of the global model after ``server_round``.
+
+        Args:
+            client_id: Who evaluated.
+            server_round: The round whose global model it evaluated (0: the initial one).
+            num_examples: The examples it evaluated on: the weight of its metrics.
+            metrics: Its evaluation metrics.
+            max_examples: The most examples this client declared at enrolment; None:
+                the server's ``max_examples`` alone.
+        """
+        self._check_examples(num_examples, max_examples)
         with self._cond:
+            self._raise_if_failed()
             self._require_client(client_id)
             completed = self._round if self._phase is Phase.FINISHED else self._round - 1
             if not 0 <= server_round <= completed or self._model.weights is None:

@@ -7,18 +7,21 @@ A round's record is what history.json shows of it and what a checkpoint saves
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from fl_kubeflow import protocol
 from fl_kubeflow.metrics import WeightedMetrics
 from fl_kubeflow.server.errors import BadRequest
 
 if TYPE_CHECKING:
     from fl_kubeflow.strategies import RoundAggregator
 
-CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# What protocol.valid_client_id accepts, in words for refusals.
+CLIENT_ID_RULE = (
+    "1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
 # Refusals kept per round in the history: a misbehaving client must not grow it forever.
 MAX_REFUSALS_KEPT = 100
 
@@ -29,12 +32,9 @@ def now_iso() -> str:
 
 
 def check_client_id(client_id: str) -> str:
-    """``client_id`` if it is a valid id (1-63 letters, digits, '.', '_', '-'); else 400."""
-    if not CLIENT_ID.match(client_id or ""):
-        raise BadRequest(
-            f"client id {client_id!r} must be 1-63 characters of letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
-        )
+    """``client_id`` if it is a whole valid id (protocol.valid_client_id); else 400."""
+    if not protocol.valid_client_id(client_id):
+        raise BadRequest(f"client id {client_id!r} must be {CLIENT_ID_RULE}")
     return client_id
 
 
@@ -65,6 +65,9 @@ class RoundRecord:
     num_examples: int = 0
     strategy_report: dict[str, Any] = field(default_factory=dict)
     contributors: dict[str, int] = field(default_factory=dict)
+    # Each contributor's updates.digest, to tell an honest resend from a different update.
+    # Not saved in checkpoints: a restored round compares resends by example count only.
+    digests: dict[str, bytes] = field(default_factory=dict)
     # Clients whose update is being folded in now (outside the lock).
     folding: set[str] = field(default_factory=set)
     refused: list[dict[str, str]] = field(default_factory=list)

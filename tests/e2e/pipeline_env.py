@@ -1,8 +1,8 @@
 """What the pipeline scenarios need on the node cluster besides the runner.
 
 The limits and base arguments of a run, a namespace with its artifact store and service
-account (``make_env``), the pipeline compiled for the test image with small pod resources (``compile.py``, as a
-user compiles it), the service account the run's pods use with the Role of
+account (``make_env``), the pipeline compiled for the test image with small pod resources
+(``compile.py``, as a user compiles it), the service account the run's pods use with the Role of
 ``docs/rbac.md`` (read from that file, so the documented Role is the one tested), a
 hostPath PersistentVolume + claim for checkpoints, the artifact store folder, and readers
 for a finished run's outputs.

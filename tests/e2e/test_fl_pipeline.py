@@ -15,7 +15,6 @@ import html.parser
 import os
 import re
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,19 +56,6 @@ def env(node_cluster, fl_ir) -> Iterator[Env]:
     environment = make_env(node_cluster, fl_ir)
     yield environment
     node_cluster.delete_namespace(environment.namespace)
-
-
-def _timed(request: pytest.FixtureRequest, started: float) -> None:
-    request.node.user_properties.append(("scenario_seconds", round(time.monotonic() - started)))
-
-
-@pytest.fixture(autouse=True)
-def scenario_time(request) -> Iterator[None]:
-    """Each scenario's wall time, in the JUnit report and the terminal summary."""
-    started = time.monotonic()
-    yield
-    _timed(request, started)
-    print(f"\n{request.node.name}: {time.monotonic() - started:.0f} s")
 
 
 def _all_pods(result: RunResult) -> list[tuple[str, str]]:

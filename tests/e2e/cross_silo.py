@@ -1,8 +1,7 @@
 """What the cross-namespace federation scenario needs on the node cluster besides the runner.
 
 A self-signed CA and a server certificate for the server's Service names (made here with
-``cryptography``, as the self-signed path of docs/kubeflow.md does with openssl), Secrets
-created in one namespace only, and the rogue client: a plain Pod of the project's image
+``cryptography``), and the rogue client: a plain Pod of the project's image
 running ``rogue_client.py`` (standard library only) from a ConfigMap, whose JSON-lines log
 says what the server and the Kubernetes API answered it.
 """
@@ -108,27 +107,6 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
         f"{service}.{namespace}.svc.cluster.local",
         f"{service}.{namespace}",
     ]
-
-
-def create_secret(
-    core: CoreV1Api,
-    namespace: str,
-    name: str,
-    string_data: dict[str, str],
-    secret_type: str = "Opaque",
-) -> None:
-    """A Secret in ``namespace`` only (the data owner's own namespace)."""
-    body = {
-        "metadata": {"name": name},
-        "type": secret_type,
-        "stringData": string_data,
-    }
-    core.create_namespaced_secret(namespace, body)
-
-
-def replace_secret(core: CoreV1Api, namespace: str, name: str, string_data: dict[str, str]) -> None:
-    """Overwrite a Secret's data (``kubectl apply`` of a new version)."""
-    core.patch_namespaced_secret(name, namespace, {"stringData": string_data})
 
 
 @dataclass(frozen=True)

@@ -1,52 +1,50 @@
 """A cross-silo federation on the one-node cluster (issue 15, item 4).
 
-The server pipeline (``fl_server_pipeline.yaml``) runs in namespace A with a registry Secret
-made by ``fl-kubeflow credentials issue`` and TLS from a Secret (a self-signed CA and a
-server certificate for the Service's DNS names, made here); client pipelines
-(``fl_client_pipeline.yaml``) run in namespaces B and C, each with its own credential Secret
-(in its own namespace only) and the CA, and reach A's server through its Service
-``fl-<run>.<A>.svc``. Their service accounts have no rights in A.
+The server pipeline (``fl_server_pipeline.yaml``) runs in namespace A with the registry
+Secret that ``fl-kubeflow credentials issue --secret-manifests`` wrote and TLS from a
+``kubernetes.io/tls`` Secret (a self-signed CA and a server certificate for the Service's
+DNS names and the node IP, made here); its Service is a NodePort, so it is reachable both
+as ``fl-server.<A>.svc`` from other namespaces and at the node IP from outside the cluster
+(the test process). Client pipelines (``fl_client_pipeline.yaml``) run in namespaces B and
+C, each with its own credential Secret applied in its own namespace only, as service
+accounts with no Role anywhere; B passes the server address, C takes it from its
+credential's ``server`` key.
 
-A rogue client, enrolled as a third client ``ROGUE`` whose credential Secret is in C, is a
-plain Pod of the project's image (``rogue_client.py``): it cannot list A's Secrets, is
-refused with an unknown token (401) and under another client's id with its own token (403),
-joins, and is revoked during round 1 by applying the revoked registry Secret in A; its
-later requests get 401 ``revoked`` and round 1 closes with the quorum of the two others.
+A rogue client, enrolled as a third client whose credential Secret is in C, is a plain Pod
+of the project's image (``rogue_client.py``) under C's account: it cannot list A's Secrets,
+is refused with an unknown token (401) and under B's id with its own token (403), joins,
+and is revoked during round 1 by ``fl-kubeflow credentials revoke`` replacing the registry
+Secret in A; its later requests get 401 ``revoked`` and round 1 closes with the quorum of
+the other two, before the round timeout.
 
-One run does both the refusals and the equality (chosen to keep the test lean): the rogue
-never sends an update, so the contributors are B's and C's clients in every round, and the
-final model must equal (bitwise, else to 1e-6) the all-in-one pipeline's
-(``fl_pipeline.yaml``) run at the same time in a fourth namespace with the same data and
-seed.
+One run does both the refusals and the equality, to keep the test lean: the rogue never
+sends an update, so B's and C's clients are the contributors of every round, and the final
+model must equal (bitwise, else to 1e-6) that of the all-in-one pipeline
+(``fl_pipeline.yaml``), run at the same time in a fourth namespace on the same data and seed.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
-import uuid
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fl_kubeflow.kube.naming import service_name
-from tests.e2e.cross_silo import (
-    create_secret,
-    make_tls,
-    replace_secret,
-    service_dns_names,
-    start_rogue_pod,
-)
+from tests.e2e.cross_silo import make_tls, service_dns_names, start_rogue_pod
+from tests.e2e.images import BRIDGE_IP
 from tests.e2e.kfp_ir import PipelineIR
 from tests.e2e.kfp_retry import SUCCEEDED
-from tests.e2e.kfp_runner import RunResult
+from tests.e2e.kfp_runner import RunResult, wait_until
 from tests.e2e.pipeline_env import (
     BASE_ARGUMENTS,
     FAULT_TIMEOUT,
-    REPO,
-    TEST_RESOURCES,
+    SETUP_TIMEOUT,
+    Env,
     compile_for,
     history,
     make_env,
@@ -54,48 +52,34 @@ from tests.e2e.pipeline_env import (
 )
 
 CLIENT_ACCOUNT = "data-owner"  # the client namespaces' run account: no Role anywhere
-CLIENTS = {"b": "0", "c": "1"}  # namespace -> client id (and data shard of BASE_ARGUMENTS)
-ROGUE = "2"
+SILOS = {"b": "silo-b", "c": "silo-c"}  # namespace key -> client id
+SHARDS = {"silo-b": 0, "silo-c": 1}  # the all-in-one run's clients 0 and 1 train on these
+ROGUE = "rogue-c"
+SERVICE = "fl-server"  # the server pipeline's default service_name
 PORT = 8080
 REGISTRY_SECRET = "fl-registry"
 TLS_SECRET = "fl-server-tls"
+SERVER_PIPELINE = "fl_server_pipeline.yaml"
+CLIENT_PIPELINE = "fl_client_pipeline.yaml"
 
 
-def _credentials(tmp_path: Path, ids: list[str]) -> tuple[Path, dict[str, Path]]:
-    """``fl-kubeflow credentials issue``: the registry file and a folder per client."""
-    out = tmp_path / "credentials"
-    subprocess.run(
-        [sys.executable, "-m", "fl_kubeflow", "credentials", "issue", "--out", str(out),
-         "--clients", ",".join(ids)],
-        check=True, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    return out / "registry.json", {i: out / i for i in ids}
-
-
-def _revoke(registry: Path, client_id: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "fl_kubeflow", "credentials", "revoke", "--registry",
-         str(registry), client_id],
-        check=True, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
-def _folder_data(folder: Path, **extra: str) -> dict[str, str]:
-    return {**{f.name: f.read_text() for f in folder.iterdir() if f.is_file()}, **extra}
-
-
-def _compile(image: str, output: Path, which: str) -> PipelineIR:
-    """``python compile.py --image IMAGE --pipeline WHICH`` with the small resources."""
-    flags = [f"--{name}={value}" for name, value in TEST_RESOURCES.items()]
-    command = [sys.executable, str(REPO / "compile.py"), "--image", image, "--output", str(output)]
-    subprocess.run(
-        [*command, "--pipeline", which, *flags],
-        check=True,
+def _cli(*args: str) -> str:
+    """``fl-kubeflow ARGS`` as an operator runs it; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fl_kubeflow", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
     )
-    return PipelineIR.load(output)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _manifest(out: Path, name: str, namespace: str) -> dict[str, Any]:
+    """A Secret manifest that ``credentials issue --secret-manifests`` wrote, for ``namespace``."""
+    manifest = json.loads((out / "secrets" / f"{name}.json").read_text())
+    manifest["metadata"]["namespace"] = namespace
+    return manifest
 
 
 def _weights(result: RunResult) -> dict[str, np.ndarray]:
@@ -113,102 +97,105 @@ def _assert_same_weights(final: dict[str, np.ndarray], expected: dict[str, np.nd
             np.testing.assert_allclose(final[name], value, rtol=0, atol=1e-6, err_msg=name)
 
 
+def _node_port(core: Any, namespace: str) -> int:
+    def probe() -> int | None:
+        try:
+            service = core.read_namespaced_service(SERVICE, namespace)
+        except Exception:  # not created yet
+            return None
+        return service.spec.ports[0].node_port
+
+    return wait_until(probe, SETUP_TIMEOUT, f"Service {namespace}/{SERVICE} and its node port")
+
+
 def test_cross_namespace_federation_with_per_client_credentials_tls_and_revocation(
     node_cluster, tmp_path
 ):
-    image = node_cluster.image
-    core = node_cluster.core_v1()
-    irs = {
-        "all-in-one": compile_for(image, tmp_path / "fl_pipeline.yaml"),
-        "server": _compile(image, tmp_path / "fl_server_pipeline.yaml", "server"),
-        "client": _compile(image, tmp_path / "fl_client_pipeline.yaml", "client"),
-    }
-    reference_env = make_env(node_cluster, irs["all-in-one"], "ref")
-    server_env = make_env(node_cluster, irs["server"], "silo-a")
-    client_envs = {
-        key: make_env(
-            node_cluster, irs["client"], f"silo-{key}", account=CLIENT_ACCOUNT, with_role=False
-        )
-        for key in CLIENTS
-    }
-    envs = [reference_env, server_env, *client_envs.values()]
+    all_in_one = compile_for(node_cluster.image, tmp_path / "fl_pipeline.yaml")
+    server_ir = PipelineIR.load(tmp_path / SERVER_PIPELINE)
+    client_ir = PipelineIR.load(tmp_path / CLIENT_PIPELINE)
+    envs = [make_env(node_cluster, all_in_one, "ref"), make_env(node_cluster, server_ir, "silo-a")]
     try:
-        _run_scenario(node_cluster, core, image, tmp_path, reference_env, server_env, client_envs)
+        for key in SILOS:
+            envs.append(
+                make_env(
+                    node_cluster, client_ir, f"silo-{key}", account=CLIENT_ACCOUNT, with_role=False
+                )
+            )
+        reference, server, *silos = envs
+        _scenario(node_cluster, tmp_path, reference, server, dict(zip(SILOS, silos, strict=True)))
     finally:
         for env in envs:
             node_cluster.delete_namespace(env.namespace)
 
 
-def _run_scenario(
-    cluster: Any,
-    core: Any,
-    image: str,
-    tmp_path: Path,
-    reference_env: Any,
-    server_env: Any,
-    client_envs: dict[str, Any],
+def _scenario(
+    cluster: Any, tmp_path: Path, reference_env: Env, server_env: Env, silo_envs: dict[str, Env]
 ) -> None:
+    core = cluster.core_v1()
     a = server_env.namespace
-    run_id = str(uuid.uuid4())
-    service = service_name(run_id)
-    address = f"https://{service}.{a}.svc:{PORT}"
-    tls = make_tls(service_dns_names(service, a))
+    address = f"https://{SERVICE}.{a}.svc:{PORT}"
+    tls = make_tls(service_dns_names(SERVICE, a), (BRIDGE_IP,))
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(tls.ca_pem)
 
-    registry, folders = _credentials(tmp_path, [*CLIENTS.values(), ROGUE])
-    create_secret(core, a, REGISTRY_SECRET, {"registry.json": registry.read_text()})
-    create_secret(
-        core, a, TLS_SECRET, {"tls.crt": tls.cert_pem, "tls.key": tls.key_pem}, "kubernetes.io/tls"
+    # The server's operator issues the credentials and hands each Secret to its owner.
+    out, registry = tmp_path / "credentials", tmp_path / "registry.json"
+    _cli(
+        "credentials", "issue", "--registry", str(registry), "--out", str(out),
+        "--ca", str(ca_file), "--server", address, "--secret-manifests",
+        "--registry-secret", REGISTRY_SECRET, *SILOS.values(), ROGUE,
+    )  # fmt: skip
+    core.create_namespaced_secret(a, _manifest(out, REGISTRY_SECRET, a))
+    core.create_namespaced_secret(
+        a,
+        {
+            "metadata": {"name": TLS_SECRET},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": tls.cert_pem, "tls.key": tls.key_pem},
+        },
     )
-    for key, client_id in CLIENTS.items():
-        create_secret(
-            core,
-            client_envs[key].namespace,
-            f"fl-credential-{client_id}",
-            _folder_data(folders[client_id], **{"ca.crt": tls.ca_pem, "server": address}),
-        )
-    rogue_namespace = client_envs["c"].namespace
-    create_secret(
-        core,
-        rogue_namespace,
-        "rogue-credential",
-        _folder_data(folders[ROGUE], **{"ca.crt": tls.ca_pem, "server": address}),
-    )
+    secrets = {client_id: f"fl-credential-{client_id}" for client_id in [*SILOS.values(), ROGUE]}
+    owners = {c: silo_envs[k].namespace for k, c in SILOS.items()}
+    owners[ROGUE] = silo_envs["c"].namespace  # the rogue's own, in C only
+    for client_id, namespace in owners.items():
+        core.create_namespaced_secret(namespace, _manifest(out, secrets[client_id], namespace))
 
     reference = reference_env.runner().start(BASE_ARGUMENTS)
     server_run = server_env.runner().start(
         {
-            **{k: BASE_ARGUMENTS[k] for k in ("num_rounds", "seed", "join_timeout")},
-            "round_timeout": BASE_ARGUMENTS["round_timeout"],
-            "num_clients": len(CLIENTS) + 1,
-            "min_clients": len(CLIENTS),
-            "registry_secret": REGISTRY_SECRET,
+            **{k: v for k, v in BASE_ARGUMENTS.items() if k != "num_clients"},
+            "num_clients": len(SILOS) + 1,
+            "min_clients": len(SILOS),
+            "service_type": "NodePort",
             "tls_secret": TLS_SECRET,
-            "service_type": "ClusterIP",
-        },
-        run_id=run_id,
+            "credentials_secret": REGISTRY_SECRET,
+            "credentials_reload": 1.0,
+        }
     )
     client_runs = {
-        key: client_envs[key]
+        client_id: silo_envs[key]
         .runner()
         .start(
             {
-                "server_address": address,
-                "credential_secret": f"fl-credential-{client_id}",
-                "client_id": int(client_id),
-                "num_clients": BASE_ARGUMENTS["num_clients"],
+                "credential_secret": secrets[client_id],
+                # B is told the address; C's client takes its credential's server key.
+                "server_address": address if key == "b" else "",
+                "shard": SHARDS[client_id],
+                "num_shards": BASE_ARGUMENTS["num_clients"],
                 "dataset": BASE_ARGUMENTS["dataset"],
                 "seed": BASE_ARGUMENTS["seed"],
             }
         )
-        for key, client_id in CLIENTS.items()
+        for key, client_id in SILOS.items()
     }
     rogue = start_rogue_pod(
         core,
-        namespace=rogue_namespace,
-        image=image,
-        credential_secret="rogue-credential",
+        namespace=silo_envs["c"].namespace,
+        image=cluster.image,
+        credential_secret=secrets[ROGUE],
         server=address,
-        impersonate=CLIENTS["b"],
+        impersonate=SILOS["b"],
         foreign_namespace=a,
         revocation_timeout=FAULT_TIMEOUT,
         service_account=CLIENT_ACCOUNT,
@@ -216,45 +203,50 @@ def _run_scenario(
 
     joined = rogue.wait_for("join", FAULT_TIMEOUT)
     assert joined["status"] == 200, rogue.log()
-    _revoke(registry, ROGUE)
-    replace_secret(core, a, REGISTRY_SECRET, {"registry.json": registry.read_text()})
+    # From outside the cluster: the node IP and the node port, the CA verifying the server.
+    node_url = f"https://{BRIDGE_IP}:{_node_port(core, a)}/healthz"
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with urllib.request.urlopen(node_url, timeout=30, context=context) as answer:
+        assert answer.status == 200
+    _cli(
+        "credentials", "revoke", "--registry", str(registry), "--registry-secret",
+        REGISTRY_SECRET, "--kube-namespace", a, "--kubeconfig", str(cluster.kubeconfig), ROGUE,
+    )  # fmt: skip
     revoked = rogue.wait_for("revoked", FAULT_TIMEOUT)
 
-    server = server_run.wait()
-    clients = {key: run.wait() for key, run in client_runs.items()}
+    served = server_run.wait()
+    clients = {client_id: run.wait() for client_id, run in client_runs.items()}
     expected = reference.wait()
-    records = rogue.records()
-    log = rogue.log()
+    records, rogue_log = rogue.records(), rogue.log()
 
-    # The data owners' service accounts have no rights in A.
-    assert records["foreign_secrets"]["status"] == 403, log
-    # Refused on the headers, changing nothing (the weights below show it).
-    assert (records["unknown_token"]["status"], records["unknown_token"]["error"]) == (
-        401,
-        "unauthorized",
-    ), log
+    assert records["foreign_secrets"]["status"] == 403, rogue_log  # no rights in A
+    unknown = records["unknown_token"]
+    assert (unknown["status"], unknown["error"]) == (401, "unauthorized"), rogue_log
     for probe in ("impersonate_join", "impersonate_update"):
-        assert records[probe]["status"] == 403, log
-    assert (revoked["status"], revoked["error"]) == (401, "revoked"), log
+        assert records[probe]["status"] == 403, rogue_log
+    assert (revoked["status"], revoked["error"]) == (401, "revoked"), rogue_log
+    assert revoked["accepted_before"] >= 1, rogue_log  # it was in before the revocation
 
-    assert server.phase == SUCCEEDED, server
+    assert served.phase == SUCCEEDED, served
+    server_task, _ = server_outputs(served)
+    assert server_task.outputs.parameters["server_address"].startswith(f"https://{BRIDGE_IP}:"), (
+        server_task.outputs
+    )
     for result in clients.values():
         assert result.phase == SUCCEEDED, result
-        for task in result.tasks:
-            for attempt in task.attempts:
-                assert address in attempt.log or not attempt.log, attempt.log
+        assert address in result.one("fl-client").logs, result
     assert expected.phase == SUCCEEDED, expected
 
-    record = history(server)
+    record = history(served)
     assert record["status"] == "finished", record
-    ids = sorted(CLIENTS.values())
-    assert [sorted(r["contributors"]) for r in record["rounds"][1:]] == [ids, ids], record
-    server_log = server.one("fl-server").logs
-    assert address in server_log or service in server_log, server_log
-    for folder in {"token"} and [registry.parent]:
-        for credential in folder.glob("*/token"):
-            token = credential.read_text().strip()
-            assert token not in server_log, "a token in the server's log"
-            assert token not in log, "a token in the rogue's log"
-    _assert_same_weights(_weights(server), _weights(expected))
-    print(json.dumps({"rogue": records}, indent=1))
+    assert record["revoked"] == [ROGUE], record
+    contributors = sorted(SILOS.values())
+    assert [r["contributors"] for r in record["rounds"][1:]] == [contributors] * 2, record
+    first = record["rounds"][1]
+    # Closed by the revocation with the quorum, not by the round timeout.
+    assert first["duration_s"] < BASE_ARGUMENTS["round_timeout"], first
+    logs = [server_task.logs, rogue_log, *(r.one("fl-client").logs for r in clients.values())]
+    for token_file in out.glob("*/token"):
+        token = token_file.read_text().strip()
+        assert all(token not in log for log in logs), f"{token_file.parent.name}'s token in a log"
+    _assert_same_weights(_weights(served), _weights(expected))

@@ -41,6 +41,8 @@ POLL_TIMEOUT = 30.0
 MAX_UPDATE_MB = 512.0
 RECEIVE_SLOTS = 2
 SLOT_PATIENCE = 2.0
+# Seconds between checks of the credential registry file for changes (revocations).
+CREDENTIALS_RELOAD = 2.0
 
 # Client timeouts, in seconds. A pipeline's clients retry for PIPELINE_JOIN_TIMEOUT:
 # they may start minutes before the server pod is scheduled.

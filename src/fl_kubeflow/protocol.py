@@ -62,6 +62,10 @@ def valid_client_id(client_id: str) -> bool:
 # Error codes: the ``error`` of a refusal's JSON body.
 BAD_REQUEST = "bad_request"
 UNAUTHORIZED = "unauthorized"
+# The token is known but its credential was revoked (during the run, or before it).
+REVOKED = "revoked"
+# The token is valid but not for this: another client's id, or an observer on a client path.
+FORBIDDEN = "forbidden"
 UNKNOWN_CLIENT = "unknown_client"
 WRONG_ROUND = "wrong_round"
 CONFLICT = "conflict"

@@ -101,11 +101,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="folder for weights.safetensors and history.json",
     )
     parser.add_argument(
+        "--credentials",
+        type=Path,
+        default=None,
+        metavar="REGISTRY.json",
+        help="credential registry (fl-kubeflow credentials issue): one token per client, "
+        "each acting only as itself; read again when it changes, so a client revoked there "
+        "is refused and dropped from the run",
+    )
+    parser.add_argument(
+        "--credentials-reload",
+        type=positive_float,
+        default=defaults.CREDENTIALS_RELOAD,
+        help="seconds between checks of --credentials for changes",
+    )
+    parser.add_argument(
         "--token-file",
         type=Path,
         default=None,
-        help="file holding the run's bearer token (or set FL_KUBEFLOW_TOKEN); "
-        "without either, any client that reaches the server may join",
+        help="legacy: file holding one bearer token all clients share, any of them able to "
+        "act as any other (or set FL_KUBEFLOW_TOKEN; ignored with --credentials); without "
+        "it or --credentials, any client that reaches the server may join",
     )
     parser.add_argument(
         "--tls-cert",
@@ -207,7 +223,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.initial_weights is not None and not args.initial_weights.is_file():
         parser.error(f"--initial-weights {str(args.initial_weights)!r} is not a file")
     try:
-        token = read_token(args.token_file)
+        # The registry replaces the shared token: one in the environment is not used.
+        token = None if args.credentials else read_token(args.token_file)
+        if args.credentials and args.token_file:
+            parser.error("--credentials and --token-file: give one")
         strategy_options, strategy = strategy_from_args(args, args.clients)
         config = config_from_args(
             args,
@@ -219,6 +238,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             initial_weights=args.initial_weights,
             output_dir=args.output,
             token=token,
+            credentials=args.credentials,
+            credentials_reload=args.credentials_reload,
             checkpoint_dir=args.checkpoint_dir,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -229,9 +250,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    if token is None:
+    if token is None and args.credentials is None:
         logging.getLogger("fl_kubeflow.server").warning(
-            "no token (--token-file or %s): any client that reaches the server may join",
+            "no credentials (--credentials, or --token-file or %s): any client that reaches "
+            "the server may join",
             TOKEN_ENV,
         )
 

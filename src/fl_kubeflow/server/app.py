@@ -6,12 +6,13 @@ bodies; everything else is small JSON or headers.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
@@ -21,8 +22,9 @@ from fl_kubeflow.protocol import Phase
 from fl_kubeflow.server import body_transport, prometheus_text
 from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
-from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge, Unauthorized
+from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge
 from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.identity import Identities, identities_for
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -32,22 +34,39 @@ MAX_METRICS_HEADER = 4096
 SEND_PIECE = 1 << 20
 
 
-def create_app(federation: Federation, config: ServerConfig) -> Flask:
-    """Build the Flask app serving ``federation``."""
+def create_app(
+    federation: Federation, config: ServerConfig, identities: Identities | None = None
+) -> Flask:
+    """Build the Flask app serving ``federation``.
+
+    Args:
+        federation: The run.
+        config: Its configuration.
+        identities: Who may call /v1 (server/identity.py); None: those ``config`` names
+            (its credential registry, not reloaded, or its shared token).
+    """
+    if identities is None:
+        identities = identities_for(config)
     app = Flask("fl_kubeflow.server")
     # Backstop only: handlers check sizes themselves to answer with a JSON reason.
     app.config["MAX_CONTENT_LENGTH"] = config.max_update_bytes + MAX_JSON_BYTES
 
     @app.before_request
     def _authenticate() -> None:
-        if config.token is None or not request.path.startswith(protocol.RUN_PREFIX):
-            return
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {config.token}"
-        # compare_digest: the time taken must not reveal how much of a guess was right.
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            federation.count_rejection(protocol.UNAUTHORIZED)
-            raise Unauthorized("missing or wrong bearer token in the Authorization header")
+        # On the headers alone, before any body is read: 401, then 403.
+        with _counted(federation):
+            g.principal = identities.authenticate(
+                request.headers.get("Authorization"),
+                request.headers.get(protocol.CLIENT_ID_HEADER),
+                request.path,
+            )
+
+    def claimed_id(body: dict[str, Any]) -> str:
+        """A JSON body's ``client_id``, which the request's credential must be (403)."""
+        client_id = _str_field(body, "client_id")
+        with _counted(federation):
+            identities.check_claim(g.principal, client_id)
+        return client_id
 
     @app.errorhandler(RequestError)
     def _request_error(exc: RequestError) -> tuple[Response, int]:
@@ -87,8 +106,7 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
     @app.post(protocol.JOIN_PATH)
     def join() -> Response:
-        body = _json_body()
-        return jsonify(federation.join(_str_field(body, "client_id")))
+        return jsonify(federation.join(claimed_id(_json_body())))
 
     bodies_in_memory = body_transport.memory_gate(config)
 
@@ -140,7 +158,7 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
     def evaluate() -> Response:
         body = _json_body()
         result = federation.submit_evaluation(
-            _str_field(body, "client_id"),
+            claimed_id(body),
             _int_field(body, "round"),
             _int_field(body, "num_examples"),
             _validated_metrics(body.get("metrics", {})),
@@ -149,10 +167,20 @@ def create_app(federation: Federation, config: ServerConfig) -> Flask:
 
     @app.post(protocol.LEAVE_PATH)
     def leave() -> Response:
-        federation.leave(_str_field(_json_body(), "client_id"))
+        federation.leave(claimed_id(_json_body()))
         return jsonify({"left": True})
 
     return app
+
+
+@contextmanager
+def _counted(federation: Federation) -> Iterator[None]:
+    """Count a refusal by its code in the run's /metrics, and let it go on."""
+    try:
+        yield
+    except RequestError as exc:
+        federation.count_rejection(exc.code)
+        raise
 
 
 def _client_id() -> str:

@@ -67,9 +67,9 @@ class Clients:
         log.info("client %s joined (%d/%d)", client_id, len(self.records), self.config.num_clients)
         return True
 
-    def ids(self) -> list[str]:
-        """Every client that joined, sorted."""
-        return sorted(self.records)
+    def eligible(self) -> list[str]:
+        """Every client that joined and was not revoked, sorted."""
+        return sorted(c for c, s in self.records.items() if not s.revoked)
 
     def active(self) -> list[str]:
         """The clients taking part now, sorted."""

@@ -37,7 +37,12 @@ class ServerConfig:
         poll_timeout: Longest a model long-poll is held before answering 204.
         strategy: Aggregation rule name.
         strategy_options: Keyword options for the strategy.
-        token: Bearer token every /v1 request must carry; None leaves the run open.
+        token: The legacy shared bearer token every /v1 request must carry (any
+            client id may use it); None and no ``credentials`` leave the run open.
+        credentials: Credential registry file (``fl-kubeflow credentials issue``):
+            one token per client, each acting only as itself; read again when it
+            changes, so a client revoked there is refused and dropped from the run.
+        credentials_reload: Seconds between checks of ``credentials`` for changes.
         checkpoint_dir: Where the run is saved after every round, and resumed from.
         tls_cert: PEM certificate (chain) to serve HTTPS with; needs tls_key.
         tls_key: PEM private key of tls_cert.
@@ -71,6 +76,8 @@ class ServerConfig:
     strategy: str = defaults.STRATEGY
     strategy_options: dict[str, Any] = field(default_factory=dict)
     token: str | None = field(default=None, repr=False)
+    credentials: Path | None = None
+    credentials_reload: float = defaults.CREDENTIALS_RELOAD
     tls_cert: Path | None = None
     tls_key: Path | None = None
     checkpoint_dir: Path | None = None
@@ -95,6 +102,7 @@ class ServerConfig:
             "grace_period",
             "poll_timeout",
             "slot_patience",
+            "credentials_reload",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -107,6 +115,10 @@ class ServerConfig:
                 f"the token must be at least {MIN_TOKEN_LENGTH} characters (128 bits of "
                 f"randomness, e.g. from secrets.token_urlsafe(32)); got {len(self.token)}"
             )
+        if self.token is not None and self.credentials is not None:
+            raise ValueError("give a credential registry or a shared token, not both")
+        if self.credentials is not None and not Path(self.credentials).is_file():
+            raise ValueError(f"credentials {str(self.credentials)!r} is not a file")
         if self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(
                 f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}, got {self.wire_dtype!r}"

@@ -30,6 +30,14 @@ class Unauthorized(RequestError):
     status, code = 401, protocol.UNAUTHORIZED
 
 
+class Revoked(Unauthorized):
+    status, code = 401, protocol.REVOKED
+
+
+class Forbidden(RequestError):
+    status, code = 403, protocol.FORBIDDEN
+
+
 class UnknownClient(RequestError):
     status, code = 403, protocol.UNKNOWN_CLIENT
 

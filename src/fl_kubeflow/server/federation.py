@@ -29,6 +29,7 @@ from fl_kubeflow.server.errors import (
     BadRequest,
     Conflict,
     InvalidUpdate,
+    Revoked,
     RunFailed,
     TooLarge,
     UnknownClient,
@@ -100,6 +101,8 @@ class Federation:
         self._end_deadline = 0.0
         self._final_eval_sampled: set[str] = set()
         self._counters = Counters()
+        # Client ids revoked during the run, joined or not: refused from then on.
+        self._revoked: set[str] = set()
         if resume is not None:
             self._restore(resume)
         elif initial_weights is not None:
@@ -111,6 +114,7 @@ class Federation:
         """Admit a client (or re-admit one that restarted)."""
         check_client_id(client_id)
         with self._cond:
+            self._raise_if_revoked(client_id)
             self._raise_if_failed()
             if self._phase is Phase.FINISHED:
                 raise Conflict("the run has finished; no more clients may join")
@@ -129,6 +133,22 @@ class Federation:
         with self._cond:
             client = self._require_client(client_id)
             client.left, client.active = True, False
+            self._cond.notify_all()
+
+    def revoke(self, client_id: str) -> None:
+        """A client's credential was revoked: it takes no further part, as after a leave.
+
+        What it sent before stays: an update already accepted (or being folded) for
+        the open round counts, evaluations stay recorded. The round no longer waits
+        for it and closes once the other sampled clients report, with quorum. Its
+        later requests are refused with ``revoked``.
+        """
+        with self._cond:
+            self._revoked.add(client_id)
+            client = self._clients.get(client_id)
+            if client is not None:
+                client.left, client.active, client.revoked = True, False, True
+            log.warning("client %s revoked: refused from now on, dropped from the run", client_id)
             self._cond.notify_all()
 
     def propose_initial(self, client_id: str, body: wire.Buffer) -> bool:
@@ -161,6 +181,7 @@ class Federation:
         with self._cond:
             client = self._require_client(client_id)
             while True:
+                self._raise_if_revoked(client_id)
                 if self._phase is Phase.FAILED:
                     client.told_end = True
                     self._cond.notify_all()
@@ -483,7 +504,7 @@ class Federation:
             if current.number >= self.config.num_rounds:
                 self._final_eval_sampled = set(
                     self.strategy.sample_evaluate(
-                        current.number, self._clients.ids(), self.config.quorum
+                        current.number, self._clients.eligible(), self.config.quorum
                     )
                 )
                 self._phase = Phase.FINISHED
@@ -497,7 +518,7 @@ class Federation:
     def _open_round(self, number: int) -> None:
         assert self._model.weights is not None
         self._round = number
-        active = self._clients.active() or self._clients.ids()
+        active = self._clients.active() or self._clients.eligible()
         self._current = RoundRecord(
             number=number,
             started_mono=time.monotonic(),
@@ -505,7 +526,7 @@ class Federation:
             aggregator=self.strategy.start_round(number, self._model.weights),
             sampled=self.strategy.sample_fit(number, active, self.config.quorum),
             eval_sampled=self.strategy.sample_evaluate(
-                number - 1, self._clients.ids(), self.config.quorum
+                number - 1, self._clients.eligible(), self.config.quorum
             ),
         )
         self._phase = Phase.FIT
@@ -522,11 +543,17 @@ class Federation:
     # ----------------------------------------------------------------- helpers
 
     def _require_client(self, client_id: str) -> ClientRecord:
+        self._raise_if_revoked(client_id)
         client = self._clients.get(client_id)
         if client is None:
             self._count_rejection(protocol.UNKNOWN_CLIENT)
             raise UnknownClient(f"client {client_id!r} has not joined this run")
         return client
+
+    def _raise_if_revoked(self, client_id: str) -> None:
+        if client_id in self._revoked:
+            self._count_rejection(protocol.REVOKED)
+            raise Revoked(f"the credential of {client_id!r} was revoked during the run")
 
     def _raise_if_failed(self) -> None:
         if self._phase is Phase.FAILED:

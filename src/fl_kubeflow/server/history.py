@@ -61,6 +61,7 @@ def status(view: RunView, since: int | None = None) -> dict[str, Any]:
         "min_clients": view.config.quorum,
         "joined": sorted(view.clients),
         "active": sorted(c for c, s in view.clients.items() if s.active),
+        "revoked": revoked(view),
         "submitted": sorted(current.contributors) if current else [],
         "completed_rounds": len(view.rounds),
         "error": view.error,
@@ -81,10 +82,16 @@ def history(view: RunView) -> dict[str, Any]:
         "strategy": view.strategy,
         "strategy_options": view.strategy_options,
         "clients": sorted(view.clients),
+        "revoked": revoked(view),
         "started_at": view.started_at,
         "finished_at": view.finished_at,
         "rounds": records(view),
     }
+
+
+def revoked(view: RunView) -> list[str]:
+    """The clients whose credential was revoked during the run."""
+    return sorted(c for c, s in view.clients.items() if s.revoked)
 
 
 def records(view: RunView, since: int = 0) -> list[dict[str, Any]]:

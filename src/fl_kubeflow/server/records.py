@@ -40,12 +40,14 @@ def check_client_id(client_id: str) -> str:
 
 @dataclass
 class ClientRecord:
-    """A client that joined: whether it takes part, has left, has heard how the run ended."""
+    """A client that joined: whether it takes part, has left (or was revoked), has heard
+    how the run ended."""
 
     joined_at: float
     active: bool = True
     left: bool = False
     told_end: bool = False
+    revoked: bool = False
 
 
 @dataclass

@@ -13,6 +13,7 @@ from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.http_server import start_http_server
+from fl_kubeflow.server.identity import identities_for
 from fl_kubeflow.server.memory import peak_rss_bytes, release_large_allocations
 from fl_kubeflow.strategies import Strategy
 
@@ -67,7 +68,14 @@ def serve(
     if resume is None and config.initial_weights:
         initial = load_initial_weights(config.initial_weights)
     federation = Federation(config, strategy, initial, resume=resume)
-    server = start_http_server(create_app(federation, config), config)
+    # A client revoked in the registry file during the run is dropped from it.
+    identities = identities_for(config, on_revoke=federation.revoke)
+    identities.watch(config.credentials_reload)
+    try:
+        server = start_http_server(create_app(federation, config, identities), config)
+    except BaseException:
+        identities.close()
+        raise
     log.info(
         "serving %d clients x %d rounds (strategy %s, min_clients %d) on %s://%s:%d",
         config.num_clients,
@@ -83,6 +91,7 @@ def serve(
     try:
         federation.run()
     finally:
+        identities.close()
         result = _write_outputs(federation, config.output_dir)
         server.close()
     return result

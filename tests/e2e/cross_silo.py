@@ -120,14 +120,14 @@ class RoguePod:
     def records(self) -> dict[str, dict[str, Any]]:
         """Probe name -> what it got, for every probe line in the log so far."""
         try:
-            log = self.core.read_namespaced_pod_log(self.name, self.namespace)
+            log = self.log()
         except Exception:  # not started yet, or the log is not readable yet
             return {}
         found = {}
         for line in log.splitlines():
             if line.startswith("{"):
-                with_probe = json.loads(line)
-                found[with_probe["probe"]] = with_probe
+                record = json.loads(line)
+                found[record["probe"]] = record
         return found
 
     def wait_for(self, probe: str, timeout: float) -> dict[str, Any]:
@@ -140,7 +140,11 @@ class RoguePod:
         return self.core.read_namespaced_pod(self.name, self.namespace).status.phase
 
     def log(self) -> str:
-        return self.core.read_namespaced_pod_log(self.name, self.namespace)
+        # Unparsed: the client would otherwise turn a log that is one JSON line into a repr.
+        answer = self.core.read_namespaced_pod_log(
+            self.name, self.namespace, _preload_content=False
+        )
+        return answer.data.decode()
 
 
 def start_rogue_pod(

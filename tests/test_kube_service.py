@@ -35,6 +35,7 @@ from fl_kubeflow.kube import (
     publish_run_service,
     service_name,
 )
+from fl_kubeflow.kube.service import SCHEME_ANNOTATION
 
 # tests/ is not a package: pytest puts tests/ itself on sys.path, `python -m pytest` the root.
 from tests.k8s_cluster import K8sCluster  # the k8s_cluster fixture comes from conftest.py
@@ -330,6 +331,100 @@ def test_service_of_another_run_is_not_taken_over(k8s_cluster: K8sCluster) -> No
         create_run_service(core, namespace, run_id.upper(), PORT, timeout=5)
     service = core.read_namespaced_service(service_name(run_id), namespace)
     assert service.metadata.labels[RUN_ID_LABEL] == run_id
+
+
+@k8s
+def test_node_port_and_load_balancer_services_and_their_addresses(
+    k8s_cluster: K8sCluster, tmp_path: Path
+) -> None:
+    namespace = k8s_cluster.create_namespace()
+    core = k8s_cluster.core_v1()
+    token_dir = fake_token_dir(tmp_path / "sa", "unused", namespace)
+    fixed, chosen, balanced = new_run_id("1"), new_run_id("2"), new_run_id("3")
+
+    node_port = publish_run_service(
+        fixed,
+        PORT,
+        service_type="NodePort",
+        node_port=30443,
+        scheme="https",
+        token_dir=token_dir,
+        environ={},
+        core_v1_api=core,
+    )
+    assert node_port is not None
+    service = core.read_namespaced_service(service_name(fixed), namespace)
+    assert service.spec.type == "NodePort" and service.spec.ports[0].node_port == 30443
+    assert service.metadata.annotations[SCHEME_ANNOTATION] == "https"
+    assert [ref.uid for ref in service.metadata.owner_references or []] == []  # no such pod
+    assert node_port.address("192.0.2.7") == "https://192.0.2.7:30443"
+    assert node_port.address(None) is None  # a node port needs a node
+    # Asking for it again is idempotent; another type replaces it.
+    again = create_run_service(
+        core, namespace, fixed, PORT, service_type="NodePort", node_port=30443, scheme="https"
+    )
+    assert again.metadata.uid == service.metadata.uid
+    moved = create_run_service(
+        core, namespace, fixed, PORT, service_type="ClusterIP", scheme="https"
+    )
+    assert moved.metadata.uid != service.metadata.uid and moved.spec.type == "ClusterIP"
+
+    assigned = publish_run_service(
+        chosen, PORT, service_type="NodePort", token_dir=token_dir, environ={}, core_v1_api=core
+    )
+    assert assigned is not None
+    port = core.read_namespaced_service(service_name(chosen), namespace).spec.ports[0].node_port
+    assert 30000 <= port <= 32767
+    assert assigned.address("192.0.2.7") == f"http://192.0.2.7:{port}"
+
+    lb = publish_run_service(
+        balanced,
+        PORT,
+        service_type="LoadBalancer",
+        scheme="https",
+        token_dir=token_dir,
+        environ={},
+        core_v1_api=core,
+    )
+    assert lb is not None and lb.address() is None  # no cloud has assigned an ingress yet
+    core.patch_namespaced_service_status(
+        service_name(balanced),
+        namespace,
+        {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}},
+    )
+    assert lb.address() == f"https://203.0.113.9:{PORT}"
+
+    with pytest.raises(ValueError, match="node_port needs"):
+        create_run_service(core, namespace, new_run_id(), PORT, node_port=30001)
+    with pytest.raises(ValueError, match="service_type must be one of"):
+        create_run_service(core, namespace, new_run_id(), PORT, service_type="ExternalName")
+
+
+@k8s
+def test_a_stable_service_name_is_this_runs_alone(k8s_cluster: K8sCluster, tmp_path: Path) -> None:
+    namespace = k8s_cluster.create_namespace()
+    core = k8s_cluster.core_v1()
+    token_dir = fake_token_dir(tmp_path / "sa", "unused", namespace)
+    run_a, run_b = new_run_id("4"), new_run_id("5")
+    service = publish_run_service(
+        run_a, PORT, name="fl-server", token_dir=token_dir, environ={}, core_v1_api=core
+    )
+    assert service is not None and service.name == "fl-server"
+    assert service.address() == f"http://fl-server.{namespace}.svc:{PORT}"
+    # A second run may not take it, nor delete it in its cleanup.
+    with pytest.raises(RuntimeError, match="already exists for run"):
+        create_run_service(core, namespace, run_b, PORT, name="fl-server", timeout=2)
+    assert (
+        cleanup_run_service(run_b, name="fl-server", token_dir=token_dir, core_v1_api=core) is False
+    )
+    assert (
+        core.read_namespaced_service("fl-server", namespace).metadata.labels[RUN_ID_LABEL] == run_a
+    )
+    assert (
+        cleanup_run_service(run_a, name="fl-server", token_dir=token_dir, core_v1_api=core) is True
+    )
+    with pytest.raises(ValueError, match="DNS-1035"):
+        create_run_service(core, namespace, run_a, PORT, name="Bad_Name")
 
 
 @k8s

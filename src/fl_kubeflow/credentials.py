@@ -189,7 +189,7 @@ class Registry:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically, so a server reloading it never reads half a file."""
-        _write_atomically(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        write_private_file(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def issue_many(client_ids: Iterable[str]) -> tuple[Registry, list[ClientCredential]]:
@@ -212,7 +212,7 @@ def write_credential_dir(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     for key, value in credential_data(credential, ca_pem, server).items():
-        _write_atomically(folder / key, value, mode=0o600)
+        write_private_file(folder / key, value, mode=0o600)
     return folder
 
 
@@ -244,7 +244,40 @@ def read_credential_dir(folder: str | os.PathLike[str]) -> ClientCredential:
     return ClientCredential(values[CLIENT_ID_KEY], values[TOKEN_KEY])
 
 
-def _write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+@dataclass(frozen=True)
+class CredentialFolder:
+    """Everything a credential folder (or mounted Secret) hands its client.
+
+    Args:
+        credential: The client id and token.
+        ca_file: The folder's ``ca.crt``, the CA to verify the server's certificate
+            with; None if it has none.
+        server: The server's address from the folder's ``server`` file; None if none.
+    """
+
+    credential: ClientCredential
+    ca_file: Path | None = None
+    server: str | None = None
+
+
+def open_credential_dir(folder: str | os.PathLike[str]) -> CredentialFolder:
+    """The credential in a folder, with its CA file and server address if it has them."""
+    folder = Path(folder)
+    credential = read_credential_dir(folder)
+    ca_file = folder / CA_KEY
+    try:
+        server = (folder / SERVER_KEY).read_text().strip() or None
+    except FileNotFoundError:
+        server = None
+    except OSError as exc:
+        raise CredentialError(
+            f"credential {str(folder)!r}: cannot read {SERVER_KEY!r}: {exc.strerror}"
+        ) from None
+    return CredentialFolder(credential, ca_file if ca_file.is_file() else None, server)
+
+
+def write_private_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` atomically into an owner-only file (a token, or what holds one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from fl_kubeflow import __version__
-from fl_kubeflow.cli import client_cmd, server_cmd
+from fl_kubeflow.cli import client_cmd, credentials_cmd, server_cmd
 
-SUBCOMMANDS = [server_cmd, client_cmd]
+SUBCOMMANDS = [server_cmd, client_cmd, credentials_cmd]
 
 
 def _optional_subcommands() -> list:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fl_kubeflow import defaults, files
@@ -16,6 +18,7 @@ from fl_kubeflow.cli.options import (
     positive_int,
     shapes,
 )
+from fl_kubeflow.credentials import open_credential_dir, read_credential_dir
 
 NUMPY_TRAINERS = ("numpy-linear", "numpy-delta")
 
@@ -106,12 +109,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Join a run, train each round, and stop when the server says finished.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="server URL, e.g. http://127.0.0.1:8080 (required unless --credential has one)",
+    )
     parser.add_argument(
         "--client-id",
         type=non_negative_int,
-        default=0,
-        help="this client's index, 0..N-1 (also picks its data shard)",
+        default=None,
+        help="this client's index, 0..N-1, which also picks its data shard (default: 0, or "
+        "the --credential's id if that is a number, which --client-id must then equal); "
+        "with a --credential, the credential's id is the client's id in the run",
+    )
+    parser.add_argument(
+        "--credential",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="this client's credential folder or mounted Secret (fl-kubeflow credentials "
+        "issue): its client_id and token; its ca.crt, if any, as the CA to trust; its "
+        "server, if any, as the default --server",
     )
     parser.add_argument(
         "--num-clients",
@@ -143,7 +161,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--token-file",
         type=Path,
         default=None,
-        help="file holding the run's bearer token (or set FL_KUBEFLOW_TOKEN)",
+        help="legacy: file holding the token all clients share (or set FL_KUBEFLOW_TOKEN; "
+        "not used with --credential)",
     )
     parser.add_argument(
         "--wire-dtype",
@@ -219,43 +238,96 @@ def build_trainer(args: argparse.Namespace):
     )
 
 
+@dataclass(frozen=True)
+class _Identity:
+    """Who this client is, what it presents, where it goes and whom it trusts."""
+
+    client_id: str
+    server: str
+    headers: dict[str, str]
+    refresh: Callable[[], dict[str, str]] | None
+    ca_file: Path | None
+
+
+def _identity(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Identity:
+    """The client's id and credential from --credential, or --client-id and the shared token.
+
+    Sets ``args.client_id`` (the data index) when --credential names it. Raises
+    CredentialError (a ValueError) for a credential folder that cannot be used.
+    """
+    if args.credential is None:
+        if args.server is None:
+            parser.error("--server is required (or a --credential with a server address)")
+        args.client_id = 0 if args.client_id is None else args.client_id
+        token_file = args.token_file
+        # A restarted server may have a new token: the file is read again on a 401.
+        refresh = (lambda: auth_headers(read_token(token_file))) if token_file else None
+        return _Identity(
+            str(args.client_id), args.server, auth_headers(read_token(token_file)), refresh, None
+        )
+    if args.token_file is not None:
+        parser.error("--credential and --token-file: give one")
+    folder = open_credential_dir(args.credential)
+    client_id = folder.credential.client_id
+    if client_id.isdigit():
+        if args.client_id is not None and args.client_id != int(client_id):
+            parser.error(
+                f"--client-id {args.client_id} disagrees with the --credential's id {client_id!r}"
+            )
+        args.client_id = int(client_id)
+    elif args.client_id is None:
+        args.client_id = 0
+    server = args.server or folder.server
+    if server is None:
+        parser.error("--server is required: the --credential names no server")
+
+    def refresh() -> dict[str, str]:
+        # A Secret mounted as a volume is updated in place: a rotated token is read again.
+        return {"Authorization": read_credential_dir(args.credential).authorization}
+
+    headers = {"Authorization": folder.credential.authorization}
+    return _Identity(client_id, server, headers, refresh, folder.ca_file)
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
     from fl_kubeflow.client.signature import ModelMismatch
     from fl_kubeflow.client.transport import ServerError, ServerUnreachable
 
+    try:
+        who = _identity(args, parser)
+    except ValueError as exc:
+        print(f"fl-kubeflow client: error: {exc}", file=sys.stderr)
+        return 2
     if args.client_id >= args.num_clients and args.trainer not in NUMPY_TRAINERS:
         parser.error(f"--client-id {args.client_id} must be below --num-clients {args.num_clients}")
+    ca_file = args.ca_file or who.ca_file
     try:
-        token = read_token(args.token_file)
         trainer = build_trainer(args)
         client = FederatedClient(
-            args.server,
-            str(args.client_id),
+            who.server,
+            who.client_id,
             trainer,
             retry_timeout=args.retry_timeout,
             round_wait_timeout=args.round_wait_timeout,
-            headers=auth_headers(token),
-            verify=str(args.ca_file) if args.ca_file else True,
-            # A restarted server may have a new token: the file is read again on a 401.
-            refresh_headers=(lambda: auth_headers(read_token(args.token_file)))
-            if args.token_file
-            else None,
+            headers=who.headers,
+            verify=str(ca_file) if ca_file else True,
+            refresh_headers=who.refresh,
             wire_dtype=args.wire_dtype,
             # numpy-delta adds its delta to whatever model it is sent: tests run it against
             # servers started from other models (a Keras mlp), so its own shapes mean nothing.
             check_model=args.trainer != "numpy-delta",
         )
     except ValueError as exc:
-        print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)
+        print(f"fl-kubeflow client {who.client_id}: error: {exc}", file=sys.stderr)
         return 2
     try:
         summary = client.run()
     except ModelMismatch as exc:
-        print(f"fl-kubeflow client {args.client_id}: error: {exc}", file=sys.stderr)
+        print(f"fl-kubeflow client {who.client_id}: error: {exc}", file=sys.stderr)
         return 2
     except (FederationFailed, ServerError, ServerUnreachable, TimeoutError) as exc:
-        print(f"fl-kubeflow client {args.client_id}: {exc}", file=sys.stderr)
+        print(f"fl-kubeflow client {who.client_id}: {exc}", file=sys.stderr)
         return 1
     if args.summary is not None:
         files.write_json(args.summary, summary.to_dict())

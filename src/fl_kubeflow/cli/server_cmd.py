@@ -252,8 +252,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     if token is None and args.credentials is None:
         logging.getLogger("fl_kubeflow.server").warning(
-            "no credentials (--credentials, or --token-file or %s): any client that reaches "
-            "the server may join",
+            "no token or credentials (--credentials, --token-file or %s): any client that "
+            "reaches the server may join",
             TOKEN_ENV,
         )
 

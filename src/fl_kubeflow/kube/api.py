@@ -82,6 +82,11 @@ def call(
         raise
 
 
+def get(request: Callable[[], T], resource: str, namespace: str) -> T | None:
+    """Read one object; None when it does not exist (see :func:`call`)."""
+    return call(request, "get", resource, namespace, absent=(404,))
+
+
 def owner_references(
     owner_pod_name: str | None, owner_pod_uid: str | None
 ) -> list[V1OwnerReference] | None:

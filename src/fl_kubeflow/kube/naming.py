@@ -82,21 +82,56 @@ def server_url(
     namespace: str,
     port: int = DEFAULT_PORT,
     cluster_domain: str | None = None,
+    *,
+    name: str | None = None,
+    scheme: str = "http",
 ) -> str:
     """The in-cluster URL of this run's server, e.g. ``http://fl-<uuid>.<namespace>.svc:8080``.
 
-    Without ``cluster_domain`` the name relies on the pod's DNS search path (works in any
-    cluster); pass e.g. ``"cluster.local"`` for a fully qualified name.
+    ``name`` is the Service's when it is not ``fl-<run id>`` (a server pipeline's stable
+    name). Without ``cluster_domain`` the name relies on the pod's DNS search path (works
+    in any cluster); pass e.g. ``"cluster.local"`` for a fully qualified name.
     """
     if not isinstance(namespace, str) or not (
         _DNS_1123_LABEL.match(namespace) and len(namespace) <= _MAX_DNS_LABEL
     ):
         raise ValueError(f"namespace {namespace!r} is not a valid Kubernetes namespace name")
     check_port(port)
-    host = f"{service_name(run_id)}.{namespace}.svc"
+    host = f"{name or service_name(run_id)}.{namespace}.svc"
     if cluster_domain:
         host = f"{host}.{cluster_domain.strip('.')}"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def run_service_name(run_id: str, name: str = "") -> str:
+    """The Service of a run: ``name`` when given (checked), else ``fl-<run id>``."""
+    if not name:
+        return service_name(run_id)
+    if not (_DNS_1035_LABEL.match(name) and len(name) <= _MAX_DNS_LABEL):
+        raise ValueError(
+            f"service name {name!r} is not a DNS-1035 label: lowercase letters, digits and "
+            f"inner '-', starting with a letter, at most {_MAX_DNS_LABEL} characters"
+        )
+    return name
+
+
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+
+
+def check_service_type(service_type: str, node_port: int = 0) -> str:
+    """Return ``service_type`` if it is one of :data:`SERVICE_TYPES` and ``node_port`` fits it.
+
+    ``node_port`` 0 lets Kubernetes choose one (NodePort, LoadBalancer); ClusterIP has none.
+    """
+    if service_type not in SERVICE_TYPES:
+        raise ValueError(
+            f"service_type must be one of {', '.join(SERVICE_TYPES)}, got {service_type!r}"
+        )
+    if isinstance(node_port, bool) or not isinstance(node_port, int) or not 0 <= node_port <= 65535:
+        raise ValueError(f"node_port must be 0 (any) or a port number, got {node_port!r}")
+    if node_port and service_type == "ClusterIP":
+        raise ValueError("node_port needs service_type NodePort or LoadBalancer, not ClusterIP")
+    return service_type
 
 
 def check_port(port: int) -> int:
@@ -104,3 +139,21 @@ def check_port(port: int) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
     return port
+
+
+_DNS_1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_MAX_SECRET_NAME = 253
+
+
+def check_secret_name(name: str) -> str:
+    """Return ``name`` if it can name a Secret (a DNS-1123 subdomain); else raise ValueError."""
+    if not (
+        isinstance(name, str) and len(name) <= _MAX_SECRET_NAME and _DNS_1123_SUBDOMAIN.match(name)
+    ):
+        raise ValueError(
+            f"{name!r} cannot name a Kubernetes Secret: lowercase letters, digits, '-' and "
+            f"'.', starting and ending with a letter or digit, at most {_MAX_SECRET_NAME}"
+        )
+    return name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from fl_kubeflow import defaults, files
-from fl_kubeflow.auth import TOKEN_ENV, new_token
+from fl_kubeflow.auth import TOKEN_ENV
+from fl_kubeflow.credentials import (
+    OBSERVER,
+    ClientCredential,
+    issue,
+    issue_many,
+    write_credential_dir,
+)
 from fl_kubeflow.local import processes
 from fl_kubeflow.local.processes import Child
 from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
@@ -27,6 +35,9 @@ from fl_kubeflow.training.factory import exports_keras
 POLL_INTERVAL_S = 0.25
 STATUS_INTERVAL_S = 0.5
 EXPORT_TIMEOUT_S = 300.0
+CREDENTIALS_FOLDER = ".credentials"
+REGISTRY_FILE = "registry.json"
+PROGRESS_OBSERVER = "progress"
 
 
 class LocalRunError(Exception):
@@ -85,9 +96,11 @@ class LocalRun:
         self.logs = self.output / "logs"
         self.server: Child | None = None
         self.clients: list[Child] = []
-        # A fresh token per run, handed to the children in their environment only.
-        self.token = new_token()
-        self.child_env = {TOKEN_ENV: self.token}
+        # Fresh credentials per run, one per client and one for the progress reporter, as
+        # files the children read (never a command line); removed when the run ends.
+        self.credentials = self.output / CREDENTIALS_FOLDER
+        # A token in the user's environment must not reach the children.
+        self.child_env: dict[str, str | None] = {TOKEN_ENV: None}
 
     # ------------------------------------------------------------------ phases
 
@@ -97,6 +110,7 @@ class LocalRun:
         files.write_json(self.output / "params.json", opts.params())
         deadline = time.monotonic() + opts.timeout
         try:
+            observer = self._issue_credentials()
             port = self._start_server()
             url = f"http://127.0.0.1:{port}"
             self.emit(
@@ -105,11 +119,13 @@ class LocalRun:
             )
             self._start_clients(url)
             self._supervise(
-                ProgressReporter(url, opts.clients, opts.rounds, self.emit, self.token), deadline
+                ProgressReporter(url, opts.clients, opts.rounds, self.emit, observer.token),
+                deadline,
             )
             self._wait_clients()
         finally:
             processes.stop_all([c for c in [self.server, *self.clients] if c is not None])
+            shutil.rmtree(self.credentials, ignore_errors=True)
         history = json.loads((self.output / "history.json").read_text())
         outputs = {
             "weights": self.output / "weights.safetensors",
@@ -119,6 +135,15 @@ class LocalRun:
             outputs["model"] = self._export_keras()
         outputs["report"] = self._write_report(history)
         return LocalRunResult(history, self.output, outputs)
+
+    def _issue_credentials(self) -> ClientCredential:
+        """One credential folder per client and a registry for the server; the observer's."""
+        registry, credentials = issue_many(str(i) for i in range(self.options.clients))
+        observer = issue(PROGRESS_OBSERVER)
+        registry.enrol(observer, role=OBSERVER).save(self.credentials / REGISTRY_FILE)
+        for credential in credentials:
+            write_credential_dir(credential, self.credentials / credential.client_id)
+        return observer
 
     def _start_server(self) -> int:
         opts = self.options
@@ -137,6 +162,8 @@ class LocalRun:
             str(opts.join_timeout),
             "--round-timeout",
             str(opts.round_timeout),
+            "--credentials",
+            str(self.credentials / REGISTRY_FILE),
             *opts.extra_server_args,
         ]
         if opts.min_clients is not None:
@@ -156,6 +183,8 @@ class LocalRun:
                 "client",
                 "--server",
                 url,
+                "--credential",
+                str(self.credentials / str(i)),
                 "--client-id",
                 str(i),
                 "--num-clients",

@@ -183,21 +183,23 @@ class Identities:
     def reload_if_changed(self) -> list[str]:
         """Read the registry file again if it changed; the client ids it revoked.
 
-        A file that cannot be used (half-written by a careless editor, not JSON, a
-        revoked name missing) keeps the registry in force, and is logged once.
+        Called by one thread at a time (the watcher, or a test). A file that cannot be
+        used (half-written by a careless editor, not JSON, a revoked name missing) keeps
+        the registry in force, and is logged once.
         """
         if self._path is None:
             return []
         state = _FileState.of(self._path)
+        if state is None or state in (self._state, self._bad_state):
+            return []
+        # Read outside the lock: requests (on waitress's I/O threads) never wait for a file.
+        try:
+            fresh = Registry.load(self._path)
+        except CredentialError as exc:
+            self._bad_state = state
+            log.error("credential registry not reloaded, the previous one stays: %s", exc)
+            return []
         with self._lock:
-            if state is None or state == self._state or state == self._bad_state:
-                return []
-            try:
-                fresh = Registry.load(self._path)
-            except CredentialError as exc:
-                self._bad_state = state
-                log.error("credential registry not reloaded, the previous one stays: %s", exc)
-                return []
             old = self._registry
             assert old is not None
             self._registry, self._state, self._bad_state = fresh, state, None

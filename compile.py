@@ -1,9 +1,11 @@
-"""Compile the federated-learning pipeline to YAML: ``python compile.py [--image IMAGE]``.
+"""Compile the federated-learning pipelines to YAML: ``python compile.py [--image IMAGE]``.
 
-Upload the result in the KFP UI (Pipelines -> Upload pipeline) or submit it with
-``fl-kubeflow submit``. Beside it go the suite's component files (``components/<name>.yaml``)
-and their reference (``docs/components.md``). The output is deterministic: the same options
-give the same bytes.
+Writes the all-in-one pipeline (``--output``, default ``fl_pipeline.yaml``) and, beside it,
+the cross-silo pair ``fl_server_pipeline.yaml`` and ``fl_client_pipeline.yaml``
+(docs/kubeflow.md, "Across silos"). Upload them in the KFP UI (Pipelines -> Upload
+pipeline) or submit one with ``fl-kubeflow submit``. Beside them go the suite's component
+files (``components/<name>.yaml``) and their reference (``docs/components.md``). The
+output is deterministic: the same options give the same bytes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,18 @@ from fl_kubeflow_kfp.pipeline import (
     build_pipeline,
     compile_pipeline,
 )
+from fl_kubeflow_kfp.pipeline.client_pipeline import (
+    CLIENT_PIPELINE_FILE,
+    build_client_pipeline,
+    compile_client_pipeline,
+)
 from fl_kubeflow_kfp.pipeline.fl_pipeline import FIELDS, SERVER_RETRIES, server_retry_deadline
 from fl_kubeflow_kfp.pipeline.reference import write_reference
+from fl_kubeflow_kfp.pipeline.server_pipeline import (
+    SERVER_PIPELINE_FILE,
+    build_server_pipeline,
+    compile_server_pipeline,
+)
 from fl_kubeflow_kfp.pipeline.suite import component_specs, write_component_files
 
 DEFAULT_RESOURCES = {"server": SERVER_RESOURCES, "client": CLIENT_RESOURCES}
@@ -82,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         options = (args.image, server, client, args.server_retry_deadline)
         written = compile_pipeline(args.output, *options)
+        folder = args.output.parent
+        silos = [
+            compile_server_pipeline(
+                folder / SERVER_PIPELINE_FILE, args.image, server, args.server_retry_deadline
+            ),
+            compile_client_pipeline(folder / CLIENT_PIPELINE_FILE, args.image, client),
+        ]
     except ValueError as exc:
         parser.error(str(exc))
     specs = component_specs(args.image)
@@ -91,8 +110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs,
         build_pipeline(*options),
         args.output.name,
+        [
+            (
+                "server-pipeline",
+                build_server_pipeline(args.image, server, args.server_retry_deadline),
+                SERVER_PIPELINE_FILE,
+            ),
+            ("client-pipeline", build_client_pipeline(args.image, client), CLIENT_PIPELINE_FILE),
+        ],
     )
-    print(f"wrote {written}, {len(files)} component files in {files[0].parent}, {reference}")
+    print(
+        f"wrote {written}, {', '.join(map(str, silos))}, {len(files)} component files in "
+        f"{files[0].parent}, {reference}"
+    )
     print(f"(image {args.image})")
     return 0
 

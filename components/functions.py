@@ -11,7 +11,7 @@ Defaults must be literals (the source is copied); they match ``fl_kubeflow.defau
 which tests check. The pipeline passes every value anyway.
 """
 
-from kfp.dsl import HTML, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Input, Markdown, Metrics, Model, Output, OutputPath
 
 
 def client_ids(num_clients: int) -> list[int]:
@@ -36,6 +36,7 @@ def fl_server(
     metrics: Output[Metrics],
     report: Output[HTML],
     summary: Output[Markdown],
+    server_address: OutputPath(str),
     min_clients: int = 0,
     join_timeout: float = 900.0,
     round_timeout: float = 600.0,
@@ -54,13 +55,23 @@ def fl_server(
     seed: int = 0,
     checkpoint_dir: str = "",
     max_restarts: int = 2,
+    service_name: str = "",
+    service_type: str = "ClusterIP",
+    node_port: int = 0,
+    tls_dir: str = "",
+    tls_secret: str = "",
+    allow_plaintext: bool = False,
+    credentials_secret: str = "",
+    credentials_reload: float = 2.0,
     initial_model: Input[Model] | None = None,
 ):
     """Run the federated-learning aggregation server for one pipeline run.
 
-    In a pod it first creates the Service fl-<run_id> that the clients reach it through
-    (and deletes it at the end). It waits for num_clients clients, runs num_rounds rounds
-    of aggregation, then exports the final model.
+    In a pod it first creates the Service fl-<run_id> (or service_name) that the clients
+    reach it through (and deletes it at the end), and logs the address to hand them. It
+    waits for num_clients clients, runs num_rounds rounds of aggregation, then exports the
+    final model. Clients are known by their own credentials: those in the registry Secret
+    credentials_secret, or (all-in-one run) one Secret per client that it makes itself.
 
     Args:
         run_id: The pipeline run UUID (pass dsl.PIPELINE_JOB_ID_PLACEHOLDER whole).
@@ -89,6 +100,19 @@ def fl_server(
             subfolder per run) and resume from; empty: no checkpoints.
         max_restarts: Times a crashed server process (killed, out of memory) is restarted
             inside this pod from the checkpoint; needs checkpoint_dir.
+        service_name: Name of the Service; empty: fl-<run_id>. A stable name (e.g. fl-server)
+            lets the TLS certificate and the clients' credentials name it in advance.
+        service_type: ClusterIP (other namespaces of the cluster), NodePort or LoadBalancer
+            (other clusters; TLS required unless allow_plaintext).
+        node_port: The node port of a NodePort or LoadBalancer Service; 0: Kubernetes picks.
+        tls_dir: Folder of a mounted kubernetes.io/tls Secret (tls.crt, tls.key): HTTPS when
+            both are there; empty or absent: plain HTTP.
+        tls_secret: Name of that Secret, for messages only.
+        allow_plaintext: Serve plain HTTP on a NodePort or LoadBalancer Service without TLS.
+        credentials_secret: Secret in this namespace with the registry of client credentials
+            (key registry.json, from fl-kubeflow credentials issue); re-read during the
+            run, so revocations apply. Empty: issue one credential Secret per client id.
+        credentials_reload: Seconds between reads of credentials_secret.
         initial_model: Optional starting weights: the trained_model of an earlier run.
 
     Returns:
@@ -97,6 +121,7 @@ def fl_server(
         metrics: Final evaluation accuracy and loss, rounds completed, clients.
         report: HTML report with learning curves and a per-round table.
         summary: Markdown summary of the run.
+        server_address: The URL the clients reach the server at (with its scheme).
     """
     import logging
 
@@ -106,18 +131,19 @@ def fl_server(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # KFP may deliver an integer parameter as an integral float (8080.0): see tasks.params.
-    (num_clients, num_rounds, min_clients, port, local_epochs, batch_size, seed, max_restarts) = (
-        integer_params(
-            num_clients=num_clients,
-            num_rounds=num_rounds,
-            min_clients=min_clients,
-            port=port,
-            local_epochs=local_epochs,
-            batch_size=batch_size,
-            seed=seed,
-            max_restarts=max_restarts,
-        )
+    integers = integer_params(
+        num_clients=num_clients,
+        num_rounds=num_rounds,
+        min_clients=min_clients,
+        port=port,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        seed=seed,
+        max_restarts=max_restarts,
+        node_port=node_port,
     )
+    (num_clients, num_rounds, min_clients, port, local_epochs, batch_size, seed) = integers[:7]
+    max_restarts, node_port = integers[7:]
     result = run_server_task(
         run_id=run_id,
         num_clients=num_clients,
@@ -138,6 +164,15 @@ def fl_server(
         max_restarts=max_restarts,
         report_path=report.path,
         summary_path=summary.path,
+        address_path=server_address,
+        service_name=service_name,
+        service_type=service_type,
+        node_port=node_port,
+        tls_dir=tls_dir,
+        tls_secret=tls_secret,
+        allow_plaintext=allow_plaintext,
+        credentials_secret=credentials_secret,
+        credentials_reload=credentials_reload,
         params={
             "num_clients": num_clients,
             "num_rounds": num_rounds,
@@ -157,6 +192,7 @@ def fl_server(
             "optimizer": optimizer,
             "seed": seed,
             "initial_model": initial_model.uri if initial_model is not None else "",
+            "service_type": service_type,
         },
     )
     for name, value in result.metrics.items():
@@ -186,14 +222,17 @@ def fl_client(
     data_timeout: float = 60.0,
     retry_timeout: float = 900.0,
     round_wait_timeout: float = 3600.0,
+    credential_dir: str = "",
 ):
     """Train as one federated client until the server says the run is finished.
 
     Args:
         run_id: The pipeline run UUID; names the server's Service fl-<run_id>.
-        client_id: This client's index 0..N-1; also picks its data shard.
+        client_id: This client's index 0..N-1: picks its data shard, and is its id in the
+            run unless credential_dir gives one.
         num_clients: Clients in the run (N), to partition the dataset.
-        server_address: Server URL override; empty means this run's in-cluster Service.
+        server_address: Server URL override; empty means the credential's server, else
+            this run's in-cluster Service.
         port: Server port when the address is derived from the run id.
         trainer: keras, torch, or MODULE:FACTORY: a factory(options) -> Trainer importable
             in the image (docs/trainers.md).
@@ -213,6 +252,8 @@ def fl_client(
         data_timeout: Seconds each remote read of this client's data may take per attempt.
         retry_timeout: Seconds to keep retrying an unreachable server (it may start later).
         round_wait_timeout: Longest wait in seconds for the next round to open.
+        credential_dir: Folder of this client's mounted credential Secret (client_id, token,
+            optional ca.crt and server); empty: read this run's Secret for client_id.
 
     Returns:
         metrics: This client's final evaluation accuracy and loss, and rounds trained.
@@ -254,22 +295,29 @@ def fl_client(
         data_timeout=data_timeout,
         retry_timeout=retry_timeout,
         round_wait_timeout=round_wait_timeout,
+        credential_dir=credential_dir,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
 
 
-def fl_cleanup(run_id: str):
-    """Delete this run's server Service if it is still there (the pipeline's exit handler).
+def fl_cleanup(run_id: str, num_clients: int = 0, service_name: str = ""):
+    """Delete this run's server Service and client credential Secrets if still there.
+
+    The pipeline's exit handler: the server deletes its Service itself, this catches a
+    server that could not.
 
     Args:
         run_id: The pipeline run UUID (pass dsl.PIPELINE_JOB_ID_PLACEHOLDER whole).
+        num_clients: Clients of an all-in-one run, whose Secrets fl-<run_id>-cred-<i> go;
+            0: none (a server pipeline's credentials are not the run's).
+        service_name: The Service's name if not fl-<run_id>.
     """
     import logging
 
-    from fl_kubeflow.tasks import run_cleanup_task
+    from fl_kubeflow.tasks import integer_param, run_cleanup_task
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_cleanup_task(run_id)
+    run_cleanup_task(run_id, integer_param("num_clients", num_clients), service_name=service_name)

@@ -18,12 +18,26 @@ from kfp.dsl import base_component
 
 from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT, SERVER_ROLE, SERVER_ROLE_LABEL
+from fl_kubeflow.kube.service import NODE_IP_ENV
 from fl_kubeflow.tasks.durations import task_seconds
 from fl_kubeflow.tasks.server_task import DEFAULT_MAX_RESTARTS
 
 CLIENT_ROLE = "client"
 NAMESPACE_ENV = "POD_NAMESPACE"
 CHECKPOINT_MOUNT = "/fl-checkpoint"
+# Where a server pipeline's TLS Secret and a client pipeline's credential Secret are mounted.
+TLS_MOUNT = "/fl-tls"
+CREDENTIAL_MOUNT = "/fl-credential"
+# The server pipeline's exposure and access parameters, passed to the server as they are.
+ACCESS_OPTIONS = (
+    "service_name",
+    "service_type",
+    "node_port",
+    "tls_secret",
+    "allow_plaintext",
+    "credentials_secret",
+    "credentials_reload",
+)
 SERVER_RETRIES = 3
 SERVER_RETRY_BACKOFF = 10  # seconds before the first retry, doubled for each next one
 # The Secret a run's clients read object-storage credentials from (docs/data.md): its keys
@@ -148,15 +162,24 @@ def namespace_env(task: dsl.PipelineTask) -> None:
 
 
 def add_servers(
-    comps: FLComponents, p: Mapping[str, Any], retry_deadline: int, **initial: Any
+    comps: FLComponents,
+    p: Mapping[str, Any],
+    retry_deadline: int,
+    *,
+    access: bool = False,
+    **initial: Any,
 ) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
     """The checkpointed and the plain server task, each under its condition on checkpoint_pvc.
 
     ``p`` holds the pipeline's parameters by name; ``initial`` is ``initial_model=...`` or
-    nothing. Returns (with checkpoints, without): exactly one of them runs.
+    nothing. ``access`` (the server pipeline) passes :data:`ACCESS_OPTIONS` and mounts the
+    TLS Secret. Returns (with checkpoints, without): exactly one of them runs.
     """
 
     def server(checkpointed: bool) -> dsl.PipelineTask:
+        extra = {name: p[name] for name in ACCESS_OPTIONS} if access else {}
+        if access:
+            extra["tls_dir"] = TLS_MOUNT
         task = comps.server(
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             num_clients=p["num_clients"],
@@ -170,9 +193,17 @@ def add_servers(
             **{name: p[name] for name in TRAINING_OPTIONS},
             checkpoint_dir=CHECKPOINT_MOUNT if checkpointed else "",
             max_restarts=DEFAULT_MAX_RESTARTS,
+            **extra,
             **initial,
         )
         task.set_display_name("fl-server")
+        if access:
+            # Optional: a ClusterIP server may serve plain HTTP; the task refuses beyond it.
+            kubernetes.use_secret_as_volume(
+                task, secret_name=p["tls_secret"], mount_path=TLS_MOUNT, optional=True
+            )
+            # A NodePort answers on every node: the server's own node IP is one to hand out.
+            kubernetes.use_field_path_as_env(task, NODE_IP_ENV, "status.hostIP")
         if checkpointed:
             kubernetes.mount_pvc(task, pvc_name=p["checkpoint_pvc"], mount_path=CHECKPOINT_MOUNT)
             # A replacement pod resumes from the checkpoint; clients wait for it.
@@ -223,17 +254,22 @@ def add_clients(
             client = comps.client(**contract, **options, retry_timeout=p["join_timeout"])
         else:
             client = client_component(**contract, retry_timeout=p["join_timeout"])
-        client.set_display_name("fl-client")
-        client.set_caching_options(False)
-        # Credentials come from a Secret, never a parameter; only its name is one. A
-        # user's client component gets them too: its trainer may read the same storage.
-        kubernetes.use_secret_as_env(
-            client,
-            secret_name=p["data_credentials"],
-            secret_key_to_env={key: key for key in DATA_CREDENTIAL_KEYS},
-            optional=True,
-        )
-        _resources(client, pod_resources(p, "client"))
-        kubernetes.add_pod_label(client, SERVER_ROLE_LABEL, CLIENT_ROLE)
+        client_pod(client, p)
         namespace_env(client)
     return client
+
+
+def client_pod(client: dsl.PipelineTask, p: Mapping[str, Any]) -> None:
+    """What every client task gets: no caching, data credentials, resources, role label."""
+    client.set_display_name("fl-client")
+    client.set_caching_options(False)
+    # Credentials come from a Secret, never a parameter; only its name is one. A
+    # user's client component gets them too: its trainer may read the same storage.
+    kubernetes.use_secret_as_env(
+        client,
+        secret_name=p["data_credentials"],
+        secret_key_to_env={key: key for key in DATA_CREDENTIAL_KEYS},
+        optional=True,
+    )
+    _resources(client, pod_resources(p, "client"))
+    kubernetes.add_pod_label(client, SERVER_ROLE_LABEL, CLIENT_ROLE)

@@ -82,7 +82,9 @@ def build_pipeline(
         check_client_component(client_component)
 
     def body(p: dict[str, Any]) -> None:
-        cleanup = comps.cleanup(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        cleanup = comps.cleanup(
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, num_clients=p["num_clients"]
+        )
         cleanup.set_display_name("fl-cleanup")
         cleanup.set_caching_options(False)
         namespace_env(cleanup)
@@ -121,8 +123,13 @@ def compile_pipeline(
     ``image`` is every component's image; the resources are the defaults of the
     pipeline's resource parameters, ``retry_deadline`` the server's (see ``build_pipeline``).
     """
+    pipeline = build_pipeline(image, server_resources, client_resources, retry_deadline)
+    return write_package(pipeline, output)
+
+
+def write_package(pipeline: Any, output: str | Path) -> Path:
+    """Compile ``pipeline`` into ``output`` (its folder made if missing)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(image, server_resources, client_resources, retry_deadline)
     compiler.Compiler().compile(pipeline, package_path=str(output))
     return output

@@ -9,7 +9,7 @@ the committed file is fresh, so a parameter is described once, in its docstring.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kfp.dsl.base_component import BaseComponent
@@ -96,9 +96,15 @@ def _section(level: str, title: str, component: BaseComponent, inputs: str) -> l
 
 
 def render_reference(
-    specs: Mapping[str, BaseComponent], pipeline: BaseComponent, pipeline_file: str
+    specs: Mapping[str, BaseComponent],
+    pipeline: BaseComponent,
+    pipeline_file: str,
+    more: Sequence[tuple[str, BaseComponent, str]] = (),
 ) -> str:
-    """The Markdown reference of ``specs`` (by component file stem) and of ``pipeline``."""
+    """The Markdown reference of ``specs`` (by component file stem) and of ``pipeline``.
+
+    ``more`` adds other pipelines as ``(anchor, pipeline, file)``, after the first.
+    """
     lines = [HEADER, "## Components", "", LOADING]
     lines += ["| component | file | what it does |", "| --- | --- | --- |"]
     for file, component in specs.items():
@@ -109,8 +115,9 @@ def render_reference(
         lines.append(f'<a id="{file}"></a>')
         title = f"`{component.name}` (`components/{file}.yaml`)"
         lines += _section("###", title, component, "input")
-    title = f"The pipeline `{pipeline.name}` (`{pipeline_file}`)"
-    lines += ['<a id="pipeline"></a>', *_section("##", title, pipeline, "parameter")]
+    for anchor, each, file in (("pipeline", pipeline, pipeline_file), *more):
+        title = f"The pipeline `{each.name}` (`{file}`)"
+        lines += [f'<a id="{anchor}"></a>', *_section("##", title, each, "parameter")]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -119,9 +126,10 @@ def write_reference(
     specs: Mapping[str, BaseComponent],
     pipeline: BaseComponent,
     pipeline_file: str,
+    more: Sequence[tuple[str, BaseComponent, str]] = (),
 ) -> Path:
     """Write :func:`render_reference` to ``path`` (its folder is made if missing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_reference(specs, pipeline, pipeline_file), encoding="utf-8")
+    path.write_text(render_reference(specs, pipeline, pipeline_file, more), encoding="utf-8")
     return path

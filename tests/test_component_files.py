@@ -64,7 +64,11 @@ def test_component_files_take_the_image_and_folders_given(tmp_path: Path) -> Non
         *("--image", image, "--components-dir", str(tmp_path / "files")),
         *("--reference", str(tmp_path / "reference.md")),
     )
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["fl_pipeline.yaml"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "fl_client_pipeline.yaml",
+        "fl_pipeline.yaml",
+        "fl_server_pipeline.yaml",
+    ]
     for name in component_specs():
         spec = next(yaml.safe_load_all((tmp_path / "files" / f"{name}.yaml").read_text()))
         images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}

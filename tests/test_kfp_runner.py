@@ -207,7 +207,12 @@ def test_cleanup_runs_after_the_group_whatever_happened(ir):
     plan = _plan(ir, run, {}, ["fl-cleanup"])
     assert plan.task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert plan.task["dependentTasks"] == ["exit-handler-1"]
-    assert plan.executor_input["inputs"]["parameterValues"] == {"run_id": run.run_id}
+    # The clients' credential Secrets fl-<run>-cred-0..N-1 go too.
+    assert plan.executor_input["inputs"]["parameterValues"] == {
+        "run_id": run.run_id,
+        "num_clients": 3,
+        "service_name": "",
+    }
 
 
 def test_numbers_and_placeholders_are_written_as_the_launcher_writes_them():

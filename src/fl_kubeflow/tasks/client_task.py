@@ -16,9 +16,15 @@ from typing import Any
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, auth_headers, read_token
 from fl_kubeflow.client.trainer import Trainer
+from fl_kubeflow.credentials import (
+    ClientCredential,
+    CredentialError,
+    CredentialFolder,
+    open_credential_dir,
+)
+from fl_kubeflow.kube.credential_secrets import fetch_run_credential
 from fl_kubeflow.kube.naming import DEFAULT_PORT, server_url
 from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, discover_server_url
-from fl_kubeflow.kube.token_secret import fetch_run_token
 from fl_kubeflow.tasks.params import integer_param
 
 log = logging.getLogger("fl_kubeflow.tasks.client")
@@ -86,14 +92,16 @@ def join_federation(
     round_wait_timeout: float = defaults.ROUND_WAIT_TIMEOUT,
     summary_path: str | os.PathLike[str] | None = None,
     token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
+    credential_dir: str | os.PathLike[str] | None = None,
 ) -> ClientTaskResult:
     """Take part in a federated run with your own trainer, until the server says it is done.
 
     The one call a KFP component of your own makes to act as a federated client: build
     a trainer (anything with the ``fl_kubeflow.client.Trainer`` methods) from your model
     and data, then pass it here. In a pipeline run's pod the server is found through the
-    run's Service and the run's token through its Secret, exactly as the built-in client
-    does; give ``server_address`` to reach a server elsewhere. See docs/trainers.md.
+    run's Service and this client's credential through its Secret, exactly as the built-in
+    client does; give ``server_address`` to reach a server elsewhere and ``credential_dir``
+    (a mounted credential Secret) to be known by your own credential. See docs/trainers.md.
 
     Before the first round the server's model is compared with
     ``trainer.initial_weights()`` (tensor names, shapes and dtypes); if a server has no
@@ -103,7 +111,7 @@ def join_federation(
         trainer: The model and data of this client: ``initial_weights``, ``fit`` and
             ``evaluate`` as ``fl_kubeflow.client.Trainer`` documents them.
         run_id: The pipeline run's id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which names
-            the server's Service ``fl-<run_id>`` and the run's token Secret.
+            the server's Service ``fl-<run_id>`` and the client's credential Secret.
         client_id: This client's id in the run: one of the server's client ids, which
             for the built-in pipeline are 0..num_clients-1.
         server_address: The server's URL (or host:port); empty: this run's in-cluster
@@ -114,6 +122,9 @@ def join_federation(
         round_wait_timeout: Longest wait in seconds for the next round to open.
         summary_path: If given, this client's per-round metrics are written there as JSON.
         token_dir: Where the pod's service-account token is (tests point it elsewhere).
+        credential_dir: A credential folder or mounted credential Secret (``client_id``,
+            ``token``, optional ``ca.crt`` trusted for HTTPS and ``server``, the default
+            address); its client id is this client's id in the run.
 
     Returns:
         The client's per-round training and evaluation metrics (``summary``), and the
@@ -133,30 +144,49 @@ def join_federation(
         check_trainer(trainer, "join_federation was given")
     except TrainerFactoryError as exc:
         raise ClientTaskError(f"client {client_id}: {exc}") from exc
-    url = resolve_server_address(server_address, run_id, port, token_dir=token_dir)
+    own = _own_credential(credential_dir, client_id)
+    if own is not None:
+        client_id = own.credential.client_id
+    url = resolve_server_address(
+        server_address or ((own.server or "") if own else ""), run_id, port, token_dir=token_dir
+    )
     log.info("client %s: server %s", client_id, url)
 
-    def refresh() -> dict[str, str]:
-        return auth_headers(fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir))
-
-    try:
-        token = read_token() or fetch_run_token(run_id, timeout=retry_timeout, token_dir=token_dir)
-    except TimeoutError as exc:
-        raise ClientTaskError(f"client {client_id}: {exc}") from exc
-    if token is None:
-        log.warning(
-            "no run token (%s unset, not in a pod): talking to the server without authentication",
-            TOKEN_ENV,
+    def fetch() -> ClientCredential | None:
+        return fetch_run_credential(
+            run_id, str(client_id), timeout=retry_timeout, token_dir=token_dir
         )
+
+    def refresh() -> dict[str, str]:
+        # An updated mounted Secret, or a server pod that lost its Secrets (deleted with
+        # its pod) and made new ones: read the credential again.
+        again = _own_credential(credential_dir, client_id).credential if own else fetch()
+        return {"Authorization": again.authorization} if again else {}
+
+    legacy = read_token()
+    try:
+        credential = own.credential if own else (None if legacy else fetch())
+    except (TimeoutError, CredentialError) as exc:
+        raise ClientTaskError(f"client {client_id}: {exc}") from exc
+    if credential is not None:
+        headers = {"Authorization": credential.authorization}
+    else:
+        headers = auth_headers(legacy)
+        if legacy is None:
+            log.warning(
+                "no credential (no credential_dir, not in a pod, %s unset): talking to the "
+                "server without authentication",
+                TOKEN_ENV,
+            )
     client = FederatedClient(
         url,
         str(client_id),
         trainer,
         retry_timeout=retry_timeout,
         round_wait_timeout=round_wait_timeout,
-        headers=auth_headers(token),
-        # A replaced server pod (retry, eviction) makes a new token: read it again.
-        refresh_headers=None if token is None or read_token() else refresh,
+        headers=headers,
+        verify=str(own.ca_file) if own and own.ca_file else True,
+        refresh_headers=refresh if credential is not None else None,
     )
     try:
         summary = client.run()
@@ -197,6 +227,7 @@ def run_client_task(
     round_wait_timeout: float = defaults.ROUND_WAIT_TIMEOUT,
     summary_path: str | os.PathLike[str] | None = None,
     token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
+    credential_dir: str | os.PathLike[str] | None = None,
 ) -> ClientTaskResult:
     """Take part in the run as client ``client_id`` with the trainer ``trainer`` names.
 
@@ -204,7 +235,8 @@ def run_client_task(
     trainer is built from the other options (``data_locations``, a JSON list with one
     location per client, and the table options are those of ``TrainerOptions``), so its
     data is loaded, and a bad location fails, before :func:`join_federation` takes it
-    into the run.
+    into the run. ``client_id`` picks the data shard; with ``credential_dir`` (see
+    :func:`join_federation`) the client is known by that credential's id.
 
     Raises ClientTaskError (with the server's reason when it has one) if the trainer
     cannot be built, the run cannot be joined or it fails.
@@ -215,7 +247,10 @@ def run_client_task(
     if not 0 <= client_id < num_clients:
         raise ClientTaskError(f"client_id {client_id} must be in 0..{num_clients - 1}")
     # Resolved first: a client that cannot find its server fails before any framework loads.
-    url = resolve_server_address(server_address, run_id, port, token_dir=token_dir)
+    own = _own_credential(credential_dir, client_id)
+    url = resolve_server_address(
+        server_address or ((own.server or "") if own else ""), run_id, port, token_dir=token_dir
+    )
     log.info("client %d of %d: trainer %s", client_id, num_clients, trainer)
     from fl_kubeflow.training.datasets import parse_data_locations
 
@@ -254,13 +289,31 @@ def run_client_task(
         round_wait_timeout=round_wait_timeout,
         summary_path=summary_path,
         token_dir=token_dir,
+        credential_dir=credential_dir,
     )
 
 
+def _own_credential(
+    folder: str | os.PathLike[str] | None, client_id: int | str
+) -> CredentialFolder | None:
+    """The credential in ``folder`` (a mounted Secret); None without a folder."""
+    if not folder:
+        return None
+    try:
+        return open_credential_dir(folder)
+    except CredentialError as exc:
+        raise ClientTaskError(f"client {client_id}: {exc}") from exc
+
+
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Scalars for a KFP Metrics artifact: final local evaluation and participation."""
+    """Scalars for a KFP Metrics artifact: final local evaluation and participation.
+
+    ``client_id`` is there when it is a number (an all-in-one run's); a credential's id
+    such as ``hospital-a`` is no scalar (it is in the client's log).
+    """
+    client_id = str(summary.get("client_id", "-1"))
     metrics: dict[str, float] = {
-        "client_id": float(summary.get("client_id", -1)),
+        **({"client_id": float(client_id)} if client_id.lstrip("-").isdigit() else {}),
         "rounds_trained": float(len(summary.get("rounds_trained", []))),
         "stale_rounds": float(len(summary.get("stale_rounds", []))),
         "final_round": float(summary.get("final_round", 0)),

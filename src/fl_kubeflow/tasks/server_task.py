@@ -6,22 +6,41 @@ Called by the ``fl-server`` KFP component; plain Python (no kfp, no TensorFlow: 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fl_kubeflow import defaults
+from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, read_token
 from fl_kubeflow.kube.naming import DEFAULT_PORT
-from fl_kubeflow.kube.service import DEFAULT_TOKEN_DIR, publish_run_service
-from fl_kubeflow.kube.token_secret import publish_run_token
+from fl_kubeflow.kube.service import (
+    DEFAULT_TOKEN_DIR,
+    NODE_IP_ENV,
+    RunService,
+    publish_run_service,
+)
 from fl_kubeflow.tasks.durations import DEFAULT_EXPORT_TIMEOUT
+from fl_kubeflow.tasks.server_access import (
+    DEFAULT_CREDENTIALS_RELOAD,
+    REGISTRY_FILE,
+    AccessError,
+    issue_run_registry,
+    registry_sync,
+    tls_files,
+)
+
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
 
 log = logging.getLogger("fl_kubeflow.tasks.server")
 
@@ -108,6 +127,16 @@ def run_server_task(
     export_timeout: float = DEFAULT_EXPORT_TIMEOUT,
     token_dir: str | os.PathLike[str] = DEFAULT_TOKEN_DIR,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
+    service_name: str = "",
+    service_type: str = "ClusterIP",
+    node_port: int = 0,
+    tls_dir: str | os.PathLike[str] | None = None,
+    tls_secret: str = "",
+    allow_plaintext: bool = False,
+    credentials_secret: str = "",
+    credentials_reload: float = DEFAULT_CREDENTIALS_RELOAD,
+    address_path: str | os.PathLike[str] | None = None,
+    core_v1_api: CoreV1Api | None = None,
 ) -> ServerTaskResult:
     """Serve one federated run and write its outputs.
 
@@ -125,6 +154,15 @@ def run_server_task(
 
     ``dataset`` or, when given, the clients' ``data_locations`` (a JSON list) tell the
     export the data's format: a table's shapes come from the weights, unread.
+
+    Access (``tasks.server_access``): ``service_type`` ClusterIP, NodePort or
+    LoadBalancer (``node_port`` 0: any), named ``service_name`` (default ``fl-<run_id>``);
+    HTTPS when ``tls_dir`` holds ``tls.crt`` and ``tls.key`` (required beyond ClusterIP
+    unless ``allow_plaintext``). Clients are known by the registry in Secret
+    ``credentials_secret``, re-read every ``credentials_reload`` seconds (revocations take
+    effect during the run); without one, the server issues a credential Secret per client
+    id 0..N-1 (the all-in-one pipeline). The address to hand to clients is logged and
+    written to ``address_path``. ``core_v1_api`` replaces the pod's API client (tests).
 
     Raises ServerTaskError with the server's reason if the run fails; the history,
     report and summary are written first, so a failed run can still be inspected.
@@ -147,45 +185,67 @@ def run_server_task(
     except ValueError as exc:
         raise ServerTaskError(f"strategy {strategy!r}: {exc}") from exc
     model_dir = Path(model_dir)
-    # The token: given to this pod (FL_KUBEFLOW_TOKEN), else a per-run Secret made here.
-    token = read_token() or publish_run_token(run_id, token_dir=token_dir)
-    if token is None:
-        log.warning(
-            "no run token (%s unset, not in a pod): any client that reaches the server may join",
-            TOKEN_ENV,
-        )
     try:
-        config = ServerConfig(
-            num_clients=num_clients,
-            num_rounds=num_rounds,
-            min_clients=min_clients,
-            join_timeout=join_timeout,
-            round_timeout=round_timeout,
-            port=port,
-            initial_weights=resolve_initial_weights(initial_model),
-            output_dir=model_dir,
-            strategy=strategy,
-            strategy_options=options,
-            token=token,
-            checkpoint_dir=Path(checkpoint_dir) / run_id if checkpoint_dir else None,
-        )
-    except ValueError as exc:
-        raise ServerTaskError(f"bad server options: {exc}") from exc
-
-    # Before serving: clients started alongside keep retrying until the Service resolves.
-    service = publish_run_service(run_id, port, token_dir=token_dir)
-    try:
+        tls = tls_files(tls_dir, service_type, allow_plaintext, tls_secret)
+    except AccessError as exc:
+        raise ServerTaskError(str(exc)) from exc
+    scheme = "https" if tls else "http"
+    pod = {"token_dir": token_dir, "core_v1_api": core_v1_api}
+    with (
+        tempfile.TemporaryDirectory(prefix="fl-access-") as folder,
+        _credentials(
+            run_id, num_clients, credentials_secret, credentials_reload, Path(folder), **pod
+        ) as access,
+    ):
         try:
-            result = serve_in_child(config, max_restarts=max_restarts)
-        except (ValueError, ServerProcessError) as exc:  # e.g. an unreadable initial model
-            raise ServerTaskError(str(exc)) from exc
-    finally:
-        if service is not None:
+            config = ServerConfig(
+                num_clients=num_clients,
+                num_rounds=num_rounds,
+                min_clients=min_clients,
+                join_timeout=join_timeout,
+                round_timeout=round_timeout,
+                port=port,
+                initial_weights=resolve_initial_weights(initial_model),
+                output_dir=model_dir,
+                strategy=strategy,
+                strategy_options=options,
+                checkpoint_dir=Path(checkpoint_dir) / run_id if checkpoint_dir else None,
+                tls_cert=tls[0] if tls else None,
+                tls_key=tls[1] if tls else None,
+                **access,
+            )
+        except ValueError as exc:
+            raise ServerTaskError(f"bad server options: {exc}") from exc
+
+        # Before serving: clients started alongside keep retrying until the Service resolves.
+        try:
+            service = publish_run_service(
+                run_id,
+                port,
+                name=service_name,
+                service_type=service_type,
+                node_port=node_port,
+                scheme=scheme,
+                **pod,
+            )
+        except ValueError as exc:
+            raise ServerTaskError(f"bad Service options: {exc}") from exc
+        announcer = _AddressAnnouncer(service, scheme, port, join_timeout)
+        try:
             try:
-                service.delete()
-            except Exception as exc:
-                # The exit handler deletes it again; the run's own outcome matters more.
-                log.warning("could not delete Service %s: %s", service.name, exc)
+                result = serve_in_child(config, max_restarts=max_restarts)
+            except (ValueError, ServerProcessError) as exc:  # e.g. an unreadable initial model
+                raise ServerTaskError(str(exc)) from exc
+        finally:
+            announcer.stop()
+            if address_path is not None:
+                files.write_bytes(Path(address_path), (announcer.address or "").encode())
+            if service is not None:
+                try:
+                    service.delete()
+                except Exception as exc:
+                    # The exit handler deletes it again; the run's own outcome matters more.
+                    log.warning("could not delete Service %s: %s", service.name, exc)
 
     history = result.history
     all_params = {"run_id": run_id, **dict(params or {})}
@@ -197,7 +257,9 @@ def run_server_task(
     if summary_path is not None:
         summary_file = Path(summary_path)
         summary_file.parent.mkdir(parents=True, exist_ok=True)
-        summary_file.write_text(markdown_summary(history, metrics), encoding="utf-8")
+        summary_file.write_text(
+            markdown_summary(history, metrics, announcer.address), encoding="utf-8"
+        )
     if not result.ok:
         raise ServerTaskError(f"federated run failed: {result.error or history.get('error')}")
     if result.weights_path is None:
@@ -279,7 +341,9 @@ def history_metrics(history: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def markdown_summary(history: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
+def markdown_summary(
+    history: Mapping[str, Any], metrics: Mapping[str, float], address: str | None = None
+) -> str:
     """A short Markdown summary for the KFP UI's Markdown viewer."""
     status = history.get("status", "unknown")
     lines = [
@@ -301,4 +365,105 @@ def markdown_summary(history: Mapping[str, Any], metrics: Mapping[str, float]) -
                 lines.append(f"| final eval {key} (round {last[0]}) | {metrics[key]:.4f} |")
     if history.get("error"):
         lines += ["", f"**Error:** {history['error']}"]
+    if address:
+        lines += ["", f"**Server address:** `{address}`"]
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _credentials(
+    run_id: str,
+    num_clients: int,
+    secret: str,
+    reload: float,
+    folder: Path,
+    *,
+    token_dir: str | os.PathLike[str],
+    core_v1_api: CoreV1Api | None,
+) -> Iterator[dict[str, Any]]:
+    """The ServerConfig's access options: the registry file kept in sync, or the legacy token.
+
+    Yields ``credentials``/``credentials_reload`` for a registry, ``token`` for the
+    shared token a pod was given (FL_KUBEFLOW_TOKEN, kept one more release), or nothing
+    (an open run: not in a pod).
+    """
+    path = folder / REGISTRY_FILE
+    try:
+        if secret:
+            with registry_sync(secret, path, reload, token_dir=token_dir, core_v1_api=core_v1_api):
+                yield {"credentials": path, "credentials_reload": reload}
+            return
+        token = read_token()
+        if token:
+            yield {"token": token}
+            return
+        if issue_run_registry(
+            run_id, num_clients, path, token_dir=token_dir, core_v1_api=core_v1_api
+        ):
+            yield {"credentials": path, "credentials_reload": reload}
+            return
+    except AccessError as exc:
+        raise ServerTaskError(str(exc)) from exc
+    log.warning(
+        "no credentials (not in a pod, no credentials_secret, %s unset): any client that "
+        "reaches the server may join",
+        TOKEN_ENV,
+    )
+    yield {}
+
+
+class _AddressAnnouncer:
+    """Logs the address to hand to clients; for a LoadBalancer, once one is assigned."""
+
+    def __init__(self, service: RunService | None, scheme: str, port: int, wait: float) -> None:
+        self.service = service
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+        node_ip = os.environ.get(NODE_IP_ENV) or None
+        if service is None:
+            self.address: str | None = f"{scheme}://localhost:{port}"
+            log.info("server address (not in a pod): %s", self.address)
+            return
+        self.node_ip = node_ip
+        self.address = service.address(node_ip)
+        if self.address is not None:
+            self._announce()
+            return
+        log.info(
+            "%s Service %s: waiting up to %gs for its address",
+            service.service_type,
+            service.name,
+            wait,
+        )
+        self.thread = threading.Thread(target=self._wait, args=(wait,), daemon=True)
+        self.thread.start()
+
+    def _announce(self) -> None:
+        assert self.service is not None
+        log.info(
+            "server address for the clients (%s Service %s/%s): %s",
+            self.service.service_type,
+            self.service.namespace,
+            self.service.name,
+            self.address,
+        )
+
+    def _wait(self, wait: float) -> None:
+        assert self.service is not None
+        deadline = time.monotonic() + wait
+        while not self.stopped.wait(2.0) and time.monotonic() < deadline:
+            try:
+                self.address = self.service.address(self.node_ip)
+            except Exception as exc:  # the API may fail for a while: try again
+                log.debug("reading Service %s: %s", self.service.name, exc)
+                continue
+            if self.address is not None:
+                self._announce()
+                return
+        if self.address is None:
+            log.warning("Service %s got no address within %gs", self.service.name, wait)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)

@@ -227,15 +227,15 @@ def _scenario(
     assert (revoked["status"], revoked["error"]) == (401, "revoked"), rogue_log
     assert revoked["accepted_before"] >= 1, rogue_log  # it was in before the revocation
 
-    assert served.phase == SUCCEEDED, served
+    assert served.phase == SUCCEEDED, served.describe()
     server_task, _ = server_outputs(served)
     assert server_task.outputs.parameters["server_address"].startswith(f"https://{BRIDGE_IP}:"), (
         server_task.outputs
     )
     for result in clients.values():
-        assert result.phase == SUCCEEDED, result
+        assert result.phase == SUCCEEDED, result.describe()
         assert address in result.one("fl-client").logs, result
-    assert expected.phase == SUCCEEDED, expected
+    assert expected.phase == SUCCEEDED, expected.describe()
 
     record = history(served)
     assert record["status"] == "finished", record

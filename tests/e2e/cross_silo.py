@@ -157,6 +157,7 @@ def start_rogue_pod(
     impersonate: str,
     foreign_namespace: str,
     revocation_timeout: float,
+    wait_submitted: int = 0,
     service_account: str = "default",
 ) -> RoguePod:
     """Start the rogue client in ``namespace`` with its own credential Secret mounted.
@@ -175,6 +176,7 @@ def start_rogue_pod(
         "--impersonate", impersonate,
         "--foreign-namespace", foreign_namespace,
         "--revocation-timeout", str(revocation_timeout),
+        "--wait-submitted", str(wait_submitted),
     ]  # fmt: skip
     manifest = {
         "metadata": {"name": name, "labels": {"app": "rogue-client"}},

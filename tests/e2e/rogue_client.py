@@ -11,7 +11,9 @@ line ``{"probe": NAME, "status": HTTP status or null, "error": the body's error 
 3. ``unknown_token``: join under its own id with a token nobody issued;
 4. ``impersonate_join`` / ``impersonate_update``: its own token, another client's id;
 5. ``join``: its own credential, its own id;
-6. ``revoked``: ``GET /v1/status`` every half second until the answer is not 200 (the
+6. ``round_waiting``: the status shows round 1 open with ``--wait-submitted`` updates in
+   (the others'), so the round now waits for this client alone;
+7. ``revoked``: ``GET /v1/status`` every half second until the answer is not 200 (the
    test revokes the credential meanwhile), with the number of 200s before it.
 """
 
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--foreign-namespace", required=True, help="the server's namespace")
     parser.add_argument("--server-timeout", type=float, default=600.0)
     parser.add_argument("--revocation-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--wait-submitted", type=int, default=0, help="updates in round 1 for round_waiting"
+    )
     args = parser.parse_args(argv)
     own_id = (args.credential / "client_id").read_text().strip()
     token = (args.credential / "token").read_text().strip()
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if status != 200:
         return 1
 
-    accepted = 0
+    accepted, waiting = 0, False
     deadline = time.monotonic() + args.revocation_timeout
     while time.monotonic() < deadline:
         status, body = request(
@@ -144,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         if status != 200 and status is not None:
             break
         accepted += status == 200
+        submitted = body.get("submitted") or []
+        if not waiting and body.get("round") == 1 and len(submitted) >= args.wait_submitted:
+            waiting = True
+            report("round_waiting", status, {}, round=1, submitted=submitted)
         time.sleep(0.5)  # a poll interval
     report("revoked", status, body, accepted_before=accepted)
     return 0

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from fl_kubeflow.cli.credential_manifests import credential_secret_name
+from fl_kubeflow.cli.credentials_cmd import SECRETS_FOLDER
 from tests.e2e.cross_silo import make_tls, service_dns_names, start_rogue_pod
 from tests.e2e.images import BRIDGE_IP
 from tests.e2e.kfp_ir import PipelineIR
@@ -77,7 +79,7 @@ def _cli(*args: str) -> str:
 
 def _manifest(out: Path, name: str, namespace: str) -> dict[str, Any]:
     """A Secret manifest that ``credentials issue --secret-manifests`` wrote, for ``namespace``."""
-    manifest = json.loads((out / "secrets" / f"{name}.json").read_text())
+    manifest = json.loads((out / SECRETS_FOLDER / f"{name}.json").read_text())
     manifest["metadata"]["namespace"] = namespace
     return manifest
 
@@ -158,7 +160,7 @@ def _scenario(
             "stringData": {"tls.crt": tls.cert_pem, "tls.key": tls.key_pem},
         },
     )
-    secrets = {client_id: f"fl-credential-{client_id}" for client_id in [*SILOS.values(), ROGUE]}
+    secrets = {c: credential_secret_name(c) for c in [*SILOS.values(), ROGUE]}
     owners = {c: silo_envs[k].namespace for k, c in SILOS.items()}
     owners[ROGUE] = silo_envs["c"].namespace  # the rogue's own, in C only
     for client_id, namespace in owners.items():
@@ -212,9 +214,9 @@ def _scenario(
     waiting = rogue.wait_for("round_waiting", FAULT_TIMEOUT)
     assert waiting["submitted"] == sorted(SILOS.values()), waiting
     # From outside the cluster: the node IP and the node port, the CA verifying the server.
-    node_url = f"https://{BRIDGE_IP}:{_node_port(core, a)}/healthz"
+    node_address = f"https://{BRIDGE_IP}:{_node_port(core, a)}"
     context = ssl.create_default_context(cafile=str(ca_file))
-    with urllib.request.urlopen(node_url, timeout=30, context=context) as answer:
+    with urllib.request.urlopen(f"{node_address}/healthz", timeout=30, context=context) as answer:
         assert answer.status == 200
     _cli(
         "credentials", "revoke", "--registry", str(registry), "--registry-secret",
@@ -237,9 +239,9 @@ def _scenario(
 
     assert served.phase == SUCCEEDED, served.describe()
     server_task, _ = server_outputs(served)
-    assert server_task.outputs.parameters["server_address"].startswith(f"https://{BRIDGE_IP}:"), (
-        server_task.outputs
-    )
+    # The address to hand out, for a NodePort Service: the node's.
+    assert server_task.outputs.parameters["server_address"] == node_address, server_task.outputs
+    assert node_address in server_task.logs
     for result in clients.values():
         assert result.phase == SUCCEEDED, result.describe()
         assert address in result.one("fl-client").logs, result

@@ -170,7 +170,7 @@ class ResumeEnv:
 
 
 @pytest.fixture(scope="module")
-def resumemake_env(node_cluster, fl_ir) -> Iterator[ResumeEnv]:
+def resume_env(node_cluster, fl_ir) -> Iterator[ResumeEnv]:
     """A namespace with a checkpoint claim, and an uninterrupted reference run started."""
     environment = make_env(node_cluster, fl_ir)
     volume = create_checkpoint_volume(

@@ -110,3 +110,13 @@ def namespace(node_cluster: nc.NodeCluster) -> Iterator[str]:
     name = node_cluster.create_namespace()
     yield name
     node_cluster.delete_namespace(name)
+
+
+@pytest.fixture(autouse=True)
+def scenario_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each e2e test's wall time, in the JUnit report and the terminal summary."""
+    started = time.monotonic()
+    yield
+    seconds = round(time.monotonic() - started)
+    request.node.user_properties.append(("scenario_seconds", seconds))
+    print(f"\n{request.node.name}: {seconds} s")

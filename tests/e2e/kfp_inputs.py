@@ -3,7 +3,9 @@
 Follows kubeflow/pipelines 2.17.0 ``backend/src/v2``: ``driver/resolve.go`` (inputs from
 the parent DAG, constants, sibling task outputs), ``driver/driver.go`` ``provisionOutputs``
 (output URIs ``<root>/<pipeline>/<run>/<task>/<uuid>/<name>``, the executor output file
-under that task root, output parameter files ``/tmp/kfp/outputs/<name>``) and
+under that task root, output parameter files: ``/tmp/kfp/outputs/<name>`` in the launcher's
+container, here ``<task root>/parameters/<name>`` in the store, so the runner can read them
+after the pod ended as ``collectOutputParameters`` reads them in the pod) and
 ``component/launcher_v2.go`` (defaults added for placeholders, ``{{$}}`` and the other
 placeholders substituted in the command and args, ``minio://`` -> ``/minio/`` local paths).
 """
@@ -21,7 +23,7 @@ from typing import Any
 from tests.e2e.kfp_ir import PIPELINE_JOB_NAME, PIPELINE_JOB_UUID, to_protojson
 
 DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"  # KFP's defaultPipelineRoot
-OUTPUT_PARAMETER_DIR = "/tmp/kfp/outputs"
+OUTPUT_PARAMETER_DIR = "parameters"  # under the task root (KFP: /tmp/kfp/outputs)
 EXECUTOR_OUTPUT_FILE = "output_metadata.json"
 
 # component/launcher_v2.go LocalPathForURI (oci:// is not used by this pipeline).
@@ -220,8 +222,9 @@ def provision_outputs(
     }
     if artifacts:
         outputs["artifacts"] = artifacts
+    task_dir = local_path_for_uri(task_root)
     parameters = {
-        name: {"outputFile": f"{OUTPUT_PARAMETER_DIR}/{name}"}
+        name: {"outputFile": f"{task_dir}/{OUTPUT_PARAMETER_DIR}/{name}"}
         for name in definitions.get("parameters", {})
     }
     if parameters:
@@ -332,15 +335,38 @@ def importer_output(importer: dict[str, Any], inputs: Scope) -> dict[str, Any]:
 
 
 def executor_output_parameters(
-    executor_output: dict[str, Any], component: dict[str, Any]
+    executor_output: dict[str, Any],
+    component: dict[str, Any],
+    files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Output parameters from the executor output file, typed by the component's spec."""
-    values = executor_output.get("parameterValues", {})
+    """Output parameters from the executor output file, typed by the component's spec.
+
+    Those it lacks come from ``files`` (name -> the text the task wrote to the parameter's
+    ``outputFile``: an ``OutputPath`` parameter), read as the launcher's
+    ``collectOutputParameters`` does: a string verbatim, numbers and booleans trimmed,
+    lists and structs as JSON.
+    """
+    values = dict(executor_output.get("parameterValues", {}))
     expected = component.get("outputDefinitions", {}).get("parameters", {})
+    for name, text in (files or {}).items():
+        if name in expected and name not in values:
+            values[name] = _parameter_from_file(text, expected[name].get("parameterType", ""))
     missing = sorted(set(expected) - set(values))
     if missing:
         raise ValueError(f"executor output lacks parameters {missing}: {executor_output}")
     return {name: values[name] for name in expected}
+
+
+def _parameter_from_file(text: str, parameter_type: str) -> Any:
+    if parameter_type == "STRING":
+        return text
+    if parameter_type == "NUMBER_INTEGER":
+        return int(float(text.strip()))
+    if parameter_type == "NUMBER_DOUBLE":
+        return float(text.strip())
+    if parameter_type == "BOOLEAN":
+        return {"true": True, "false": False}[text.strip().lower()]
+    return json.loads(text)
 
 
 def executor_output_artifacts(

@@ -19,7 +19,8 @@ every executor as a real Pod of the project's image:
   ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` as the run UUID, the loop item, output artifact URIs
   ``minio://mlpipeline/v2/artifacts/<pipeline>/<run>/<task>/<uuid>/<name>`` and the executor
   output file under that task root, defaults added and placeholders substituted as the
-  launcher does; output parameters read from the executor output file after the pod ends;
+  launcher does; output parameters read from the executor output file after the pod ends,
+  or, for ``OutputPath`` parameters, from their files (in the store, not the pod's /tmp);
 * each Pod (``kfp_pods``): labels (``pipeline/runid``, the task's pod labels), env
   (``KFP_POD_NAME``/``KFP_POD_UID``, field paths, secrets), volumes (PVCs, secrets,
   parameter-valued names), the IR's resources unchanged, the service account given;
@@ -577,7 +578,9 @@ class KfpRunner:
         record.phase = record.attempts[-1].phase if record.attempts else ERROR
         executor_output = self._executor_output(plan.outputs) if record.phase == SUCCEEDED else {}
         record.outputs = TaskOutputs(
-            parameters=executor_output_parameters(executor_output, plan.component)
+            parameters=executor_output_parameters(
+                executor_output, plan.component, self._parameter_files(plan.outputs)
+            )
             if record.phase == SUCCEEDED
             else {},
             artifacts=executor_output_artifacts(executor_output, plan.outputs),
@@ -592,12 +595,23 @@ class KfpRunner:
         for artifact_list in outputs.get("artifacts", {}).values():
             local = local_path_for_uri(artifact_list["artifacts"][0]["uri"])
             folders.add(host_path(self.store, local).parent)
+        for parameter in outputs.get("parameters", {}).values():
+            folders.add(host_path(self.store, parameter["outputFile"]).parent)
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             for part in [folder, *folder.parents]:
                 if part == self.store or self.store not in part.parents:
                     break
                 os.chmod(part, 0o777)
+
+    def _parameter_files(self, outputs: dict[str, Any]) -> dict[str, str]:
+        # What the task wrote to its OutputPath parameters' files (missing: not written).
+        found = {}
+        for name, parameter in outputs.get("parameters", {}).items():
+            file = host_path(self.store, parameter["outputFile"])
+            if file.is_file():
+                found[name] = file.read_text()
+        return found
 
     def _executor_output(self, outputs: dict[str, Any]) -> dict[str, Any]:
         file = host_path(self.store, outputs["outputFile"])

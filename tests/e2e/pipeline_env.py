@@ -1,7 +1,8 @@
 """What the pipeline scenarios need on the node cluster besides the runner.
 
-The pipeline compiled for the test image with small pod resources (``compile.py``, as a
-user compiles it), the service account the run's pods use with the Role of
+The limits and base arguments of a run, a namespace with its artifact store and service
+account (``make_env``), the pipeline compiled for the test image with small pod resources
+(``compile.py``, as a user compiles it), the service account the run's pods use with the Role of
 ``docs/rbac.md`` (read from that file, so the documented Role is the one tested), a
 hostPath PersistentVolume + claim for checkpoints, the artifact store folder, and readers
 for a finished run's outputs.
@@ -20,8 +21,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from fl_kubeflow_kfp.pipeline.resources import FIELDS, PodResources
 
+from fl_kubeflow.kube.naming import service_name
+from fl_kubeflow.kube.token_secret import secret_name
 from tests.e2e.kfp_ir import PipelineIR
-from tests.e2e.kfp_runner import RunResult, TaskRun, wait_until
+from tests.e2e.kfp_pods import PodPlacement
+from tests.e2e.kfp_runner import KfpRunner, RunnerLimits, RunResult, TaskRun, wait_until
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -42,6 +46,56 @@ TEST_RESOURCES = {
     "client-memory-request": "384Mi",
     "client-memory-limit": "3Gi",
 }
+
+
+# A run here takes about a minute; these bound a stuck one with room for a loaded machine.
+LIMITS = RunnerLimits(run_timeout=900.0, pending_timeout=300.0, poll_interval=0.5)
+SETUP_TIMEOUT = 120.0  # service account tokens, PVC binding
+FAULT_TIMEOUT = 600.0  # until the run reaches the point where the test injects a fault
+BASE_ARGUMENTS: dict[str, Any] = {
+    "num_clients": 2,
+    "num_rounds": 2,
+    "dataset": "digits",
+    "seed": 0,
+    # Pods of a busy node may take a while to start; nothing waits this long when healthy.
+    "join_timeout": 600.0,
+    "round_timeout": 300.0,
+}
+
+
+@dataclass
+class Env:
+    """A namespace with an artifact store, its runs' service account, and a runner factory."""
+
+    cluster: Any
+    namespace: str
+    ir: PipelineIR
+    store: Path
+    account: str = RUNNER_ACCOUNT
+
+    def runner(self, service_account: str | None = None) -> KfpRunner:
+        account = service_account or self.account
+        placement = PodPlacement(self.namespace, account, str(self.store))
+        return KfpRunner(self.ir, self.cluster.core_v1(), placement, limits=LIMITS)
+
+    def gone(self, run_id: str) -> dict[str, bool]:
+        """Whether the run's Service and token Secret no longer exist."""
+        from kubernetes.client.rest import ApiException
+
+        core = self.cluster.core_v1()
+        found = {}
+        for kind, read, name in (
+            ("service", core.read_namespaced_service, service_name(run_id)),
+            ("secret", core.read_namespaced_secret, secret_name(run_id)),
+        ):
+            try:
+                read(name, self.namespace)
+                found[kind] = False
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                found[kind] = True
+        return found
 
 
 def small_pod_resources() -> tuple[PodResources, PodResources]:
@@ -119,6 +173,25 @@ def create_service_account(
         timeout,
         f"a token for service account {namespace}/{name}",
     )
+
+
+def make_env(
+    cluster: Any,
+    ir: PipelineIR,
+    prefix: str = "fl",
+    *,
+    account: str = RUNNER_ACCOUNT,
+    with_role: bool = True,
+) -> Env:
+    """A fresh namespace with an artifact store and ``account`` (docs/rbac.md's Role or none)."""
+    namespace = cluster.create_namespace(prefix)
+    store = cluster.hostpath_root / f"store-{namespace}"
+    store.mkdir()
+    store.chmod(0o1777)  # pods run as the image's non-root user
+    create_service_account(
+        cluster.api_client(), namespace, account, with_role=with_role, timeout=SETUP_TIMEOUT
+    )
+    return Env(cluster, namespace, ir, store, account)
 
 
 @dataclass(frozen=True)

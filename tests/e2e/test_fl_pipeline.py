@@ -15,11 +15,9 @@ import html.parser
 import os
 import re
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,67 +26,24 @@ import pytest
 from fl_kubeflow.kube.naming import service_name
 from fl_kubeflow.kube.token_secret import secret_name
 from tests.e2e.kfp_ir import PipelineIR
-from tests.e2e.kfp_pods import PodPlacement
 from tests.e2e.kfp_retry import ERROR, FAILED, SUCCEEDED
-from tests.e2e.kfp_runner import KfpRunner, RunHandle, RunnerLimits, RunResult, wait_until
+from tests.e2e.kfp_runner import RunHandle, RunResult, wait_until
 from tests.e2e.pipeline_env import (
-    RUNNER_ACCOUNT,
+    BASE_ARGUMENTS,
+    FAULT_TIMEOUT,
+    LIMITS,
+    SETUP_TIMEOUT,
     CheckpointVolume,
+    Env,
     compile_example_for,
     compile_for,
     create_checkpoint_volume,
     create_service_account,
     history,
+    make_env,
     pod_processes,
     server_outputs,
 )
-
-# A run here takes about a minute; these bound a stuck one with room for a loaded machine.
-LIMITS = RunnerLimits(run_timeout=900.0, pending_timeout=300.0, poll_interval=0.5)
-SETUP_TIMEOUT = 120.0  # service account tokens, PVC binding
-FAULT_TIMEOUT = 600.0  # until the run reaches the point where the test injects a fault
-BASE_ARGUMENTS: dict[str, Any] = {
-    "num_clients": 2,
-    "num_rounds": 2,
-    "dataset": "digits",
-    "seed": 0,
-    # Pods of a busy node may take a while to start; nothing waits this long when healthy.
-    "join_timeout": 600.0,
-    "round_timeout": 300.0,
-}
-
-
-@dataclass
-class Env:
-    """A namespace with the documented Role, an artifact store, and a runner factory."""
-
-    cluster: Any
-    namespace: str
-    ir: PipelineIR
-    store: Path
-
-    def runner(self, service_account: str = RUNNER_ACCOUNT) -> KfpRunner:
-        placement = PodPlacement(self.namespace, service_account, str(self.store))
-        return KfpRunner(self.ir, self.cluster.core_v1(), placement, limits=LIMITS)
-
-    def gone(self, run_id: str) -> dict[str, bool]:
-        """Whether the run's Service and token Secret no longer exist."""
-        from kubernetes.client.rest import ApiException
-
-        core = self.cluster.core_v1()
-        found = {}
-        for kind, read, name in (
-            ("service", core.read_namespaced_service, service_name(run_id)),
-            ("secret", core.read_namespaced_secret, secret_name(run_id)),
-        ):
-            try:
-                read(name, self.namespace)
-                found[kind] = False
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                found[kind] = True
-        return found
 
 
 @pytest.fixture(scope="module")
@@ -96,35 +51,11 @@ def fl_ir(node_cluster, tmp_path_factory) -> PipelineIR:
     return compile_for(node_cluster.image, tmp_path_factory.mktemp("ir") / "fl_pipeline.yaml")
 
 
-def _env(node_cluster: Any, ir: PipelineIR) -> Env:
-    namespace = node_cluster.create_namespace("fl")
-    store = node_cluster.hostpath_root / f"store-{namespace}"
-    store.mkdir()
-    store.chmod(0o1777)  # pods run as the image's non-root user
-    create_service_account(
-        node_cluster.api_client(), namespace, RUNNER_ACCOUNT, with_role=True, timeout=SETUP_TIMEOUT
-    )
-    return Env(node_cluster, namespace, ir, store)
-
-
 @pytest.fixture
 def env(node_cluster, fl_ir) -> Iterator[Env]:
-    environment = _env(node_cluster, fl_ir)
+    environment = make_env(node_cluster, fl_ir)
     yield environment
     node_cluster.delete_namespace(environment.namespace)
-
-
-def _timed(request: pytest.FixtureRequest, started: float) -> None:
-    request.node.user_properties.append(("scenario_seconds", round(time.monotonic() - started)))
-
-
-@pytest.fixture(autouse=True)
-def scenario_time(request) -> Iterator[None]:
-    """Each scenario's wall time, in the JUnit report and the terminal summary."""
-    started = time.monotonic()
-    yield
-    _timed(request, started)
-    print(f"\n{request.node.name}: {time.monotonic() - started:.0f} s")
 
 
 def _all_pods(result: RunResult) -> list[tuple[str, str]]:
@@ -241,7 +172,7 @@ class ResumeEnv:
 @pytest.fixture(scope="module")
 def resume_env(node_cluster, fl_ir) -> Iterator[ResumeEnv]:
     """A namespace with a checkpoint claim, and an uninterrupted reference run started."""
-    environment = _env(node_cluster, fl_ir)
+    environment = make_env(node_cluster, fl_ir)
     volume = create_checkpoint_volume(
         node_cluster.api_client(),
         environment.namespace,
@@ -369,7 +300,7 @@ def test_without_the_documented_role_the_server_fails_fast_and_cleanup_runs(env)
 @pytest.fixture
 def user_env(node_cluster, tmp_path_factory) -> Iterator[Env]:
     ir = compile_example_for(node_cluster.image, tmp_path_factory.mktemp("ir") / "user.yaml")
-    environment = _env(node_cluster, ir)
+    environment = make_env(node_cluster, ir)
     yield environment
     node_cluster.delete_namespace(environment.namespace)
 

@@ -165,9 +165,15 @@ def _result(answer: dict[str, Any]) -> ServeResult:
     )
 
 
-def _exit_with_parent(stdin: Any) -> None:
-    """Block until the parent closes our stdin (it exited or was killed), then leave."""
-    stdin.read()
+def _exit_with_parent(stdin_fd: int) -> None:
+    """Block until the parent closes our stdin (it exited or was killed), then leave.
+
+    Reads the raw descriptor: a daemon thread blocked in the buffered ``sys.stdin``
+    holds its lock, and the interpreter's shutdown then aborts with "Fatal Python
+    error: _enter_buffered_busy".
+    """
+    while os.read(stdin_fd, 1 << 16):
+        pass
     log.error("the server task (parent process) is gone: stopping the server")
     os._exit(EXIT_ORPHANED)
 
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     result_file, port_file = (Path(arg) for arg in (argv or sys.argv[1:]))
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     config: ServerConfig = pickle.load(sys.stdin.buffer)
-    threading.Thread(target=_exit_with_parent, args=(sys.stdin.buffer,), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(sys.stdin.fileno(),), daemon=True).start()
 
     def listening(port: int) -> None:
         files.write_json(port_file, {"port": port})

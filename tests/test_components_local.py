@@ -36,6 +36,7 @@ comps = build_components(DEFAULT_IMAGE)
 task = getattr(comps, kind)(**json.loads(kwargs_json))
 outputs = {
     name: {"path": art.path, "uri": art.uri, "metadata": dict(art.metadata)}
+    if hasattr(art, "path") else {"value": art}  # an output parameter (server_address)
     for name, art in task.outputs.items()
 }
 with open(result_file, "w") as handle:
@@ -110,7 +111,9 @@ def test_server_and_two_clients_through_kfp_local(tmp_path: Path) -> None:
                 proc.wait(timeout=30)
 
     server = json.loads(started[0][1].read_text())
-    assert set(server) == {"trained_model", "metrics", "report", "summary"}
+    assert set(server) == {"trained_model", "metrics", "report", "summary", "server_address"}
+    # Not in a pod: the address is this machine's, with the scheme the server serves.
+    assert server["server_address"] == {"value": f"http://localhost:{port}"}
 
     model_dir = Path(server["trained_model"]["path"])
     assert {p.name for p in model_dir.iterdir()} >= {

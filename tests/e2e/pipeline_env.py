@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from fl_kubeflow_kfp.pipeline.resources import FIELDS, PodResources
 
+from fl_kubeflow.kube.credential_secrets import run_credential_secret_name
 from fl_kubeflow.kube.naming import service_name
-from fl_kubeflow.kube.token_secret import secret_name
 from tests.e2e.kfp_ir import PipelineIR
 from tests.e2e.kfp_pods import PodPlacement
 from tests.e2e.kfp_runner import KfpRunner, RunnerLimits, RunResult, TaskRun, wait_until
@@ -79,14 +79,14 @@ class Env:
         return KfpRunner(self.ir, self.cluster.core_v1(), placement, limits=LIMITS)
 
     def gone(self, run_id: str) -> dict[str, bool]:
-        """Whether the run's Service and token Secret no longer exist."""
+        """Whether the run's Service and its first client's credential Secret no longer exist."""
         from kubernetes.client.rest import ApiException
 
         core = self.cluster.core_v1()
         found = {}
         for kind, read, name in (
             ("service", core.read_namespaced_service, service_name(run_id)),
-            ("secret", core.read_namespaced_secret, secret_name(run_id)),
+            ("secret", core.read_namespaced_secret, run_credential_secret_name(run_id, "0")),
         ):
             try:
                 read(name, self.namespace)

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fl_kubeflow.kube.credential_secrets import run_credential_secret_name
 from fl_kubeflow.kube.naming import service_name
-from fl_kubeflow.kube.token_secret import secret_name
 from tests.e2e.kfp_ir import PipelineIR
 from tests.e2e.kfp_retry import ERROR, FAILED, SUCCEEDED
 from tests.e2e.kfp_runner import RunHandle, RunResult, wait_until
@@ -336,11 +336,13 @@ def test_user_pipeline_with_federated_training_as_one_step(user_env):
     assert accuracy > 0.5 and abs(accuracy - federated) < 0.01, (accuracy, federated)
     metrics = evaluation.outputs.artifacts["metrics"]["metadata"]
     assert metrics["accuracy"] == accuracy and metrics["examples"] > 0, metrics
-    # No exit handler in the graph: the server deleted its Service itself; the token Secret
+    # No exit handler in the graph: the server deleted its Service itself; a credential Secret
     # is owned by the server pod and goes with it (KFP deletes a run's pods with the run).
     assert user_env.gone(result.run_id) == {"service": True, "secret": False}
     core = user_env.cluster.core_v1()
-    secret = core.read_namespaced_secret(secret_name(result.run_id), user_env.namespace)
+    secret = core.read_namespaced_secret(
+        run_credential_secret_name(result.run_id, "0"), user_env.namespace
+    )
     pod = core.read_namespaced_pod(server.pod_names[-1], user_env.namespace)
     owners = [(o.kind, o.uid) for o in secret.metadata.owner_references or []]
     assert owners == [("Pod", pod.metadata.uid)], owners
@@ -348,5 +350,5 @@ def test_user_pipeline_with_federated_training_as_one_step(user_env):
     wait_until(
         lambda: user_env.gone(result.run_id)["secret"],
         SETUP_TIMEOUT,
-        "the garbage collector to delete the token Secret with the server pod",
+        "the garbage collector to delete the credential Secret with the server pod",
     )

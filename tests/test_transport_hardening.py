@@ -282,6 +282,13 @@ def test_the_body_limit_is_the_one_documented(tmp_path):
             timeout=PROMPT,
         )
         assert (chunked.status_code, chunked.json()["error"]) == (413, "too_large")
+        # A length of more digits than Python's int() takes (4300) is a malformed
+        # length like any other, not an exception on the I/O thread.
+        with _connect(server.port, False, verify) as sock:
+            sock.sendall(_head("/v1/update", headers, 0).replace(b"0", b"9" * 5000, 1))
+            assert sock.recv(100).startswith(b"HTTP/1.1 400"), "not a 400"
+        assert requests.get(f"{url}/healthz", timeout=PROMPT).status_code == 200
+        assert "uncaptured python exception" not in server.log()
     finally:
         server.kill()
 

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from typing import Any
 
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.utilities import Error, RequestEntityTooLarge
 
 from fl_kubeflow.server.body_slots import SLOT_BODIES_FROM, ReceiveSlots, SlotBody
@@ -66,7 +66,13 @@ def guarded_channel_class(
             self.channel = channel
 
         def parse_header(self, header_plus: bytes) -> None:
-            super().parse_header(header_plus)
+            try:
+                super().parse_header(header_plus)
+            except ValueError as exc:
+                # waitress int()s a Content-Length of any number of digits; past
+                # Python's 4300-digit limit that raised on the I/O thread, which logged
+                # a traceback per connection: a 400 like any other malformed length.
+                raise ParsingError("Content-Length is invalid") from exc
             headers = {k.lower().replace("_", "-"): v for k, v in self.headers.items()}
             self.refusal = head_check(self.command, self.path, headers)
             guard.head_done(self.channel, trusted(self.path, self.refusal))

@@ -10,6 +10,7 @@ for a finished run's outputs.
 
 from __future__ import annotations
 
+import html.parser
 import json
 import re
 import subprocess
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 from fl_kubeflow_kfp.pipeline.resources import FIELDS, PodResources
 
@@ -25,6 +27,7 @@ from fl_kubeflow.kube.credential_secrets import run_credential_secret_name
 from fl_kubeflow.kube.naming import service_name
 from tests.e2e.kfp_ir import PipelineIR
 from tests.e2e.kfp_pods import PodPlacement
+from tests.e2e.kfp_retry import SUCCEEDED
 from tests.e2e.kfp_runner import KfpRunner, RunnerLimits, RunResult, TaskRun, wait_until
 
 if TYPE_CHECKING:
@@ -287,3 +290,59 @@ def pod_processes(pod_uid: str, needle: str, proc: Path = Path("/proc")) -> list
         if needle in cmdline and f"pod{pod_uid}" in cgroup:
             found.append(int(entry.name))
     return found
+
+
+def all_pods(result: RunResult) -> list[tuple[str, str]]:
+    return [(t.display_name, a.phase) for t in result.tasks for a in t.attempts]
+
+
+class _TagParser(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+
+def check_default_run(env: Env, result: RunResult) -> None:
+    """What a run of the default pipeline with BASE_ARGUMENTS must give: its five pods, the
+    cleanup last, a model that predicts digits, metrics, the HTML report, the
+    history, and the run's Service and credential Secret gone."""
+    assert result.phase == SUCCEEDED, result
+    pods = all_pods(result)
+    assert sorted(name for name, _ in pods) == [
+        "client-ids",
+        "fl-cleanup",
+        "fl-client",
+        "fl-client",
+        "fl-server",
+    ], result
+    assert all(phase == SUCCEEDED for _, phase in pods), result
+    cleanup = result.one("fl-cleanup")
+    others = [a.finished_at for t in result.tasks if t is not cleanup for a in t.attempts]
+    assert cleanup.attempts[0].started_at >= max(others)
+
+    import keras
+
+    from fl_kubeflow.training.datasets import load_client_data
+
+    server, model_dir = server_outputs(result)
+    model = keras.models.load_model(model_dir / "model.keras")
+    data = load_client_data("digits", 0, 2)
+    predictions = model.predict(data.x_test, verbose=0)
+    assert predictions.shape == (len(data.x_test), data.num_classes)
+    accuracy = float(np.mean(predictions.argmax(axis=1) == data.y_test))
+    assert accuracy > 0.5, accuracy  # two FedAvg rounds of the 2NN on digits reach ~0.9
+
+    metrics = server.outputs.artifacts["metrics"]["metadata"]
+    assert metrics["rounds"] == 2 and metrics["clients"] == 2, metrics
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0.0, metrics
+    report = result.artifact_path(server, "report").read_text()
+    parser = _TagParser()
+    parser.feed(report)
+    parser.close()
+    assert {"html", "table"} <= set(parser.tags), parser.tags
+    assert "accuracy" in report
+    assert history(result)["status"] == "finished"
+    assert env.gone(result.run_id) == {"service": True, "secret": True}

@@ -47,6 +47,7 @@ from tests.e2e.pipeline_env import (
     FAULT_TIMEOUT,
     SETUP_TIMEOUT,
     Env,
+    check_default_run,
     compile_for,
     history,
     make_env,
@@ -246,6 +247,7 @@ def _scenario(
         assert result.phase == SUCCEEDED, result.describe()
         assert address in result.one("fl-client").logs, result
     assert expected.phase == SUCCEEDED, expected.describe()
+    check_default_run(reference_env, expected)
 
     record = history(served)
     assert record["status"] == "finished", record

@@ -38,11 +38,11 @@ from fl_kubeflow_kfp.pipeline.resources import SERVER_RESOURCES, PodResources
 from kfp import dsl
 from kfp.dsl import Model
 
+from fl_kubeflow import defaults
 from fl_kubeflow.cli.credential_manifests import (
     DEFAULT_REGISTRY_SECRET as DEFAULT_CREDENTIALS_SECRET,
 )
 from fl_kubeflow.kube.naming import SERVICE_TYPES
-from fl_kubeflow.tasks.server_access import DEFAULT_CREDENTIALS_RELOAD
 
 SERVER_PIPELINE_NAME = "fl-kubeflow-server"
 SERVER_PIPELINE_FILE = "fl_server_pipeline.yaml"
@@ -121,7 +121,7 @@ ACCESS_PARAMETERS = (
     Parameter(
         "credentials_reload",
         float,
-        DEFAULT_CREDENTIALS_RELOAD,
+        defaults.CREDENTIALS_RELOAD,
         ("Seconds between the server's reads of credentials_secret.",),
     ),
 )

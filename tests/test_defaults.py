@@ -34,6 +34,7 @@ EXPECTED = {
         "join_timeout": defaults.PIPELINE_JOIN_TIMEOUT,
         "round_timeout": defaults.ROUND_TIMEOUT,
         "strategy": defaults.STRATEGY,
+        "credentials_reload": defaults.CREDENTIALS_RELOAD,
     },
     functions.fl_client: {
         **TRAINING,

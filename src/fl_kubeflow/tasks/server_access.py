@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fl_kubeflow import defaults
 from fl_kubeflow.credentials import CredentialError, Registry
 from fl_kubeflow.kube.api import in_pod
 from fl_kubeflow.kube.credential_secrets import publish_run_credentials, read_registry_secret
@@ -43,7 +44,6 @@ log = logging.getLogger("fl_kubeflow.tasks.server")
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
 REGISTRY_FILE = "registry.json"
-DEFAULT_CREDENTIALS_RELOAD = 2.0
 
 
 class AccessError(ValueError):
@@ -102,7 +102,7 @@ class RegistrySync:
         self,
         read: Callable[[], Registry],
         path: Path,
-        interval: float = DEFAULT_CREDENTIALS_RELOAD,
+        interval: float = defaults.CREDENTIALS_RELOAD,
         name: str = "",
     ) -> None:
         if interval <= 0:

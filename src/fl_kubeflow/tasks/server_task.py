@@ -32,7 +32,6 @@ from fl_kubeflow.kube.service import (
 )
 from fl_kubeflow.tasks.durations import DEFAULT_EXPORT_TIMEOUT
 from fl_kubeflow.tasks.server_access import (
-    DEFAULT_CREDENTIALS_RELOAD,
     REGISTRY_FILE,
     AccessError,
     issue_run_registry,
@@ -135,7 +134,7 @@ def run_server_task(
     tls_secret: str = "",
     allow_plaintext: bool = False,
     credentials_secret: str = "",
-    credentials_reload: float = DEFAULT_CREDENTIALS_RELOAD,
+    credentials_reload: float = defaults.CREDENTIALS_RELOAD,
     address_path: str | os.PathLike[str] | None = None,
     core_v1_api: CoreV1Api | None = None,
 ) -> ServerTaskResult:

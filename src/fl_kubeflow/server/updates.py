@@ -35,14 +35,34 @@ def check_update_size(size: int, limit: int, *, counted: bool = True) -> None:
         raise TooLarge(f"{what} exceeds max_update_bytes={limit}", limit=limit)
 
 
-def digest(body: wire.Buffer) -> bytes:
-    """A body's SHA-256 digest: what tells a resend of the same update from another.
+# A digest reads at most this much of a body: whole bodies up to it, else evenly spread
+# blocks (first and last included).
+DIGEST_WHOLE_UP_TO = 1 << 20
+DIGEST_BLOCK = 4096
+DIGEST_BLOCKS = DIGEST_WHOLE_UP_TO // DIGEST_BLOCK
 
-    SHA-256 rather than BLAKE2b: with the SHA extensions of current x86 and ARM cores it
-    is the faster of the two (~1.2 GB/s against ~0.5 GB/s for BLAKE2b on this project's
-    VM), and it runs once per counted update. hashlib releases the GIL meanwhile.
+
+def digest(body: wire.Buffer) -> bytes:
+    """What tells a resend of the same update from another: a SHA-256 of its length and
+    of up to 1 MiB of it, in blocks spread evenly over the body.
+
+    Hashing every byte cost ~0.03 s per 40 MB update on the hot path (P = 10M, N = 8
+    rounds ~15% slower). A sample suffices: an honest retry repeats every byte, and a
+    retrained update differs nearly everywhere; a different body that matches every
+    sampled block is answered as a duplicate, which changes nothing either, since a
+    resend is never folded.
     """
-    return hashlib.sha256(body).digest()
+    view = memoryview(body).cast("B")
+    size = len(view)
+    hasher = hashlib.sha256(size.to_bytes(8, "little"))
+    if size <= DIGEST_WHOLE_UP_TO:
+        hasher.update(view)
+    else:
+        last = size - DIGEST_BLOCK
+        for number in range(DIGEST_BLOCKS):
+            start = number * last // (DIGEST_BLOCKS - 1)
+            hasher.update(view[start : start + DIGEST_BLOCK])
+    return hasher.digest()
 
 
 def decode(body: wire.Buffer, limit: int, wire_dtype: str) -> Weights:

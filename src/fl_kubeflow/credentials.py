@@ -113,7 +113,7 @@ class Registry:
         """The enrolment whose token this is (revoked or not), or None."""
         digest = token_digest(token)
         for enrolment in self.enrolments.values():
-            # compare_digest over all of them: the time taken reveals nothing of a guess.
+            # compare_digest: how long a wrong guess takes says nothing of how close it was.
             if hmac.compare_digest(enrolment.digest, digest):
                 return enrolment
         return None

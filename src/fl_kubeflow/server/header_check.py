@@ -38,7 +38,7 @@ HeadCheck = Callable[[str, str, Mapping[str, str]], RequestError | None]
 
 def check_request_head(
     federation: Federation,
-    identities_or_token: Identities | str | None,
+    identities: Identities,
     method: str,
     path: str,
     headers: Mapping[str, str],
@@ -50,8 +50,8 @@ def check_request_head(
 
     Args:
         federation: The run (client records and the open round).
-        identities_or_token: The server's principals (server/identity.py), a shared
-            bearer token (``--token-file``), or None for an open run.
+        identities: The server's principals (server/identity.py): a registry, the
+            shared ``--token-file`` token, or none (an open run).
         method: The request method, e.g. ``POST``.
         path: The request path, without the query string.
         headers: The request headers by lower-case name.
@@ -59,7 +59,7 @@ def check_request_head(
     if not path.startswith(protocol.RUN_PREFIX):
         return _size_refusal(federation, path, headers)
     try:
-        _authenticate(federation, identities_or_token, path, headers)
+        _authenticate(federation, identities, path, headers)
     except RequestError as exc:
         return exc
     if method == "POST" and path in MODEL_BODY_PATHS:
@@ -95,17 +95,10 @@ def trusted(path: str, refusal: RequestError | None) -> bool:
 
 def _authenticate(
     federation: Federation,
-    identities_or_token: Identities | str | None,
+    identities: Identities,
     path: str,
     headers: Mapping[str, str],
 ) -> None:
-    if identities_or_token is None:
-        return
-    identities = (
-        Identities(shared_token=identities_or_token)
-        if isinstance(identities_or_token, str)
-        else identities_or_token
-    )
     try:
         identities.authenticate(headers.get(AUTHORIZATION), headers.get(CLIENT_ID), path)
     except RequestError as exc:

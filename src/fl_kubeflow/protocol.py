@@ -24,6 +24,17 @@ STATUS_PATH = "/v1/status"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+# Secure aggregation (docs/secure_aggregation.md): one round's stages after training.
+# Each POST may hold (query ``wait``) until the next stage's input is ready and then
+# answers with it (200), else 202; the GET of that input long-polls like /v1/model.
+SECAGG_PREFIX = "/v1/secagg/"
+SECAGG_KEYS_PATH = "/v1/secagg/keys"  # POST JSON: this round's two public keys
+SECAGG_ROSTER_PATH = "/v1/secagg/roster"  # GET: everyone's keys and the graph's k, t
+SECAGG_SHARES_PATH = "/v1/secagg/shares"  # POST JSON: encrypted shares, one per neighbour
+SECAGG_INBOX_PATH = "/v1/secagg/inbox"  # GET: the shares neighbours encrypted to me
+SECAGG_MASKED_PATH = "/v1/secagg/masked"  # POST safetensors: the masked input
+SECAGG_UNMASK_PATH = "/v1/secagg/unmask"  # GET: who survived, who dropped
+SECAGG_REVEAL_PATH = "/v1/secagg/reveal"  # POST JSON: the shares that remove the masks
 
 # Query parameters: of GET /v1/model (round, wait) and GET /v1/status (since).
 ROUND_PARAM = "round"
@@ -48,6 +59,22 @@ class Phase(str, Enum):
     AGGREGATING = "aggregating"
     FINISHED = "finished"
     FAILED = "failed"
+
+
+class SecAggStage(str, Enum):
+    """Where a secure-aggregation round is (``secagg_stage`` in /v1/status): the stage
+    whose submissions the server is collecting. Training happens before KEYS."""
+
+    KEYS = "keys"
+    SHARES = "shares"
+    MASKED = "masked"
+    REVEAL = "reveal"
+
+
+# The round config's key (X-FL-Config) carrying a secure round's parameters to clients.
+SECAGG_CONFIG_KEY = "secagg"
+# The masked input's one tensor in its safetensors body.
+SECAGG_MASKED_TENSOR = "masked"
 
 
 # A client id: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.

@@ -8,6 +8,7 @@ from typing import Any
 
 from fl_kubeflow import defaults, protocol
 from fl_kubeflow.cpus import usable_cpus
+from fl_kubeflow.secagg.params import SecAggParams
 from fl_kubeflow.server.records import CLIENT_ID_RULE
 
 # As in fl_kubeflow.wire, which this module does not import (it needs no numpy).
@@ -70,6 +71,8 @@ class ServerConfig:
         max_pending_connections: Connections not yet shown to be a client's (by a /v1
             request that passed authentication) held at once; beyond, the oldest idle
             one is closed.
+        secure_aggregation: SecAgg+ options (docs/secure_aggregation.md); None: plain
+            aggregation, the server sees every update.
     """
 
     num_clients: int
@@ -101,6 +104,7 @@ class ServerConfig:
     head_timeout: float = defaults.HEAD_TIMEOUT
     idle_timeout: float = defaults.IDLE_TIMEOUT
     max_pending_connections: int = defaults.MAX_PENDING_CONNECTIONS
+    secure_aggregation: SecAggParams | None = None
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:

@@ -155,6 +155,37 @@ class Strategy(ABC):
         """The next global model; server-side optimizers override this."""
         return aggregate
 
+    # ------------------------------------------------- secure aggregation (SecAgg+)
+
+    def check_secure_aggregation(self) -> None:
+        """Raise ValueError, saying why, if this rule cannot work on a masked sum.
+
+        Under secure aggregation the server sees only the (weighted) sum of a round's
+        updates: rules that need each update (median, trimmed mean, Krum) cannot run.
+        """
+        if not self.averaging:
+            raise ValueError(
+                f"strategy {self.name!r} needs every client's update, which secure "
+                "aggregation hides from the server; use an averaging strategy (fedavg, "
+                "fedavgm, fedprox, fedadam, fedyogi, fedadagrad)"
+            )
+
+    @property
+    def secure_weighting(self) -> str:
+        """How a client weights its update under secure aggregation: ``"examples"``
+        (its example count: the example-weighted mean) or ``"uniform"`` (1 each)."""
+        return "examples"
+
+    def secure_aggregate(
+        self, server_round: int, global_weights: Weights, mean: Weights, count: int
+    ) -> Weights:
+        """The round's aggregate from the unmasked weighted mean of ``count`` updates.
+
+        Called instead of the round's aggregator under secure aggregation, before
+        ``finish_round``; central DP adds its noise here.
+        """
+        return mean
+
     def round_report(self, server_round: int) -> dict[str, Any]:
         """JSON-ready facts about ``server_round`` for its history record ({} if none)."""
         return dict(self._reports.get(server_round, {}))

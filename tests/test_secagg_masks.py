@@ -200,3 +200,15 @@ def test_a_round_in_miniature_unmasks_the_survivors_sum_only():
     )
     assert weight == sum(weights[i] for i in survivors)
     assert np.abs(mean - exact).max() <= quantiser.error_bound
+
+
+def test_apply_masks_is_apply_mask_for_each_stream():
+    streams = [(_seed("x"), 1), (_seed("y"), -1), (_seed("x"), 1)]
+    one_by_one = np.arange(masks.CHUNK + 3, dtype=np.uint64)
+    together = one_by_one.copy()
+    for seed, sign in streams:
+        masks.apply_mask(one_by_one, seed, sign)
+    masks.apply_masks(together, streams)
+    assert np.array_equal(together, one_by_one)
+    with pytest.raises(ValueError, match="sign"):
+        masks.apply_masks(together, [(_seed("x"), 1), (_seed("y"), 2)])

@@ -9,10 +9,19 @@ subtracted from) the vector with numpy's wrapping unsigned arithmetic: modulo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 # Elements per chunk of keystream: a few hundred KiB, in cache while it is added.
 CHUNK = 1 << 16
+SEED_BYTES = 32
+_LABEL = b"fl-kubeflow secagg mask stream v1"
+_BLOCK = 16
+_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
 
 
 def apply_mask(vector: np.ndarray, seed: bytes, sign: int) -> None:
@@ -22,10 +31,63 @@ def apply_mask(vector: np.ndarray, seed: bytes, sign: int) -> None:
         vector: One-dimensional uint32 or uint64, C-contiguous.
         seed: 32 bytes.
         sign: +1 or -1.
+
+    Raises:
+        ValueError: a vector, seed or sign not as above.
     """
-    raise NotImplementedError
+    apply_masks(vector, [(seed, sign)])
+
+
+def apply_masks(vector: np.ndarray, streams: Sequence[tuple[bytes, int]]) -> None:
+    """``vector += sign * PRG(seed)`` for every (seed, sign) of ``streams``, in one pass.
+
+    The same as ``apply_mask`` for each in turn, but each chunk of the vector stays
+    in cache while every stream is added to it: for a client's k + 1 masks or the
+    server's unmasking, the vector crosses memory once instead of once per stream
+    (8 streams at P = 10M: 90 instead of 151 ms of CPU time, benchmarks/secagg_primitives.py).
+
+    Args:
+        vector: One-dimensional uint32 or uint64, C-contiguous.
+        streams: (32-byte seed, +1 or -1) pairs.
+
+    Raises:
+        ValueError: a vector, seed or sign not as above.
+    """
+    if vector.ndim != 1 or vector.dtype not in _DTYPES or not vector.flags.c_contiguous:
+        raise ValueError("a masked vector is one-dimensional, C-contiguous uint32 or uint64")
+    if not vector.flags.writeable:
+        raise ValueError("a masked vector must be writable")
+    for _, sign in streams:
+        if sign not in (1, -1):
+            raise ValueError(f"sign must be +1 or -1, got {sign}")
+    ciphers = [
+        (_cipher(seed).encryptor(), np.add if sign == 1 else np.subtract) for seed, sign in streams
+    ]
+    width = CHUNK * vector.dtype.itemsize
+    # CTR's output is as long as its input; update_into still wants a block's slack.
+    out = bytearray(width + _BLOCK - 1)
+    zeros = bytes(width)
+    # The keystream is read little-endian whatever the host: the same mask everywhere.
+    stream = np.frombuffer(out, vector.dtype.newbyteorder("<"), count=CHUNK)
+    for start in range(0, len(vector), CHUNK):
+        part = vector[start : start + CHUNK]
+        n = len(part)
+        data = zeros if n == CHUNK else zeros[: n * vector.dtype.itemsize]
+        for encryptor, combine in ciphers:
+            encryptor.update_into(data, out)
+            combine(part, stream[:n], out=part)
 
 
 def mask(length: int, dtype: np.dtype, seed: bytes) -> np.ndarray:
     """PRG(seed) as a new array (for tests and small vectors)."""
-    raise NotImplementedError
+    vector = np.zeros(length, dtype)
+    apply_mask(vector, seed, 1)
+    return vector
+
+
+def _cipher(seed: bytes) -> Cipher:
+    """AES-256-CTR under HKDF(seed), counter from zero (each key makes one stream)."""
+    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+        raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL).derive(seed)
+    return Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK)))

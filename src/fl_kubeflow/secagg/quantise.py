@@ -5,6 +5,11 @@ levels and step s = C / K, a client of weight w sends w * round(clip(change, -C,
 / s) modulo 2**bits, and w as the last element. Weights of a round add up to at most
 W, so the sum never wraps; the decoded mean is within s / 2 of the exact weighted
 mean of the clipped changes.
+
+Float64 adds its own rounding to that (the division by s, the conversions of the
+sum): relative 2**-52 or so of the range, far below s / 2 unless bits = 64 and W is
+small (below about 2**12, the step then nears float64's resolution). ``error_bound``
+includes it, so it is a bound in every case.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fl_kubeflow.secagg.params import SecAggParams
+
+# Elements encoded per step: keeps the float64 temporaries in cache.
+_CHUNK = 1 << 16
+# Float64 rounding in encode and decode, as a fraction of the range (a few ulps).
+_FLOAT_SLACK = 2.0**-50
 
 
 class WeightError(ValueError):
@@ -29,22 +39,28 @@ class Quantiser:
     @property
     def dtype(self) -> np.dtype:
         """uint32 or uint64."""
-        raise NotImplementedError
+        return np.dtype(np.uint32) if self.params.bits == 32 else np.dtype(np.uint64)
 
     @property
     def levels(self) -> int:
         """K: integer levels per unit of weight from 0 to ``range``."""
-        raise NotImplementedError
+        return (2 ** (self.params.bits - 1) - 1) // self.params.max_weight
 
     @property
     def step(self) -> float:
         """s = range / K."""
-        raise NotImplementedError
+        return self.params.range / self.levels
 
     @property
     def error_bound(self) -> float:
-        """The most the decoded mean can differ from the exact one, per parameter: s / 2."""
-        raise NotImplementedError
+        """The most the decoded mean can differ from the exact one, per parameter: s / 2
+        (plus float64's rounding, negligible unless bits = 64 and max_weight is small)."""
+        return self.step / 2 + self.params.range * _FLOAT_SLACK
+
+    @property
+    def _signed(self) -> np.dtype:
+        """The two's-complement reading of ``dtype``."""
+        return np.dtype(np.int32) if self.params.bits == 32 else np.dtype(np.int64)
 
     def encode(self, change: np.ndarray, weight: int) -> tuple[np.ndarray, int]:
         """The unmasked integer vector (len(change) + 1, ``dtype``) and how many
@@ -52,13 +68,67 @@ class Quantiser:
 
         Raises:
             WeightError: weight not in 1..max_weight.
+            ValueError: a change that is not one-dimensional and finite.
         """
-        raise NotImplementedError
+        bound = self.params.max_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | np.integer):
+            raise WeightError(f"a secure update's weight must be an integer, got {weight!r}")
+        if not 1 <= weight <= bound:
+            raise WeightError(
+                f"weight {weight} is outside 1..{bound}: raise the secagg option max_weight"
+            )
+        if np.ndim(change) != 1:
+            raise ValueError(f"a change is one-dimensional, got shape {np.shape(change)}")
+        limit, levels_per_unit = self.params.range, self.levels / self.params.range
+        # x / s can round up past K only where K nears 2**52 (bits = 64, small W): there
+        # the levels are clipped again, to the largest float not above K.
+        top = float(self.levels)
+        if top > self.levels:
+            top = float(np.nextafter(top, 0))
+        reclip = self.levels >= 2**51
+        out = np.empty(len(change) + 1, self.dtype)
+        signed = out.view(self._signed)
+        factor = self.dtype.type(weight)
+        buffer = np.empty(min(_CHUNK, len(change)), np.float64)
+        clipped = 0
+        for start in range(0, len(change), _CHUNK):
+            part = np.asarray(change[start : start + _CHUNK], np.float64)
+            levels = buffer[: len(part)]
+            # Most chunks lie inside the range: min and max (NaN fails both tests) spare
+            # them the finiteness check, the count and the clip.
+            if not (-limit <= part.min(initial=0.0) and part.max(initial=0.0) <= limit):
+                if not np.isfinite(part).all():
+                    raise ValueError("a change with NaN or infinite elements cannot be encoded")
+                clipped += int(np.count_nonzero(np.abs(part) > limit))
+                part = np.clip(part, -limit, limit)
+            np.multiply(part, levels_per_unit, out=levels)
+            np.rint(levels, out=levels)
+            if reclip:
+                np.clip(levels, -top, top, out=levels)
+            # Written as signed integers into the unsigned vector: the two's complement
+            # modulo 2**bits. Multiplying in the unsigned type keeps it so (|w * level|
+            # < 2**(bits-1): the signed product never overflows).
+            dest = out[start : start + len(part)]
+            np.copyto(signed[start : start + len(part)], levels, casting="unsafe")
+            np.multiply(dest, factor, out=dest)
+        out[-1] = weight
+        return out, clipped
 
     def decode(self, total: np.ndarray) -> tuple[np.ndarray, int]:
         """From the unmasked sum: the weighted mean change (float64) and the total weight.
 
         Raises:
             WeightError: total weight 0 or over max_weight (the sum may have wrapped).
+            ValueError: not a one-dimensional vector of ``dtype``.
         """
-        raise NotImplementedError
+        if total.ndim != 1 or total.dtype != self.dtype or len(total) < 1:
+            raise ValueError(f"an unmasked sum is a one-dimensional {self.dtype} vector")
+        weight = int(total[-1])
+        if not 1 <= weight <= self.params.max_weight:
+            raise WeightError(
+                f"the round's total weight {weight} is outside 1..{self.params.max_weight} "
+                "(secagg option max_weight): the sum cannot be decoded"
+            )
+        mean = total[:-1].view(self._signed).astype(np.float64)
+        mean *= self.step / weight
+        return mean, weight

@@ -141,6 +141,7 @@ class Scripted:
         )
 
     def fetch(self, server_round: int = 1) -> None:
+        """The round's model and config (``round`` is the one the server handed out)."""
         response = self.raw.model(server_round, wait=WAIT)
         assert response.status_code == 200, response.text
         self.round = int(response.headers["X-FL-Round"])
@@ -265,9 +266,9 @@ class Scripted:
         assert response.status_code == 200, response.text
         assert response.json() == {"accepted": True}
 
-    def run(self, stop_after: str | None = None, leave: bool = True) -> None:
+    def run(self, stop_after: str | None = None, leave: bool = True, server_round: int = 1) -> None:
         """The whole round, stopping after ``stop_after`` (leaving the run, or silent)."""
-        self.fetch()
+        self.fetch(server_round)
         for stage in STAGES:
             getattr(self, f"{stage}_stage")()
             if stage == stop_after:
@@ -295,14 +296,17 @@ def join_all(server: Server, n: int, seed: int = 0) -> list[Scripted]:
 
 
 def run_all(
-    clients: list[Scripted], stops: dict[str, str] | None = None, leave: bool = True
+    clients: list[Scripted],
+    stops: dict[str, str] | None = None,
+    leave: bool = True,
+    server_round: int = 1,
 ) -> None:
     """Every client's round on its own thread (each POST holds until the next stage)."""
     errors: list[BaseException] = []
 
     def one(client: Scripted) -> None:
         try:
-            client.run((stops or {}).get(client.cid), leave)
+            client.run((stops or {}).get(client.cid), leave, server_round)
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
 
@@ -314,16 +318,18 @@ def run_all(
     assert not errors, errors
 
 
-def expected_model(clients: list[Scripted]) -> dict[str, np.ndarray]:
-    """The exact weighted mean of the clients' changes, applied to W0."""
+def expected_model(
+    clients: list[Scripted], base: dict[str, np.ndarray] = W0
+) -> dict[str, np.ndarray]:
+    """The exact weighted mean of the clients' changes, applied to ``base``."""
     total = sum(c.weight for c in clients)
     assert all(c.change is not None for c in clients)
     mean = sum(c.weight * c.change for c in clients) / total  # type: ignore[operator]
-    return Layout.of(W0).apply(W0, mean)
+    return Layout.of(base).apply(base, mean)
 
 
-def final_model(server: Server, client: Scripted) -> dict[str, np.ndarray]:
-    response = client.raw.model(2, wait=WAIT)
+def final_model(server: Server, client: Scripted, after: int = 1) -> dict[str, np.ndarray]:
+    response = client.raw.model(after + 1, wait=WAIT)
     assert response.status_code == 200, response.text
     assert response.headers["X-FL-Phase"] == "finished"
     return wire.decode(response.content)
@@ -362,24 +368,35 @@ def model_sized_arrays(secure: SecureRound) -> list[np.ndarray]:
     return found
 
 
-def test_a_round_gives_the_weighted_mean_and_stores_no_unmasking_material(serve: Any) -> None:
-    server = serve(4)
+def test_rounds_give_the_weighted_mean_and_store_no_unmasking_material(serve: Any) -> None:
+    server = serve(4, num_rounds=2)
     clients = join_all(server, 4)
     clients[0].fetch()
     assert clients[0].config["secagg"]["weighting"] == "examples"
-    secure = server.secure_round()
+    first = server.secure_round()
     assert server.federation.status()["secagg_stage"] == "keys"
     run_all(clients)
-    final = final_model(server, clients[0])
-    bound = Quantiser(secure.params).error_bound
-    assert_close(final, expected_model(clients), bound)
+    bound = Quantiser(first.params).error_bound
+    # Round 2 starts from round 1's model, as every client decoded it.
+    clients[0].fetch(2)
+    after_one = clients[0].base
+    assert_close(after_one, expected_model(clients), bound)
+    secure = server.secure_round()
+    assert secure is not first and secure.number == 2
+    rng = np.random.default_rng(9)
+    for client in clients:
+        client.change, client.weight = rng.uniform(-1, 1, secure.layout.size - 1), 1 + client.weight
+    run_all(clients, server_round=2)
+    assert_close(
+        final_model(server, clients[0], after=2), expected_model(clients, after_one), bound
+    )
 
     # The one model-sized array is the running sum, whatever the number of clients.
     assert [a is secure.sum.vector for a in model_sized_arrays(secure)] == [True]
     # Every client survived: the server holds shares of self masks only, never of a key.
     for holder, (self_mask, mask_key) in secure.reveals.items():
         assert mask_key == {} and set(self_mask) <= set(secure.neighbours[holder]), holder
-    record = server.federation.history()["rounds"][1]
+    record = server.federation.history()["rounds"][2]
     report = record["secure_aggregation"]
     assert report["roster"] == report["survivors"] == report["revealed"] == 4
     assert report["dropped_at_shares"] == report["dropped_at_masked"] == []

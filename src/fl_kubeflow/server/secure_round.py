@@ -24,7 +24,7 @@ import numpy as np
 
 from fl_kubeflow.protocol import SECAGG_MASKED_TENSOR, SecAggStage
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
-from fl_kubeflow.secagg.params import GraphParams, SecAggParams, choose_graph
+from fl_kubeflow.secagg.params import MIN_CLIENTS, GraphParams, SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser, WeightError
 from fl_kubeflow.secagg.vector import Layout
 from fl_kubeflow.server.errors import BadRequest, Conflict, InvalidUpdate, WrongRound
@@ -132,11 +132,17 @@ class SecureRound:
         """Close the open stage with who has sent, and open the next (or end the round).
 
         Raises:
-            SecureRoundFailed: the key stage closed with a roster no graph serves.
+            SecureRoundFailed: the key stage closed with a roster too small to hide an
+                input in the sum, or that no graph serves.
         """
         stage, after = self.stage, now + self.params.timeout
         if stage is SecAggStage.KEYS:
             self.roster = sorted(self.keys)
+            if len(self.roster) < MIN_CLIENTS:
+                raise SecureRoundFailed(
+                    f"round {self.number}: only {len(self.roster)} clients sent keys; secure "
+                    f"aggregation needs at least {MIN_CLIENTS} to hide one input in the sum"
+                )
             try:
                 self.graph = choose_graph(
                     len(self.roster), self.params.dropout_fraction, self.params.corrupt_fraction

@@ -105,6 +105,7 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
     def __init__(
         self,
         roster: Script = ScriptedRound.roster_answer,
+        inbox: Script = ScriptedRound.inbox_answer,
         unmask: Script = honest_unmask,
         reveal: Script = lambda state: {"accepted": True},
     ) -> None:
@@ -112,7 +113,7 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
         self.url = ""
         self.trainer = DeltaTrainer(delta=DELTA, num_examples=EXAMPLES)
         self.state = ScriptedRound(self.trainer.initial_weights())
-        self.script = {"roster": roster, "unmask": unmask, "reveal": reveal}
+        self.script = {"roster": roster, "inbox": inbox, "unmask": unmask, "reveal": reveal}
         self.config = {
             protocol.SECAGG_CONFIG_KEY: {**self.state.params.to_config(), "weighting": "examples"}
         }
@@ -167,7 +168,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._json(script["roster"](state))
         if path == protocol.SECAGG_SHARES_PATH:
             state.client_shares = payload["shares"]
-            return self._json(state.inbox_answer())
+            return self._json(script["inbox"](state))
         if path == protocol.SECAGG_REVEAL_PATH:
             state.reveals.append(payload)
             return self._json(script["reveal"](state))
@@ -290,3 +291,24 @@ def test_refuses_a_roster_without_its_own_keys() -> None:
         return answer
 
     assert refused("with its own keys", roster=swapped_keys).client_shares == {}
+
+
+def tampered(state: ScriptedRound) -> dict[str, Any]:
+    answer = state.inbox_answer()
+    ciphertext = bytearray(messages.decode(answer["shares"]["c3"], keys.CIPHERTEXT_BYTES, "c3"))
+    ciphertext[-1] ^= 1
+    answer["shares"]["c3"] = messages.encode(bytes(ciphertext))
+    return answer
+
+
+def withheld(state: ScriptedRound) -> dict[str, Any]:
+    answer = state.inbox_answer()
+    answer["shares"] = dict(list(answer["shares"].items())[:1])  # fewer than t
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("inbox", "reason"), [(tampered, "from c3 does not decrypt"), (withheld, "threshold")]
+)
+def test_refuses_an_inbox_it_cannot_trust(inbox: Script, reason: str) -> None:
+    assert refused(reason, inbox=inbox).masked is None

@@ -23,6 +23,8 @@ import requests
 
 from fl_kubeflow import wire
 from fl_kubeflow.auth import new_token
+from fl_kubeflow.client.federated_client import FederatedClient
+from fl_kubeflow.client.numpy_trainers import DeltaTrainer
 from fl_kubeflow.protocol import SECAGG_MASKED_TENSOR, Phase
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import SecAggParams, choose_graph
@@ -498,6 +500,8 @@ def test_stages_refuse_what_the_doc_refuses(serve: Any) -> None:
         "masking_key": messages.encode(keys.generate().public),
     }
     expect(a.post("/v1/secagg/keys", other, wait=0), 409, "conflict", "other keys")
+    copied = {**other, "encryption_key": messages.encode(a.c.public)}
+    expect(c.post("/v1/secagg/keys", copied, wait=0), 400, "bad_request", "fresh")
     c.take_roster(c.answer(c.post_keys(), "/v1/secagg/roster"))
     for client in (a, b):
         client.take_roster(client.get("/v1/secagg/roster").json())
@@ -547,3 +551,41 @@ def test_stages_refuse_what_the_doc_refuses(serve: Any) -> None:
     for reason in ("secagg_wrong_round", "secagg_conflict", "secagg_bad_request"):
         assert f'fl_requests_rejected_total{{reason="{reason}"}}' in metrics, reason
     assert 'fl_requests_rejected_total{reason="secagg_invalid_update"} 3' in metrics
+
+
+def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(serve: Any) -> None:
+    """The client library's own rounds (FederatedClient, client/secure_aggregation.py)
+    against this server, float16 on the wire: each round is the example-weighted mean
+    of the deltas, added to the model as the clients decoded it."""
+    server = serve(4, num_rounds=2, wire_dtype="float16")
+    deltas, counts = (0.1, -0.2, 0.3, 0.05), (3, 1, 7, 2)
+    clients = [
+        FederatedClient(
+            server.url,
+            f"c{i}",
+            DeltaTrainer(delta=delta, num_examples=count),
+            headers={"Authorization": f"Bearer {server.token}"},
+            poll_wait=WAIT,
+            check_model=False,
+        )
+        for i, (delta, count) in enumerate(zip(deltas, counts, strict=True))
+    ]
+    summaries: list[Any] = []
+    threads = [threading.Thread(target=lambda c=c: summaries.append(c.run())) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    server.wait_end()
+    assert server.federation.phase is Phase.FINISHED, server.federation.error
+    assert sorted(s.rounds_trained for s in summaries) == [[1, 2]] * 4
+    mean = float(np.dot(deltas, counts) / sum(counts))
+    model = dict(W0)
+    for _ in range(2):
+        decoded = wire.decode(wire.encode(model, wire_dtype="float16"), wire_dtype="float16")
+        model = {name: value + np.float32(mean) for name, value in decoded.items()}
+    bound = Quantiser(SecAggParams()).error_bound
+    assert_close(server.federation.final_weights() or {}, model, bound)
+    record = server.federation.history()["rounds"][2]
+    assert record["num_examples"] == sum(counts)
+    assert record["train"]["secagg_clipped"] == 0

@@ -217,8 +217,17 @@ class SecureRound:
                 stage=self.stage.value,
             )
         pair = (encryption_key, masking_key)
-        if self.keys.setdefault(client_id, pair) != pair:
+        first = self.keys.get(client_id)
+        if first is not None and first != pair:
             raise Conflict(f"client {client_id!r} sent other keys for round {self.number} already")
+        used = {key for other, keys_ in self.keys.items() if other != client_id for key in keys_}
+        if encryption_key == masking_key or used & set(pair):
+            # Clients refuse a roster with a key twice: one client must not spoil the round.
+            raise BadRequest(
+                f"round {self.number}'s public keys must be fresh: {client_id!r} sent one "
+                "twice, or one another client sent"
+            )
+        self.keys[client_id] = pair
 
     def roster_answer(self, client_id: str, sampled: Sequence[str]) -> dict[str, Any] | None:
         """The roster and the graph's k and t; None while the key stage is open."""

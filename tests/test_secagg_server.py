@@ -65,9 +65,17 @@ class Server:
         return Scripted(raw)
 
     def secure_round(self) -> SecureRound:
-        current = self.federation._current
-        assert current is not None and current.secure is not None
-        return current.secure
+        """The open round's SecureRound, once the driver has opened one."""
+        federation = self.federation
+
+        def opened() -> SecureRound | None:
+            current = federation._current
+            return current.secure if current is not None else None
+
+        with federation._cond:
+            secure = federation._cond.wait_for(opened, WAIT)
+        assert secure is not None
+        return secure
 
     def wait_end(self) -> None:
         self.thread.join(WAIT * 2)

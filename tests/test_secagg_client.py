@@ -54,7 +54,9 @@ class ScriptedRound:
     def __init__(self, base: wire.Weights) -> None:
         self.params = SecAggParams()
         self.base = base
-        self.peers = {peer: ClientRound(peer, 1, self.params, "examples") for peer in PEERS}
+        self.peers = {
+            peer: ClientRound(peer, 1, self.params, protocol.SECAGG_BY_EXAMPLES) for peer in PEERS
+        }
         self.client_keys: dict[str, Any] = {}
         self.client_shares: dict[str, str] = {}
         self.masked: np.ndarray | None = None
@@ -115,7 +117,10 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
         self.state = ScriptedRound(self.trainer.initial_weights())
         self.script = {"roster": roster, "inbox": inbox, "unmask": unmask, "reveal": reveal}
         self.config = {
-            protocol.SECAGG_CONFIG_KEY: {**self.state.params.to_config(), "weighting": "examples"}
+            protocol.SECAGG_CONFIG_KEY: {
+                **self.state.params.to_config(),
+                protocol.SECAGG_WEIGHTING_KEY: protocol.SECAGG_BY_EXAMPLES,
+            }
         }
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # client gave up: fine

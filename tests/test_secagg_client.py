@@ -110,10 +110,11 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
         inbox: Script = ScriptedRound.inbox_answer,
         unmask: Script = honest_unmask,
         reveal: Script = lambda state: {"accepted": True},
+        examples: int = EXAMPLES,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.url = ""
-        self.trainer = DeltaTrainer(delta=DELTA, num_examples=EXAMPLES)
+        self.trainer = DeltaTrainer(delta=DELTA, num_examples=examples)
         self.state = ScriptedRound(self.trainer.initial_weights())
         self.script = {"roster": roster, "inbox": inbox, "unmask": unmask, "reveal": reveal}
         self.config = {
@@ -183,7 +184,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def scripted_server(**script: Script) -> Iterator[ScriptedServer]:
+def scripted_server(**script: Any) -> Iterator[ScriptedServer]:
     server = ScriptedServer(**script)
     with serving(server, TIMEOUT) as server.url:
         yield server
@@ -202,7 +203,7 @@ def run_client(server: ScriptedServer) -> Any:
     return client.run()
 
 
-def refused(match: str, **script: Script) -> ScriptedRound:
+def refused(match: str, **script: Any) -> ScriptedRound:
     """The scripted round after the client refused it with a SecAggViolation matching ``match``."""
     with scripted_server(**script) as server, pytest.raises(SecAggViolation, match=match):
         run_client(server)
@@ -263,13 +264,33 @@ def test_honest_round_reveals_one_share_per_peer_and_masks_correctly() -> None:
     np.testing.assert_array_equal(unmasked_input(state), expected)
 
 
-def test_refuses_a_peer_named_both_survived_and_dropped() -> None:
-    def both(state: ScriptedRound) -> dict[str, Any]:
-        request = state.unmask_answer()
-        request["dropped"] = ["c3"]  # still among the survivors too
-        return request
+def both_lists(state: ScriptedRound) -> dict[str, Any]:
+    request = state.unmask_answer()
+    request["dropped"] = ["c3"]  # still among the survivors too
+    return request
 
-    assert refused("both survived and dropped", unmask=both).reveals == []
+
+@pytest.mark.parametrize(
+    ("unmask", "reason"),
+    [
+        (both_lists, "both survived and dropped"),
+        (lambda state: state.unmask_answer(dropped=(CLIENT,)), "not list this client"),
+        (lambda state: state.unmask_answer(dropped=("c0", "c1")), "threshold"),
+    ],
+    ids=["both-lists", "self-dropped", "too-few-survivors"],
+)
+def test_refuses_an_unmask_request_it_cannot_trust(unmask: Script, reason: str) -> None:
+    assert refused(reason, unmask=unmask).reveals == []
+
+
+def test_answers_the_same_request_again_with_the_same_shares() -> None:
+    def again_once(state: ScriptedRound) -> dict[str, Any]:
+        return state.unmask_answer() if state.unmask_requests < 2 else {"accepted": True}
+
+    with scripted_server(reveal=again_once) as server:
+        assert run_client(server).rounds_trained == [1]
+    first, second = server.state.reveals
+    assert first == second
 
 
 def test_refuses_a_second_request_that_flips_a_peer() -> None:
@@ -296,6 +317,11 @@ def test_refuses_a_roster_without_its_own_keys() -> None:
         return answer
 
     assert refused("with its own keys", roster=swapped_keys).client_shares == {}
+
+
+def test_refuses_to_send_a_weight_over_max_weight() -> None:
+    over = SecAggParams().max_weight + 1
+    assert refused("max_weight", examples=over).masked is None
 
 
 def tampered(state: ScriptedRound) -> dict[str, Any]:

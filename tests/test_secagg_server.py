@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser
 from fl_kubeflow.secagg.vector import Layout
+from fl_kubeflow.server import checkpoint, checkpoint_state
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
@@ -63,9 +65,17 @@ class Server:
         return Scripted(raw)
 
     def secure_round(self) -> SecureRound:
-        current = self.federation._current
-        assert current is not None and current.secure is not None
-        return current.secure
+        """The open round's SecureRound, once the driver has opened one."""
+        federation = self.federation
+
+        def opened() -> SecureRound | None:
+            current = federation._current
+            return current.secure if current is not None else None
+
+        with federation._cond:
+            secure = federation._cond.wait_for(opened, WAIT)
+        assert secure is not None
+        return secure
 
     def wait_end(self) -> None:
         self.thread.join(WAIT * 2)
@@ -88,7 +98,7 @@ def serve() -> Iterator[Any]:
             join_timeout=WAIT,
             round_timeout=options.pop("round_timeout", WAIT),
             poll_timeout=WAIT,
-            grace_period=1.0,
+            grace_period=0.2,  # the run ends soon after its clients heard it did
             max_update_bytes=1 << 16,
             secure_aggregation=params or SecAggParams(),
             **options,
@@ -553,11 +563,14 @@ def test_stages_refuse_what_the_doc_refuses(serve: Any) -> None:
     assert 'fl_requests_rejected_total{reason="secagg_invalid_update"} 3' in metrics
 
 
-def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(serve: Any) -> None:
+def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(
+    serve: Any, tmp_path: Path
+) -> None:
     """The client library's own rounds (FederatedClient, client/secure_aggregation.py)
     against this server, float16 on the wire: each round is the example-weighted mean
-    of the deltas, added to the model as the clients decoded it."""
-    server = serve(4, num_rounds=2, wire_dtype="float16")
+    of the deltas, added to the model as the clients decoded it. The rounds' records
+    survive a checkpoint."""
+    server = serve(4, num_rounds=2, wire_dtype="float16", checkpoint_dir=tmp_path)
     deltas, counts = (0.1, -0.2, 0.3, 0.05), (3, 1, 7, 2)
     clients = [
         FederatedClient(
@@ -589,3 +602,8 @@ def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(serv
     record = server.federation.history()["rounds"][2]
     assert record["num_examples"] == sum(counts)
     assert record["train"]["secagg_clipped"] == 0
+    saved = checkpoint.load(tmp_path)
+    assert saved is not None
+    restored = checkpoint_state.restored_run(saved).rounds[-1]
+    assert restored.secure_report == record["secure_aggregation"]
+    assert restored.contributors == dict.fromkeys(record["contributors"])

@@ -267,10 +267,14 @@ class ClientRound:
             raise self._refuse(
                 f"weight {weight} cannot be sent (max_weight={self.params.max_weight}): {exc}"
             ) from None
-        masks.apply_mask(vector, self._self_mask_seed(), +1)
-        for peer in self._inbox:
-            seed = keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round)
-            masks.apply_mask(vector, seed, +1 if self.client_id < peer else -1)
+        streams = [(self._self_mask_seed(), +1)] + [
+            (
+                keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round),
+                +1 if self.client_id < peer else -1,
+            )
+            for peer in self._inbox
+        ]
+        masks.apply_masks(vector, streams)
         return vector, clipped
 
     def _self_mask_seed(self) -> bytes:

@@ -433,7 +433,7 @@ class SecureRound:
             stray = sorted(set(shares) - allowed)
             if stray:
                 raise BadRequest(
-                    f"{name} may name only the {client_id!r}'s neighbours that "
+                    f"{name} may name only the neighbours of {client_id!r} that "
                     f"{'survived' if name == 'self_mask_shares' else 'dropped'} "
                     f"({sorted(allowed)[:10]}); got {stray[:5]}"
                 )
@@ -468,18 +468,20 @@ class SecureRound:
             seed = self._rebuild(client_id, 0, position, t, "self-mask seed")
             masks.apply_mask(vector, seed, -1)
         for dropped in self.dropped_at_masked():
+            survivors = [peer for peer in self.neighbours[dropped] if peer in self.masked]
+            if not survivors:
+                continue  # no survivor added a pair mask with it: nothing to remove
             private = self._rebuild(dropped, 1, position, t, "masking key")
             if keys.public_of(private) != self.keys[dropped][1]:
                 raise SecureRoundFailed(
                     f"round {self.number}: the masking key rebuilt for dropped client "
                     f"{dropped!r} does not match its public key (a wrong share)"
                 )
-            for peer in self.neighbours[dropped]:
-                if peer in self.masked:
-                    # The survivor added +PRG if its id sorts first, -PRG otherwise.
-                    sign = 1 if peer < dropped else -1
-                    seed = keys.pair_seed(private, self.keys[peer][1], self.number)
-                    masks.apply_mask(vector, seed, -sign)
+            for peer in survivors:
+                # The survivor added +PRG if its id sorts first, -PRG otherwise.
+                sign = 1 if peer < dropped else -1
+                seed = keys.pair_seed(private, self.keys[peer][1], self.number)
+                masks.apply_mask(vector, seed, -sign)
         try:
             mean, total = self.quantiser.decode(vector)
         except WeightError as exc:

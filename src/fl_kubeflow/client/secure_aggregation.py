@@ -4,7 +4,9 @@
 ``b``, the shares neighbours sent) and turns each server answer into the next
 message, checking every answer first: a roster it is not on with its own keys, a
 graph other than ``choose_graph`` gives, a share that does not decrypt, or an
-unmask request that would reveal both secrets of one peer is a ``SecAggViolation``.
+unmask request that would reveal both secrets of one peer is a ``SecAggViolation``
+(the client's run ends); fewer than ``t`` neighbours left is ``RoundAbandoned``
+(the client sends nothing more in that round and waits for the next).
 ``run_secure_round`` is the stage sequence over HTTP (keys -> roster -> shares ->
 inbox -> masked -> unmask -> reveal).
 
@@ -35,9 +37,6 @@ from fl_kubeflow.secagg.vector import Layout
 
 log = logging.getLogger("fl_kubeflow.client")
 
-# How a client weights its update (Strategy.secure_weighting), sent in the round config.
-WEIGHTING_KEY = "weighting"
-WEIGHTINGS = ("examples", "uniform")
 # The two kinds of share a client may reveal for a neighbour: the reveal's field names.
 SELF_MASK = "self_mask_shares"
 MASK_KEY = "mask_key_shares"
@@ -56,6 +55,15 @@ class SecAggViolation(Exception):
     """
 
 
+class RoundAbandoned(Exception):
+    """This client leaves a secure round it cannot finish safely, revealing nothing more.
+
+    Fewer than ``t`` of its neighbours sent shares, or survived: drop-outs beyond the
+    threshold (an honest server's round fails then too) or a server withholding
+    them. Not a violation: the client waits for the next round.
+    """
+
+
 class ClientRound:
     """One client's state in one secure round; its secrets never leave it unencrypted.
 
@@ -69,9 +77,10 @@ class ClientRound:
     def __init__(
         self, client_id: str, server_round: int, params: SecAggParams, weighting: str
     ) -> None:
-        if weighting not in WEIGHTINGS:
+        if weighting not in protocol.SECAGG_WEIGHTINGS:
             raise SecAggViolation(
-                f"round {server_round}: weighting {weighting!r} is not one of {WEIGHTINGS}"
+                f"round {server_round}: weighting {weighting!r} is not one of "
+                f"{protocol.SECAGG_WEIGHTINGS}"
             )
         self.client_id = client_id
         self.server_round = server_round
@@ -105,7 +114,12 @@ class ClientRound:
             raise SecAggViolation(
                 f"round {server_round}: bad secure-aggregation config: {exc}"
             ) from None
-        return cls(client_id, server_round, params, entry.get(WEIGHTING_KEY, "examples"))
+        return cls(
+            client_id,
+            server_round,
+            params,
+            entry.get(protocol.SECAGG_WEIGHTING_KEY, protocol.SECAGG_BY_EXAMPLES),
+        )
 
     def _refuse(self, reason: str) -> SecAggViolation:
         return SecAggViolation(f"client {self.client_id}, round {self.server_round}: {reason}")
@@ -212,9 +226,10 @@ class ClientRound:
 
         Raises:
             SecAggViolation: not this round; a sender that is not a neighbour; a share
-                that does not decrypt for its sender, this client and round; fewer than
-                ``t`` senders (this client's own secrets could then not be rebuilt, and
-                a server withholding neighbours' shares could strip its pair masks).
+                that does not decrypt for its sender, this client and round.
+            RoundAbandoned: fewer than ``t`` senders: this client's own secrets could
+                not be rebuilt, and its masked input, with fewer pair masks than its
+                ``b`` has holders, would be exposed to a server withholding shares.
         """
         self._check_round(answer, "inbox")
         inbox = answer.get("shares")
@@ -223,11 +238,6 @@ class ClientRound:
         strangers = sorted(set(inbox) - set(self.neighbours))
         if strangers:
             raise self._refuse(f"the inbox has shares from non-neighbours {strangers}")
-        if len(inbox) < self.threshold:
-            raise self._refuse(
-                f"only {len(inbox)} of {len(self.neighbours)} neighbours sent shares; "
-                f"the threshold is {self.threshold}"
-            )
         for sender, text in inbox.items():
             try:
                 ciphertext = messages.decode(text, keys.CIPHERTEXT_BYTES, f"share of {sender}")
@@ -241,6 +251,11 @@ class ClientRound:
                 )
             except (ValueError, keys.DecryptionError) as exc:
                 raise self._refuse(f"the share from {sender} does not decrypt: {exc}") from None
+        if len(inbox) < self.threshold:
+            raise RoundAbandoned(
+                f"client {self.client_id}, round {self.server_round}: only {len(inbox)} of "
+                f"{len(self.neighbours)} neighbours sent shares; the threshold is {self.threshold}"
+            )
 
     # ------------------------------------------------------------------ masked input
 
@@ -256,7 +271,7 @@ class ClientRound:
         Raises:
             SecAggViolation: the weight is not in 1..max_weight.
         """
-        weight = num_examples if self.weighting == "examples" else 1
+        weight = num_examples if self.weighting == protocol.SECAGG_BY_EXAMPLES else 1
         change = Layout.of(base).change(trained, base)
         try:
             vector, clipped = Quantiser(self.params).encode(change, weight)
@@ -264,10 +279,14 @@ class ClientRound:
             raise self._refuse(
                 f"weight {weight} cannot be sent (max_weight={self.params.max_weight}): {exc}"
             ) from None
-        masks.apply_mask(vector, self._self_mask_seed(), +1)
-        for peer in self._inbox:
-            seed = keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round)
-            masks.apply_mask(vector, seed, +1 if self.client_id < peer else -1)
+        streams = [(self._self_mask_seed(), +1)] + [
+            (
+                keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round),
+                +1 if self.client_id < peer else -1,
+            )
+            for peer in self._inbox
+        ]
+        masks.apply_masks(vector, streams)
         return vector, clipped
 
     def _self_mask_seed(self) -> bytes:
@@ -287,8 +306,8 @@ class ClientRound:
         Raises:
             SecAggViolation: not this round; a peer in both lists, or not on the
                 roster; this client not a survivor; an inbox neighbour in neither
-                list; a neighbour whose kind differs from an earlier request's; or
-                fewer than ``t`` surviving neighbours.
+                list; a neighbour whose kind differs from an earlier request's.
+            RoundAbandoned: fewer than ``t`` surviving neighbours.
         """
         self._check_round(request, "unmask")
         survivors, dropped = request.get("survivors"), request.get("dropped")
@@ -323,8 +342,9 @@ class ClientRound:
             )
         alive = sum(kind == SELF_MASK for kind in kinds.values())
         if alive < self.threshold:
-            raise self._refuse(
-                f"only {alive} neighbours survived; the threshold is {self.threshold}"
+            raise RoundAbandoned(
+                f"client {self.client_id}, round {self.server_round}: only {alive} neighbours "
+                f"survived; the threshold is {self.threshold}"
             )
         self.asked.update(kinds)
         reveal: dict[str, Any] = {
@@ -374,6 +394,7 @@ def run_secure_round(
 
     Raises:
         SecAggViolation: the client refuses (see ``ClientRound``).
+        RoundAbandoned: the client leaves this round (see ``ClientRound``).
         TimeoutError: the stages did not complete within ``timeout``.
     """
     stages = _Stages(

@@ -21,20 +21,32 @@ other sections are kept).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 import round_overhead
-from perf_common import HERE, PYTHON, load_average, machine_lines, model_shapes, timed
+from perf_common import (
+    HERE,
+    PYTHON,
+    SECURE_SECTION,
+    load_average,
+    machine_lines,
+    model_shapes,
+    replace_section,
+    timed,
+)
 
 from fl_kubeflow import wire
 from fl_kubeflow.client.numpy_trainers import random_weights
@@ -46,7 +58,6 @@ PARAMS = (100_000, 1_000_000, 10_000_000)
 CLIENTS = (8, 32)
 ROUNDS = round_overhead.ROUNDS
 SECURE = ["--secure-aggregation"]
-SECTION = "## Secure aggregation (SecAgg+)"
 MB = 1e6
 # Flower 1.42's SecAgg+ workflow measured on this machine with N = 8 (issue 16): round
 # seconds and its ratio to Flower's own plain round, per P; its quantisation error at
@@ -59,6 +70,11 @@ GOAL_RATIO = {100_000: 3.0, 1_000_000: 2.0}
 # from the smallest N to the largest.
 FLAT_MB = 10.0
 DIGITS_ROUNDS = 10
+# Seconds between the stage watch's status requests.
+WATCH_INTERVAL = 0.002
+STAGES = ("keys", "shares", "masked", "reveal", "after reveal")
+# Cells whose stages are watched (an extra run each): the goals' N.
+WATCH_CLIENTS = (8,)
 
 
 def cell(num_params: int, num_clients: int, base: Path, rounds: int) -> dict[str, Any]:
@@ -102,6 +118,64 @@ def cell(num_params: int, num_clients: int, base: Path, rounds: int) -> dict[str
         "stage_s": stage_s,
         **errors(folders, num_params, rounds),
     }
+
+
+class StageWatch:
+    """Polls a server's /v1/status in a thread and records when a round's
+    ``secagg_stage`` changes: the stages' durations as the server lives them."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.changes: list[tuple[float, int, str | None]] = []
+        self.thread: threading.Thread | None = None
+
+    def start(self, url: str) -> None:
+        self.thread = threading.Thread(target=self._poll, args=(url,), daemon=True)
+        self.thread.start()
+
+    def _poll(self, url: str) -> None:
+        session = requests.Session()
+        last: tuple[int, str | None] | None = None
+        while True:
+            try:
+                status = session.get(f"{url}/v1/status", timeout=5).json()
+            except (requests.RequestException, ValueError):
+                return  # the server is gone: the run is over
+            now = time.perf_counter()
+            seen = (int(status["round"]), status.get("secagg_stage"))
+            if seen != last:
+                self.changes.append((now, *seen))
+                last = seen
+            if status["phase"] in ("finished", "failed"):
+                return
+            time.sleep(self.interval)
+
+    def durations(self) -> dict[str, float]:
+        """Median seconds per stage over rounds >= 1; "after reveal" runs from the
+        reveal stage's end (unmask, aggregate, next model) to the next round's keys."""
+        if self.thread is not None:
+            self.thread.join(30)
+        spans: dict[str, list[float]] = {}
+        for (t0, r, stage), (t1, _, _) in itertools.pairwise(self.changes):
+            if r >= 1:
+                name = stage or "after reveal"
+                spans.setdefault(name, []).append(t1 - t0)
+        return {name: statistics.median(values) for name, values in spans.items()}
+
+
+def watched(num_params: int, num_clients: int, base: Path, rounds: int) -> dict[str, float]:
+    """One more secure run, with the server's stages watched (apart from the measured
+    runs: the polling costs the server a little)."""
+    watch = StageWatch(WATCH_INTERVAL)
+    round_overhead.run_one(
+        num_params,
+        num_clients,
+        base / f"p{num_params}-n{num_clients}-watched",
+        rounds,
+        server_options=SECURE,
+        on_server=watch.start,
+    )
+    return watch.durations()
 
 
 def errors(folders: dict[str, Path], num_params: int, rounds: int) -> dict[str, float]:
@@ -185,29 +259,7 @@ def tables(result: dict[str, Any]) -> list[str]:
             f"| {anchor} | {_mb(r['plain_rss'])}, {_mb(r['secure_rss'])} "
             f"| {_mb(r['plain_client_rss'])}, {_mb(r['secure_client_rss'])} |"
         )
-    stage_keys = sorted({k for r in rows for k in r["stage_s"]})
-    lines += [
-        "",
-        "Where a secure round's time goes: the extra over the plain round, the server's own "
-        "timings from history.json (median over rounds), and the secagg primitives timed "
-        "alone on one core at that P (a client adds 1 + k masks of P + 1 elements; the "
-        "server, with no drop-outs, removes N self-masks and rebuilds N seeds from t shares).",
-        "",
-        "| P | N | extra s | "
-        + " | ".join(f"server {k}" for k in stage_keys)
-        + " | encode s | one mask s | client's masks s | server's masks s | combine ms "
-        "| decode s |",
-        "| ---: | ---: | ---: |" + " ---: |" * len(stage_keys) + " ---: | ---: | ---: | ---: "
-        "| ---: | ---: |",
-    ]
-    for r in rows:
-        p = r["primitives"]
-        stages = "".join(f" {r['stage_s'].get(k, float('nan')):.3f} |" for k in stage_keys)
-        lines.append(
-            f"| {r['params']:,} | {r['clients']} | {r['secure_round_s'] - r['plain_round_s']:.3f} "
-            f"|{stages} {p['encode_s']:.4f} | {p['mask_s']:.4f} | {p['client_masks_s']:.4f} "
-            f"| {p['server_unmask_s']:.4f} | {1e3 * p['combine_s']:.2f} | {p['decode_s']:.4f} |"
-        )
+    lines += ["", *where_the_time_goes(rows)]
     lines += [
         "",
         f"Quantisation error: the largest distance of a parameter of the final model (after "
@@ -236,6 +288,49 @@ def tables(result: dict[str, Any]) -> list[str]:
         ]
         for i, (a, b) in enumerate(zip(acc["plain"], acc["secure"], strict=True)):
             lines.append(f"| {i} | {a:.4f} | {b:.4f} |")
+    return lines
+
+
+def where_the_time_goes(rows: list[dict[str, Any]]) -> list[str]:
+    """The stages as the server lived them, its own timings, and the primitives alone."""
+    stage_keys = sorted({k for r in rows for k in r["stage_s"]})
+    watched_rows = [r for r in rows if r.get("stages")]
+    lines = [
+        "Where a secure round's time goes. The stages as the server lived them (median "
+        "seconds over rounds, from /v1/status polled every "
+        f"{1e3 * WATCH_INTERVAL:g} ms during one more secure run of the cell): keys includes "
+        "sending the model and the clients' fit; after reveal is the unmask, the aggregate "
+        "and the next model. Then the server's own timings from history.json and the secagg "
+        "primitives timed alone on one core at that P (a client adds 1 + k masks of P + 1 "
+        "elements; the server, with no drop-outs, removes N self-masks and rebuilds N seeds "
+        "from t shares).",
+        "",
+    ]
+    if watched_rows:
+        lines += [
+            "| P | N | secure - plain s | " + " | ".join(f"{s} s" for s in STAGES) + " |",
+            "| ---: | ---: | ---: |" + " ---: |" * len(STAGES),
+        ]
+        for r in watched_rows:
+            cells = " | ".join(f"{r['stages'].get(s, float('nan')):.3f}" for s in STAGES)
+            extra = r["secure_round_s"] - r["plain_round_s"]
+            lines.append(f"| {r['params']:,} | {r['clients']} | {extra:.3f} | {cells} |")
+        lines.append("")
+    lines += [
+        "| P | N | "
+        + "".join(f"server {k} | " for k in stage_keys)
+        + "quantise s | one mask s | client's masks s | server's masks s | combine ms "
+        "| decode s |",
+        "| ---: | ---: |" + " ---: |" * (len(stage_keys) + 6),
+    ]
+    for r in rows:
+        p = r["primitives"]
+        own = "".join(f" {r['stage_s'].get(k, float('nan')):.3f} |" for k in stage_keys)
+        lines.append(
+            f"| {r['params']:,} | {r['clients']} |{own} {p['encode_s']:.4f} | {p['mask_s']:.4f} "
+            f"| {p['client_masks_s']:.4f} | {p['server_unmask_s']:.4f} "
+            f"| {1e3 * p['combine_s']:.2f} | {p['decode_s']:.4f} |"
+        )
     return lines
 
 
@@ -292,7 +387,7 @@ def goals(result: dict[str, Any]) -> list[str]:
 def section(result: dict[str, Any]) -> list[str]:
     """The whole results.md section."""
     return [
-        SECTION,
+        SECURE_SECTION,
         "",
         f"Made by `.venv/bin/python benchmarks/secure_aggregation.py{result['command']}` on "
         f"{result['finished_at']} UTC in {result['minutes']:.1f} minutes; 1-minute load "
@@ -314,15 +409,6 @@ def section(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def replace_section(path: Path, heading: str, lines: list[str]) -> None:
-    """Write ``lines`` as the section starting at ``heading``, keeping every other one."""
-    text = path.read_text() if path.exists() else ""
-    before, _, rest = text.partition(heading)
-    after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-    parts = [before.rstrip("\n"), "\n".join(lines).rstrip("\n"), after.rstrip("\n")]
-    path.write_text("\n\n".join(p for p in parts if p) + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=int, nargs="+", default=list(PARAMS))
@@ -342,6 +428,8 @@ def main() -> int:
             for n in args.clients:
                 row = cell(p, n, base, args.rounds)
                 row["primitives"] = primitives(p, n)
+                if n in WATCH_CLIENTS:
+                    row["stages"] = watched(p, n, base, args.rounds)
                 result["cells"].append(row)
                 print(
                     json.dumps({k: v for k, v in row.items() if k != "secure_rounds_s"}), flush=True
@@ -358,7 +446,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if not args.no_write:
-        replace_section(args.output, SECTION, lines)
+        replace_section(args.output, SECURE_SECTION, lines)
         print(f"wrote {args.output}")
     return 0
 

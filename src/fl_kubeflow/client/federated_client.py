@@ -13,6 +13,7 @@ import requests
 
 from fl_kubeflow import defaults, protocol, wire
 from fl_kubeflow.client.clipping import clip_for_config
+from fl_kubeflow.client.secure_aggregation import ClientRound, run_secure_round
 from fl_kubeflow.client.signature import ModelMismatch, check_matches
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
@@ -118,6 +119,8 @@ class FederatedClient:
         Raises:
             ModelMismatch: the server's model does not fit the trainer (when
                 ``check_model``), before any training or evaluation.
+            SecAggViolation: in a secure round, the server asked for what would break
+                this client's privacy (client/secure_aggregation.py says what it refuses).
         """
         summary = ClientSummary(self.client_id)
         try:
@@ -181,23 +184,17 @@ class FederatedClient:
         # Client-side DP clipping, when the round's config asks for it (else unchanged).
         weights, clip_metrics = clip_for_config(result.weights, model.weights, model.config)
         result = FitResult(weights, result.num_examples, {**result.metrics, **clip_metrics})
-        headers = {
-            protocol.ROUND_HEADER: str(model.server_round),
-            protocol.NUM_EXAMPLES_HEADER: str(result.num_examples),
-            protocol.METRICS_HEADER: json.dumps(result.metrics),
-            "Content-Type": wire.CONTENT_TYPE,
-        }
         try:
-            # Sent from the trainer's arrays as they are: no message-sized copy.
-            wire_dtype = self.wire_dtype or model.wire_dtype
-            body = BufferBody(wire.encode_parts(result.weights, wire_dtype=wire_dtype))
-            self._call("POST", protocol.UPDATE_PATH, data=body, headers=headers)
+            if protocol.SECAGG_CONFIG_KEY in model.config:
+                result = self._submit_secure(model, result)
+            else:
+                self._submit(model, result)
         except ServerError as exc:
             if exc.code == protocol.RUN_FAILED:
                 raise FederationFailed(exc.message) from None
             if exc.code == protocol.CONFLICT:
-                # The round already counted another update from this id: ours from before a
-                # restart (trained again, so not the same bytes). That one stands.
+                # The round already counted another update (or keys) from this id: ours
+                # from before a restart (trained again, so not the same bytes). That stands.
                 log.warning(
                     "client %s: round %d already has our update: %s",
                     self.client_id,
@@ -207,7 +204,8 @@ class FederatedClient:
                 return
             if exc.code != protocol.WRONG_ROUND:
                 raise
-            # Too late: the round closed without us. Catch up with the next one.
+            # Too late: the round (or a secure round's stage) closed without us. Catch up
+            # with the next one.
             log.warning(
                 "client %s: update for round %d refused: %s",
                 self.client_id,
@@ -225,6 +223,39 @@ class FederatedClient:
             result.num_examples,
             _fmt(result.metrics),
         )
+
+    def _submit(self, model: _Model, result: FitResult) -> None:
+        """Send the update (protocol v1's POST /v1/update)."""
+        headers = {
+            protocol.ROUND_HEADER: str(model.server_round),
+            protocol.NUM_EXAMPLES_HEADER: str(result.num_examples),
+            protocol.METRICS_HEADER: json.dumps(result.metrics),
+            "Content-Type": wire.CONTENT_TYPE,
+        }
+        # Sent from the trainer's arrays as they are: no message-sized copy.
+        wire_dtype = self.wire_dtype or model.wire_dtype
+        body = BufferBody(wire.encode_parts(result.weights, wire_dtype=wire_dtype))
+        self._call("POST", protocol.UPDATE_PATH, data=body, headers=headers)
+
+    def _submit_secure(self, model: _Model, result: FitResult) -> FitResult:
+        """Take part in the round's secure aggregation; the result with its metrics as sent.
+
+        The change is against the model as this client decoded it: the server's base is
+        the same decoding of its round message, so half-precision wire stays exact.
+        """
+        secure = ClientRound.from_config(self.client_id, model.server_round, model.config)
+        metrics = run_secure_round(
+            self._call,
+            secure,
+            result.weights,
+            model.weights,
+            result.num_examples,
+            result.metrics,
+            poll_wait=self.poll_wait,
+            request_timeout=self.transport.request_timeout,
+            timeout=self.round_wait_timeout,
+        )
+        return FitResult(result.weights, result.num_examples, metrics)
 
     def _evaluate(
         self, weights: wire.Weights, server_round: int, summary: ClientSummary, done: set[int]

@@ -1,0 +1,477 @@
+"""A client's part in one secure-aggregation round (docs/secure_aggregation.md).
+
+``ClientRound`` holds one round's secrets (two X25519 key pairs, the self-mask seed
+``b``, the shares neighbours sent) and turns each server answer into the next
+message, checking every answer first: a roster it is not on with its own keys, a
+graph other than ``choose_graph`` gives, a share that does not decrypt, or an
+unmask request that would reveal both secrets of one peer is a ``SecAggViolation``.
+``run_secure_round`` is the stage sequence over HTTP (keys -> roster -> shares ->
+inbox -> masked -> unmask -> reveal).
+
+What a client reveals, per round: its two public keys; per neighbour, its two
+shares encrypted to that neighbour; its masked vector; and per neighbour in its
+inbox at most one share ever: of ``b`` if the server names the neighbour a
+survivor, of the neighbour's masking key if it names it dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import requests
+
+from fl_kubeflow import protocol, wire
+from fl_kubeflow.client.transport import BufferBody
+from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
+from fl_kubeflow.secagg.params import MIN_CLIENTS, SecAggParams, choose_graph
+from fl_kubeflow.secagg.quantise import Quantiser, WeightError
+from fl_kubeflow.secagg.vector import Layout
+
+log = logging.getLogger("fl_kubeflow.client")
+
+# How a client weights its update (Strategy.secure_weighting), sent in the round config.
+WEIGHTING_KEY = "weighting"
+WEIGHTINGS = ("examples", "uniform")
+# The two kinds of share a client may reveal for a neighbour: the reveal's field names.
+SELF_MASK = "self_mask_shares"
+MASK_KEY = "mask_key_shares"
+
+# A request: (method, path, keyword arguments of Transport.request) -> response.
+Call = Callable[..., requests.Response]
+
+
+class SecAggViolation(Exception):
+    """This client refuses to go on with a secure round, and says why.
+
+    Raised when the server asks for what an honest server never asks (both shares of
+    one peer, a roster without this client's keys, a graph other than the agreed
+    one, shares that do not decrypt), and when the round's options exclude this
+    client (a weight over ``max_weight``). Ends the client's run.
+    """
+
+
+class ClientRound:
+    """One client's state in one secure round; its secrets never leave it unencrypted.
+
+    Args:
+        client_id: This client's id.
+        server_round: The round.
+        params: The round's options (``SecAggParams.from_config`` of the round config).
+        weighting: ``"examples"`` (weight = example count) or ``"uniform"`` (weight 1).
+    """
+
+    def __init__(
+        self, client_id: str, server_round: int, params: SecAggParams, weighting: str
+    ) -> None:
+        if weighting not in WEIGHTINGS:
+            raise SecAggViolation(
+                f"round {server_round}: weighting {weighting!r} is not one of {WEIGHTINGS}"
+            )
+        self.client_id = client_id
+        self.server_round = server_round
+        self.params = params
+        self.weighting = weighting
+        self._encryption = keys.generate()
+        self._masking = keys.generate()
+        self._self_mask: bytes | None = None
+        # client id -> (encryption key, masking key), and each one's share x (1-based).
+        self._roster: dict[str, tuple[bytes, bytes]] = {}
+        self._position: dict[str, int] = {}
+        self.neighbours: list[str] = []
+        self.threshold = 0
+        # sender -> (its self-mask share, its masking-key share), held for this client.
+        self._inbox: dict[str, tuple[bytes, bytes]] = {}
+        # neighbour -> the kind of share asked for (SELF_MASK or MASK_KEY): one kind ever.
+        self.asked: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"ClientRound({self.client_id!r}, round {self.server_round})"
+
+    @classmethod
+    def from_config(
+        cls, client_id: str, server_round: int, config: Mapping[str, Any]
+    ) -> ClientRound:
+        """The round a round config's ``protocol.SECAGG_CONFIG_KEY`` entry describes."""
+        entry = config[protocol.SECAGG_CONFIG_KEY]
+        try:
+            params = SecAggParams.from_config(entry)
+        except (TypeError, ValueError) as exc:
+            raise SecAggViolation(
+                f"round {server_round}: bad secure-aggregation config: {exc}"
+            ) from None
+        return cls(client_id, server_round, params, entry.get(WEIGHTING_KEY, "examples"))
+
+    def _refuse(self, reason: str) -> SecAggViolation:
+        return SecAggViolation(f"client {self.client_id}, round {self.server_round}: {reason}")
+
+    def _check_round(self, answer: Any, stage: str) -> None:
+        if not isinstance(answer, dict) or answer.get("round") != self.server_round:
+            round_ = answer.get("round") if isinstance(answer, dict) else None
+            raise self._refuse(f"the {stage} answer is for round {round_!r}")
+
+    # ------------------------------------------------------------------ keys, roster
+
+    def keys_message(self) -> dict[str, Any]:
+        """The body of ``POST /v1/secagg/keys``: this round's two public keys."""
+        return {
+            "client_id": self.client_id,
+            "round": self.server_round,
+            "encryption_key": messages.encode(self._encryption.public),
+            "masking_key": messages.encode(self._masking.public),
+        }
+
+    def accept_roster(self, answer: Any) -> None:
+        """Check the roster (``POST keys``'s 200 answer or ``GET roster``) and take it.
+
+        Raises:
+            SecAggViolation: not this round; ids not distinct and sorted; a key
+                malformed or used twice; this client missing or with other keys;
+                fewer than MIN_CLIENTS; ``neighbours``/``threshold`` not what
+                ``choose_graph`` gives for the roster's size.
+        """
+        self._check_round(answer, "roster")
+        entries = answer.get("roster")
+        if not isinstance(entries, list):
+            raise self._refuse("the roster answer has no roster list")
+        try:
+            roster = [
+                (
+                    str(entry["client_id"]),
+                    messages.decode(entry["encryption_key"], keys.KEY_BYTES, "encryption_key"),
+                    messages.decode(entry["masking_key"], keys.KEY_BYTES, "masking_key"),
+                )
+                for entry in entries
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._refuse(f"malformed roster entry: {exc}") from None
+        ids = [client_id for client_id, _, _ in roster]
+        if ids != sorted(set(ids)):
+            raise self._refuse("the roster's client ids are not distinct and sorted")
+        all_keys = [key for _, enc, mask in roster for key in (enc, mask)]
+        if len(set(all_keys)) != len(all_keys):
+            raise self._refuse("the roster uses one public key twice")
+        own = (self.client_id, self._encryption.public, self._masking.public)
+        if own not in roster:
+            raise self._refuse("the roster does not list this client with its own keys")
+        if len(roster) < MIN_CLIENTS:
+            raise self._refuse(
+                f"a roster of {len(roster)} clients cannot hide an input (at least {MIN_CLIENTS})"
+            )
+        try:
+            expected = choose_graph(
+                len(roster), self.params.dropout_fraction, self.params.corrupt_fraction
+            )
+        except ValueError as exc:
+            raise self._refuse(f"no graph for this roster: {exc}") from None
+        claimed = (answer.get("neighbours"), answer.get("threshold"))
+        if claimed != (expected.k, expected.t):
+            raise self._refuse(
+                f"the server says k={claimed[0]!r}, t={claimed[1]!r}; for {len(roster)} clients "
+                f"and fractions {self.params.dropout_fraction:g}/"
+                f"{self.params.corrupt_fraction:g} they are k={expected.k}, t={expected.t}"
+            )
+        self._roster = {client_id: (enc, mask) for client_id, enc, mask in roster}
+        self._position = {client_id: i + 1 for i, client_id in enumerate(ids)}
+        self.threshold = expected.t
+        graph_of = graph.neighbours(ids, expected.k, graph.roster_seed(roster))
+        self.neighbours = list(graph_of[self.client_id])
+
+    # ------------------------------------------------------------------ shares, inbox
+
+    def shares_message(self) -> dict[str, Any]:
+        """The body of ``POST /v1/secagg/shares``: ``b`` and the masking private key,
+        Shamir-split among the neighbours and encrypted to each."""
+        self._self_mask = secrets.token_bytes(shamir.SECRET_BYTES)
+        xs = [self._position[peer] for peer in self.neighbours]
+        self_mask_shares = shamir.split(self._self_mask, self.threshold, xs)
+        mask_key_shares = shamir.split(self._masking.private, self.threshold, xs)
+        ciphertexts = {
+            peer: messages.encode(
+                keys.encrypt_shares(
+                    self._encryption.private,
+                    self._roster[peer][0],
+                    self.server_round,
+                    self.client_id,
+                    peer,
+                    self_mask_shares[x],
+                    mask_key_shares[x],
+                )
+            )
+            for peer, x in zip(self.neighbours, xs, strict=True)
+        }
+        return {"client_id": self.client_id, "round": self.server_round, "shares": ciphertexts}
+
+    def accept_inbox(self, answer: Any) -> None:
+        """Decrypt the shares neighbours sent (``POST shares``'s 200 answer or ``GET inbox``).
+
+        Raises:
+            SecAggViolation: not this round; a sender that is not a neighbour; a share
+                that does not decrypt for its sender, this client and round; fewer than
+                ``t`` senders (this client's own secrets could then not be rebuilt, and
+                a server withholding neighbours' shares could strip its pair masks).
+        """
+        self._check_round(answer, "inbox")
+        inbox = answer.get("shares")
+        if not isinstance(inbox, dict):
+            raise self._refuse("the inbox answer has no shares")
+        strangers = sorted(set(inbox) - set(self.neighbours))
+        if strangers:
+            raise self._refuse(f"the inbox has shares from non-neighbours {strangers}")
+        if len(inbox) < self.threshold:
+            raise self._refuse(
+                f"only {len(inbox)} of {len(self.neighbours)} neighbours sent shares; "
+                f"the threshold is {self.threshold}"
+            )
+        for sender, text in inbox.items():
+            try:
+                ciphertext = messages.decode(text, keys.CIPHERTEXT_BYTES, f"share of {sender}")
+                self._inbox[sender] = keys.decrypt_shares(
+                    self._encryption.private,
+                    self._roster[sender][0],
+                    self.server_round,
+                    sender,
+                    self.client_id,
+                    ciphertext,
+                )
+            except (ValueError, keys.DecryptionError) as exc:
+                raise self._refuse(f"the share from {sender} does not decrypt: {exc}") from None
+
+    # ------------------------------------------------------------------ masked input
+
+    def masked_vector(
+        self, trained: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], num_examples: int
+    ) -> tuple[np.ndarray, int]:
+        """The masked input and how many elements were clipped to the range.
+
+        ``trained - base`` quantised with its weight (the example count or 1), plus
+        PRG(b), plus PRG(s_ij) for each inbox neighbour j after this client in id
+        order and minus it for each before.
+
+        Raises:
+            SecAggViolation: the weight is not in 1..max_weight.
+        """
+        weight = num_examples if self.weighting == "examples" else 1
+        change = Layout.of(base).change(trained, base)
+        try:
+            vector, clipped = Quantiser(self.params).encode(change, weight)
+        except WeightError as exc:
+            raise self._refuse(
+                f"weight {weight} cannot be sent (max_weight={self.params.max_weight}): {exc}"
+            ) from None
+        masks.apply_mask(vector, self._self_mask_seed(), +1)
+        for peer in self._inbox:
+            seed = keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round)
+            masks.apply_mask(vector, seed, +1 if self.client_id < peer else -1)
+        return vector, clipped
+
+    def _self_mask_seed(self) -> bytes:
+        if self._self_mask is None:
+            raise RuntimeError("masked_vector before shares_message")
+        return self._self_mask
+
+    # ------------------------------------------------------------------ unmask, reveal
+
+    def reveal_message(self, request: Any) -> dict[str, Any]:
+        """The body of ``POST /v1/secagg/reveal`` for an unmask request.
+
+        Per inbox neighbour: its ``b`` share if the request names it a survivor, its
+        masking-key share if it names it dropped; one kind per neighbour for the
+        whole round, whatever later requests say.
+
+        Raises:
+            SecAggViolation: not this round; a peer in both lists, or not on the
+                roster; this client not a survivor; an inbox neighbour in neither
+                list; a neighbour whose kind differs from an earlier request's; or
+                fewer than ``t`` surviving neighbours.
+        """
+        self._check_round(request, "unmask")
+        survivors, dropped = request.get("survivors"), request.get("dropped")
+        if not all(
+            isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+            for ids in (survivors, dropped)
+        ):
+            raise self._refuse("the unmask request has no survivors and dropped lists of ids")
+        both = sorted(set(survivors) & set(dropped))
+        if both:
+            raise self._refuse(f"the unmask request names {both} both survived and dropped")
+        unknown = sorted((set(survivors) | set(dropped)) - set(self._roster))
+        if unknown:
+            raise self._refuse(f"the unmask request names {unknown}, not on the roster")
+        if self.client_id not in survivors:
+            raise self._refuse("the unmask request does not list this client as a survivor")
+        kinds: dict[str, str] = {}
+        for peer in self._inbox:
+            if peer in survivors:
+                kinds[peer] = SELF_MASK
+            elif peer in dropped:
+                kinds[peer] = MASK_KEY
+            else:
+                raise self._refuse(
+                    f"neighbour {peer} sent shares but is neither survivor nor dropped"
+                )
+        flipped = sorted(p for p, kind in kinds.items() if self.asked.get(p, kind) != kind)
+        if flipped:
+            raise self._refuse(
+                f"asked for the other share of {flipped} than before: both shares of one "
+                "peer would unmask it"
+            )
+        alive = sum(kind == SELF_MASK for kind in kinds.values())
+        if alive < self.threshold:
+            raise self._refuse(
+                f"only {alive} neighbours survived; the threshold is {self.threshold}"
+            )
+        self.asked.update(kinds)
+        reveal: dict[str, Any] = {
+            "client_id": self.client_id,
+            "round": self.server_round,
+            SELF_MASK: {},
+            MASK_KEY: {},
+        }
+        for peer, kind in kinds.items():
+            self_mask_share, mask_key_share = self._inbox[peer]
+            share = self_mask_share if kind == SELF_MASK else mask_key_share
+            reveal[kind][peer] = messages.encode(share)
+        return reveal
+
+    def close(self) -> None:
+        """Drop the round's secrets (keys, seed, shares held): the round is over."""
+        self._encryption = self._masking = keys.KeyPair(b"", b"")
+        self._self_mask = None
+        self._inbox.clear()
+
+
+def run_secure_round(
+    call: Call,
+    secure: ClientRound,
+    trained: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray],
+    num_examples: int,
+    metrics: dict[str, float],
+    *,
+    poll_wait: float,
+    request_timeout: float,
+    timeout: float,
+) -> dict[str, float]:
+    """Take part in a secure round's stages after training; the training metrics sent.
+
+    Args:
+        call: Sends a request (``FederatedClient._call``); raises the server's refusals
+            as ``ServerError`` (409 ``wrong_round``: the round went on without us).
+        secure: The round's state (closed on return).
+        trained: The trained (and clipped) model.
+        base: The round's global model as this client decoded it.
+        num_examples: The example count (the weight under "examples" weighting).
+        metrics: Training metrics; ``secagg_clipped`` is added.
+        poll_wait: Seconds each POST and long-poll asks the server to hold.
+        request_timeout: Read timeout of a request beyond what it asked the server to hold.
+        timeout: Longest wait, in seconds, for the stages' answers altogether.
+
+    Raises:
+        SecAggViolation: the client refuses (see ``ClientRound``).
+        TimeoutError: the stages did not complete within ``timeout``.
+    """
+    stages = _Stages(
+        call, secure.server_round, poll_wait, request_timeout, time.monotonic() + timeout
+    )
+    try:
+        secure.accept_roster(
+            stages.post(
+                protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()
+            )
+        )
+        secure.accept_inbox(
+            stages.post(
+                protocol.SECAGG_SHARES_PATH,
+                protocol.SECAGG_INBOX_PATH,
+                json=secure.shares_message(),
+            )
+        )
+        vector, clipped = secure.masked_vector(trained, base, num_examples)
+        metrics = {**metrics, "secagg_clipped": float(clipped)}
+        headers = {
+            protocol.ROUND_HEADER: str(secure.server_round),
+            protocol.METRICS_HEADER: json.dumps(metrics),
+            "Content-Type": wire.CONTENT_TYPE,
+        }
+        body = BufferBody(wire.encode_parts({protocol.SECAGG_MASKED_TENSOR: vector}))
+        request = stages.post(
+            protocol.SECAGG_MASKED_PATH, protocol.SECAGG_UNMASK_PATH, data=body, headers=headers
+        )
+        del vector, body
+        # An honest server accepts the reveal; one that answers with another unmask
+        # request gets the same shares again, or a refusal if a peer's kind changed.
+        while True:
+            answer = stages.post(
+                protocol.SECAGG_REVEAL_PATH, None, json=secure.reveal_message(request)
+            )
+            if "survivors" not in answer:
+                return metrics
+            log.warning(
+                "client %s: a second unmask request in round %d",
+                secure.client_id,
+                secure.server_round,
+            )
+            request = answer
+    finally:
+        secure.close()
+
+
+class _Stages:
+    """POSTs that may hold for the next stage's input, and the long-polls that follow a 202."""
+
+    def __init__(
+        self,
+        call: Call,
+        server_round: int,
+        poll_wait: float,
+        request_timeout: float,
+        deadline: float,
+    ) -> None:
+        self.call, self.server_round = call, server_round
+        self.poll_wait, self.request_timeout, self.deadline = poll_wait, request_timeout, deadline
+
+    def _wait(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(
+                f"secure round {self.server_round}: the server's answers did not come in time"
+            )
+        return min(self.poll_wait, remaining)
+
+    def post(self, path: str, then: str | None, **kwargs: Any) -> dict[str, Any]:
+        """POST to ``path``; on 202, long-poll ``then`` until it answers 200."""
+        wait = self._wait()
+        response = self.call(
+            "POST",
+            path,
+            params={protocol.WAIT_PARAM: f"{wait:.3f}"},
+            read_timeout=wait + self.request_timeout,
+            **kwargs,
+        )
+        while response.status_code != 200:
+            if then is None or response.status_code not in (202, 204):
+                raise SecAggViolation(
+                    f"round {self.server_round}: {path} answered {response.status_code}"
+                )
+            wait = self._wait()
+            response = self.call(
+                "GET",
+                then,
+                params={
+                    protocol.ROUND_PARAM: self.server_round,
+                    protocol.WAIT_PARAM: f"{wait:.3f}",
+                },
+                read_timeout=wait + self.request_timeout,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise SecAggViolation(
+                f"round {self.server_round}: {path} answered 200 without JSON"
+            ) from None

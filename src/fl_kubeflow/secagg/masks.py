@@ -10,9 +10,16 @@ subtracted from) the vector with numpy's wrapping unsigned arithmetic: modulo
 from __future__ import annotations
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 # Elements per chunk of keystream: a few hundred KiB, in cache while it is added.
 CHUNK = 1 << 16
+SEED_BYTES = 32
+_LABEL = b"fl-kubeflow secagg mask stream v1"
+_BLOCK = 16
+_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
 
 
 def apply_mask(vector: np.ndarray, seed: bytes, sign: int) -> None:
@@ -22,10 +29,42 @@ def apply_mask(vector: np.ndarray, seed: bytes, sign: int) -> None:
         vector: One-dimensional uint32 or uint64, C-contiguous.
         seed: 32 bytes.
         sign: +1 or -1.
+
+    Raises:
+        ValueError: a vector, seed or sign not as above.
     """
-    raise NotImplementedError
+    if vector.ndim != 1 or vector.dtype not in _DTYPES or not vector.flags.c_contiguous:
+        raise ValueError("a masked vector is one-dimensional, C-contiguous uint32 or uint64")
+    if not vector.flags.writeable:
+        raise ValueError("a masked vector must be writable")
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be +1 or -1, got {sign}")
+    combine = np.add if sign == 1 else np.subtract
+    # The keystream is read little-endian whatever the host: the same mask everywhere.
+    stream_dtype = vector.dtype.newbyteorder("<")
+    width = CHUNK * vector.dtype.itemsize
+    # CTR's output is as long as its input; update_into still wants a block's slack.
+    out = bytearray(width + _BLOCK - 1)
+    zeros = bytes(width)
+    stream = np.frombuffer(out, stream_dtype, count=CHUNK)
+    encryptor = _cipher(seed).encryptor()
+    for start in range(0, len(vector), CHUNK):
+        part = vector[start : start + CHUNK]
+        n = len(part)
+        encryptor.update_into(zeros if n == CHUNK else zeros[: n * vector.dtype.itemsize], out)
+        combine(part, stream[:n], out=part)
 
 
 def mask(length: int, dtype: np.dtype, seed: bytes) -> np.ndarray:
     """PRG(seed) as a new array (for tests and small vectors)."""
-    raise NotImplementedError
+    vector = np.zeros(length, dtype)
+    apply_mask(vector, seed, 1)
+    return vector
+
+
+def _cipher(seed: bytes) -> Cipher:
+    """AES-256-CTR under HKDF(seed), counter from zero (each key makes one stream)."""
+    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+        raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL).derive(seed)
+    return Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK)))

@@ -5,6 +5,11 @@ levels and step s = C / K, a client of weight w sends w * round(clip(change, -C,
 / s) modulo 2**bits, and w as the last element. Weights of a round add up to at most
 W, so the sum never wraps; the decoded mean is within s / 2 of the exact weighted
 mean of the clipped changes.
+
+Float64 adds its own rounding to that (the division by s, the conversions of the
+sum): relative 2**-52 or so of the range, far below s / 2 unless bits = 64 and W is
+small (below about 2**12, the step then nears float64's resolution). ``error_bound``
+includes it, so it is a bound in every case.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fl_kubeflow.secagg.params import SecAggParams
+
+# Elements encoded per step: keeps the float64 temporaries in cache.
+_CHUNK = 1 << 16
+# Float64 rounding in encode and decode, as a fraction of the range (a few ulps).
+_FLOAT_SLACK = 2.0**-50
 
 
 class WeightError(ValueError):
@@ -29,22 +39,28 @@ class Quantiser:
     @property
     def dtype(self) -> np.dtype:
         """uint32 or uint64."""
-        raise NotImplementedError
+        return np.dtype(np.uint32) if self.params.bits == 32 else np.dtype(np.uint64)
 
     @property
     def levels(self) -> int:
         """K: integer levels per unit of weight from 0 to ``range``."""
-        raise NotImplementedError
+        return (2 ** (self.params.bits - 1) - 1) // self.params.max_weight
 
     @property
     def step(self) -> float:
         """s = range / K."""
-        raise NotImplementedError
+        return self.params.range / self.levels
 
     @property
     def error_bound(self) -> float:
-        """The most the decoded mean can differ from the exact one, per parameter: s / 2."""
-        raise NotImplementedError
+        """The most the decoded mean can differ from the exact one, per parameter: s / 2
+        (plus float64's rounding, negligible unless bits = 64 and max_weight is small)."""
+        return self.step / 2 + self.params.range * _FLOAT_SLACK
+
+    @property
+    def _signed(self) -> np.dtype:
+        """The two's-complement reading of ``dtype``."""
+        return np.dtype(np.int32) if self.params.bits == 32 else np.dtype(np.int64)
 
     def encode(self, change: np.ndarray, weight: int) -> tuple[np.ndarray, int]:
         """The unmasked integer vector (len(change) + 1, ``dtype``) and how many
@@ -52,13 +68,56 @@ class Quantiser:
 
         Raises:
             WeightError: weight not in 1..max_weight.
+            ValueError: a change that is not one-dimensional and finite.
         """
-        raise NotImplementedError
+        bound = self.params.max_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | np.integer):
+            raise WeightError(f"a secure update's weight must be an integer, got {weight!r}")
+        if not 1 <= weight <= bound:
+            raise WeightError(
+                f"weight {weight} is outside 1..{bound}: raise the secagg option max_weight"
+            )
+        if np.ndim(change) != 1:
+            raise ValueError(f"a change is one-dimensional, got shape {np.shape(change)}")
+        limit, step = self.params.range, self.step
+        # float(K) may round above K (bits = 64, small W): the largest float not above it.
+        top = float(self.levels)
+        if top > self.levels:
+            top = float(np.nextafter(top, 0))
+        out = np.empty(len(change) + 1, self.dtype)
+        clipped = 0
+        for start in range(0, len(change), _CHUNK):
+            part = np.asarray(change[start : start + _CHUNK], np.float64)
+            if not np.isfinite(part).all():
+                raise ValueError("a change with NaN or infinite elements cannot be encoded")
+            clipped += int(np.count_nonzero(np.abs(part) > limit))
+            levels = np.clip(part, -limit, limit)
+            levels /= step
+            np.rint(levels, out=levels)
+            np.clip(levels, -top, top, out=levels)
+            # int64 -> unsigned wraps: the two's complement modulo 2**bits; multiplying
+            # in the unsigned type keeps it so (|w * level| < 2**(bits-1): no overflow).
+            dest = out[start : start + len(part)]
+            dest[...] = levels.astype(np.int64).astype(self.dtype)
+            np.multiply(dest, self.dtype.type(weight), out=dest)
+        out[-1] = weight
+        return out, clipped
 
     def decode(self, total: np.ndarray) -> tuple[np.ndarray, int]:
         """From the unmasked sum: the weighted mean change (float64) and the total weight.
 
         Raises:
             WeightError: total weight 0 or over max_weight (the sum may have wrapped).
+            ValueError: not a one-dimensional vector of ``dtype``.
         """
-        raise NotImplementedError
+        if total.ndim != 1 or total.dtype != self.dtype or len(total) < 1:
+            raise ValueError(f"an unmasked sum is a one-dimensional {self.dtype} vector")
+        weight = int(total[-1])
+        if not 1 <= weight <= self.params.max_weight:
+            raise WeightError(
+                f"the round's total weight {weight} is outside 1..{self.params.max_weight} "
+                "(secagg option max_weight): the sum cannot be decoded"
+            )
+        mean = total[:-1].view(self._signed).astype(np.float64)
+        mean *= self.step / weight
+        return mean, weight

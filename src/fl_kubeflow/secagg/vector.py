@@ -6,7 +6,8 @@ build it from the model they hold. The last element carries the client's weight.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,20 +26,69 @@ class Layout:
     @classmethod
     def of(cls, weights: Mapping[str, np.ndarray]) -> Layout:
         """The layout of a model (sorted by name)."""
-        raise NotImplementedError
+        names = tuple(sorted(weights))
+        arrays = [np.asarray(weights[name]) for name in names]
+        return cls(
+            names=names,
+            shapes=tuple(a.shape for a in arrays),
+            dtypes=tuple(a.dtype for a in arrays),
+        )
 
     @property
     def size(self) -> int:
         """The vector's length: every parameter, plus one for the weight."""
-        raise NotImplementedError
+        return sum(math.prod(shape) for shape in self.shapes) + 1
+
+    def _slices(self) -> Iterator[tuple[str, tuple[int, ...], np.dtype, slice]]:
+        """Each tensor's name, shape, dtype and place in the vector."""
+        offset = 0
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+            end = offset + math.prod(shape)
+            yield name, shape, dtype, slice(offset, end)
+            offset = end
+
+    def _check(self, weights: Mapping[str, np.ndarray], what: str) -> None:
+        """ValueError unless ``weights`` has exactly this layout's names and shapes."""
+        if set(weights) != set(self.names):
+            raise ValueError(f"{what} has tensors {sorted(weights)}, expected {list(self.names)}")
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            if np.shape(weights[name]) != shape:
+                raise ValueError(
+                    f"{what} tensor {name!r} has shape {np.shape(weights[name])}, expected {shape}"
+                )
 
     def change(
         self, weights: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]
     ) -> np.ndarray:
-        """``weights - base`` as float64, flattened (size - 1 elements)."""
-        raise NotImplementedError
+        """``weights - base`` as float64, flattened (size - 1 elements).
+
+        Raises:
+            ValueError: either model does not have this layout's names and shapes.
+        """
+        self._check(weights, "model")
+        self._check(base, "base")
+        out = np.empty(self.size - 1, np.float64)
+        for name, _, _, where in self._slices():
+            part = out[where]
+            part[...] = np.asarray(weights[name]).reshape(-1)
+            part -= np.asarray(base[name]).reshape(-1)
+        return out
 
     def apply(self, base: Mapping[str, np.ndarray], change: np.ndarray) -> Weights:
         """``base + change`` as a model with the layout's shapes and dtypes (cast like the
-        base: integer tensors rounded)."""
-        raise NotImplementedError
+        base: integer tensors rounded).
+
+        Raises:
+            ValueError: a base without this layout's names and shapes, or a change of
+                another length.
+        """
+        self._check(base, "base")
+        if np.shape(change) != (self.size - 1,):
+            raise ValueError(f"a change has {self.size - 1} elements, got {np.shape(change)}")
+        model: Weights = {}
+        for name, shape, dtype, where in self._slices():
+            value = np.asarray(base[name], np.float64).reshape(-1) + change[where]
+            if dtype.kind in "iub":
+                np.rint(value, out=value)
+            model[name] = value.astype(dtype).reshape(shape)
+        return model

@@ -19,7 +19,8 @@ from werkzeug.wsgi import wrap_file
 
 from fl_kubeflow import metrics as metrics_lib
 from fl_kubeflow import protocol, wire
-from fl_kubeflow.protocol import Phase
+from fl_kubeflow.protocol import Phase, SecAggStage
+from fl_kubeflow.secagg import keys, messages, shamir
 from fl_kubeflow.server import body_transport, prometheus_text
 from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
@@ -184,7 +185,92 @@ def create_app(
         federation.leave(claimed_id(_json_body()))
         return jsonify({"left": True})
 
+    # Secure aggregation (docs/secure_aggregation.md): each POST answers with the next
+    # stage's input if it is ready within ``wait`` (200), else 202; each GET long-polls
+    # for that input (204 if not yet), as /v1/model does.
+
+    def post_wait() -> float:
+        return _float_arg(protocol.WAIT_PARAM, default=0.0)
+
+    def get_wait() -> float:
+        return _float_arg(protocol.WAIT_PARAM, default=config.poll_timeout)
+
+    @app.post(protocol.SECAGG_KEYS_PATH)
+    def secagg_keys() -> tuple[Response, int]:
+        body = _json_body()
+        client_id, server_round = claimed_id(body), _int_field(body, "round")
+        federation.submit_keys(
+            client_id,
+            server_round,
+            _binary_field(body, "encryption_key", keys.KEY_BYTES),
+            _binary_field(body, "masking_key", keys.KEY_BYTES),
+        )
+        roster = federation.wait_roster(client_id, server_round, post_wait())
+        return _staged(roster, {"round": server_round, "stage": SecAggStage.KEYS.value})
+
+    @app.get(protocol.SECAGG_ROSTER_PATH)
+    def secagg_roster() -> Response:
+        return _polled(
+            federation.wait_roster(_client_id(), _int_arg(protocol.ROUND_PARAM), get_wait())
+        )
+
+    @app.post(protocol.SECAGG_SHARES_PATH)
+    def secagg_shares() -> tuple[Response, int]:
+        body = _json_body()
+        client_id, server_round = claimed_id(body), _int_field(body, "round")
+        shares = _binary_map(body, "shares", keys.CIPHERTEXT_BYTES)
+        federation.submit_shares(client_id, server_round, shares)
+        inbox = federation.wait_inbox(client_id, server_round, post_wait())
+        return _staged(inbox, {"round": server_round, "stage": SecAggStage.SHARES.value})
+
+    @app.get(protocol.SECAGG_INBOX_PATH)
+    def secagg_inbox() -> Response:
+        return _polled(
+            federation.wait_inbox(_client_id(), _int_arg(protocol.ROUND_PARAM), get_wait())
+        )
+
+    @app.post(protocol.SECAGG_MASKED_PATH)
+    def secagg_masked() -> tuple[Response, int]:
+        client_id = _client_id()
+        server_round = _int_header(protocol.ROUND_HEADER)
+        metrics = _metrics_header()
+        with bodies_in_memory:
+            accepted = federation.submit_masked(
+                client_id, server_round, metrics, _weights_body(config)
+            )
+        survivors = federation.wait_unmask(client_id, server_round, post_wait())
+        return _staged(None if survivors is None else {**accepted, **survivors}, accepted)
+
+    @app.get(protocol.SECAGG_UNMASK_PATH)
+    def secagg_unmask() -> Response:
+        return _polled(
+            federation.wait_unmask(_client_id(), _int_arg(protocol.ROUND_PARAM), get_wait())
+        )
+
+    @app.post(protocol.SECAGG_REVEAL_PATH)
+    def secagg_reveal() -> Response:
+        body = _json_body()
+        federation.submit_reveal(
+            claimed_id(body),
+            _int_field(body, "round"),
+            _binary_map(body, "self_mask_shares", shamir.SHARE_BYTES),
+            _binary_map(body, "mask_key_shares", shamir.SHARE_BYTES),
+        )
+        return jsonify({"accepted": True})
+
     return app
+
+
+def _staged(ready: dict[str, Any] | None, pending: dict[str, Any]) -> tuple[Response, int]:
+    """A stage POST's answer: the next stage's input (200), or what was accepted (202)."""
+    return (jsonify(ready), 200) if ready is not None else (jsonify(pending), 202)
+
+
+def _polled(ready: dict[str, Any] | None) -> Response:
+    """A stage GET's answer: the input it waited for, or 204 (ask again)."""
+    if ready is None:
+        return Response(status=204, headers={"Retry-After": "0"})
+    return jsonify(ready)
 
 
 @contextmanager
@@ -288,6 +374,22 @@ def _str_field(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest(f"field {name!r} must be a non-empty string")
     return value
+
+
+def _binary_field(body: dict[str, Any], name: str, size: int) -> bytes:
+    """A base64 field of ``size`` bytes (secagg.messages); 400 otherwise."""
+    try:
+        return messages.decode(body.get(name), size, name)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _binary_map(body: dict[str, Any], name: str, size: int) -> dict[str, bytes]:
+    """A field mapping client ids to base64 values of ``size`` bytes each; 400 otherwise."""
+    value = body.get(name, {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise BadRequest(f"field {name!r} must map client ids to base64 values")
+    return {peer: _binary_field(value, peer, size) for peer in value}
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:

@@ -17,11 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from fl_kubeflow import protocol, wire
-from fl_kubeflow.protocol import Phase
+from fl_kubeflow.protocol import Phase, SecAggStage
+from fl_kubeflow.secagg.vector import Layout
 from fl_kubeflow.server import checkpoint, checkpoint_state, history, updates
 from fl_kubeflow.server.clients import Clients
 from fl_kubeflow.server.config import ServerConfig
@@ -29,6 +32,7 @@ from fl_kubeflow.server.errors import (
     BadRequest,
     Conflict,
     InvalidUpdate,
+    RequestError,
     Revoked,
     RunFailed,
     TooLarge,
@@ -44,6 +48,7 @@ from fl_kubeflow.server.records import (
     check_client_id,
     now_iso,
 )
+from fl_kubeflow.server.secure_round import SecureRound, SecureRoundFailed
 from fl_kubeflow.strategies import Strategy
 from fl_kubeflow.wire import Weights
 
@@ -103,6 +108,11 @@ class Federation:
         self._counters = Counters()
         # Client ids revoked during the run, joined or not: refused from then on.
         self._revoked: set[str] = set()
+        if config.secure_aggregation is not None:
+            # Refused at start, not in round 1: a rule that needs every update, or a
+            # federation the options cannot serve (ValueError saying why).
+            strategy.check_secure_aggregation()
+            config.secure_aggregation.check_federation(config.num_clients)
         if resume is not None:
             self._restore(resume)
         elif initial_weights is not None:
@@ -199,6 +209,7 @@ class Federation:
                     current is not None
                     and client_id not in current.sampled
                     and getattr(self.strategy, "fraction_fit", 1.0) >= 1.0
+                    and _keys_open(current)
                 ):
                     # Everyone trains in every round: a late or returning client joins the
                     # open round at once instead of waiting for the next.
@@ -212,6 +223,9 @@ class Federation:
                     and current is not None
                     and client_id in current.sampled
                     and (self._round >= server_round or self._owes_update(client_id))
+                    # A secure round past its key stage has no place for a newcomer: the
+                    # roster is fixed, so the client waits for the next round.
+                    and _keys_open(current)
                 ):
                     if not client.active:
                         log.info("client %s is back for round %d", client_id, self._round)
@@ -219,6 +233,7 @@ class Federation:
                     config = {
                         **self.strategy.configure_fit(self._round),
                         "evaluate": client_id in current.eval_sampled,
+                        **self._secure_config(),
                     }
                     return self._answer(Phase.FIT, self._round, config)
                 remaining = deadline - time.monotonic()
@@ -314,17 +329,25 @@ class Federation:
             self._cond.notify_all()
             return {"accepted": True, "duplicate": False, "round": server_round}
 
-    def check_before_body(self, client_id: str, server_round: int | None) -> None:
-        """Refuse on its headers a model body that submit_update or propose_initial would.
+    def check_before_body(
+        self, client_id: str, server_round: int | None, masked: bool = False
+    ) -> None:
+        """Refuse on its headers a model body that submit_update, submit_masked or
+        propose_initial would.
 
-        ``server_round`` None: an initial proposal (only the client is checked). The
-        same errors and counts as those calls, but it never waits: the HTTP server's
-        I/O thread calls it (server/header_check.py), before it reads the body. A
-        resend of a counted update passes, to be answered by submit_update.
+        ``server_round`` None: an initial proposal (only the client is checked);
+        ``masked``: a secure round's masked input. The same errors and counts as those
+        calls, but it never waits: the HTTP server's I/O thread calls it
+        (server/header_check.py), before it reads the body. A resend of a counted
+        update passes, to be answered by submit_update (or submit_masked).
         """
         with self._cond:
             self._require_client(client_id)
-            if server_round is not None:
+            if masked and server_round is not None:
+                secure = self._secure_round(client_id, server_round)
+                with self._secure_refusals(client_id, server_round):
+                    secure.check_masked_head(client_id)
+            elif server_round is not None:
                 self._check_round_open(client_id, server_round, early=True)
 
     def _answer_resend(
@@ -369,6 +392,12 @@ class Federation:
         for a fold. What passes is counted only by the check with the body.
         """
         self._raise_if_failed()
+        if self.config.secure_aggregation is not None:
+            self._count_rejection("secagg_plain_update")
+            raise BadRequest(
+                "this run uses secure aggregation (docs/secure_aggregation.md): a round's "
+                f"update goes to {protocol.SECAGG_MASKED_PATH}, masked"
+            )
         current = self._current
         while not early and current is not None and current.number == server_round:
             if client_id not in current.folding:
@@ -460,6 +489,244 @@ class Federation:
             self._cond.notify_all()
             return {"accepted": True, "duplicate": False, "round": server_round}
 
+    # ------------------------------------------------- secure aggregation (SecAgg+)
+    # docs/secure_aggregation.md: one transition or read each; the round's state and
+    # checks are SecureRound's (server/secure_round.py).
+
+    def submit_keys(
+        self, client_id: str, server_round: int, encryption_key: bytes, masking_key: bytes
+    ) -> None:
+        """A sampled client's two public keys for the open round's key stage."""
+        with self._cond:
+            secure = self._secure_round(client_id, server_round)
+            with self._secure_refusals(client_id, server_round):
+                current = self._current
+                assert current is not None
+                if client_id not in current.sampled:
+                    raise WrongRound(
+                        f"client {client_id!r} was not sampled to train in round {server_round}",
+                        current_round=self._round,
+                    )
+                secure.add_keys(client_id, encryption_key, masking_key)
+            self._cond.notify_all()
+
+    def wait_roster(self, client_id: str, server_round: int, wait: float) -> dict[str, Any] | None:
+        """The round's roster once the key stage closed; None if not within ``wait``."""
+        return self._wait_secure(
+            client_id, server_round, wait, lambda s, sampled: s.roster_answer(client_id, sampled)
+        )
+
+    def submit_shares(
+        self, client_id: str, server_round: int, ciphertexts: Mapping[str, bytes]
+    ) -> None:
+        """A roster client's encrypted shares, one per neighbour."""
+        with self._cond:
+            secure = self._secure_round(client_id, server_round)
+            with self._secure_refusals(client_id, server_round):
+                secure.add_shares(client_id, ciphertexts)
+            self._cond.notify_all()
+
+    def wait_inbox(self, client_id: str, server_round: int, wait: float) -> dict[str, Any] | None:
+        """The shares addressed to this client once the share stage closed; None if not yet."""
+        return self._wait_secure(
+            client_id, server_round, wait, lambda s, _: s.inbox_answer(client_id)
+        )
+
+    def submit_masked(
+        self, client_id: str, server_round: int, metrics: dict[str, float], body: wire.Buffer
+    ) -> dict[str, Any]:
+        """Check a masked input and fold it into the round's running sum, once per client.
+
+        Like ``submit_update``: checked outside the lock, folded outside it alongside
+        others (the stage cannot close meanwhile), a resend of the same bytes answered
+        as a duplicate and of others refused (409).
+        """
+        with self._cond:
+            secure = self._secure_round(client_id, server_round)
+            with self._secure_refusals(client_id, server_round):
+                secure.check_masked_head(client_id)
+        try:
+            vector = secure.check_masked(self._decode(body))
+        except (BadRequest, InvalidUpdate, TooLarge) as exc:
+            self._refuse(client_id, server_round, f"secagg_{exc.code}", exc.message)
+            raise
+        digest = updates.digest(body)
+        answer = {"round": server_round, "stage": SecAggStage.MASKED.value, "accepted": True}
+        with self._cond:
+            if self._secure_round(client_id, server_round) is not secure:
+                raise WrongRound(f"round {server_round} is over", current_round=self._round)
+            with self._secure_refusals(client_id, server_round):
+                if not secure.add_masked(client_id, digest):
+                    self._counters.updates_duplicate += 1
+                    return {**answer, "duplicate": True}
+        try:
+            secure.fold(vector)
+        except BaseException:
+            with self._cond:
+                secure.folded(client_id, None)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            secure.folded(client_id, digest)
+            current = self._current
+            assert current is not None
+            # Example counts are private: the round's total is all the server learns.
+            current.contributors[client_id] = None
+            current.train.add(metrics, 1)
+            current.bytes_in += len(body)
+            self._counters.bytes_in += len(body)
+            self._counters.updates_accepted += 1
+            self._clients[client_id].active = True
+            self._cond.notify_all()
+        return {**answer, "duplicate": False}
+
+    def wait_unmask(self, client_id: str, server_round: int, wait: float) -> dict[str, Any] | None:
+        """Who survived and who dropped, once the masked stage closed; None if not yet."""
+        return self._wait_secure(
+            client_id, server_round, wait, lambda s, _: s.unmask_answer(client_id)
+        )
+
+    def submit_reveal(
+        self,
+        client_id: str,
+        server_round: int,
+        self_mask_shares: Mapping[str, bytes],
+        mask_key_shares: Mapping[str, bytes],
+    ) -> None:
+        """A survivor's shares that remove the masks: self masks of surviving neighbours,
+        masking keys of dropped ones."""
+        with self._cond:
+            secure = self._secure_round(client_id, server_round)
+            with self._secure_refusals(client_id, server_round):
+                secure.add_reveal(client_id, self_mask_shares, mask_key_shares)
+            self._cond.notify_all()
+
+    def _secure_round(self, client_id: str, server_round: int) -> SecureRound:
+        """The open secure round (under the lock), if it is ``server_round``; else refused."""
+        self._require_client(client_id)
+        self._raise_if_failed()
+        if self.config.secure_aggregation is None:
+            self._count_rejection("secagg_off")
+            raise BadRequest("this run does not use secure aggregation")
+        current = self._current
+        if (
+            self._phase is not Phase.FIT
+            or current is None
+            or current.secure is None
+            or current.number != server_round
+        ):
+            reason = (
+                f"round {server_round} is not collecting secure-aggregation stages; the "
+                f"current round is {self._round} ({self._phase.value})"
+            )
+            self._refuse(client_id, server_round, "secagg_wrong_round", reason, locked=True)
+            raise WrongRound(reason, current_round=self._round)
+        return current.secure
+
+    @contextmanager
+    def _secure_refusals(self, client_id: str, server_round: int) -> Iterator[None]:
+        """Count and record (under the lock) a stage's refusal by its code, and raise it."""
+        try:
+            yield
+        except RequestError as exc:
+            self._refuse(client_id, server_round, f"secagg_{exc.code}", exc.message, locked=True)
+            raise
+
+    def _wait_secure(
+        self,
+        client_id: str,
+        server_round: int,
+        wait: float,
+        read: Callable[[SecureRound, list[str]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """Long-poll (at most poll_timeout) until ``read`` gives the next stage's input."""
+        deadline = time.monotonic() + max(0.0, min(wait, self.config.poll_timeout))
+        with self._cond:
+            while True:
+                secure = self._secure_round(client_id, server_round)
+                current = self._current
+                assert current is not None
+                with self._secure_refusals(client_id, server_round):
+                    answer = read(secure, current.sampled)
+                remaining = deadline - time.monotonic()
+                if answer is not None or remaining <= 0:
+                    return answer
+                self._cond.wait(remaining)
+
+    def _secure_config(self) -> dict[str, Any]:
+        """The round config's secure-aggregation entry ({} in a plain run)."""
+        params = self.config.secure_aggregation
+        if params is None:
+            return {}
+        weighting = self.strategy.secure_weighting
+        return {protocol.SECAGG_CONFIG_KEY: {**params.to_config(), "weighting": weighting}}
+
+    def _drive_secure(self, current: RoundRecord, now: float) -> str | float | None:
+        """Close the secure round's open stage once done or due (under the lock).
+
+        Returns "aggregate" when the reveal stage closed, None when a stage closed or
+        the run failed (look again), else the time to wake up at.
+        """
+        secure = current.secure
+        assert secure is not None
+        if secure.folding:
+            # Masked inputs being folded are in, not missing: wait for them to land.
+            return now + 1.0
+        stage, done = secure.stage, secure.submitted()
+        waiting = sorted(
+            c for c in secure.expected(current.sampled) if self._clients[c].active and c not in done
+        )
+        # Keys may still come from late clients; a later stage's missing clients cannot.
+        need = 0 if stage is SecAggStage.REVEAL else self.config.quorum
+        if waiting and now < secure.deadline:
+            return secure.deadline
+        if len(done) < need and (stage is not SecAggStage.KEYS or now >= secure.deadline):
+            limit = (
+                f"round_timeout={self.config.round_timeout:g}s"
+                if stage is SecAggStage.KEYS
+                else f"secagg timeout={secure.params.timeout:g}s"
+            )
+            self._fail(
+                f"round {current.number}: secure aggregation's {stage.value} stage closed with "
+                f"{len(done)} of min_clients={need} clients within {limit}; missing: "
+                f"{sorted(set(secure.expected(current.sampled)) - done)}"
+            )
+            return None
+        if len(done) < need:
+            return secure.deadline
+        for client_id in waiting:
+            self._clients[client_id].active = False
+        if waiting:
+            log.warning(
+                "round %d: secure aggregation's %s stage closed without %s",
+                current.number,
+                stage.value,
+                waiting,
+            )
+        if stage is SecAggStage.KEYS:
+            current.timed_out = waiting
+        try:
+            secure.close_stage(now)
+        except SecureRoundFailed as exc:
+            self._fail(str(exc))
+            return None
+        self._cond.notify_all()
+        return "aggregate" if secure.closed else None
+
+    def _unmask(self, current: RoundRecord, old_global: Weights) -> Weights:
+        """The secure round's aggregate (outside the lock): unmask, then the strategy's
+        ``secure_aggregate``."""
+        secure = current.secure
+        assert secure is not None
+        # The base is the round's message as clients decoded it: exact to the bound
+        # with half-precision wire too.
+        base = wire.decode(self._model.body, wire_dtype=self.config.wire_dtype)
+        mean, total = secure.unmask(base)
+        aggregate = self.strategy.secure_aggregate(current.number, old_global, mean, len(secure.u3))
+        current.secure_report = secure.report()
+        current.num_examples = total if secure.weighting == "examples" else None
+        return aggregate
+
     # ------------------------------------------------------------------ driver
 
     def run(self) -> bool:
@@ -502,6 +769,15 @@ class Federation:
                             f"{self.config.quorum}); missing: {self._clients.missing()}"
                         )
                     continue
+            elif self._phase is Phase.FIT and _secure(self._current):
+                assert self._current is not None
+                step = self._drive_secure(self._current, now)
+                if step == "aggregate":
+                    self._phase = Phase.AGGREGATING
+                    return "aggregate"
+                if not isinstance(step, float):
+                    continue
+                deadline = step
             elif self._phase is Phase.FIT:
                 current = self._current
                 assert current is not None
@@ -554,19 +830,30 @@ class Federation:
 
     def _aggregate(self) -> None:
         current = self._current
-        assert current is not None and current.aggregator is not None
+        assert current is not None
         old_global = self._model.weights
         assert old_global is not None
         frame = self._model.frame(old_global)
-        aggregate = current.aggregator.result_into(frame.tensors)
+        if current.secure is not None:
+            try:
+                aggregate = self._unmask(current, old_global)
+            except SecureRoundFailed as exc:
+                with self._cond:
+                    self._fail(str(exc))
+                return
+        else:
+            assert current.aggregator is not None
+            aggregate = current.aggregator.result_into(frame.tensors)
         new_global = self.strategy.finish_round(current.number, old_global, aggregate)
         current.strategy_report = self.strategy.round_report(current.number)
         updates.check_signature(new_global, self._model.signature, what="aggregate")
         new_global, body = self._model.message(new_global, frame)
         with self._cond:
             current.duration_s = time.monotonic() - current.started_mono
-            current.num_examples = current.aggregator.total_examples
-            current.aggregator = None  # the round's buffers are no longer needed
+            if current.aggregator is not None:
+                current.num_examples = current.aggregator.total_examples
+            # The round's buffers (the sum, a secure round's stages) are no longer needed.
+            current.aggregator = current.secure = None
             self._closing, self._current = current, None
             self._model.replace(new_global, body)
             snapshot = self._checkpoint_state(current) if self.config.checkpoint_dir else None
@@ -579,7 +866,7 @@ class Federation:
             self._rounds.append(current)
             self._closing = None
             log.info(
-                "round %d/%d: %d clients, %d examples, train %s (%.2fs)",
+                "round %d/%d: %d clients, %s examples, train %s (%.2fs)",
                 current.number,
                 self.config.num_rounds,
                 len(current.contributors),
@@ -605,16 +892,27 @@ class Federation:
         assert self._model.weights is not None
         self._round = number
         active = self._clients.active() or self._clients.eligible()
+        started = time.monotonic()
+        params = self.config.secure_aggregation
         self._current = RoundRecord(
             number=number,
-            started_mono=time.monotonic(),
+            started_mono=started,
             started_at=now_iso(),
-            aggregator=self.strategy.start_round(number, self._model.weights),
+            # A secure round's sum is SecureRound's, not the strategy's aggregator.
+            aggregator=None if params else self.strategy.start_round(number, self._model.weights),
             sampled=self.strategy.sample_fit(number, active, self.config.quorum),
             eval_sampled=self.strategy.sample_evaluate(
                 number - 1, self._clients.eligible(), self.config.quorum
             ),
         )
+        if params is not None:
+            self._current.secure = SecureRound(
+                number,
+                params,
+                self.strategy.secure_weighting,
+                Layout.of(self._model.weights),
+                deadline=started + self.config.round_timeout,
+            )
         self._phase = Phase.FIT
         self._cond.notify_all()
 
@@ -728,6 +1026,17 @@ class Federation:
             strategy=self.strategy.name,
             strategy_options=self.strategy.options(),
         )
+
+
+def _secure(record: RoundRecord | None) -> bool:
+    """Whether ``record`` is a secure round's."""
+    return record is not None and record.secure is not None
+
+
+def _keys_open(record: RoundRecord) -> bool:
+    """Whether a client may still join ``record``'s round: always, unless it is secure
+    and past its key stage."""
+    return record.secure is None or record.secure.stage is SecAggStage.KEYS
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -7,9 +7,10 @@ stranger's 15 MiB upload costs the server one header block, not 15 MiB of spool.
 
 The order is the protocol's: 401 (no, unknown or revoked token), 403 (the token's
 principal is not the client it claims, or that client has not joined), 409 (an
-update for a round that is not open), 413 (a ``Content-Length`` over the path's
-limit). What needs the body (the JSON ``client_id`` of join, evaluate and leave, the
-model itself) is checked by the app afterwards, as before.
+update or a masked input for a round, or a stage, that is not open), 413 (a
+``Content-Length`` over the path's limit). What needs the body (the JSON
+``client_id`` of join, evaluate, leave and the secure stages, the model itself) is
+checked by the app afterwards, as before.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from fl_kubeflow.server.identity import Identities
 from fl_kubeflow.server.updates import check_update_size
 
 # Paths whose body is a model (safetensors), up to --max-update-mb.
-MODEL_BODY_PATHS = (protocol.UPDATE_PATH, protocol.INITIAL_PATH)
+MODEL_BODY_PATHS = (protocol.UPDATE_PATH, protocol.INITIAL_PATH, protocol.SECAGG_MASKED_PATH)
+# Those of them that are a round's contribution, whose X-FL-Round is checked too.
+ROUND_BODY_PATHS = (protocol.UPDATE_PATH, protocol.SECAGG_MASKED_PATH)
 # What the header names are called here: lower case, as in HTTP/2.
 AUTHORIZATION = "authorization"
 CONTENT_LENGTH = "content-length"
@@ -76,12 +79,14 @@ def _check_run(federation: Federation, path: str, headers: Mapping[str, str]) ->
     if not client_id:
         return  # the app answers 400 for the missing header, as ever
     server_round = None
-    if path == protocol.UPDATE_PATH:
+    if path in ROUND_BODY_PATHS:
         try:
             server_round = int(headers.get(ROUND, "").strip())
         except ValueError:
             return  # malformed: the app's 400
-    federation.check_before_body(client_id, server_round)
+    federation.check_before_body(
+        client_id, server_round, masked=path == protocol.SECAGG_MASKED_PATH
+    )
 
 
 def trusted(path: str, refusal: RequestError | None) -> bool:

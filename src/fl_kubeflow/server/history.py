@@ -63,6 +63,7 @@ def status(view: RunView, since: int | None = None) -> dict[str, Any]:
         "active": sorted(c for c, s in view.clients.items() if s.active),
         "revoked": revoked(view),
         "submitted": sorted(current.contributors) if current else [],
+        **secagg_stage(view),
         "completed_rounds": len(view.rounds),
         "error": view.error,
         "last_round": round_record(view, view.rounds[-1]) if view.rounds else None,
@@ -139,4 +140,14 @@ def round_record(view: RunView, record: RoundRecord) -> dict[str, Any]:
         "bytes_out": record.bytes_out,
         "sampled": record.sampled,
         **({"strategy": record.strategy_report} if record.strategy_report else {}),
+        **({"secure_aggregation": record.secure_report} if record.secure_report else {}),
     }
+
+
+def secagg_stage(view: RunView) -> dict[str, Any]:
+    """A secure run's ``secagg_stage``: the open round's stage (None between rounds);
+    nothing in a plain run."""
+    if view.config.secure_aggregation is None:
+        return {}
+    secure = view.current.secure if view.current is not None else None
+    return {"secagg_stage": secure.stage.value if secure is not None else None}

@@ -16,6 +16,7 @@ from fl_kubeflow.metrics import WeightedMetrics
 from fl_kubeflow.server.errors import BadRequest
 
 if TYPE_CHECKING:
+    from fl_kubeflow.server.secure_round import SecureRound
     from fl_kubeflow.strategies import RoundAggregator
 
 # What protocol.valid_client_id accepts, in words for refusals.
@@ -62,9 +63,11 @@ class RoundRecord:
     sampled: list[str] = field(default_factory=list)
     eval_sampled: list[str] = field(default_factory=list)
     train: WeightedMetrics = field(default_factory=WeightedMetrics)
-    num_examples: int = 0
+    # None: not known (a secure round weighting clients uniformly keeps counts private).
+    num_examples: int | None = 0
     strategy_report: dict[str, Any] = field(default_factory=dict)
-    contributors: dict[str, int] = field(default_factory=dict)
+    # Each contributor's example count; None in a secure round, where counts are private.
+    contributors: dict[str, int | None] = field(default_factory=dict)
     # Each contributor's updates.digest, to tell an honest resend from a different update.
     # Not saved in checkpoints: a restored round compares resends by example count only.
     digests: dict[str, bytes] = field(default_factory=dict)
@@ -75,6 +78,10 @@ class RoundRecord:
     bytes_in: int = 0
     bytes_out: int = 0
     duration_s: float | None = None
+    # A secure round's stages while it is open (server/secure_round.py), and its
+    # history record once unmasked.
+    secure: SecureRound | None = None
+    secure_report: dict[str, Any] = field(default_factory=dict)
 
     def refuse(self, client_id: str, reason: str) -> None:
         """Note a refused request of this round (up to MAX_REFUSALS_KEPT)."""
@@ -95,6 +102,7 @@ class RoundRecord:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "duration_s": self.duration_s,
+            **({"secure_aggregation": self.secure_report} if self.secure_report else {}),
         }
 
     @classmethod
@@ -107,13 +115,14 @@ class RoundRecord:
             sampled=list(state.get("sampled", [])),
             strategy_report=dict(state.get("strategy_report", {})),
             train=WeightedMetrics.from_state(state["train"]),
-            num_examples=int(state["num_examples"]),
+            num_examples=None if state["num_examples"] is None else int(state["num_examples"]),
             contributors=dict(state["contributors"]),
             refused=list(state["refused"]),
             timed_out=list(state["timed_out"]),
             bytes_in=int(state["bytes_in"]),
             bytes_out=int(state["bytes_out"]),
             duration_s=state["duration_s"],
+            secure_report=dict(state.get("secure_aggregation", {})),
         )
 
 

@@ -1,0 +1,549 @@
+"""The server's side of secure aggregation (docs/secure_aggregation.md), on loopback.
+
+A real server in this process (the Federation, its app and waitress with the head
+check, as ``serve`` builds them) and clients scripted with the ``secagg`` package:
+each does exactly the steps of the doc, and may stop after any stage, so a test can
+drop it where it needs. The clients' own library (``client/secure_aggregation.py``)
+is tested in test_secagg_client.py; real processes in test_secagg_runs.py.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from fl_kubeflow import wire
+from fl_kubeflow.auth import new_token
+from fl_kubeflow.protocol import SECAGG_MASKED_TENSOR, Phase
+from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
+from fl_kubeflow.secagg.params import SecAggParams, choose_graph
+from fl_kubeflow.secagg.quantise import Quantiser
+from fl_kubeflow.secagg.vector import Layout
+from fl_kubeflow.server.app import create_app
+from fl_kubeflow.server.config import ServerConfig
+from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.header_check import check_request_head
+from fl_kubeflow.server.http_server import start_http_server
+from fl_kubeflow.server.identity import identities_for
+from fl_kubeflow.server.secure_round import SecureRound
+from fl_kubeflow.strategies import FedAvg
+from tests.fl_processes import RawClient
+
+WAIT = 30.0  # how long a stage's POST or GET may hold: bounds a broken run only
+W0 = {
+    "dense/kernel": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+    "dense/bias": np.zeros(4, dtype=np.float32),
+}
+STAGES = ("keys", "shares", "masked", "reveal")
+
+
+@dataclass
+class Server:
+    """A secure run served on loopback, and its Federation to look inside."""
+
+    federation: Federation
+    url: str
+    token: str
+    thread: threading.Thread
+    close: Any
+
+    def client(self, client_id: str) -> Scripted:
+        raw = RawClient(self.url, client_id, headers={"Authorization": f"Bearer {self.token}"})
+        return Scripted(raw)
+
+    def secure_round(self) -> SecureRound:
+        current = self.federation._current
+        assert current is not None and current.secure is not None
+        return current.secure
+
+    def wait_end(self) -> None:
+        self.thread.join(WAIT * 2)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Start secure runs (``serve(n, **options)``); every one is closed at the end."""
+    closing: list[Any] = []
+
+    def start(num_clients: int, params: SecAggParams | None = None, **options: Any) -> Server:
+        token = new_token()
+        config = ServerConfig(
+            num_clients=num_clients,
+            num_rounds=options.pop("num_rounds", 1),
+            host="127.0.0.1",
+            port=0,
+            token=token,
+            join_timeout=WAIT,
+            round_timeout=options.pop("round_timeout", WAIT),
+            poll_timeout=WAIT,
+            grace_period=1.0,
+            max_update_bytes=1 << 16,
+            secure_aggregation=params or SecAggParams(),
+            **options,
+        )
+        federation = Federation(config, FedAvg(), initial_weights=W0)
+        identities = identities_for(config)
+        head_check = lambda *a: check_request_head(federation, identities, *a)  # noqa: E731
+        running = start_http_server(create_app(federation, config, identities), config, head_check)
+        closing.append(running.close)
+        thread = threading.Thread(target=federation.run, daemon=True)
+        thread.start()
+        return Server(federation, f"http://127.0.0.1:{running.port}", token, thread, running.close)
+
+    yield start
+    for close in closing:
+        close()
+
+
+@dataclass
+class Scripted:
+    """One client doing docs/secure_aggregation.md's steps with the secagg package.
+
+    ``run(stop_after=...)`` goes through the round and stops (leaving the run, so the
+    stage closes without waiting for its timeout) after the named stage.
+    """
+
+    raw: RawClient
+    change: np.ndarray | None = None
+    weight: int = 1
+
+    @property
+    def cid(self) -> str:
+        return self.raw.client_id
+
+    def post(self, path: str, body: dict[str, Any], wait: float = WAIT) -> requests.Response:
+        return self.raw.session.post(
+            f"{self.raw.url}{path}",
+            params={"wait": wait},
+            json={"client_id": self.cid, **body},
+            headers=self.raw._h(),
+            timeout=wait + 30,
+        )
+
+    def post_masked(self, server_round: int, body: bytes, wait: float = WAIT) -> requests.Response:
+        headers = self.raw._h({"X-FL-Round": str(server_round), "X-FL-Metrics": '{"loss": 1}'})
+        return self.raw.session.post(
+            f"{self.raw.url}/v1/secagg/masked",
+            params={"wait": wait},
+            data=body,
+            headers=headers,
+            timeout=wait + 30,
+        )
+
+    def fetch(self, server_round: int = 1) -> None:
+        """The round's model and config (``round`` is the one the server handed out)."""
+        response = self.raw.model(server_round, wait=WAIT)
+        assert response.status_code == 200, response.text
+        self.round = int(response.headers["X-FL-Round"])
+        self.config = json.loads(response.headers["X-FL-Config"])
+        self.params = SecAggParams.from_config(self.config["secagg"])
+        self.base = wire.decode(response.content)
+        self.layout = Layout.of(self.base)
+
+    def get(self, path: str, wait: float = WAIT) -> requests.Response:
+        return self.raw.session.get(
+            f"{self.raw.url}{path}",
+            params={"round": self.round, "wait": wait},
+            headers=self.raw._h(),
+            timeout=wait + 30,
+        )
+
+    def answer(self, response: requests.Response, path: str) -> dict[str, Any]:
+        """A stage POST's 200 answer, or (202) the GET of the next stage's input."""
+        if response.status_code == 202:
+            response = self.get(path)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post_keys(self, wait: float = WAIT) -> requests.Response:
+        self.c, self.s = keys.generate(), keys.generate()
+        body = {
+            "round": self.round,
+            "encryption_key": messages.encode(self.c.public),
+            "masking_key": messages.encode(self.s.public),
+        }
+        return self.post("/v1/secagg/keys", body, wait)
+
+    def take_roster(self, roster: dict[str, Any]) -> None:
+        """Check the roster as a client must, and compute this client's neighbours."""
+        ids = [e["client_id"] for e in roster["roster"]]
+        self.keys = {
+            e["client_id"]: (
+                messages.decode(e["encryption_key"], keys.KEY_BYTES, "c"),
+                messages.decode(e["masking_key"], keys.KEY_BYTES, "s"),
+            )
+            for e in roster["roster"]
+        }
+        assert self.keys[self.cid] == (self.c.public, self.s.public)
+        chosen = choose_graph(len(ids), self.params.dropout_fraction, self.params.corrupt_fraction)
+        assert (roster["neighbours"], roster["threshold"]) == (chosen.k, chosen.t)
+        self.t = chosen.t
+        seed = graph.roster_seed([(c, *self.keys[c]) for c in ids])
+        self.neighbours = graph.neighbours(ids, chosen.k, seed)[self.cid]
+        self.position = {c: i + 1 for i, c in enumerate(ids)}
+
+    def ciphertexts(self) -> dict[str, str]:
+        """This client's shares of b and of its s key, one ciphertext per neighbour."""
+        self.b = secrets.token_bytes(32)
+        xs = [self.position[j] for j in self.neighbours]
+        b_shares = shamir.split(self.b, self.t, xs)
+        s_shares = shamir.split(self.s.private, self.t, xs)
+        return {
+            j: messages.encode(
+                keys.encrypt_shares(
+                    self.c.private,
+                    self.keys[j][0],
+                    self.round,
+                    self.cid,
+                    j,
+                    b_shares[self.position[j]],
+                    s_shares[self.position[j]],
+                )
+            )
+            for j in self.neighbours
+        }
+
+    def post_shares(self, shares: dict[str, str], wait: float = WAIT) -> requests.Response:
+        return self.post("/v1/secagg/shares", {"round": self.round, "shares": shares}, wait)
+
+    def take_inbox(self, inbox: dict[str, Any]) -> None:
+        self.inbox = {
+            sender: keys.decrypt_shares(
+                self.c.private,
+                self.keys[sender][0],
+                self.round,
+                sender,
+                self.cid,
+                messages.decode(text, keys.CIPHERTEXT_BYTES, "share"),
+            )
+            for sender, text in inbox["shares"].items()
+        }
+
+    def masked_vector(self) -> np.ndarray:
+        assert self.change is not None
+        vector, _ = Quantiser(self.params).encode(self.change, self.weight)
+        masks.apply_mask(vector, self.b, 1)
+        for peer in self.inbox:
+            seed = keys.pair_seed(self.s.private, self.keys[peer][1], self.round)
+            masks.apply_mask(vector, seed, 1 if self.cid < peer else -1)
+        return vector
+
+    def reveal_body(self, unmask: dict[str, Any]) -> dict[str, Any]:
+        survivors, dropped = set(unmask["survivors"]), set(unmask["dropped"])
+        assert self.cid in survivors
+        return {
+            "round": self.round,
+            "self_mask_shares": {
+                j: messages.encode(pair[0]) for j, pair in self.inbox.items() if j in survivors
+            },
+            "mask_key_shares": {
+                j: messages.encode(pair[1]) for j, pair in self.inbox.items() if j in dropped
+            },
+        }
+
+    def keys_stage(self) -> None:
+        self.take_roster(self.answer(self.post_keys(), "/v1/secagg/roster"))
+
+    def shares_stage(self) -> None:
+        self.take_inbox(self.answer(self.post_shares(self.ciphertexts()), "/v1/secagg/inbox"))
+
+    def masked_stage(self) -> None:
+        response = self.post_masked(self.round, masked(self.masked_vector()))
+        self.unmask = self.answer(response, "/v1/secagg/unmask")
+
+    def reveal_stage(self) -> None:
+        response = self.post("/v1/secagg/reveal", self.reveal_body(self.unmask))
+        assert response.status_code == 200, response.text
+        assert response.json() == {"accepted": True}
+
+    def run(self, stop_after: str | None = None, leave: bool = True, server_round: int = 1) -> None:
+        """The whole round, stopping after ``stop_after`` (leaving the run, or silent)."""
+        self.fetch(server_round)
+        for stage in STAGES:
+            getattr(self, f"{stage}_stage")()
+            if stage == stop_after:
+                if leave:
+                    self.raw.leave()
+                return
+
+
+def masked(vector: np.ndarray) -> bytes:
+    return wire.encode({SECAGG_MASKED_TENSOR: vector})
+
+
+def join_all(server: Server, n: int, seed: int = 0) -> list[Scripted]:
+    """n joined clients (c0, c1...) with random changes and weights."""
+    rng = np.random.default_rng(seed)
+    size = sum(v.size for v in W0.values())
+    clients = []
+    for i in range(n):
+        client = server.client(f"c{i}")
+        assert client.raw.join().status_code == 200
+        client.change = rng.uniform(-0.5, 0.5, size)
+        client.weight = int(rng.integers(1, 50))
+        clients.append(client)
+    return clients
+
+
+def run_all(
+    clients: list[Scripted],
+    stops: dict[str, str] | None = None,
+    leave: bool = True,
+    server_round: int = 1,
+) -> None:
+    """Every client's round on its own thread (each POST holds until the next stage)."""
+    errors: list[BaseException] = []
+
+    def one(client: Scripted) -> None:
+        try:
+            client.run((stops or {}).get(client.cid), leave, server_round)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    assert not errors, errors
+
+
+def expected_model(
+    clients: list[Scripted], base: dict[str, np.ndarray] = W0
+) -> dict[str, np.ndarray]:
+    """The exact weighted mean of the clients' changes, applied to ``base``."""
+    total = sum(c.weight for c in clients)
+    assert all(c.change is not None for c in clients)
+    mean = sum(c.weight * c.change for c in clients) / total  # type: ignore[operator]
+    return Layout.of(base).apply(base, mean)
+
+
+def final_model(server: Server, client: Scripted, after: int = 1) -> dict[str, np.ndarray]:
+    response = client.raw.model(after + 1, wait=WAIT)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-FL-Phase"] == "finished"
+    return wire.decode(response.content)
+
+
+def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], bound: float) -> None:
+    assert set(got) == set(want)
+    for name in want:
+        # float32 storage of the result adds its own rounding to the quantisation's.
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=bound + 1e-6)
+
+
+def model_sized_arrays(secure: SecureRound) -> list[np.ndarray]:
+    """Every array of the layout's size or more that the SecureRound holds, however deep."""
+    found: list[np.ndarray] = []
+    seen: set[int] = set()
+
+    def walk(value: Any) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, np.ndarray):
+            if value.size >= secure.layout.size:
+                found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple, set)):
+            for item in value:
+                walk(item)
+        elif hasattr(value, "__dict__"):
+            for item in vars(value).values():
+                walk(item)
+
+    walk(secure)
+    return found
+
+
+def test_rounds_give_the_weighted_mean_and_store_no_unmasking_material(serve: Any) -> None:
+    server = serve(4, num_rounds=2)
+    clients = join_all(server, 4)
+    clients[0].fetch()
+    assert clients[0].config["secagg"]["weighting"] == "examples"
+    first = server.secure_round()
+    assert server.federation.status()["secagg_stage"] == "keys"
+    run_all(clients)
+    bound = Quantiser(first.params).error_bound
+    # Round 2 starts from round 1's model, as every client decoded it.
+    clients[0].fetch(2)
+    after_one = clients[0].base
+    assert_close(after_one, expected_model(clients), bound)
+    secure = server.secure_round()
+    assert secure is not first and secure.number == 2
+    rng = np.random.default_rng(9)
+    for client in clients:
+        client.change, client.weight = rng.uniform(-1, 1, secure.layout.size - 1), 1 + client.weight
+    run_all(clients, server_round=2)
+    assert_close(
+        final_model(server, clients[0], after=2), expected_model(clients, after_one), bound
+    )
+
+    # The one model-sized array is the running sum, whatever the number of clients.
+    assert [a is secure.sum.vector for a in model_sized_arrays(secure)] == [True]
+    # Every client survived: the server holds shares of self masks only, never of a key.
+    for holder, (self_mask, mask_key) in secure.reveals.items():
+        assert mask_key == {} and set(self_mask) <= set(secure.neighbours[holder]), holder
+    record = server.federation.history()["rounds"][2]
+    report = record["secure_aggregation"]
+    assert report["roster"] == report["survivors"] == report["revealed"] == 4
+    assert report["dropped_at_shares"] == report["dropped_at_masked"] == []
+    assert report["total_weight"] == record["num_examples"] == sum(c.weight for c in clients)
+    assert report["error_bound"] == bound and report["weighting"] == "examples"
+    assert record["contributors"] == sorted(c.cid for c in clients)
+    server.wait_end()
+    assert server.federation.phase is Phase.FINISHED
+    # Once unmasked, the round's stages and sum are let go.
+    assert server.federation._rounds[-1].secure is None
+
+
+@pytest.mark.parametrize("stop_after", ["keys", "shares", "masked"])
+def test_a_drop_out_at_each_stage_is_recovered(serve: Any, stop_after: str) -> None:
+    """One of five clients drops after ``stop_after`` (5 clients: k = 4, t = 3, one
+    drop-out tolerated): the round is the mean of those whose masked input counted."""
+    server = serve(5, min_clients=3)
+    clients = join_all(server, 5, seed=1)
+    secure = server.secure_round()
+    run_all(clients, {"c4": stop_after})
+    counted = clients if stop_after == "masked" else clients[:4]
+    assert_close(final_model(server, clients[0]), expected_model(counted), 3e-5)
+    report = server.federation.history()["rounds"][1]["secure_aggregation"]
+    dropped = {
+        "keys": "dropped_at_shares",
+        "shares": "dropped_at_masked",
+        "masked": "dropped_at_reveal",
+    }[stop_after]
+    assert report[dropped] == ["c4"], report
+    assert report["survivors"] == len(counted)
+    # The dropped client's masking key was rebuilt only when its pair masks were in the
+    # sum; no survivor's secrets were ever revealed both ways.
+    for holder, (self_mask, mask_key) in secure.reveals.items():
+        assert set(self_mask) <= set(secure.u3) and set(mask_key) <= {"c4"}, holder
+        assert not set(self_mask) & set(mask_key)
+    if stop_after == "shares":
+        assert any(mask_key for _, mask_key in secure.reveals.values())
+    server.wait_end()
+
+
+def test_more_drop_outs_than_the_threshold_fail_the_run_with_a_reason(serve: Any) -> None:
+    """Two of five stop silently after their shares (the stage's timeout closes it): each
+    survivor's self mask then has two shares of the three needed, and the run fails
+    instead of producing a model."""
+    server = serve(5, SecAggParams(timeout=1.0), min_clients=2)
+    clients = join_all(server, 5, seed=2)
+    run_all(clients, {"c3": "shares", "c4": "shares"}, leave=False)
+    server.wait_end()
+    assert server.federation.phase is Phase.FAILED
+    error = server.federation.error or ""
+    assert "round 1" in error and "too many drop-outs" in error and "threshold 3" in error
+    response = clients[0].raw.model(2, wait=WAIT)
+    assert response.status_code == 409 and response.json()["error"] == "run_failed"
+
+
+def expect(response: requests.Response, status: int, code: str, text: str = "") -> None:
+    """A refusal: this status, this error code, a message saying ``text``."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and text in body["message"], body
+
+
+def head_only(server: Server, headers: dict[str, str]) -> bytes:
+    """The answer to a masked POST's head, sent without one byte of its 60 kB body."""
+    host, port = server.url.removeprefix("http://").split(":")
+    lines = [
+        "POST /v1/secagg/masked HTTP/1.1",
+        f"Host: {host}",
+        "X-FL-Round: 1",
+        "Content-Length: 60000",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return sock.recv(1 << 16)
+
+
+def test_stages_refuse_what_the_doc_refuses(serve: Any) -> None:
+    """Three clients, one request at a time: every stage's refusals, then the round."""
+    server = serve(3)
+    a, b, c = clients = join_all(server, 3, seed=3)
+    for client in clients:
+        client.fetch()
+    secure = server.secure_round()
+    size = secure.layout.size
+    # Out of order: shares and masked inputs in the key stage; the masked input's head is
+    # refused before its body (a stranger's 401, a client's 409), as is a plain update.
+    expect(a.post_shares({}, wait=0), 409, "wrong_round", "keys stage")
+    assert head_only(server, {"X-FL-Client-Id": "a"}).startswith(b"HTTP/1.1 401")
+    auth = {"X-FL-Client-Id": "c0", "Authorization": f"Bearer {server.token}"}
+    assert head_only(server, auth).startswith(b"HTTP/1.1 409")
+    expect(a.raw.update(1, wire.encode(W0)), 400, "bad_request", "secure aggregation")
+
+    assert a.post_keys(wait=0).status_code == 202
+    assert b.post_keys(wait=0).status_code == 202
+    other = {
+        "round": 1,
+        "encryption_key": messages.encode(keys.generate().public),
+        "masking_key": messages.encode(keys.generate().public),
+    }
+    expect(a.post("/v1/secagg/keys", other, wait=0), 409, "conflict", "other keys")
+    c.take_roster(c.answer(c.post_keys(), "/v1/secagg/roster"))
+    for client in (a, b):
+        client.take_roster(client.get("/v1/secagg/roster").json())
+    expect(a.post("/v1/secagg/keys", other, wait=0), 409, "wrong_round", "key stage")
+
+    shares = a.ciphertexts()
+    stray = {**shares, "c9": next(iter(shares.values()))}
+    expect(a.post_shares(stray, wait=0), 400, "bad_request", "exactly the neighbours")
+    short = {j: messages.encode(b"x" * 10) for j in shares}
+    expect(a.post_shares(short, wait=0), 400, "bad_request")
+    assert a.post_shares(shares, wait=0).status_code == 202
+    forged = {j: messages.encode(bytes(keys.CIPHERTEXT_BYTES)) for j in shares}
+    expect(a.post_shares(forged, wait=0), 409, "conflict", "other shares")
+    assert b.post_shares(b.ciphertexts(), wait=0).status_code == 202
+    c.take_inbox(c.answer(c.post_shares(c.ciphertexts()), "/v1/secagg/inbox"))
+    for client in (a, b):
+        client.take_inbox(client.get("/v1/secagg/inbox").json())
+
+    dtype = Quantiser(secure.params).dtype
+    for wrong in (
+        masked(np.zeros(size, np.float32)),
+        masked(np.zeros(size - 1, dtype)),
+        wire.encode({"update": np.zeros(size, dtype)}),
+    ):
+        expect(a.post_masked(1, wrong, wait=0), 422, "invalid_update")
+    first = masked(a.masked_vector())
+    assert a.post_masked(1, first, wait=0).json()["duplicate"] is False
+    assert a.post_masked(1, first, wait=0).json()["duplicate"] is True
+    expect(a.post_masked(1, masked(np.zeros(size, dtype)), wait=0), 409, "conflict")
+    assert b.post_masked(1, masked(b.masked_vector()), wait=0).status_code == 202
+    c.unmask = c.answer(c.post_masked(1, masked(c.masked_vector())), "/v1/secagg/unmask")
+    assert (c.unmask["survivors"], c.unmask["dropped"]) == (["c0", "c1", "c2"], [])
+
+    body = a.reveal_body(a.get("/v1/secagg/unmask").json())
+    peer, share = next(iter(body["self_mask_shares"].items()))
+    for bad, text in (
+        ({**body, "mask_key_shares": {peer: share}}, "both"),
+        ({**body, "self_mask_shares": {}, "mask_key_shares": {peer: share}}, "dropped"),
+        ({**body, "self_mask_shares": {"c9": share}}, "survived"),
+    ):
+        expect(a.post("/v1/secagg/reveal", bad), 400, "bad_request", text)
+    a.unmask = b.unmask = c.unmask
+    for client in clients:
+        client.reveal_stage()
+    assert_close(final_model(server, a), expected_model(clients), 3e-5)
+    metrics = requests.get(f"{server.url}/metrics", timeout=WAIT).text
+    for reason in ("secagg_wrong_round", "secagg_conflict", "secagg_bad_request"):
+        assert f'fl_requests_rejected_total{{reason="{reason}"}}' in metrics, reason
+    assert 'fl_requests_rejected_total{reason="secagg_invalid_update"} 3' in metrics

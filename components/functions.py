@@ -42,6 +42,8 @@ def fl_server(
     round_timeout: float = 600.0,
     strategy: str = "fedavg",
     strategy_options: str = "{}",
+    secure_aggregation: bool = False,
+    secagg_options: str = "",
     port: int = 8080,
     trainer: str = "keras",
     dataset: str = "digits",
@@ -83,6 +85,9 @@ def fl_server(
         strategy: Aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi,
             fedadagrad, fedmedian, fedtrimmedavg, krum or multikrum.
         strategy_options: The strategy's options as a JSON object, e.g. {"eta": 0.03}.
+        secure_aggregation: Aggregate with SecAgg+: the server learns only each round's sum.
+        secagg_options: Secure aggregation options as name=value,... (bits, range,
+            max_weight, dropout_fraction, corrupt_fraction, timeout); empty: defaults.
         port: TCP port the server listens on and the Service exposes.
         trainer: The clients' trainer: keras exports model.keras; torch or MODULE:FACTORY
             export weights.safetensors only (named in trained_model's metadata).
@@ -154,6 +159,8 @@ def fl_server(
         round_timeout=round_timeout,
         strategy=strategy,
         strategy_options=strategy_options,
+        secure_aggregation=secure_aggregation,
+        secagg_options=secagg_options,
         port=port,
         trainer=trainer,
         dataset=dataset,
@@ -181,6 +188,8 @@ def fl_server(
             "round_timeout": round_timeout,
             "strategy": strategy,
             "strategy_options": strategy_options,
+            "secure_aggregation": secure_aggregation,
+            "secagg_options": secagg_options,
             "trainer": trainer,
             "dataset": dataset,
             "data_locations": data_locations,

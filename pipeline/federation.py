@@ -189,6 +189,8 @@ def add_servers(
             round_timeout=p["round_timeout"],
             strategy=p["strategy"],
             strategy_options=p["strategy_options"],
+            secure_aggregation=p["secure_aggregation"],
+            secagg_options=p["secagg_options"],
             port=DEFAULT_PORT,
             **{name: p[name] for name in TRAINING_OPTIONS},
             checkpoint_dir=CHECKPOINT_MOUNT if checkpointed else "",

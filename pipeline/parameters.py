@@ -128,6 +128,19 @@ FEDERATION = (
         '{"fraction_fit": 0.5} or {"noise_multiplier": 1.0, "clipping_norm": 0.5}.',
     ),
     _p(
+        "secure_aggregation",
+        bool,
+        False,
+        "Secure aggregation (SecAgg+): the server learns only each round's sum.",
+    ),
+    _p(
+        "secagg_options",
+        str,
+        "",
+        "Secure aggregation options as name=value,... (bits, range, max_weight,",
+        "dropout_fraction, corrupt_fraction, timeout); empty: the defaults.",
+    ),
+    _p(
         "min_clients",
         int,
         defaults.MIN_CLIENTS,

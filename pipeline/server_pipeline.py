@@ -62,6 +62,8 @@ SERVER_OPTIONS = (
     *TRAINING_OPTIONS,
     "strategy",
     "strategy_options",
+    "secure_aggregation",
+    "secagg_options",
     "min_clients",
     "round_timeout",
     "join_timeout",

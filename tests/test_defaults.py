@@ -13,6 +13,10 @@ from fl_kubeflow_kfp.components import functions
 
 from fl_kubeflow import defaults
 from fl_kubeflow.kube.naming import DEFAULT_PORT
+from fl_kubeflow.tasks import run_server_task
+
+# What the server task does when the component's value is left out (plain aggregation).
+SERVER_TASK = inspect.signature(run_server_task).parameters
 
 TRAINING = {
     "trainer": defaults.TRAINER,
@@ -35,6 +39,8 @@ EXPECTED = {
         "round_timeout": defaults.ROUND_TIMEOUT,
         "strategy": defaults.STRATEGY,
         "credentials_reload": defaults.CREDENTIALS_RELOAD,
+        "secure_aggregation": SERVER_TASK["secure_aggregation"].default,
+        "secagg_options": SERVER_TASK["secagg_options"].default,
     },
     functions.fl_client: {
         **TRAINING,

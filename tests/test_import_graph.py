@@ -7,6 +7,8 @@
   through anything it imports, ``server/``, ``strategies/`` or the server-side parts of
   ``privacy/``. Checked statically (the AST, every import) and dynamically (a fresh
   interpreter imports what a client pod imports and lists ``sys.modules``).
+* The secure-aggregation package is what both ends share: nothing under ``secagg/``
+  imports, directly or not, ``server/`` or ``client/`` (nor ``strategies/``).
 """
 
 from __future__ import annotations
@@ -221,3 +223,22 @@ def test_only_the_torch_trainer_imports_torch_and_the_server_never_reaches_it() 
         parents = _reached_from(start)
         offenders += [_chain(start, m, parents) for m in sorted(parents) if m in TORCH_IMPORTERS]
     assert SERVER_SIDE and offenders == []
+
+
+SHARED_BY_BOTH_ENDS = f"{ROOT}.secagg"
+NEITHER_END = (f"{ROOT}.server", f"{ROOT}.client", f"{ROOT}.strategies")
+
+
+def test_secagg_imports_neither_the_server_nor_the_client() -> None:
+    starts = [
+        m for m in MODULES if m == SHARED_BY_BOTH_ENDS or m.startswith(SHARED_BY_BOTH_ENDS + ".")
+    ]
+    offenders = []
+    for start in starts:
+        parents = _reached_from(start)
+        offenders += [
+            _chain(start, m, parents)
+            for m in sorted(parents)
+            if any(m == end or m.startswith(end + ".") for end in NEITHER_END)
+        ]
+    assert len(starts) > 1 and offenders == []

@@ -56,6 +56,8 @@ EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "optimizer": ("STRING", defaults.OPTIMIZER),
     "strategy": ("STRING", "fedavg"),
     "strategy_options": ("STRING", "{}"),
+    "secure_aggregation": ("BOOLEAN", False),
+    "secagg_options": ("STRING", ""),
     "min_clients": ("NUMBER_INTEGER", 0),
     "round_timeout": ("NUMBER_DOUBLE", 600.0),
     "join_timeout": ("NUMBER_DOUBLE", 900.0),
@@ -193,6 +195,25 @@ def test_trainer_parameter_reaches_the_server_and_every_client(spec: dict) -> No
         for _, name, task in tasks_of(spec, component):
             source = task["inputs"]["parameters"]["trainer"]["componentInputParameter"]
             assert source in ("trainer", "pipelinechannel--trainer"), name
+
+
+@pytest.mark.parametrize("name", ["fl_pipeline.yaml", "fl_server_pipeline.yaml"])
+def test_secure_aggregation_reaches_every_server_task(compiled: Path, name: str) -> None:
+    # The all-in-one and the server pipeline: one switch and its options, passed down
+    # through every DAG to each server variant (initial model x checkpoints).
+    other = next(yaml.safe_load_all((compiled.parent / name).read_text()))
+    root = other["root"]["inputDefinitions"]["parameters"]
+    component = other["components"]["comp-fl-server"]["inputDefinitions"]["parameters"]
+    for key in ("secure_aggregation", "secagg_options"):
+        kind, default = EXPECTED_PARAMETERS[key]
+        assert (root[key]["parameterType"], root[key]["defaultValue"]) == (kind, default), key
+        assert component[key]["defaultValue"] == default, key
+    servers = [t for c in server_components(other) for t in tasks_of(other, c)]
+    assert len(servers) == 4
+    for dag_name, task_name, task in servers:
+        for key in ("secure_aggregation", "secagg_options"):
+            source = task["inputs"]["parameters"][key]["componentInputParameter"]
+            assert source in (key, f"pipelinechannel--{key}"), (dag_name, task_name, key)
 
 
 def test_server_outputs_are_typed_artifacts(spec: dict) -> None:

@@ -157,3 +157,85 @@ def test_cli_writes_report(tmp_path: Path) -> None:
     assert main([str(history_file), "--params", str(params_file), "--output", str(output)]) == 0
     assert "<th>rounds</th><td>3</td>" in output.read_text(encoding="utf-8")
     assert main([str(tmp_path / "missing.json"), "--output", str(output)]) == 1
+
+
+SECURE_FACTS: dict[str, Any] = {
+    "neighbours": 4,
+    "threshold": 3,
+    "roster": 5,
+    "survivors": 3,
+    "revealed": 3,
+    "dropped_at_shares": [],
+    "dropped_at_masked": ["3", "4"],
+    "dropped_at_reveal": [],
+    "bits": 32,
+    "range": 1.0,
+    "max_weight": 100000,
+    "step": 4.6566e-05,
+    "error_bound": 2.3283e-05,
+    "weighting": "examples",
+    "total_weight": 1078,
+    "unmask_s": 0.0421,
+}
+SECURE: dict[str, Any] = {
+    **FINISHED,
+    "num_rounds": 2,
+    "num_clients": 5,
+    "rounds": [
+        {"round": 0, "evaluate": evaluate(0.1, 2.3)},
+        {
+            "round": 1,
+            "duration_s": 2.0,
+            "contributors": ["0", "1", "2"],
+            "num_examples": 1078,
+            "train": {"loss": 1.1, "accuracy": 0.64},
+            "evaluate": evaluate(0.8, 0.6),
+            "secure_aggregation": SECURE_FACTS,
+        },
+        {  # central DP: uniform weights, no example count
+            "round": 2,
+            "contributors": ["0", "1", "2", "3", "4"],
+            "num_examples": None,
+            "train": {"loss": 0.5},
+            "evaluate": evaluate(0.9, 0.4),
+            "secure_aggregation": {
+                **SECURE_FACTS,
+                "survivors": 5,
+                "dropped_at_masked": [],
+                "dropped_at_shares": ["5"],
+                "weighting": "uniform",
+                "total_weight": 5,
+            },
+        },
+    ],
+}
+
+
+def test_secure_rounds_get_their_own_table(tmp_path: Path) -> None:
+    page = render_report(SECURE, {})
+    assert "secure aggregation</th><td>SecAgg+ in 2 of 2 rounds" in page
+    assert "<h2>Secure aggregation</h2>" in page
+    assert "<th>dropped before masked input (recovered)</th>" in page
+    # round, roster, survivors, the three drop-out lists, k, t, bits, range, step, bound...
+    assert (
+        "<tr><td>1</td><td>5</td><td>3</td><td>0</td><td>2: 3, 4</td><td>0</td><td>4</td>"
+        "<td>3</td><td>32</td><td>1</td><td>4.66e-05</td><td>2.33e-05</td><td>examples</td>"
+        "<td>1,078</td><td>0.042</td></tr>"
+    ) in page
+    assert "<tr><td>2</td><td>5</td><td>5</td><td>1: 5</td><td>0</td>" in page
+    assert "<td>uniform</td><td>5</td>" in page
+    # A plain history has no such table.
+    assert "Secure aggregation" not in render_report(FINISHED, {})
+
+
+def test_the_local_runs_table_shows_the_secure_facts() -> None:
+    from fl_kubeflow.local.runner import summary_lines
+
+    lines = summary_lines(SECURE)
+    assert lines[2].split()[:3] == ["1", "3", "1078"]
+    assert lines[3].strip() == (
+        "secure: 3/5 survived, 2 recovered, k=4 t=3, step 4.66e-05 (error <= 2.33e-05)"
+    )
+    assert lines[4].split()[:3] == ["2", "5", "-"]
+    assert "secure: 5/5 survived, 0 recovered" in lines[5]
+    assert len(summary_lines(FINISHED)) == 1 + len(FINISHED["rounds"])

@@ -14,7 +14,12 @@ History schema (written by the server)::
                 {"round": 1, "started_at", "duration_s", "contributors", "timed_out",
                  "refused": [{"client", "reason"}], "num_examples",
                  "train": {"loss", "accuracy"}, "evaluate": {...} | null,
-                 "bytes_in", "bytes_out"}]}
+                 "bytes_in", "bytes_out",
+                 "secure_aggregation": {...} (secure rounds only: SECURE_COLUMNS)}]}
+
+A secure round (docs/secure_aggregation.md) gets a row in a "Secure aggregation"
+table: who survived, the drop-outs whose masks were removed, the graph and the
+quantisation.
 """
 
 from __future__ import annotations
@@ -196,6 +201,61 @@ img{max-width:100%}
 """
 
 
+# A secure round's facts (history key "secure_aggregation"), in table order: (key, header,
+# format); lists of client ids show as their count and ids.
+SECURE_COLUMNS = (
+    ("roster", "roster", ".0f"),
+    ("survivors", "survivors", ".0f"),
+    ("dropped_at_shares", "dropped before shares", ""),
+    ("dropped_at_masked", "dropped before masked input (recovered)", ""),
+    ("dropped_at_reveal", "dropped before reveal", ""),
+    ("neighbours", "k", ".0f"),
+    ("threshold", "t", ".0f"),
+    ("bits", "bits", ".0f"),
+    ("range", "range", ".4g"),
+    ("step", "step", ".3g"),
+    ("error_bound", "error bound", ".3g"),
+    ("weighting", "weighting", ""),
+    ("total_weight", "total weight", ",.0f"),
+    ("unmask_s", "unmask (s)", ".3f"),
+)
+
+
+def secure_facts(entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The round's ``secure_aggregation`` record, or None for a plain round."""
+    facts = entry.get("secure_aggregation")
+    return facts if isinstance(facts, dict) else None
+
+
+def _ids(value: Any) -> str:
+    if not isinstance(value, list):
+        return DASH
+    return f"{len(value)}: {', '.join(str(c) for c in value)}" if value else "0"
+
+
+def _secure_cell(facts: Mapping[str, Any], key: str, spec: str) -> str:
+    value = facts.get(key)
+    if key.startswith("dropped_at_"):
+        return html.escape(_ids(value))
+    return _fmt(value, spec) if spec else _text(value)
+
+
+def _secure_row(entry: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
+    cells = [str(entry["round"])] + [_secure_cell(facts, k, f) for k, _, f in SECURE_COLUMNS]
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def secure_summary(facts: Mapping[str, Any]) -> str:
+    """One line for a terminal: survivors of the roster, drop-outs recovered, k, t, step."""
+    recovered = facts.get("dropped_at_masked")
+    return (
+        f"secure: {_fmt(facts.get('survivors'), '.0f')}/{_fmt(facts.get('roster'), '.0f')} "
+        f"survived, {len(recovered) if isinstance(recovered, list) else DASH} recovered, "
+        f"k={_fmt(facts.get('neighbours'), '.0f')} t={_fmt(facts.get('threshold'), '.0f')}, "
+        f"step {_fmt(facts.get('step'), '.3g')} (error <= {_fmt(facts.get('error_bound'), '.3g')})"
+    )
+
+
 def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     """The report as an HTML string (see ``write_report``)."""
     rounds = _rounds(history)
@@ -220,6 +280,9 @@ def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         summary["best eval accuracy"] = (
             f"{_fmt(_metric(best['evaluate'], 'accuracy'))} (round {best['round']})"
         )
+    secure = [(r, f) for r in trained if (f := secure_facts(r)) is not None]
+    if secure:
+        summary["secure aggregation"] = f"SecAgg+ in {len(secure)} of {len(trained)} rounds"
     png = base64.b64encode(learning_curves_png(history)).decode("ascii")
     parts = [
         "<!DOCTYPE html>",
@@ -254,6 +317,12 @@ def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         parts.append("</table>")
     else:
         parts.append("<p>No rounds were recorded.</p>")
+    if secure:
+        parts.append("<h2>Secure aggregation</h2>")
+        headers = ("round", *(header for _, header, _ in SECURE_COLUMNS))
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>")
+        parts += [_secure_row(entry, facts) for entry, facts in secure]
+        parts.append("</table>")
     parts.append("<h2>Parameters</h2>")
     if params:
         parts.append('<table class="params">')

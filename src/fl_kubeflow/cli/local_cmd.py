@@ -9,6 +9,7 @@ from pathlib import Path
 from fl_kubeflow import defaults
 from fl_kubeflow.cli.client_cmd import NUMPY_TRAINERS, add_training_options
 from fl_kubeflow.cli.options import HelpFormatter, positive_float, positive_int
+from fl_kubeflow.cli.secagg_options import params_from_args, server_args
 from fl_kubeflow.cli.server_cmd import add_server_options, strategy_from_args
 
 
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.min_clients is not None and args.min_clients > args.clients:
         parser.error(f"--min-clients {args.min_clients} exceeds --clients {args.clients}")
     try:
-        strategy_options, _ = strategy_from_args(args, args.clients)
+        secure_aggregation = params_from_args(args)
+        strategy_options, _ = strategy_from_args(args, args.clients, secure_aggregation)
     except ValueError as exc:
         parser.error(str(exc))
     from fl_kubeflow.local.preflight import check_trainer_options
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         data_timeout=args.data_timeout,
         strategy=args.strategy,
         strategy_options=strategy_options,
+        secure_aggregation=secure_aggregation,
         trainer=args.trainer,
         output=args.output,
         join_timeout=args.join_timeout,
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "--max-examples",
             str(args.max_examples),
             *[arg for pair in args.strategy_option for arg in ("--strategy-option", pair)],
+            *server_args(secure_aggregation),
         ],
     )
 

@@ -16,8 +16,10 @@ from fl_kubeflow.cli.options import (
     positive_float,
     positive_int,
 )
+from fl_kubeflow.cli.secagg_options import add_secure_aggregation_options, params_from_args
 
 if TYPE_CHECKING:
+    from fl_kubeflow.secagg.params import SecAggParams
     from fl_kubeflow.server.config import ServerConfig
     from fl_kubeflow.strategies import Strategy
 
@@ -82,6 +84,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.POLL_TIMEOUT,
         help="longest the server holds a model long-poll before answering 'not yet'",
     )
+    add_secure_aggregation_options(parser)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -210,9 +213,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(
-    args: argparse.Namespace, num_clients: int, strategy_options: dict[str, Any], **overrides: Any
+    args: argparse.Namespace,
+    num_clients: int,
+    strategy_options: dict[str, Any],
+    secure_aggregation: SecAggParams | None = None,
+    **overrides: Any,
 ) -> ServerConfig:
-    """Build a ServerConfig from parsed options (ValueError names the bad value)."""
+    """Build a ServerConfig from parsed options (ValueError names the bad value).
+
+    ``secure_aggregation`` is ``secagg_options.params_from_args(args)``, made once by the
+    caller, which checked the strategy against it.
+    """
     from fl_kubeflow.server.config import ServerConfig
 
     values = dict(
@@ -227,15 +238,17 @@ def config_from_args(
         poll_timeout=args.poll_timeout,
         strategy=args.strategy,
         strategy_options=strategy_options,
+        secure_aggregation=secure_aggregation,
     )
     values.update(overrides)
     return ServerConfig(**values)
 
 
 def strategy_from_args(
-    args: argparse.Namespace, num_clients: int
+    args: argparse.Namespace, num_clients: int, secure_aggregation: SecAggParams | None = None
 ) -> tuple[dict[str, Any], Strategy]:
-    """The --strategy-option pairs, and the strategy built from them for this federation.
+    """The --strategy-option pairs, and the strategy built from them for this federation
+    (with ``secure_aggregation``: checked to work on a masked sum, for this many clients).
 
     Raises ValueError naming the strategy, option or value at fault, before anything starts.
     """
@@ -243,7 +256,11 @@ def strategy_from_args(
 
     options = strategies.parse_option_pairs(args.strategy_option)
     strategy = strategies.build(
-        args.strategy, options, num_clients=num_clients, min_clients=args.min_clients
+        args.strategy,
+        options,
+        num_clients=num_clients,
+        min_clients=args.min_clients,
+        secure_aggregation=secure_aggregation,
     )
     return options, strategy
 
@@ -262,11 +279,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         token = None if args.credentials else read_token(args.token_file)
         if args.credentials and args.token_file:
             parser.error("--credentials and --token-file: give one")
-        strategy_options, strategy = strategy_from_args(args, args.clients)
+        secure_aggregation = params_from_args(args)
+        strategy_options, strategy = strategy_from_args(args, args.clients, secure_aggregation)
         config = config_from_args(
             args,
             args.clients,
             strategy_options,
+            secure_aggregation,
             host=args.host,
             port=args.port,
             client_ids=client_ids,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV
@@ -31,6 +31,9 @@ from fl_kubeflow.local import processes
 from fl_kubeflow.local.processes import Child
 from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
 from fl_kubeflow.training.factory import exports_keras
+
+if TYPE_CHECKING:
+    from fl_kubeflow.secagg.params import SecAggParams
 
 POLL_INTERVAL_S = 0.25
 STATUS_INTERVAL_S = 0.5
@@ -65,6 +68,9 @@ class LocalRunOptions:
     data_timeout: float = defaults.DATA_TIMEOUT
     strategy: str = defaults.STRATEGY
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    # Recorded in params.json; the server gets it through extra_server_args, as the
+    # strategy options.
+    secure_aggregation: SecAggParams | None = None
     trainer: str = defaults.TRAINER
     output: Path = Path("runs/local")
     join_timeout: float = defaults.JOIN_TIMEOUT
@@ -298,7 +304,10 @@ class LocalRun:
 
 
 def summary_lines(history: dict[str, Any]) -> list[str]:
-    """A table of the run, one row per round, for the terminal."""
+    """A table of the run, one row per round, for the terminal; a secure round's row is
+    followed by its secure-aggregation facts."""
+    from fl_kubeflow.report import secure_facts, secure_summary
+
     lines = ["round  clients  examples  train                        evaluation"]
     for record in history["rounds"]:
         evaluation = (record.get("evaluate") or {}).get("metrics")
@@ -307,8 +316,14 @@ def summary_lines(history: dict[str, Any]) -> list[str]:
                 f"{0:>5}  {'':>7}  {'':>8}  {'(initial model)':<27}  {fmt_metrics(evaluation)}"
             )
             continue
+        # A secure round under uniform weighting (central DP) has no example count.
+        examples = record.get("num_examples")
         lines.append(
-            f"{record['round']:>5}  {len(record['contributors']):>7}  {record['num_examples']:>8}"
+            f"{record['round']:>5}  {len(record['contributors']):>7}  "
+            f"{'-' if examples is None else examples:>8}"
             f"  {fmt_metrics(record['train']):<27}  {fmt_metrics(evaluation)}"
         )
+        facts = secure_facts(record)
+        if facts is not None:
+            lines.append(f"{'':>5}  {secure_summary(facts)}")
     return lines

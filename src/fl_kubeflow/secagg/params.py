@@ -179,12 +179,13 @@ def choose_graph(n: int, dropout_fraction: float, corrupt_fraction: float) -> Gr
     corrupt = math.floor(corrupt_fraction * n)
     found = _choose(n, dropped, corrupt)
     if found is None:
+        # The complete graph is the most forgiving: C < 2t - (n - 1) and t <= n - 1 - D
+        # have a solution exactly when C + 2D < n - 1.
         raise ValueError(
             f"no SecAgg+ graph for {n} clients with dropout_fraction {dropout_fraction} "
             f"({dropped} may drop) and corrupt_fraction {corrupt_fraction} ({corrupt} may "
-            f"collude): even the complete graph needs {corrupt} < 2t - {n - 1} and "
-            f"{dropped} <= {n - 1} - t; lower the fractions (their sum must stay below "
-            "about 1/2 of the clients)"
+            f"collude): even the complete graph needs corrupt + 2 * dropped < n - 1 "
+            f"({corrupt} + 2 * {dropped} >= {n - 1}); lower the fractions or add clients"
         )
     return GraphParams(k=found[0], t=found[1], n=n)
 

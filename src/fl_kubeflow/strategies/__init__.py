@@ -5,6 +5,8 @@ checks it against the federation (the CLI, the server task and ``serve`` all ask
 Adding ``noise_multiplier`` and ``clipping_norm`` (and optionally ``clipping``,
 ``target_delta``) wraps an averaging strategy in central differential privacy
 (``dp_fixed_clipping``).
+Under secure aggregation ``build`` also refuses rules that need each update
+(``Strategy.check_secure_aggregation``).
 Every strategy also takes ``fraction_fit``, ``fraction_evaluate`` and ``seed``.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow import defaults
 from fl_kubeflow.strategies.base import COMMON_OPTIONS, RoundAggregator, Strategy
@@ -25,6 +27,9 @@ from fl_kubeflow.strategies.krum import Krum, MultiKrum
 from fl_kubeflow.strategies.options import parse_option_pairs
 from fl_kubeflow.strategies.robust import FedMedian, FedTrimmedAvg
 from fl_kubeflow.strategies.sampling import sample_clients
+
+if TYPE_CHECKING:
+    from fl_kubeflow.secagg.params import SecAggParams
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
@@ -104,18 +109,36 @@ def create(name: str, **options: Any) -> Strategy:
 
 
 def build(
-    name: str, options: Mapping[str, Any], *, num_clients: int, min_clients: int | None
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    num_clients: int,
+    min_clients: int | None,
+    secure_aggregation: SecAggParams | None = None,
 ) -> Strategy:
     """The strategy of one run: ``create(name, **options)``, checked for this federation.
 
     ``min_clients`` is the run's quorum setting (None or 0: all ``num_clients``).
+    With ``secure_aggregation`` (the run's SecAgg+ options) the strategy must work on a
+    masked sum and the options must serve this many clients.
 
     Raises:
         ValueError: from ``create``, or an option that cannot work with this many
-            clients and this quorum (naming the option), before anything starts.
+            clients and this quorum (naming the option), or a strategy or secure
+            aggregation option that cannot work together, before anything starts.
     """
     strategy = create(name, **options)
-    strategy.check(num_clients, defaults.quorum(num_clients, min_clients))
+    quorum = defaults.quorum(num_clients, min_clients)
+    strategy.check(num_clients, quorum)
+    if secure_aggregation is not None:
+        strategy.check_secure_aggregation()
+        secure_aggregation.check_federation(num_clients)
+        if quorum < num_clients:
+            # A round's key stage may close with the quorum: its graph must exist too.
+            try:
+                secure_aggregation.check_federation(quorum)
+            except ValueError as exc:
+                raise ValueError(f"min_clients={quorum} under secure aggregation: {exc}") from None
     return strategy
 
 

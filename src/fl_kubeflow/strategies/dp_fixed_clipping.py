@@ -16,6 +16,11 @@ Per round (DP-FedAvg, McMahan et al. 2018; Flower's
    global model (server momentum or Adam see only noisy values: post-processing).
 
 After each round ``round_report`` gives the (epsilon, delta) spent so far.
+
+Under secure aggregation the server sees only the sum, so it cannot clip: only
+``clipping="client"`` is accepted, clients send with weight 1 each, and
+``secure_aggregate`` adds the same noise to the unmasked mean (step 3); the bound
+then rests on the clients' clipping (docs/secure_aggregation.md).
 The noise comes from numpy's PCG64 seeded from OS entropy: not seedable on
 purpose, and, as in Flower and Opacus' default mode, not a cryptographically
 secure sampler.
@@ -88,24 +93,22 @@ class DPAggregator(RoundAggregator):
 
     def noise_std(self) -> float:
         """Standard deviation of the noise on the mean of this round's clipped changes."""
-        return self.noise_multiplier * self.clipping_norm / max(1, self.count)
+        return noise_std(self.noise_multiplier, self.clipping_norm, self.count)
 
     def result(self) -> Weights:
-        mean = self.inner.result()
         std = self.noise_std()
-        out: Weights = {}
-        for name, g in self.global_weights.items():
-            value = np.asarray(mean[name], np.float64)
-            if std > 0:
-                value = value + self.rng.normal(0.0, std, size=value.shape)
-            out[name] = cast_like(value, g.dtype)
+        out = add_noise(self.inner.result(), self.global_weights, std, self.rng)
+        self.report.update(
+            noise_report(
+                "client" if self.client_side else "server",
+                self.clipping_norm,
+                self.noise_multiplier,
+                std,
+                self.count,
+            )
+        )
         self.report.update(
             {
-                "clipping": "client" if self.client_side else "server",
-                "clipping_norm": self.clipping_norm,
-                "noise_multiplier": self.noise_multiplier,
-                "noise_std": std,
-                "updates": self.count,
                 # server mode: updates scaled down; client mode: updates that arrived unclipped
                 "clipped_updates": self.clipped,
                 "max_update_norm": self.max_norm,
@@ -113,6 +116,38 @@ class DPAggregator(RoundAggregator):
             }
         )
         return out
+
+
+def noise_std(noise_multiplier: float, clipping_norm: float, count: int) -> float:
+    """z * C on the sum of ``count`` clipped changes: z * C / count on their mean."""
+    return noise_multiplier * clipping_norm / max(1, count)
+
+
+def add_noise(
+    mean: Weights, global_weights: Weights, std: float, rng: np.random.Generator
+) -> Weights:
+    """``mean`` plus Gaussian noise of standard deviation ``std`` on every element, in the
+    global model's dtypes."""
+    out: Weights = {}
+    for name, g in global_weights.items():
+        value = np.asarray(mean[name], np.float64)
+        if std > 0:
+            value = value + rng.normal(0.0, std, size=value.shape)
+        out[name] = cast_like(value, g.dtype)
+    return out
+
+
+def noise_report(
+    clipping: str, clipping_norm: float, noise_multiplier: float, std: float, updates: int
+) -> dict[str, Any]:
+    """The round's "dp" facts both ways of adding the noise share."""
+    return {
+        "clipping": clipping,
+        "clipping_norm": clipping_norm,
+        "noise_multiplier": noise_multiplier,
+        "noise_std": std,
+        "updates": updates,
+    }
 
 
 class DPFixedClipping(Strategy):
@@ -220,6 +255,38 @@ class DPFixedClipping(Strategy):
             rng=self._rng,
         )
         return self._track(server_round, aggregator)
+
+    # ------------------------------------------------- secure aggregation (SecAgg+)
+
+    def check_secure_aggregation(self) -> None:
+        """The wrapped rule must work on a sum, and the clients must clip: the server
+        cannot clip an update it only sees masked."""
+        self.inner.check_secure_aggregation()
+        if self.clipping != "client":
+            raise ValueError(
+                f"differential privacy with clipping={self.clipping!r} clips each update on "
+                "the server, which secure aggregation hides from it; use clipping=client "
+                "(clients clip to clipping_norm, the server adds the noise to the sum)"
+            )
+
+    @property
+    def secure_weighting(self) -> str:
+        # Equal weights, as DPAggregator averages: the noise is sized for a mean of m changes.
+        return "uniform"
+
+    def secure_aggregate(
+        self, server_round: int, global_weights: Weights, mean: Weights, count: int
+    ) -> Weights:
+        """The wrapped rule's aggregate of the unmasked mean, plus noise of std z*C/count.
+
+        The "dp" report matches DPAggregator's, less what only the server could measure
+        by seeing each update (clipped updates, norms): the clients clipped, unseen.
+        """
+        aggregate = self.inner.secure_aggregate(server_round, global_weights, mean, count)
+        std = noise_std(self.noise_multiplier, self.clipping_norm, count)
+        report = self._reports.setdefault(server_round, {})
+        report.update(noise_report("client", self.clipping_norm, self.noise_multiplier, std, count))
+        return add_noise(aggregate, global_weights, std, self._rng)
 
     def finish_round(
         self, server_round: int, global_weights: Weights, aggregate: Weights

@@ -42,6 +42,8 @@ from fl_kubeflow.tasks.server_access import (
 if TYPE_CHECKING:
     from kubernetes.client import CoreV1Api
 
+    from fl_kubeflow.secagg.params import SecAggParams
+
 log = logging.getLogger("fl_kubeflow.tasks.server")
 
 KERAS_FILE = "model.keras"
@@ -103,6 +105,32 @@ def parse_strategy_options(value: str | Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def secure_aggregation_params(
+    enabled: bool, options: str | Mapping[str, Any] = ""
+) -> SecAggParams | None:
+    """The pipeline's secure_aggregation and secagg_options ("name=value,..." or a
+    mapping, names of ``secagg.params.OPTION_NAMES``) as the run's SecAggParams.
+
+    Raises ServerTaskError naming the option at fault, or options without the switch.
+    """
+    from fl_kubeflow.secagg.params import SecAggParams
+    from fl_kubeflow.strategies.options import parse_option_pairs
+
+    try:
+        if isinstance(options, Mapping):
+            values = dict(options)
+        else:
+            pairs = [pair for pair in options.split(",") if pair.strip()]
+            values = parse_option_pairs(pairs, kind="secagg_options entry")
+        if not enabled:
+            if values:
+                raise ValueError(f"secagg_options {options!r} need secure_aggregation=true")
+            return None
+        return SecAggParams.from_options(values)
+    except ValueError as exc:
+        raise ServerTaskError(f"secure aggregation: {exc}") from exc
+
+
 def run_server_task(
     *,
     run_id: str,
@@ -114,6 +142,8 @@ def run_server_task(
     round_timeout: float = defaults.ROUND_TIMEOUT,
     strategy: str = defaults.STRATEGY,
     strategy_options: str | Mapping[str, Any] = "{}",
+    secure_aggregation: bool = False,
+    secagg_options: str | Mapping[str, Any] = "",
     port: int = DEFAULT_PORT,
     trainer: str = defaults.TRAINER,
     dataset: str = defaults.DATASET,
@@ -164,6 +194,11 @@ def run_server_task(
     id 0..N-1 (the all-in-one pipeline). The address to hand to clients is logged and
     written to ``address_path``. ``core_v1_api`` replaces the pod's API client (tests).
 
+    ``secure_aggregation`` runs every round with SecAgg+ (docs/secure_aggregation.md),
+    ``secagg_options`` ("name=value,...": bits, range, max_weight, dropout_fraction,
+    corrupt_fraction, timeout) tuning it; refused with the strategy before anything starts
+    if the two cannot work together.
+
     Raises ServerTaskError with the server's reason if the run fails; the history,
     report and summary are written first, so a failed run can still be inspected.
     """
@@ -174,6 +209,7 @@ def run_server_task(
     from fl_kubeflow.training.factory import exports_keras, framework
 
     options = parse_strategy_options(strategy_options)
+    secagg = secure_aggregation_params(secure_aggregation, secagg_options)
     try:
         locations = parse_data_locations(data_locations)
     except ValueError as exc:
@@ -181,7 +217,13 @@ def run_server_task(
     try:
         # Checked here so a bad strategy fails before the Service exists; the server
         # process builds its own from the config.
-        strategies.build(strategy, options, num_clients=num_clients, min_clients=min_clients)
+        strategies.build(
+            strategy,
+            options,
+            num_clients=num_clients,
+            min_clients=min_clients,
+            secure_aggregation=secagg,
+        )
     except ValueError as exc:
         raise ServerTaskError(f"strategy {strategy!r}: {exc}") from exc
     model_dir = Path(model_dir)
@@ -209,6 +251,7 @@ def run_server_task(
                 output_dir=model_dir,
                 strategy=strategy,
                 strategy_options=options,
+                secure_aggregation=secagg,
                 checkpoint_dir=Path(checkpoint_dir) / run_id if checkpoint_dir else None,
                 tls_cert=tls[0] if tls else None,
                 tls_key=tls[1] if tls else None,

@@ -1,0 +1,66 @@
+"""A model as one vector: the layout both ends build, the change and its application."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_kubeflow.secagg.vector import Layout
+
+
+def _model(offset: float = 0.0) -> dict[str, np.ndarray]:
+    return {
+        "dense/kernel": np.arange(6, dtype=np.float32).reshape(2, 3) + offset,
+        "counter": np.array(4 + round(offset), np.int64),
+        "bias": np.full(2, 0.5 + offset, np.float16),
+    }
+
+
+def test_the_layout_is_sorted_by_name_and_counts_the_weight():
+    layout = Layout.of(_model())
+    assert layout.names == ("bias", "counter", "dense/kernel")
+    assert layout.shapes == ((2,), (), (2, 3))
+    assert layout.dtypes == (np.float16, np.int64, np.float32)
+    assert layout.size == 2 + 1 + 6 + 1
+
+
+def test_change_is_the_flat_difference_in_layout_order():
+    layout = Layout.of(_model())
+    change = layout.change(_model(2.0), _model())
+    assert change.dtype == np.float64
+    assert change.tolist() == [2.0] * 9
+
+
+def test_apply_inverts_change_and_keeps_shapes_and_dtypes():
+    layout = Layout.of(_model())
+    base = _model()
+    model = layout.apply(base, np.array([0.25, -0.25, 0.6, *np.linspace(-1, 1, 6)]))
+    assert {k: (v.shape, v.dtype) for k, v in model.items()} == {
+        k: (v.shape, v.dtype) for k, v in base.items()
+    }
+    assert model["counter"] == 5  # 4 + 0.6, rounded: integer tensors stay integers
+    assert model["bias"].tolist() == [0.75, 0.25]
+    again = layout.apply(base, layout.change(_model(1.0), base))
+    assert all(np.array_equal(again[k], _model(1.0)[k]) for k in base)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {k: v for k, v in _model().items() if k != "bias"},
+        {**_model(), "extra": np.zeros(1)},
+        {**_model(), "bias": np.zeros(3, np.float16)},
+    ],
+)
+def test_a_model_of_another_layout_is_refused(other):
+    layout = Layout.of(_model())
+    with pytest.raises(ValueError, match="tensor"):
+        layout.change(other, _model())
+    with pytest.raises(ValueError, match="tensor"):
+        layout.apply(other, np.zeros(layout.size - 1))
+
+
+def test_apply_refuses_a_change_of_another_length():
+    layout = Layout.of(_model())
+    with pytest.raises(ValueError, match="9 elements"):
+        layout.apply(_model(), np.zeros(layout.size))

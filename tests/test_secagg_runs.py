@@ -31,8 +31,9 @@ from tests.fl_processes import (
 )
 from tests.secagg_dropout_client import DIED
 
-SHAPES = [(16, 8), (8,), (3, 3, 2)]
-SHAPES_ARG = ["--shapes", "16x8,8,3x3x2"]
+# The last tensor makes a masked input over 1 MiB: received into a receive slot.
+SHAPES = [(16, 8), (8,), (3, 3, 2), (300_000,)]
+SHAPES_ARG = ["--shapes", "16x8,8,3x3x2,300000"]
 DROPOUT_CLIENT = Path(__file__).with_name("secagg_dropout_client.py")
 # Seconds a stage after the keys waits for a client that is gone: every wait on a
 # drop-out costs this, so it is short, but long beside a stage's work at this P.
@@ -108,7 +109,12 @@ def test_secure_fedavg_equals_plain_fedavg_within_the_bound(tmp_path):
     # Client 2's change (2.0) is beyond the range (1.0): it is clipped to 1.0.
     rounds, deltas, counts = 2, [0.5, -0.3, 2.0], [10, 30, 60]
     params = SecAggParams(timeout=STAGE_TIMEOUT)
-    server = start_server(tmp_path, "--clients", "3", "--rounds", str(rounds), *secure_options())
+    # One receive slot that no one waits for long: a masked POST holding its slot while
+    # it waits for the stage's end would keep the next client's input out for 30 s.
+    slots = ["--receive-slots", "1", "--slot-patience", "30"]
+    server = start_server(
+        tmp_path, "--clients", "3", "--rounds", str(rounds), *slots, *secure_options()
+    )
     clients = start_delta_clients(tmp_path, server.url, deltas, counts, *SHAPES_ARG)
     assert wait_all(clients) == [0, 0, 0], [c.log() for c in clients]
     assert server.wait() == 0, server.log()
@@ -131,6 +137,7 @@ def test_secure_fedavg_equals_plain_fedavg_within_the_bound(tmp_path):
         assert secure["error_bound"] == pytest.approx(bound)
         assert record["num_examples"] == sum(counts)
         assert sorted(record["contributors"]) == ["0", "1", "2"]
+        assert record["duration_s"] < 15
     # Every element of client 2's change was clipped, none of the others'.
     fit = [c.summary()["fit"] for c in clients]
     size = sum(int(np.prod(s)) for s in SHAPES)

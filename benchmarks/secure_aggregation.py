@@ -72,7 +72,7 @@ FLAT_MB = 10.0
 DIGITS_ROUNDS = 10
 # Seconds between the stage watch's status requests.
 WATCH_INTERVAL = 0.002
-STAGES = ("keys", "shares", "masked", "reveal", "after reveal")
+STAGES = ("keys", "shares", "masked", "reveal")
 # Cells whose stages are watched (an extra run each): the goals' N.
 WATCH_CLIENTS = (8,)
 
@@ -151,15 +151,13 @@ class StageWatch:
             time.sleep(self.interval)
 
     def durations(self) -> dict[str, float]:
-        """Median seconds per stage over rounds >= 1; "after reveal" runs from the
-        reveal stage's end (unmask, aggregate, next model) to the next round's keys."""
+        """Median seconds per stage over rounds >= 1, each until the next change seen."""
         if self.thread is not None:
             self.thread.join(30)
         spans: dict[str, list[float]] = {}
         for (t0, r, stage), (t1, _, _) in itertools.pairwise(self.changes):
-            if r >= 1:
-                name = stage or "after reveal"
-                spans.setdefault(name, []).append(t1 - t0)
+            if r >= 1 and stage is not None:
+                spans.setdefault(stage, []).append(t1 - t0)
         return {name: statistics.median(values) for name, values in spans.items()}
 
 
@@ -300,9 +298,10 @@ def where_the_time_goes(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "Where a secure round's time goes. The stages as the server lived them (median "
         "seconds over rounds, from /v1/status polled every "
-        f"{1e3 * WATCH_INTERVAL:g} ms during one more secure run of the cell): keys includes "
-        "sending the model and the clients' fit; after reveal is the unmask, the aggregate "
-        "and the next model. Then the server's own timings from history.json and the secagg "
+        f"{1e3 * WATCH_INTERVAL:g} ms during one more secure run of the cell): keys runs "
+        "from the round's opening (sending the model, the clients' fit, their keys), reveal "
+        "to the next round's opening (the reveals, the unmask, the aggregate and the next "
+        "model). Then the server's own timings from history.json and the secagg "
         "primitives timed alone on one core at that P (a client adds 1 + k masks of P + 1 "
         "elements; the server, with no drop-outs, removes N self-masks and rebuilds N seeds "
         "from t shares).",

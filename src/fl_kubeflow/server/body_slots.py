@@ -209,7 +209,7 @@ class SlotBody:
             return self._spool.getfile()
         if self.array is None:  # completed while waiting: only ever a tiny body
             return io.BytesIO(bytes(self._early))
-        return ReceivedBody(self.array, release=self.close)
+        return ReceivedBody(self.array, release=self.release)
 
     def getbuf(self) -> Any:
         """What waitress closes when the request is done."""
@@ -222,6 +222,14 @@ class SlotBody:
         if self._held:
             self._held = False
             self._slots.give_back()
+
+    def release(self) -> None:
+        """Free the slot and let go of the array, before waitress is done with the
+        request: the app has used the body. Until then the array could not be reused
+        for the next body, and a request that goes on waiting would keep a body's
+        worth of memory each."""
+        self.close()
+        self.array = None
 
 
 class ReceivedBody(BufferFile):

@@ -18,7 +18,8 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 @contextmanager
 def serving(server: http.server.HTTPServer, timeout: float = 10.0) -> Iterator[str]:
     """Run ``server`` in a thread; yield its base URL; shut it down after."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # serve_forever notices shutdown() once per poll interval (0.5 s by default).
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

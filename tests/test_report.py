@@ -228,6 +228,13 @@ def test_secure_rounds_get_their_own_table(tmp_path: Path) -> None:
     assert "Secure aggregation" not in render_report(FINISHED, {})
 
 
+def test_the_kfp_summary_says_how_many_rounds_were_secure() -> None:
+    from fl_kubeflow.tasks.server_task import markdown_summary
+
+    assert "| secure aggregation | SecAgg+ in 2 of 2 rounds |" in markdown_summary(SECURE, {})
+    assert "secure aggregation" not in markdown_summary(FINISHED, {})
+
+
 def test_the_local_runs_table_shows_the_secure_facts() -> None:
     from fl_kubeflow.local.runner import summary_lines
 

@@ -4,10 +4,11 @@ A small real HTTP server (stdlib, loopback, free port) plays docs/secure_aggrega
 for one round: it relays a roster of the real FederatedClient and four scripted
 peers (``ClientRound``s driven here), routes the peers' encrypted shares to the
 client, takes its masked input and then asks for its reveal. Honest, it ends the
-run; malicious, it names a peer both survived and dropped, asks twice with a peer's
-kind flipped, or sends a roster with a wrong graph or without the client's keys.
-The client must refuse with SecAggViolation, and no reveal it sent may ever hold
-both shares of one peer.
+run; malicious, it names a peer both survived and dropped (or the client dropped,
+or too few survivors), asks twice with a peer's kind flipped, tampers with or
+withholds shares, or sends a roster with a wrong graph or without the client's
+keys. The client must refuse with SecAggViolation (the CLI: exit 1 with the
+reason), and no reveal it sent may ever hold both shares of one peer.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from fl_kubeflow.secagg import keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser
 from fl_kubeflow.secagg.vector import Layout
+from tests.fl_processes import run_cli
 from tests.http_files import serving
 
-CLIENT = "c2"  # in the middle of the roster: pair masks of both signs
-PEERS = ("c0", "c1", "c3", "c4")
+CLIENT = "2"  # in the middle of the roster: pair masks of both signs
+PEERS = ("0", "1", "3", "4")
 DELTA = 0.25
 EXAMPLES = 7
 TIMEOUT = 30.0
@@ -54,7 +56,9 @@ class ScriptedRound:
     def __init__(self, base: wire.Weights) -> None:
         self.params = SecAggParams()
         self.base = base
-        self.peers = {peer: ClientRound(peer, 1, self.params, "examples") for peer in PEERS}
+        self.peers = {
+            peer: ClientRound(peer, 1, self.params, protocol.SECAGG_BY_EXAMPLES) for peer in PEERS
+        }
         self.client_keys: dict[str, Any] = {}
         self.client_shares: dict[str, str] = {}
         self.masked: np.ndarray | None = None
@@ -108,14 +112,18 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
         inbox: Script = ScriptedRound.inbox_answer,
         unmask: Script = honest_unmask,
         reveal: Script = lambda state: {"accepted": True},
+        examples: int = EXAMPLES,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.url = ""
-        self.trainer = DeltaTrainer(delta=DELTA, num_examples=EXAMPLES)
+        self.trainer = DeltaTrainer(delta=DELTA, num_examples=examples)
         self.state = ScriptedRound(self.trainer.initial_weights())
         self.script = {"roster": roster, "inbox": inbox, "unmask": unmask, "reveal": reveal}
         self.config = {
-            protocol.SECAGG_CONFIG_KEY: {**self.state.params.to_config(), "weighting": "examples"}
+            protocol.SECAGG_CONFIG_KEY: {
+                **self.state.params.to_config(),
+                protocol.SECAGG_WEIGHTING_KEY: protocol.SECAGG_BY_EXAMPLES,
+            }
         }
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # client gave up: fine
@@ -172,13 +180,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path == protocol.SECAGG_REVEAL_PATH:
             state.reveals.append(payload)
             return self._json(script["reveal"](state))
-        if path == protocol.LEAVE_PATH:
+        if path in (protocol.EVALUATE_PATH, protocol.LEAVE_PATH):
             return self._json({})
         return self._json(protocol.error_body(protocol.BAD_REQUEST, path), 404)
 
 
 @contextmanager
-def scripted_server(**script: Script) -> Iterator[ScriptedServer]:
+def scripted_server(**script: Any) -> Iterator[ScriptedServer]:
     server = ScriptedServer(**script)
     with serving(server, TIMEOUT) as server.url:
         yield server
@@ -197,7 +205,7 @@ def run_client(server: ScriptedServer) -> Any:
     return client.run()
 
 
-def refused(match: str, **script: Script) -> ScriptedRound:
+def refused(match: str, **script: Any) -> ScriptedRound:
     """The scripted round after the client refused it with a SecAggViolation matching ``match``."""
     with scripted_server(**script) as server, pytest.raises(SecAggViolation, match=match):
         run_client(server)
@@ -258,21 +266,41 @@ def test_honest_round_reveals_one_share_per_peer_and_masks_correctly() -> None:
     np.testing.assert_array_equal(unmasked_input(state), expected)
 
 
-def test_refuses_a_peer_named_both_survived_and_dropped() -> None:
-    def both(state: ScriptedRound) -> dict[str, Any]:
-        request = state.unmask_answer()
-        request["dropped"] = ["c3"]  # still among the survivors too
-        return request
+def both_lists(state: ScriptedRound) -> dict[str, Any]:
+    request = state.unmask_answer()
+    request["dropped"] = ["3"]  # still among the survivors too
+    return request
 
-    assert refused("both survived and dropped", unmask=both).reveals == []
+
+@pytest.mark.parametrize(
+    ("unmask", "reason"),
+    [
+        (both_lists, "both survived and dropped"),
+        (lambda state: state.unmask_answer(dropped=(CLIENT,)), "not list this client"),
+        (lambda state: state.unmask_answer(dropped=("0", "1")), "threshold"),
+    ],
+    ids=["both-lists", "self-dropped", "too-few-survivors"],
+)
+def test_refuses_an_unmask_request_it_cannot_trust(unmask: Script, reason: str) -> None:
+    assert refused(reason, unmask=unmask).reveals == []
+
+
+def test_answers_the_same_request_again_with_the_same_shares() -> None:
+    def again_once(state: ScriptedRound) -> dict[str, Any]:
+        return state.unmask_answer() if state.unmask_requests < 2 else {"accepted": True}
+
+    with scripted_server(reveal=again_once) as server:
+        assert run_client(server).rounds_trained == [1]
+    first, second = server.state.reveals
+    assert first == second
 
 
 def test_refuses_a_second_request_that_flips_a_peer() -> None:
-    # The first request says everyone survived (the client sends c3's b share); the
-    # answer to its reveal is a second request saying c3 dropped (asking for c3's key).
-    state = refused("other share", reveal=lambda state: state.unmask_answer(dropped=("c3",)))
+    # The first request says everyone survived (the client sends peer 3's b share); the
+    # answer to its reveal is a second one saying peer 3 dropped (asking for its key).
+    state = refused("other share", reveal=lambda state: state.unmask_answer(dropped=("3",)))
     assert state.unmask_requests == 2 and len(state.reveals) == 1
-    assert "c3" in state.reveals[0][SELF_MASK]
+    assert "3" in state.reveals[0][SELF_MASK]
     assert_never_both_shares(state.reveals)
 
 
@@ -293,11 +321,16 @@ def test_refuses_a_roster_without_its_own_keys() -> None:
     assert refused("with its own keys", roster=swapped_keys).client_shares == {}
 
 
+def test_refuses_to_send_a_weight_over_max_weight() -> None:
+    over = SecAggParams().max_weight + 1
+    assert refused("max_weight", examples=over).masked is None
+
+
 def tampered(state: ScriptedRound) -> dict[str, Any]:
     answer = state.inbox_answer()
-    ciphertext = bytearray(messages.decode(answer["shares"]["c3"], keys.CIPHERTEXT_BYTES, "c3"))
+    ciphertext = bytearray(messages.decode(answer["shares"]["3"], keys.CIPHERTEXT_BYTES, "3"))
     ciphertext[-1] ^= 1
-    answer["shares"]["c3"] = messages.encode(bytes(ciphertext))
+    answer["shares"]["3"] = messages.encode(bytes(ciphertext))
     return answer
 
 
@@ -308,7 +341,18 @@ def withheld(state: ScriptedRound) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("inbox", "reason"), [(tampered, "from c3 does not decrypt"), (withheld, "threshold")]
+    ("inbox", "reason"), [(tampered, "from 3 does not decrypt"), (withheld, "threshold")]
 )
 def test_refuses_an_inbox_it_cannot_trust(inbox: Script, reason: str) -> None:
     assert refused(reason, inbox=inbox).masked is None
+
+
+def test_the_cli_client_exits_non_zero_with_the_reason() -> None:
+    with scripted_server(unmask=both_lists) as server:
+        done = run_cli(
+            "client", "--server", server.url, "--trainer", "numpy-delta", "--client-id", CLIENT,
+            "--num-clients", "5", timeout=TIMEOUT,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "refused" in done.stderr and "both survived and dropped" in done.stderr
+    assert server.state.reveals == []

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fl_kubeflow.secagg import keys, masks
-from fl_kubeflow.secagg.params import SecAggParams
-from fl_kubeflow.secagg.quantise import Quantiser
+from fl_kubeflow.secagg import graph, keys, masks, shamir
+from fl_kubeflow.secagg.params import SecAggParams, choose_graph
+from fl_kubeflow.secagg.quantise import Quantiser, WeightError
 
 stats = pytest.importorskip("scipy.stats")
 
@@ -24,6 +24,11 @@ ELEMENTS = 1_000_000
 
 def _seed(label: str) -> bytes:
     return hashlib.sha256(label.encode()).digest()
+
+
+def _pair(label: str) -> keys.KeyPair:
+    private = _seed(label)
+    return keys.KeyPair(private, keys.public_of(private))
 
 
 def _stream(seed: bytes, nbytes: int) -> bytes:
@@ -62,12 +67,10 @@ def test_apply_mask_adds_and_subtracts_modulo_2_to_the_bits(dtype):
 
 
 def test_pair_masks_cancel_in_the_sum():
-    a, b = keys.KeyPair(bytes([1]) * 32, b""), keys.KeyPair(bytes([2]) * 32, b"")
-    a_public, b_public = keys.public_of(a.private), keys.public_of(b.private)
-    total = np.zeros(1000, np.uint32)
-    mine, theirs = total.copy(), total.copy()
-    masks.apply_mask(mine, keys.pair_seed(a.private, b_public, 1), 1)
-    masks.apply_mask(theirs, keys.pair_seed(b.private, a_public, 1), -1)
+    a, b = _pair("a"), _pair("b")
+    mine, theirs = np.zeros(1000, np.uint32), np.zeros(1000, np.uint32)
+    masks.apply_mask(mine, keys.pair_seed(a.private, b.public, 1), 1)
+    masks.apply_mask(theirs, keys.pair_seed(b.private, a.public, 1), -1)
     assert mine.any()
     assert not (mine + theirs).any()
 
@@ -137,3 +140,75 @@ def test_a_masked_input_is_indistinguishable_from_uniform(make, uniform):
         assert min(pvalues.values()) > ALPHA, pvalues
     else:
         assert max(pvalues.values()) < ALPHA, pvalues
+
+
+def test_a_round_in_miniature_unmasks_the_survivors_sum_only():
+    """The package end to end as docs/secure_aggregation.md runs it, without HTTP: six
+    clients, one drops after the shares; the survivors' reveals remove every mask."""
+    ids = [f"c{i}" for i in range(6)]
+    server_round, quantiser = 2, Quantiser(SecAggParams())
+    chosen = choose_graph(len(ids), 0.2, 0.1)
+    # Fixed keys and seeds: the masked weight element below is always the same noise.
+    c_keys = {i: _pair(f"c {i}") for i in ids}
+    s_keys = {i: _pair(f"s {i}") for i in ids}
+    roster = [(i, c_keys[i].public, s_keys[i].public) for i in ids]
+    around = graph.neighbours(ids, chosen.k, graph.roster_seed(roster))
+    position = {i: p + 1 for p, i in enumerate(ids)}
+    self_seed = {i: _seed(f"b {i}") for i in ids}
+    inbox: dict[str, dict[str, bytes]] = {i: {} for i in ids}
+    for i in ids:
+        points = [position[j] for j in around[i]]
+        b_shares = shamir.split(self_seed[i], chosen.t, points)
+        s_shares = shamir.split(s_keys[i].private, chosen.t, points)
+        for j in around[i]:
+            inbox[j][i] = keys.encrypt_shares(
+                c_keys[i].private, c_keys[j].public, server_round, i, j,
+                b_shares[position[j]], s_shares[position[j]],
+            )  # fmt: skip
+    rng = np.random.default_rng(6)
+    changes = {i: rng.normal(0.0, 0.05, 500) for i in ids}
+    weights = {i: int(w) for i, w in zip(ids, rng.integers(1, 50, len(ids)), strict=True)}
+    dropped, survivors = "c3", [i for i in ids if i != "c3"]
+    total = np.zeros(501, quantiser.dtype)
+    for i in survivors:
+        vector, _ = quantiser.encode(changes[i], weights[i])
+        masks.apply_mask(vector, self_seed[i], 1)
+        for j in around[i]:
+            seed = keys.pair_seed(s_keys[i].private, s_keys[j].public, server_round)
+            masks.apply_mask(vector, seed, 1 if i < j else -1)
+        total += vector
+    # Reveal: each survivor opens its inbox, one kind of share per neighbour.
+    revealed: dict[str, dict[int, bytes]] = {i: {} for i in ids}
+    for holder in survivors:
+        for sender, sealed in inbox[holder].items():
+            b_share, s_share = keys.decrypt_shares(
+                c_keys[holder].private, c_keys[sender].public, server_round, sender, holder, sealed
+            )
+            revealed[sender][position[holder]] = s_share if sender == dropped else b_share
+    with pytest.raises(WeightError):
+        quantiser.decode(total)  # still masked: the weight element is noise
+    for i in survivors:
+        masks.apply_mask(total, shamir.combine(revealed[i], chosen.t), -1)
+    private = shamir.combine(revealed[dropped], chosen.t)
+    assert keys.public_of(private) == s_keys[dropped].public
+    for j in around[dropped]:
+        seed = keys.pair_seed(private, s_keys[j].public, server_round)
+        masks.apply_mask(total, seed, -1 if j < dropped else 1)
+    mean, weight = quantiser.decode(total)
+    exact = np.average(
+        np.stack([changes[i] for i in survivors]), axis=0, weights=[weights[i] for i in survivors]
+    )
+    assert weight == sum(weights[i] for i in survivors)
+    assert np.abs(mean - exact).max() <= quantiser.error_bound
+
+
+def test_apply_masks_is_apply_mask_for_each_stream():
+    streams = [(_seed("x"), 1), (_seed("y"), -1), (_seed("x"), 1)]
+    one_by_one = np.arange(masks.CHUNK + 3, dtype=np.uint64)
+    together = one_by_one.copy()
+    for seed, sign in streams:
+        masks.apply_mask(one_by_one, seed, sign)
+    masks.apply_masks(together, streams)
+    assert np.array_equal(together, one_by_one)
+    with pytest.raises(ValueError, match="sign"):
+        masks.apply_masks(together, [(_seed("x"), 1), (_seed("y"), 2)])

@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,11 +24,14 @@ import requests
 
 from fl_kubeflow import wire
 from fl_kubeflow.auth import new_token
+from fl_kubeflow.client.federated_client import FederatedClient
+from fl_kubeflow.client.numpy_trainers import DeltaTrainer
 from fl_kubeflow.protocol import SECAGG_MASKED_TENSOR, Phase
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser
 from fl_kubeflow.secagg.vector import Layout
+from fl_kubeflow.server import checkpoint, checkpoint_state
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.federation import Federation
@@ -61,9 +65,17 @@ class Server:
         return Scripted(raw)
 
     def secure_round(self) -> SecureRound:
-        current = self.federation._current
-        assert current is not None and current.secure is not None
-        return current.secure
+        """The open round's SecureRound, once the driver has opened one."""
+        federation = self.federation
+
+        def opened() -> SecureRound | None:
+            current = federation._current
+            return current.secure if current is not None else None
+
+        with federation._cond:
+            secure = federation._cond.wait_for(opened, WAIT)
+        assert secure is not None
+        return secure
 
     def wait_end(self) -> None:
         self.thread.join(WAIT * 2)
@@ -86,7 +98,7 @@ def serve() -> Iterator[Any]:
             join_timeout=WAIT,
             round_timeout=options.pop("round_timeout", WAIT),
             poll_timeout=WAIT,
-            grace_period=1.0,
+            grace_period=0.2,  # the run ends soon after its clients heard it did
             max_update_bytes=1 << 16,
             secure_aggregation=params or SecAggParams(),
             **options,
@@ -498,6 +510,8 @@ def test_stages_refuse_what_the_doc_refuses(serve: Any) -> None:
         "masking_key": messages.encode(keys.generate().public),
     }
     expect(a.post("/v1/secagg/keys", other, wait=0), 409, "conflict", "other keys")
+    copied = {**other, "encryption_key": messages.encode(a.c.public)}
+    expect(c.post("/v1/secagg/keys", copied, wait=0), 400, "bad_request", "fresh")
     c.take_roster(c.answer(c.post_keys(), "/v1/secagg/roster"))
     for client in (a, b):
         client.take_roster(client.get("/v1/secagg/roster").json())
@@ -547,3 +561,49 @@ def test_stages_refuse_what_the_doc_refuses(serve: Any) -> None:
     for reason in ("secagg_wrong_round", "secagg_conflict", "secagg_bad_request"):
         assert f'fl_requests_rejected_total{{reason="{reason}"}}' in metrics, reason
     assert 'fl_requests_rejected_total{reason="secagg_invalid_update"} 3' in metrics
+
+
+def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(
+    serve: Any, tmp_path: Path
+) -> None:
+    """The client library's own rounds (FederatedClient, client/secure_aggregation.py)
+    against this server, float16 on the wire: each round is the example-weighted mean
+    of the deltas, added to the model as the clients decoded it. The rounds' records
+    survive a checkpoint."""
+    server = serve(4, num_rounds=2, wire_dtype="float16", checkpoint_dir=tmp_path)
+    deltas, counts = (0.1, -0.2, 0.3, 0.05), (3, 1, 7, 2)
+    clients = [
+        FederatedClient(
+            server.url,
+            f"c{i}",
+            DeltaTrainer(delta=delta, num_examples=count),
+            headers={"Authorization": f"Bearer {server.token}"},
+            poll_wait=WAIT,
+            check_model=False,
+        )
+        for i, (delta, count) in enumerate(zip(deltas, counts, strict=True))
+    ]
+    summaries: list[Any] = []
+    threads = [threading.Thread(target=lambda c=c: summaries.append(c.run())) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    server.wait_end()
+    assert server.federation.phase is Phase.FINISHED, server.federation.error
+    assert sorted(s.rounds_trained for s in summaries) == [[1, 2]] * 4
+    mean = float(np.dot(deltas, counts) / sum(counts))
+    model = dict(W0)
+    for _ in range(2):
+        decoded = wire.decode(wire.encode(model, wire_dtype="float16"), wire_dtype="float16")
+        model = {name: value + np.float32(mean) for name, value in decoded.items()}
+    bound = Quantiser(SecAggParams()).error_bound
+    assert_close(server.federation.final_weights() or {}, model, bound)
+    record = server.federation.history()["rounds"][2]
+    assert record["num_examples"] == sum(counts)
+    assert record["train"]["secagg_clipped"] == 0
+    saved = checkpoint.load(tmp_path)
+    assert saved is not None
+    restored = checkpoint_state.restored_run(saved).rounds[-1]
+    assert restored.secure_report == record["secure_aggregation"]
+    assert restored.contributors == dict.fromkeys(record["contributors"])

@@ -79,7 +79,7 @@ def test_strategies_that_cannot_work_fail_before_serving(
         # The switch reaches the task: the strategy is checked against it.
         ({"strategy": "fedmedian"}, "strategy 'fedmedian' needs every client's update"),
         # The options reach it too, parsed and checked by SecAggParams.
-        ({"secagg_options": "bits=48,timeout=5"}, "secure aggregation: "),
+        ({"secagg_options": "bits=48,timeout=5"}, "ServerTaskError: secure aggregation: "),
     ],
 )
 def test_the_component_passes_both_to_the_task(
@@ -101,4 +101,5 @@ def test_the_component_passes_both_to_the_task(
     log = run.log()
     assert "ServerTaskError" in log and message in log, log[-3000:]
     if "secagg_options" in parameters:
-        assert "48" in log.split("secure aggregation: ", 1)[1].splitlines()[0]
+        assert "bits" in log.split(message, 1)[1].splitlines()[0]
+        assert "48" in log.split(message, 1)[1].splitlines()[0]

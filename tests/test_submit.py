@@ -215,6 +215,38 @@ def test_bad_param_is_a_clear_cli_error(
     assert kfp_api.requests == []  # refused before anything was sent
 
 
+@pytest.fixture(scope="module")
+def package_parameters() -> dict[str, dict[str, Any]]:
+    from fl_kubeflow.cli.submit_cmd import pipeline_parameters
+
+    return pipeline_parameters(PACKAGE)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (["secagg_options=bits=64"], "secagg_options 'bits=64' need secure_aggregation=true"),
+        (["secure_aggregation=true", "secagg_options=bits=48"], "bits must be one of"),
+        (["secure_aggregation=true", "strategy=krum"], "needs every client's update"),
+        (["secure_aggregation=true", "num_clients=2"], "at least 3 clients"),
+    ],
+)
+def test_secure_aggregation_that_cannot_work_is_refused_before_submitting(
+    package_parameters: dict[str, dict[str, Any]], params: list[str], message: str
+) -> None:
+    # In-process: what submit checks before it sends anything (the CLI path is above).
+    from fl_kubeflow.cli.submit_cmd import ParamError, parse_params
+
+    parameters = package_parameters
+    with pytest.raises(ParamError, match=r"^--param (secure_aggregation|secagg_options)="):
+        try:
+            parse_params(params, parameters)
+        except ParamError as exc:
+            assert message in str(exc)
+            raise
+    assert parse_params(["secure_aggregation=true"], parameters)["secure_aggregation"] is True
+
+
 def test_missing_package_is_compiled_then_submitted(kfp_api: FakeKfp, tmp_path: Path) -> None:
     package = tmp_path / "out" / "fresh.yaml"
     image = "registry.example.com/fl-kubeflow:test"

@@ -73,6 +73,12 @@ class SecAggStage(str, Enum):
 
 # The round config's key (X-FL-Config) carrying a secure round's parameters to clients.
 SECAGG_CONFIG_KEY = "secagg"
+# Within it, next to SecAggParams.to_config(): how clients weight their updates
+# (Strategy.secure_weighting): by their example count, or 1 each.
+SECAGG_WEIGHTING_KEY = "weighting"
+SECAGG_BY_EXAMPLES = "examples"
+SECAGG_UNIFORM = "uniform"
+SECAGG_WEIGHTINGS = (SECAGG_BY_EXAMPLES, SECAGG_UNIFORM)
 # The masked input's one tensor in its safetensors body.
 SECAGG_MASKED_TENSOR = "masked"
 

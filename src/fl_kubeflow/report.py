@@ -245,6 +245,13 @@ def _secure_row(entry: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
+def secure_rounds_text(history: Mapping[str, Any]) -> str | None:
+    """The text "SecAgg+ in S of R rounds" for a history with secure rounds, else None."""
+    trained = [r for r in _rounds(history) if r["round"] > 0]
+    secure = sum(1 for r in trained if secure_facts(r) is not None)
+    return f"SecAgg+ in {secure} of {len(trained)} rounds" if secure else None
+
+
 def secure_summary(facts: Mapping[str, Any]) -> str:
     """One line for a terminal: survivors of the roster, drop-outs recovered, k, t, step."""
     recovered = facts.get("dropped_at_masked")
@@ -282,7 +289,7 @@ def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         )
     secure = [(r, f) for r in trained if (f := secure_facts(r)) is not None]
     if secure:
-        summary["secure aggregation"] = f"SecAgg+ in {len(secure)} of {len(trained)} rounds"
+        summary["secure aggregation"] = secure_rounds_text(history)
     png = base64.b64encode(learning_curves_png(history)).decode("ascii")
     parts = [
         "<!DOCTYPE html>",

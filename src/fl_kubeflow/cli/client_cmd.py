@@ -293,6 +293,7 @@ def _identity(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Ide
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
+    from fl_kubeflow.client.secure_aggregation import SecAggViolation
     from fl_kubeflow.client.signature import ModelMismatch
     from fl_kubeflow.client.transport import ServerError, ServerUnreachable
 
@@ -330,6 +331,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
     except (FederationFailed, ServerError, ServerUnreachable, TimeoutError) as exc:
         print(f"fl-kubeflow client {who.client_id}: {exc}", file=sys.stderr)
+        return 1
+    except SecAggViolation as exc:
+        print(f"fl-kubeflow client {who.client_id}: refused: {exc}", file=sys.stderr)
         return 1
     if args.summary is not None:
         files.write_json(args.summary, summary.to_dict())

@@ -179,6 +179,38 @@ def _check_values(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
 
         if values["strategy"] not in strategies.STRATEGIES:
             fail("strategy", f"must be one of {', '.join(sorted(strategies.STRATEGIES))}")
+    if values.get("secure_aggregation") or values.get("secagg_options"):
+        try:
+            _check_secure_aggregation(values)
+        except ValueError as exc:
+            fail("secagg_options" if "secagg_options" in given else "secure_aggregation", str(exc))
+
+
+def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
+    """What the server step checks first: the options, and the strategy and federation
+    against them (ValueError saying what cannot work)."""
+    from fl_kubeflow import defaults, strategies
+    from fl_kubeflow.tasks.server_task import (
+        ServerTaskError,
+        parse_strategy_options,
+        secure_aggregation_params,
+    )
+
+    try:
+        params = secure_aggregation_params(
+            bool(values.get("secure_aggregation")), values.get("secagg_options", "")
+        )
+    except ServerTaskError as exc:
+        raise ValueError(str(exc)) from None
+    if params is not None:
+        strategies.build(
+            values.get("strategy", defaults.STRATEGY),
+            parse_strategy_options(values.get("strategy_options", "{}")),
+            # A package's integer defaults may read back as floats (3.0).
+            num_clients=int(values.get("num_clients", defaults.NUM_CLIENTS)),
+            min_clients=int(values.get("min_clients", defaults.MIN_CLIENTS)),
+            secure_aggregation=params,
+        )
 
 
 def ensure_package(package: Path, image: str | None) -> Path:

@@ -35,9 +35,6 @@ from fl_kubeflow.secagg.vector import Layout
 
 log = logging.getLogger("fl_kubeflow.client")
 
-# How a client weights its update (Strategy.secure_weighting), sent in the round config.
-WEIGHTING_KEY = "weighting"
-WEIGHTINGS = ("examples", "uniform")
 # The two kinds of share a client may reveal for a neighbour: the reveal's field names.
 SELF_MASK = "self_mask_shares"
 MASK_KEY = "mask_key_shares"
@@ -69,9 +66,10 @@ class ClientRound:
     def __init__(
         self, client_id: str, server_round: int, params: SecAggParams, weighting: str
     ) -> None:
-        if weighting not in WEIGHTINGS:
+        if weighting not in protocol.SECAGG_WEIGHTINGS:
             raise SecAggViolation(
-                f"round {server_round}: weighting {weighting!r} is not one of {WEIGHTINGS}"
+                f"round {server_round}: weighting {weighting!r} is not one of "
+                f"{protocol.SECAGG_WEIGHTINGS}"
             )
         self.client_id = client_id
         self.server_round = server_round
@@ -105,7 +103,12 @@ class ClientRound:
             raise SecAggViolation(
                 f"round {server_round}: bad secure-aggregation config: {exc}"
             ) from None
-        return cls(client_id, server_round, params, entry.get(WEIGHTING_KEY, "examples"))
+        return cls(
+            client_id,
+            server_round,
+            params,
+            entry.get(protocol.SECAGG_WEIGHTING_KEY, protocol.SECAGG_BY_EXAMPLES),
+        )
 
     def _refuse(self, reason: str) -> SecAggViolation:
         return SecAggViolation(f"client {self.client_id}, round {self.server_round}: {reason}")
@@ -256,7 +259,7 @@ class ClientRound:
         Raises:
             SecAggViolation: the weight is not in 1..max_weight.
         """
-        weight = num_examples if self.weighting == "examples" else 1
+        weight = num_examples if self.weighting == protocol.SECAGG_BY_EXAMPLES else 1
         change = Layout.of(base).change(trained, base)
         try:
             vector, clipped = Quantiser(self.params).encode(change, weight)

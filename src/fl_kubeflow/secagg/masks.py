@@ -9,6 +9,8 @@ subtracted from) the vector with numpy's wrapping unsigned arithmetic: modulo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -33,26 +35,47 @@ def apply_mask(vector: np.ndarray, seed: bytes, sign: int) -> None:
     Raises:
         ValueError: a vector, seed or sign not as above.
     """
+    apply_masks(vector, [(seed, sign)])
+
+
+def apply_masks(vector: np.ndarray, streams: Sequence[tuple[bytes, int]]) -> None:
+    """``vector += sign * PRG(seed)`` for every (seed, sign) of ``streams``, in one pass.
+
+    The same as ``apply_mask`` for each in turn, but each chunk of the vector stays
+    in cache while every stream is added to it: for a client's k + 1 masks or the
+    server's unmasking, the vector crosses memory once instead of once per stream
+    (8 streams at P = 10M: 90 instead of 151 ms of CPU time, benchmarks/secagg_primitives.py).
+
+    Args:
+        vector: One-dimensional uint32 or uint64, C-contiguous.
+        streams: (32-byte seed, +1 or -1) pairs.
+
+    Raises:
+        ValueError: a vector, seed or sign not as above.
+    """
     if vector.ndim != 1 or vector.dtype not in _DTYPES or not vector.flags.c_contiguous:
         raise ValueError("a masked vector is one-dimensional, C-contiguous uint32 or uint64")
     if not vector.flags.writeable:
         raise ValueError("a masked vector must be writable")
-    if sign not in (1, -1):
-        raise ValueError(f"sign must be +1 or -1, got {sign}")
-    combine = np.add if sign == 1 else np.subtract
-    # The keystream is read little-endian whatever the host: the same mask everywhere.
-    stream_dtype = vector.dtype.newbyteorder("<")
+    for _, sign in streams:
+        if sign not in (1, -1):
+            raise ValueError(f"sign must be +1 or -1, got {sign}")
+    ciphers = [
+        (_cipher(seed).encryptor(), np.add if sign == 1 else np.subtract) for seed, sign in streams
+    ]
     width = CHUNK * vector.dtype.itemsize
     # CTR's output is as long as its input; update_into still wants a block's slack.
     out = bytearray(width + _BLOCK - 1)
     zeros = bytes(width)
-    stream = np.frombuffer(out, stream_dtype, count=CHUNK)
-    encryptor = _cipher(seed).encryptor()
+    # The keystream is read little-endian whatever the host: the same mask everywhere.
+    stream = np.frombuffer(out, vector.dtype.newbyteorder("<"), count=CHUNK)
     for start in range(0, len(vector), CHUNK):
         part = vector[start : start + CHUNK]
         n = len(part)
-        encryptor.update_into(zeros if n == CHUNK else zeros[: n * vector.dtype.itemsize], out)
-        combine(part, stream[:n], out=part)
+        data = zeros if n == CHUNK else zeros[: n * vector.dtype.itemsize]
+        for encryptor, combine in ciphers:
+            encryptor.update_into(data, out)
+            combine(part, stream[:n], out=part)
 
 
 def mask(length: int, dtype: np.dtype, seed: bytes) -> np.ndarray:

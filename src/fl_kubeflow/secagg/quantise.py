@@ -79,27 +79,38 @@ class Quantiser:
             )
         if np.ndim(change) != 1:
             raise ValueError(f"a change is one-dimensional, got shape {np.shape(change)}")
-        limit, step = self.params.range, self.step
-        # float(K) may round above K (bits = 64, small W): the largest float not above it.
+        limit, levels_per_unit = self.params.range, self.levels / self.params.range
+        # x / s can round up past K only where K nears 2**52 (bits = 64, small W): there
+        # the levels are clipped again, to the largest float not above K.
         top = float(self.levels)
         if top > self.levels:
             top = float(np.nextafter(top, 0))
+        reclip = self.levels >= 2**51
         out = np.empty(len(change) + 1, self.dtype)
+        signed = out.view(self._signed)
+        factor = self.dtype.type(weight)
+        buffer = np.empty(min(_CHUNK, len(change)), np.float64)
         clipped = 0
         for start in range(0, len(change), _CHUNK):
             part = np.asarray(change[start : start + _CHUNK], np.float64)
-            if not np.isfinite(part).all():
-                raise ValueError("a change with NaN or infinite elements cannot be encoded")
-            clipped += int(np.count_nonzero(np.abs(part) > limit))
-            levels = np.clip(part, -limit, limit)
-            levels /= step
+            levels = buffer[: len(part)]
+            # Most chunks lie inside the range: min and max (NaN fails both tests) spare
+            # them the finiteness check, the count and the clip.
+            if not (-limit <= part.min(initial=0.0) and part.max(initial=0.0) <= limit):
+                if not np.isfinite(part).all():
+                    raise ValueError("a change with NaN or infinite elements cannot be encoded")
+                clipped += int(np.count_nonzero(np.abs(part) > limit))
+                part = np.clip(part, -limit, limit)
+            np.multiply(part, levels_per_unit, out=levels)
             np.rint(levels, out=levels)
-            np.clip(levels, -top, top, out=levels)
-            # int64 -> unsigned wraps: the two's complement modulo 2**bits; multiplying
-            # in the unsigned type keeps it so (|w * level| < 2**(bits-1): no overflow).
+            if reclip:
+                np.clip(levels, -top, top, out=levels)
+            # Written as signed integers into the unsigned vector: the two's complement
+            # modulo 2**bits. Multiplying in the unsigned type keeps it so (|w * level|
+            # < 2**(bits-1): the signed product never overflows).
             dest = out[start : start + len(part)]
-            dest[...] = levels.astype(np.int64).astype(self.dtype)
-            np.multiply(dest, self.dtype.type(weight), out=dest)
+            np.copyto(signed[start : start + len(part)], levels, casting="unsafe")
+            np.multiply(dest, factor, out=dest)
         out[-1] = weight
         return out, clipped
 

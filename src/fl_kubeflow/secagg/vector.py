@@ -69,9 +69,13 @@ class Layout:
         self._check(base, "base")
         out = np.empty(self.size - 1, np.float64)
         for name, _, _, where in self._slices():
-            part = out[where]
-            part[...] = np.asarray(weights[name]).reshape(-1)
-            part -= np.asarray(base[name]).reshape(-1)
+            # In float64 (the dtype argument), one pass, no temporaries.
+            np.subtract(
+                np.asarray(weights[name]).reshape(-1),
+                np.asarray(base[name]).reshape(-1),
+                out=out[where],
+                dtype=np.float64,
+            )
         return out
 
     def apply(self, base: Mapping[str, np.ndarray], change: np.ndarray) -> Weights:
@@ -87,8 +91,13 @@ class Layout:
             raise ValueError(f"a change has {self.size - 1} elements, got {np.shape(change)}")
         model: Weights = {}
         for name, shape, dtype, where in self._slices():
-            value = np.asarray(base[name], np.float64).reshape(-1) + change[where]
+            flat = np.asarray(base[name]).reshape(-1)
             if dtype.kind in "iub":
-                np.rint(value, out=value)
-            model[name] = value.astype(dtype).reshape(shape)
+                value = flat + change[where]
+                model[name] = np.rint(value, out=value).astype(dtype).reshape(shape)
+            else:
+                # Added in float64 and cast to the tensor's dtype as it is written.
+                tensor = np.empty(shape, dtype)
+                np.add(flat, change[where], out=tensor.reshape(-1), dtype=np.float64)
+                model[name] = tensor
         return model

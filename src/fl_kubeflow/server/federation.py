@@ -497,18 +497,11 @@ class Federation:
         self, client_id: str, server_round: int, encryption_key: bytes, masking_key: bytes
     ) -> None:
         """A sampled client's two public keys for the open round's key stage."""
-        with self._cond:
-            secure = self._secure_round(client_id, server_round)
-            with self._secure_refusals(client_id, server_round):
-                current = self._current
-                assert current is not None
-                if client_id not in current.sampled:
-                    raise WrongRound(
-                        f"client {client_id!r} was not sampled to train in round {server_round}",
-                        current_round=self._round,
-                    )
-                secure.add_keys(client_id, encryption_key, masking_key)
-            self._cond.notify_all()
+        self._secure_submit(
+            client_id,
+            server_round,
+            lambda s, sampled: s.add_keys(client_id, encryption_key, masking_key, sampled),
+        )
 
     def wait_roster(self, client_id: str, server_round: int, wait: float) -> dict[str, Any] | None:
         """The round's roster once the key stage closed; None if not within ``wait``."""
@@ -520,11 +513,9 @@ class Federation:
         self, client_id: str, server_round: int, ciphertexts: Mapping[str, bytes]
     ) -> None:
         """A roster client's encrypted shares, one per neighbour."""
-        with self._cond:
-            secure = self._secure_round(client_id, server_round)
-            with self._secure_refusals(client_id, server_round):
-                secure.add_shares(client_id, ciphertexts)
-            self._cond.notify_all()
+        self._secure_submit(
+            client_id, server_round, lambda s, _: s.add_shares(client_id, ciphertexts)
+        )
 
     def wait_inbox(self, client_id: str, server_round: int, wait: float) -> dict[str, Any] | None:
         """The shares addressed to this client once the share stage closed; None if not yet."""
@@ -553,8 +544,8 @@ class Federation:
         digest = updates.digest(body)
         answer = {"round": server_round, "stage": SecAggStage.MASKED.value, "accepted": True}
         with self._cond:
-            if self._secure_round(client_id, server_round) is not secure:
-                raise WrongRound(f"round {server_round} is over", current_round=self._round)
+            # Checked again: the run may have failed, or the stage closed, meanwhile.
+            self._secure_round(client_id, server_round)
             with self._secure_refusals(client_id, server_round):
                 if not secure.add_masked(client_id, digest):
                     self._counters.updates_duplicate += 1
@@ -595,11 +586,11 @@ class Federation:
     ) -> None:
         """A survivor's shares that remove the masks: self masks of surviving neighbours,
         masking keys of dropped ones."""
-        with self._cond:
-            secure = self._secure_round(client_id, server_round)
-            with self._secure_refusals(client_id, server_round):
-                secure.add_reveal(client_id, self_mask_shares, mask_key_shares)
-            self._cond.notify_all()
+        self._secure_submit(
+            client_id,
+            server_round,
+            lambda s, _: s.add_reveal(client_id, self_mask_shares, mask_key_shares),
+        )
 
     def _secure_round(self, client_id: str, server_round: int) -> SecureRound:
         """The open secure round (under the lock), if it is ``server_round``; else refused."""
@@ -631,6 +622,21 @@ class Federation:
         except RequestError as exc:
             self._refuse(client_id, server_round, f"secagg_{exc.code}", exc.message, locked=True)
             raise
+
+    def _secure_submit(
+        self,
+        client_id: str,
+        server_round: int,
+        submit: Callable[[SecureRound, list[str]], None],
+    ) -> None:
+        """Hand a stage's submission to the open secure round (with its sampled clients)."""
+        with self._cond:
+            secure = self._secure_round(client_id, server_round)
+            current = self._current
+            assert current is not None
+            with self._secure_refusals(client_id, server_round):
+                submit(secure, current.sampled)
+            self._cond.notify_all()
 
     def _wait_secure(
         self,
@@ -669,47 +675,23 @@ class Federation:
         """
         secure = current.secure
         assert secure is not None
-        if secure.folding:
-            # Masked inputs being folded are in, not missing: wait for them to land.
-            return now + 1.0
-        stage, done = secure.stage, secure.submitted()
-        waiting = sorted(
-            c for c in secure.expected(current.sampled) if self._clients[c].active and c not in done
-        )
-        # Keys may still come from late clients; a later stage's missing clients cannot.
-        need = 0 if stage is SecAggStage.REVEAL else self.config.quorum
-        if waiting and now < secure.deadline:
-            return secure.deadline
-        if len(done) < need and (stage is not SecAggStage.KEYS or now >= secure.deadline):
-            limit = (
-                f"round_timeout={self.config.round_timeout:g}s"
-                if stage is SecAggStage.KEYS
-                else f"secagg timeout={secure.params.timeout:g}s"
-            )
-            self._fail(
-                f"round {current.number}: secure aggregation's {stage.value} stage closed with "
-                f"{len(done)} of min_clients={need} clients within {limit}; missing: "
-                f"{sorted(set(secure.expected(current.sampled)) - done)}"
-            )
-            return None
-        if len(done) < need:
-            return secure.deadline
-        for client_id in waiting:
-            self._clients[client_id].active = False
-        if waiting:
-            log.warning(
-                "round %d: secure aggregation's %s stage closed without %s",
-                current.number,
-                stage.value,
-                waiting,
-            )
-        if stage is SecAggStage.KEYS:
-            current.timed_out = waiting
+        stage = secure.stage
         try:
-            secure.close_stage(now)
+            step = secure.advance(
+                now, current.sampled, lambda c: self._clients[c].active, self.config.quorum
+            )
         except SecureRoundFailed as exc:
             self._fail(str(exc))
             return None
+        if isinstance(step, float):
+            return step
+        for client_id in step:
+            # Dropped out of the round: the next one does not wait for it either.
+            self._clients[client_id].active = False
+        if step:
+            log.warning("round %d: %s stage closed without %s", current.number, stage.value, step)
+        if stage is SecAggStage.KEYS:
+            current.timed_out = step
         self._cond.notify_all()
         return "aggregate" if secure.closed else None
 
@@ -911,7 +893,8 @@ class Federation:
                 params,
                 self.strategy.secure_weighting,
                 Layout.of(self._model.weights),
-                deadline=started + self.config.round_timeout,
+                opened=started,
+                round_timeout=self.config.round_timeout,
             )
         self._phase = Phase.FIT
         self._cond.notify_all()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,8 +67,8 @@ class SecureRound:
         params: The run's secure-aggregation options.
         weighting: ``Strategy.secure_weighting``: "examples" or "uniform".
         layout: The global model as one vector (``Layout.of(global)``).
-        deadline: When the key stage closes (monotonic): the round's opening plus
-            ``round_timeout``, since clients train before sending keys.
+        opened: When the round opened (monotonic).
+        round_timeout: Seconds from then the key stage may take (clients train first).
     """
 
     def __init__(
@@ -77,7 +77,8 @@ class SecureRound:
         params: SecAggParams,
         weighting: str,
         layout: Layout,
-        deadline: float,
+        opened: float,
+        round_timeout: float,
     ) -> None:
         self.number = number
         self.params = params
@@ -85,7 +86,8 @@ class SecureRound:
         self.weighting = weighting
         self.layout = layout
         self.stage = SecAggStage.KEYS
-        self.deadline = deadline
+        self.round_timeout = round_timeout
+        self.deadline = opened + round_timeout
         # Whether the reveal stage has closed too (the round is being unmasked).
         self.closed = False
         # Keys: client -> (encryption key, masking key), U1 once the stage closed.
@@ -127,6 +129,50 @@ class SecureRound:
             SecAggStage.MASKED: self.u2,
             SecAggStage.REVEAL: self.u3,
         }[self.stage]
+
+    def advance(
+        self, now: float, sampled: Sequence[str], active: Callable[[str], bool], quorum: int
+    ) -> float | list[str]:
+        """Close the open stage if everyone it waits for has sent, or at its deadline.
+
+        Args:
+            now: The time (monotonic).
+            sampled: The round's sampled clients (whom the key stage waits for).
+            active: Whether a client still takes part (one that left, was revoked or
+                timed out is not waited for).
+            quorum: The fewest clients a stage before the reveal may close with.
+
+        Returns:
+            The clients the stage closed without (it closed), or when to look again.
+
+        Raises:
+            SecureRoundFailed: the stage cannot close with enough clients.
+        """
+        if self.folding:
+            # Masked inputs being folded are in, not missing: wait for them to land.
+            return now + 1.0
+        stage, done = self.stage, self.submitted()
+        expected = self.expected(sampled)
+        waiting = sorted(c for c in expected if active(c) and c not in done)
+        if waiting and now < self.deadline:
+            return self.deadline
+        # The reveal's sufficiency is the unmask's to judge, secret by secret.
+        need = 0 if stage is SecAggStage.REVEAL else quorum
+        if len(done) < need:
+            if stage is SecAggStage.KEYS and now < self.deadline:
+                return self.deadline  # keys may still come from late clients
+            limit = (
+                f"round_timeout={self.round_timeout:g}s"
+                if stage is SecAggStage.KEYS
+                else f"secagg timeout={self.params.timeout:g}s"
+            )
+            raise SecureRoundFailed(
+                f"round {self.number}: secure aggregation's {stage.value} stage closed with "
+                f"{len(done)} of min_clients={need} clients within {limit}; missing: "
+                f"{sorted(set(expected) - done)}"
+            )
+        self.close_stage(now)
+        return waiting
 
     def close_stage(self, now: float) -> None:
         """Close the open stage with who has sent, and open the next (or end the round).
@@ -207,8 +253,16 @@ class SecureRound:
 
     # ------------------------------------------------------------------- keys
 
-    def add_keys(self, client_id: str, encryption_key: bytes, masking_key: bytes) -> None:
-        """Record a client's two public keys for this round (the same again: no change)."""
+    def add_keys(
+        self, client_id: str, encryption_key: bytes, masking_key: bytes, sampled: Sequence[str]
+    ) -> None:
+        """Record a sampled client's two public keys for this round (the same again: no
+        change)."""
+        if client_id not in sampled:
+            raise WrongRound(
+                f"client {client_id!r} was not sampled to train in round {self.number}",
+                current_round=self.number,
+            )
         if self.stage is not SecAggStage.KEYS:
             raise WrongRound(
                 f"the key stage of round {self.number} is over (now {self.stage.value}): "
@@ -217,8 +271,17 @@ class SecureRound:
                 stage=self.stage.value,
             )
         pair = (encryption_key, masking_key)
-        if self.keys.setdefault(client_id, pair) != pair:
+        first = self.keys.get(client_id)
+        if first is not None and first != pair:
             raise Conflict(f"client {client_id!r} sent other keys for round {self.number} already")
+        used = {key for other, keys_ in self.keys.items() if other != client_id for key in keys_}
+        if encryption_key == masking_key or used & set(pair):
+            # Clients refuse a roster with a key twice: one client must not spoil the round.
+            raise BadRequest(
+                f"round {self.number}'s public keys must be fresh: {client_id!r} sent one "
+                "twice, or one another client sent"
+            )
+        self.keys[client_id] = pair
 
     def roster_answer(self, client_id: str, sampled: Sequence[str]) -> dict[str, Any] | None:
         """The roster and the graph's k and t; None while the key stage is open."""

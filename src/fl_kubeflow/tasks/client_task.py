@@ -132,10 +132,12 @@ def join_federation(
 
     Raises:
         ClientTaskError: the run could not be joined, the server's model does not match
-            the trainer's, ``trainer`` is not a Trainer, or the run failed; the message
-            says which, with the server's reason when it gave one.
+            the trainer's, ``trainer`` is not a Trainer, the run failed, or the client
+            refused a secure round (SecAggViolation); the message says which, with the
+            server's reason when it gave one.
     """
     from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
+    from fl_kubeflow.client.secure_aggregation import SecAggViolation
     from fl_kubeflow.client.signature import ModelMismatch
     from fl_kubeflow.client.transport import ServerError, ServerUnreachable
     from fl_kubeflow.training.factory import TrainerFactoryError, check_trainer
@@ -194,6 +196,8 @@ def join_federation(
         raise ClientTaskError(f"client {client_id}: the run failed: {exc}") from exc
     except ModelMismatch as exc:
         raise ClientTaskError(str(exc)) from exc
+    except SecAggViolation as exc:
+        raise ClientTaskError(f"client {client_id} refused the secure round: {exc}") from exc
     except (ServerError, ServerUnreachable, TimeoutError) as exc:
         raise ClientTaskError(f"client {client_id}: {exc}") from exc
 

@@ -401,6 +401,11 @@ def markdown_summary(
         f"| rounds completed | {int(metrics.get('rounds', 0))} of "
         f"{history.get('num_rounds', '-')} |",
     ]
+    from fl_kubeflow.report import secure_rounds_text
+
+    secure = secure_rounds_text(history)
+    if secure:
+        lines.append(f"| secure aggregation | {secure} |")
     last = _last_evaluation(history)
     if last is not None:
         for key in ("accuracy", "loss"):

@@ -49,6 +49,7 @@ from perf_common import (
 )
 
 from fl_kubeflow import wire
+from fl_kubeflow.cli.secagg_options import SWITCH
 from fl_kubeflow.client.numpy_trainers import random_weights
 from fl_kubeflow.secagg import masks, shamir
 from fl_kubeflow.secagg.params import SecAggParams, choose_graph
@@ -57,7 +58,7 @@ from fl_kubeflow.secagg.quantise import Quantiser
 PARAMS = (100_000, 1_000_000, 10_000_000)
 CLIENTS = (8, 32)
 ROUNDS = round_overhead.ROUNDS
-SECURE = ["--secure-aggregation"]
+SECURE = [SWITCH]
 MB = 1e6
 # Flower 1.42's SecAgg+ workflow measured on this machine with N = 8 (issue 16): round
 # seconds and its ratio to Flower's own plain round, per P; its quantisation error at

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fl_kubeflow.cli.secagg_options import SWITCH, flag
 from fl_kubeflow.client.numpy_trainers import random_weights
 from fl_kubeflow.local import processes
 from fl_kubeflow.secagg.params import SecAggParams, choose_graph
@@ -42,9 +43,9 @@ STAGE_TIMEOUT = 4.0
 
 def secure_options(**options: float) -> list[str]:
     """``--secure-aggregation`` and one ``--secagg-NAME VALUE`` per option."""
-    flags = ["--secure-aggregation", "--secagg-timeout", str(STAGE_TIMEOUT)]
+    flags = [SWITCH, flag("timeout"), str(STAGE_TIMEOUT)]
     for name, value in options.items():
-        flags += [f"--secagg-{name.replace('_', '-')}", str(value)]
+        flags += [flag(name), str(value)]
     return flags
 
 
@@ -202,7 +203,7 @@ def test_digits_learn_as_well_with_secure_aggregation(tmp_path):
     """Keras mlp on digits, 3 clients, 3 rounds: within 1 point of plain FedAvg (the
     10-round comparison is in benchmarks/secure_aggregation.py)."""
     accuracy = {}
-    for name, extra in (("plain", []), ("secure", ["--secure-aggregation"])):
+    for name, extra in (("plain", []), ("secure", [SWITCH])):
         out = tmp_path / name
         done = run_cli(
             "local",

@@ -277,9 +277,8 @@ def both_lists(state: ScriptedRound) -> dict[str, Any]:
     [
         (both_lists, "both survived and dropped"),
         (lambda state: state.unmask_answer(dropped=(CLIENT,)), "not list this client"),
-        (lambda state: state.unmask_answer(dropped=("0", "1")), "threshold"),
     ],
-    ids=["both-lists", "self-dropped", "too-few-survivors"],
+    ids=["both-lists", "self-dropped"],
 )
 def test_refuses_an_unmask_request_it_cannot_trust(unmask: Script, reason: str) -> None:
     assert refused(reason, unmask=unmask).reveals == []
@@ -334,6 +333,10 @@ def tampered(state: ScriptedRound) -> dict[str, Any]:
     return answer
 
 
+def test_refuses_an_inbox_that_does_not_decrypt() -> None:
+    assert refused("from 3 does not decrypt", inbox=tampered).masked is None
+
+
 def withheld(state: ScriptedRound) -> dict[str, Any]:
     answer = state.inbox_answer()
     answer["shares"] = dict(list(answer["shares"].items())[:1])  # fewer than t
@@ -341,10 +344,17 @@ def withheld(state: ScriptedRound) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("inbox", "reason"), [(tampered, "from 3 does not decrypt"), (withheld, "threshold")]
+    "script",
+    [{"inbox": withheld}, {"unmask": lambda state: state.unmask_answer(dropped=("0", "1"))}],
+    ids=["too-few-shares", "too-few-survivors"],
 )
-def test_refuses_an_inbox_it_cannot_trust(inbox: Script, reason: str) -> None:
-    assert refused(reason, inbox=inbox).masked is None
+def test_leaves_a_round_with_fewer_than_t_neighbours(script: dict[str, Script]) -> None:
+    # Drop-outs beyond the threshold, or a server withholding them: the client reveals
+    # nothing more in that round and goes on with the next (here: the run's end).
+    with scripted_server(**script) as server:
+        summary = run_client(server)
+    assert summary.stale_rounds == [1] and summary.rounds_trained == []
+    assert server.state.reveals == []
 
 
 def test_the_cli_client_exits_non_zero_with_the_reason() -> None:

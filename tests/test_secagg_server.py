@@ -13,7 +13,7 @@ import json
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,8 @@ class Scripted:
     raw: RawClient
     change: np.ndarray | None = None
     weight: int = 1
+    # How it drops out when told to stop: leave the run (None), or this (e.g. a revocation).
+    drop: Callable[[], Any] | None = None
 
     @property
     def cid(self) -> str:
@@ -285,7 +287,7 @@ class Scripted:
             getattr(self, f"{stage}_stage")()
             if stage == stop_after:
                 if leave:
-                    self.raw.leave()
+                    (self.drop or self.raw.leave)()
                 return
 
 
@@ -421,12 +423,18 @@ def test_rounds_give_the_weighted_mean_and_store_no_unmasking_material(serve: An
     assert server.federation._rounds[-1].secure is None
 
 
-@pytest.mark.parametrize("stop_after", ["keys", "shares", "masked"])
-def test_a_drop_out_at_each_stage_is_recovered(serve: Any, stop_after: str) -> None:
+@pytest.mark.parametrize(
+    ("stop_after", "revoked"),
+    [("keys", False), ("shares", False), ("shares", True), ("masked", False)],
+)
+def test_a_drop_out_at_each_stage_is_recovered(serve: Any, stop_after: str, revoked: bool) -> None:
     """One of five clients drops after ``stop_after`` (5 clients: k = 4, t = 3, one
-    drop-out tolerated): the round is the mean of those whose masked input counted."""
+    drop-out tolerated), by leaving or by its credential's revocation: the round is the
+    mean of those whose masked input counted."""
     server = serve(5, min_clients=3)
     clients = join_all(server, 5, seed=1)
+    if revoked:
+        clients[4].drop = lambda: server.federation.revoke("c4")
     secure = server.secure_round()
     run_all(clients, {"c4": stop_after})
     counted = clients if stop_after == "masked" else clients[:4]

@@ -13,7 +13,7 @@ import requests
 
 from fl_kubeflow import defaults, protocol, wire
 from fl_kubeflow.client.clipping import clip_for_config
-from fl_kubeflow.client.secure_aggregation import ClientRound, run_secure_round
+from fl_kubeflow.client.secure_aggregation import ClientRound, RoundAbandoned, run_secure_round
 from fl_kubeflow.client.signature import ModelMismatch, check_matches
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
@@ -189,6 +189,10 @@ class FederatedClient:
                 result = self._submit_secure(model, result)
             else:
                 self._submit(model, result)
+        except RoundAbandoned as exc:
+            log.warning("client %s: leaving the secure round: %s", self.client_id, exc)
+            summary.stale_rounds.append(model.server_round)
+            return
         except ServerError as exc:
             if exc.code == protocol.RUN_FAILED:
                 raise FederationFailed(exc.message) from None

@@ -4,7 +4,9 @@
 ``b``, the shares neighbours sent) and turns each server answer into the next
 message, checking every answer first: a roster it is not on with its own keys, a
 graph other than ``choose_graph`` gives, a share that does not decrypt, or an
-unmask request that would reveal both secrets of one peer is a ``SecAggViolation``.
+unmask request that would reveal both secrets of one peer is a ``SecAggViolation``
+(the client's run ends); fewer than ``t`` neighbours left is ``RoundAbandoned``
+(the client sends nothing more in that round and waits for the next).
 ``run_secure_round`` is the stage sequence over HTTP (keys -> roster -> shares ->
 inbox -> masked -> unmask -> reveal).
 
@@ -50,6 +52,15 @@ class SecAggViolation(Exception):
     one peer, a roster without this client's keys, a graph other than the agreed
     one, shares that do not decrypt), and when the round's options exclude this
     client (a weight over ``max_weight``). Ends the client's run.
+    """
+
+
+class RoundAbandoned(Exception):
+    """This client leaves a secure round it cannot finish safely, revealing nothing more.
+
+    Fewer than ``t`` of its neighbours sent shares, or survived: drop-outs beyond the
+    threshold (an honest server's round fails then too) or a server withholding
+    them. Not a violation: the client waits for the next round.
     """
 
 
@@ -215,9 +226,10 @@ class ClientRound:
 
         Raises:
             SecAggViolation: not this round; a sender that is not a neighbour; a share
-                that does not decrypt for its sender, this client and round; fewer than
-                ``t`` senders (this client's own secrets could then not be rebuilt, and
-                a server withholding neighbours' shares could strip its pair masks).
+                that does not decrypt for its sender, this client and round.
+            RoundAbandoned: fewer than ``t`` senders: this client's own secrets could
+                not be rebuilt, and its masked input, with fewer pair masks than its
+                ``b`` has holders, would be exposed to a server withholding shares.
         """
         self._check_round(answer, "inbox")
         inbox = answer.get("shares")
@@ -226,11 +238,6 @@ class ClientRound:
         strangers = sorted(set(inbox) - set(self.neighbours))
         if strangers:
             raise self._refuse(f"the inbox has shares from non-neighbours {strangers}")
-        if len(inbox) < self.threshold:
-            raise self._refuse(
-                f"only {len(inbox)} of {len(self.neighbours)} neighbours sent shares; "
-                f"the threshold is {self.threshold}"
-            )
         for sender, text in inbox.items():
             try:
                 ciphertext = messages.decode(text, keys.CIPHERTEXT_BYTES, f"share of {sender}")
@@ -244,6 +251,11 @@ class ClientRound:
                 )
             except (ValueError, keys.DecryptionError) as exc:
                 raise self._refuse(f"the share from {sender} does not decrypt: {exc}") from None
+        if len(inbox) < self.threshold:
+            raise RoundAbandoned(
+                f"client {self.client_id}, round {self.server_round}: only {len(inbox)} of "
+                f"{len(self.neighbours)} neighbours sent shares; the threshold is {self.threshold}"
+            )
 
     # ------------------------------------------------------------------ masked input
 
@@ -267,10 +279,14 @@ class ClientRound:
             raise self._refuse(
                 f"weight {weight} cannot be sent (max_weight={self.params.max_weight}): {exc}"
             ) from None
-        masks.apply_mask(vector, self._self_mask_seed(), +1)
-        for peer in self._inbox:
-            seed = keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round)
-            masks.apply_mask(vector, seed, +1 if self.client_id < peer else -1)
+        streams = [(self._self_mask_seed(), +1)] + [
+            (
+                keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round),
+                +1 if self.client_id < peer else -1,
+            )
+            for peer in self._inbox
+        ]
+        masks.apply_masks(vector, streams)
         return vector, clipped
 
     def _self_mask_seed(self) -> bytes:
@@ -290,8 +306,8 @@ class ClientRound:
         Raises:
             SecAggViolation: not this round; a peer in both lists, or not on the
                 roster; this client not a survivor; an inbox neighbour in neither
-                list; a neighbour whose kind differs from an earlier request's; or
-                fewer than ``t`` surviving neighbours.
+                list; a neighbour whose kind differs from an earlier request's.
+            RoundAbandoned: fewer than ``t`` surviving neighbours.
         """
         self._check_round(request, "unmask")
         survivors, dropped = request.get("survivors"), request.get("dropped")
@@ -326,8 +342,9 @@ class ClientRound:
             )
         alive = sum(kind == SELF_MASK for kind in kinds.values())
         if alive < self.threshold:
-            raise self._refuse(
-                f"only {alive} neighbours survived; the threshold is {self.threshold}"
+            raise RoundAbandoned(
+                f"client {self.client_id}, round {self.server_round}: only {alive} neighbours "
+                f"survived; the threshold is {self.threshold}"
             )
         self.asked.update(kinds)
         reveal: dict[str, Any] = {
@@ -377,6 +394,7 @@ def run_secure_round(
 
     Raises:
         SecAggViolation: the client refuses (see ``ClientRound``).
+        RoundAbandoned: the client leaves this round (see ``ClientRound``).
         TimeoutError: the stages did not complete within ``timeout``.
     """
     stages = _Stages(

@@ -433,7 +433,7 @@ class SecureRound:
             stray = sorted(set(shares) - allowed)
             if stray:
                 raise BadRequest(
-                    f"{name} may name only the {client_id!r}'s neighbours that "
+                    f"{name} may name only the neighbours of {client_id!r} that "
                     f"{'survived' if name == 'self_mask_shares' else 'dropped'} "
                     f"({sorted(allowed)[:10]}); got {stray[:5]}"
                 )
@@ -451,7 +451,8 @@ class SecureRound:
 
         Rebuilds each survivor's self-mask seed and each dropped client's masking key
         from the reveals (``t`` shares each, the rest checked to agree), removes their
-        masks from the sum in place, and decodes it.
+        masks from the sum in place (one pass: ``secagg.masks.apply_masks``), and
+        decodes it.
 
         Args:
             base: The round's global model as the clients decoded it from its message.
@@ -464,22 +465,26 @@ class SecureRound:
         started = time.monotonic()
         vector, t = self.sum.vector, self.graph.t
         position = {c: i + 1 for i, c in enumerate(self.roster)}
-        for client_id in self.u3:
-            seed = self._rebuild(client_id, 0, position, t, "self-mask seed")
-            masks.apply_mask(vector, seed, -1)
+        # Every mask to remove, then removed in one pass over the sum.
+        streams = [
+            (self._rebuild(client_id, 0, position, t, "self-mask seed"), -1)
+            for client_id in self.u3
+        ]
         for dropped in self.dropped_at_masked():
+            survivors = [peer for peer in self.neighbours[dropped] if peer in self.masked]
+            if not survivors:
+                continue  # no survivor added a pair mask with it: nothing to remove
             private = self._rebuild(dropped, 1, position, t, "masking key")
             if keys.public_of(private) != self.keys[dropped][1]:
                 raise SecureRoundFailed(
                     f"round {self.number}: the masking key rebuilt for dropped client "
                     f"{dropped!r} does not match its public key (a wrong share)"
                 )
-            for peer in self.neighbours[dropped]:
-                if peer in self.masked:
-                    # The survivor added +PRG if its id sorts first, -PRG otherwise.
-                    sign = 1 if peer < dropped else -1
-                    seed = keys.pair_seed(private, self.keys[peer][1], self.number)
-                    masks.apply_mask(vector, seed, -sign)
+            for peer in survivors:
+                # The survivor added +PRG if its id sorts first, -PRG otherwise.
+                sign = 1 if peer < dropped else -1
+                streams.append((keys.pair_seed(private, self.keys[peer][1], self.number), -sign))
+        masks.apply_masks(vector, streams)
         try:
             mean, total = self.quantiser.decode(vector)
         except WeightError as exc:

@@ -16,14 +16,14 @@ Per round (DP-FedAvg, McMahan et al. 2018; Flower's
    global model (server momentum or Adam see only noisy values: post-processing).
 
 After each round ``round_report`` gives the (epsilon, delta) spent so far.
+The noise comes from numpy's PCG64 seeded from OS entropy: not seedable on
+purpose, and, as in Flower and Opacus' default mode, not a cryptographically
+secure sampler.
 
 Under secure aggregation the server sees only the sum, so it cannot clip: only
 ``clipping="client"`` is accepted, clients send with weight 1 each, and
 ``secure_aggregate`` adds the same noise to the unmasked mean (step 3); the bound
 then rests on the clients' clipping (docs/secure_aggregation.md).
-The noise comes from numpy's PCG64 seeded from OS entropy: not seedable on
-purpose, and, as in Flower and Opacus' default mode, not a cryptographically
-secure sampler.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from fl_kubeflow.local import processes as local_processes
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
+# results.md's section that secure_aggregation.py writes (run_perf.py keeps it).
+SECURE_SECTION = "## Secure aggregation (SecAgg+)"
 
 
 def model_shapes(num_params: int) -> list[tuple[int, ...]]:
@@ -243,6 +245,30 @@ def start_clients(
             ],
             env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
         )
+
+
+def section_text(path: Path, heading: str) -> str:
+    """The section of markdown file ``path`` that starts at ``heading``, up to the next
+    '## ' heading ('' if there is none)."""
+    text = path.read_text() if path.exists() else ""
+    if heading not in text:
+        return ""
+    rest = text[text.index(heading) :]
+    end = rest.find("\n## ", len(heading))
+    return rest if end < 0 else rest[: end + 1]
+
+
+def replace_section(path: Path, heading: str, lines: Sequence[str]) -> None:
+    """Write ``lines`` as the section of ``path`` starting at ``heading`` (appended if it
+    has none), keeping every other section as it is."""
+    text = path.read_text() if path.exists() else ""
+    old = section_text(path, heading)
+    new = "\n".join(lines).rstrip("\n") + "\n"
+    if old:
+        text = text.replace(old, new + ("\n" if old.endswith("\n\n") else ""), 1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + new
+    path.write_text(text)
 
 
 def client_summaries(folder: Path, count: int) -> list[dict[str, Any]]:

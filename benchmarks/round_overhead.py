@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,14 @@ def run_one(
     wire_dtype: str | None = None,
     timeout: float = 600.0,
     profile: Path | None = None,
+    server_options: Sequence[str] = (),
+    on_server: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
     """Run one federation to its end and return its measurements.
 
-    ``profile``: record the server under py-spy (collapsed stacks) into this file.
+    ``profile``: record the server under py-spy (collapsed stacks) into this file;
+    ``server_options``: more ``fl-kubeflow server`` options; ``on_server``: called with
+    the server's URL once it listens, before the clients start (secure_aggregation.py's).
     """
     from fl_kubeflow import files, wire
     from fl_kubeflow.client.numpy_trainers import random_weights
@@ -80,8 +85,11 @@ def run_one(
             "--grace-period",
             "30",
             *extra,
+            *server_options,
             prefix=spy if profile else (),
         )
+        if on_server is not None:
+            on_server(url)
         start_clients(
             procs,
             folder,

@@ -32,7 +32,16 @@ import aggregation
 import numpy as np
 import original_protocol
 import round_overhead
-from perf_common import HERE, copy_seconds, load_average, machine_lines, timed, wait_for_quiet
+from perf_common import (
+    HERE,
+    SECURE_SECTION,
+    copy_seconds,
+    load_average,
+    machine_lines,
+    section_text,
+    timed,
+    wait_for_quiet,
+)
 
 PARAMS = (100_000, 1_000_000, 10_000_000)
 CLIENTS = (2, 8, 16, 32)
@@ -488,7 +497,9 @@ def write_markdown(result: dict[str, Any], output: Path, quick: bool) -> list[st
         "global weights plus 0.001, no evaluation); all on 127.0.0.1.",
         "",
     ]
-    output.write_text("\n".join(header + body) + "\n")
+    # secure_aggregation.py's section is its own: kept as it was.
+    kept = section_text(output, SECURE_SECTION)
+    output.write_text("\n".join(header + body) + "\n" + (f"\n{kept}" if kept else ""))
     return body
 
 

@@ -238,6 +238,9 @@ def create_app(
             accepted = federation.submit_masked(
                 client_id, server_round, metrics, _weights_body(config)
             )
+        # The answer waits for the stage's end: the folded body's receive slot must not,
+        # or the other clients' masked inputs queue behind it for --slot-patience.
+        body_transport.release_slot(request)
         survivors = federation.wait_unmask(client_id, server_round, post_wait())
         return _staged(None if survivors is None else {**accepted, **survivors}, accepted)
 

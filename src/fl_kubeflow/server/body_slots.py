@@ -22,6 +22,7 @@ import io
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -208,7 +209,7 @@ class SlotBody:
             return self._spool.getfile()
         if self.array is None:  # completed while waiting: only ever a tiny body
             return io.BytesIO(bytes(self._early))
-        return ReceivedBody(self.array)
+        return ReceivedBody(self.array, release=self.release)
 
     def getbuf(self) -> Any:
         """What waitress closes when the request is done."""
@@ -222,13 +223,29 @@ class SlotBody:
             self._held = False
             self._slots.give_back()
 
+    def release(self) -> None:
+        """Free the slot and let go of the array, before waitress is done with the
+        request: the app has used the body. Until then the array could not be reused
+        for the next body, and a request that goes on waiting would keep a body's
+        worth of memory each."""
+        self.close()
+        self.array = None
+
 
 class ReceivedBody(BufferFile):
     """``wsgi.input`` over a body received into an array; ``array`` is the body itself."""
 
-    def __init__(self, array: np.ndarray) -> None:
+    def __init__(self, array: np.ndarray, release: Callable[[], None] | None = None) -> None:
         super().__init__(array, views=False)
         self.array: np.ndarray | None = array
+        self._release = release
+
+    def release_slot(self) -> None:
+        """Free the body's receive slot now, before waitress finishes the request: for a
+        request that goes on waiting once its body was used (a secure round's masked
+        input), so other bodies are not kept waiting for the slot meanwhile."""
+        if self._release is not None:
+            self._release()
 
     def take_array(self) -> np.ndarray:
         """The body, no longer referenced from here: once the taker lets go of it,

@@ -85,6 +85,14 @@ def read_body(request: Request, limit: int) -> memoryview:
     return view
 
 
+def release_slot(request: Request) -> None:
+    """Free the receive slot of ``request``'s body, if it has one (see
+    ``ReceivedBody.release_slot``): call once the body is no longer needed."""
+    source = request.environ.get("wsgi.input")
+    if isinstance(source, ReceivedBody):
+        source.release_slot()
+
+
 def _spooled_body(source: Any, length: int) -> memoryview | None:
     """The body as a private map of the file the server spooled it to: no copy at all.
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fl_kubeflow import protocol, wire
+from fl_kubeflow import protocol, strategies, wire
 from fl_kubeflow.protocol import Phase, SecAggStage
 from fl_kubeflow.secagg.vector import Layout
 from fl_kubeflow.server import checkpoint, checkpoint_state, history, updates
@@ -111,8 +111,9 @@ class Federation:
         if config.secure_aggregation is not None:
             # Refused at start, not in round 1: a rule that needs every update, or a
             # federation the options cannot serve (ValueError saying why).
-            strategy.check_secure_aggregation()
-            config.secure_aggregation.check_federation(config.num_clients)
+            strategies.check_secure(
+                strategy, config.secure_aggregation, config.num_clients, config.quorum
+            )
         if resume is not None:
             self._restore(resume)
         elif initial_weights is not None:

@@ -503,12 +503,17 @@ class SecureRound:
             for holder, reveal in self.reveals.items()
             if owner in reveal[kind]
         }
+        if len(shares) < t:
+            raise SecureRoundFailed(
+                f"round {self.number}: too many drop-outs: the {what} of client {owner!r} "
+                f"needs {t} shares (the threshold), {len(shares)} arrived"
+            )
         try:
             return shamir.combine(shares, t)
         except shamir.ShareError as exc:
             raise SecureRoundFailed(
-                f"round {self.number}: too many drop-outs: the {what} of client {owner!r} "
-                f"has {len(shares)} shares, threshold {t}: {exc}"
+                f"round {self.number}: the shares of client {owner!r}'s {what} do not agree "
+                f"(a client revealed a wrong share): {exc}"
             ) from None
 
     # ----------------------------------------------------------------- report

@@ -64,6 +64,7 @@ def serve(
             config.strategy_options,
             num_clients=config.num_clients,
             min_clients=config.min_clients,
+            secure_aggregation=config.secure_aggregation,
         )
     resume = checkpoint.load(config.checkpoint_dir) if config.checkpoint_dir else None
     initial = None

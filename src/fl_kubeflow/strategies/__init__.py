@@ -131,15 +131,23 @@ def build(
     quorum = defaults.quorum(num_clients, min_clients)
     strategy.check(num_clients, quorum)
     if secure_aggregation is not None:
-        strategy.check_secure_aggregation()
-        secure_aggregation.check_federation(num_clients)
-        if quorum < num_clients:
-            # A round's key stage may close with the quorum: its graph must exist too.
-            try:
-                secure_aggregation.check_federation(quorum)
-            except ValueError as exc:
-                raise ValueError(f"min_clients={quorum} under secure aggregation: {exc}") from None
+        check_secure(strategy, secure_aggregation, num_clients, quorum)
     return strategy
+
+
+def check_secure(
+    strategy: Strategy, secure_aggregation: SecAggParams, num_clients: int, quorum: int
+) -> None:
+    """Raise ValueError, saying why, if ``strategy`` cannot run under these SecAgg+ options
+    for ``num_clients`` clients and this quorum (``build`` and the Federation ask it)."""
+    strategy.check_secure_aggregation()
+    secure_aggregation.check_federation(num_clients)
+    if quorum < num_clients:
+        # A round's key stage may close with the quorum: its graph must exist too.
+        try:
+            secure_aggregation.check_federation(quorum)
+        except ValueError as exc:
+            raise ValueError(f"min_clients={quorum} under secure aggregation: {exc}") from None
 
 
 __all__ = [
@@ -160,6 +168,7 @@ __all__ = [
     "RoundAggregator",
     "Strategy",
     "build",
+    "check_secure",
     "create",
     "option_names",
     "parse_option_pairs",

@@ -7,10 +7,12 @@ clients, caching, the Kubernetes platform section, the exit handler and the imag
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from fl_kubeflow import defaults
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "fl_pipeline.yaml"
+COMPILE = REPO / "compile.py"
 DEFAULT_IMAGE = "ghcr.io/fl-on-kubeflow/fl-kubeflow:0.1.0"
 RUN_UUID = "{{$.pipeline_job_uuid}}"
 TRAINING_OPTIONS = (
@@ -92,6 +95,34 @@ def compile_to(path: Path, *image_args: str) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return path
+
+
+@functools.cache
+def compile_main() -> Callable[[list[str]], int]:
+    """compile.py's ``main``, imported into this process once: the options below are checked
+    by calling it, which spares a fresh interpreter's ~10 s of imports (KFP builds each
+    pipeline as its module loads) per call. The script itself runs in ``compile_to``."""
+    loaded = importlib.util.spec_from_file_location("fl_kubeflow_compile_script", COMPILE)
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module.main  # type: ignore[no-any-return]
+
+
+def compile_with(path: Path, *options: str) -> Path:
+    """``python compile.py --output PATH OPTIONS...`` by its ``main``, in this process."""
+    assert compile_main()(["--output", str(path), *options]) == 0
+    return path
+
+
+def refused(capsys: pytest.CaptureFixture[str], *options: str) -> str:
+    """compile.py's ``main`` given ``options`` exits with 2, as its argparse errors do; the
+    stderr it wrote."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        compile_main()(list(options))
+    assert exited.value.code == 2
+    return capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -348,9 +379,11 @@ def test_every_input_a_task_takes_is_declared_where_it_comes_from(spec: dict) ->
                     assert used in inputs, f"{dag_name}/{task_name}: {name} uses {used}"
 
 
-def test_resource_defaults_are_compile_options_and_checked(spec: dict, tmp_path: Path) -> None:
+def test_resource_defaults_are_compile_options_and_checked(
+    spec: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     options = ["--server-cpu-request", "100m", "--client-memory-limit", "1536Mi"]
-    other = next(yaml.safe_load_all(compile_to(tmp_path / "small.yaml", *options).read_text()))
+    other = next(yaml.safe_load_all(compile_with(tmp_path / "small.yaml", *options).read_text()))
     params = other["root"]["inputDefinitions"]["parameters"]
     assert params["server_cpu_request"]["defaultValue"] == "100m"
     assert params["client_memory_limit"]["defaultValue"] == "1536Mi"
@@ -365,13 +398,8 @@ def test_resource_defaults_are_compile_options_and_checked(spec: dict, tmp_path:
         (["--server-cpu-limit", ""], "cpu_limit must be a Kubernetes quantity"),
     ]:
         output = tmp_path / "bad.yaml"
-        done = subprocess.run(
-            [sys.executable, str(REPO / "compile.py"), "--output", str(output), *bad],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 2 and message in done.stderr, done.stderr
+        stderr = refused(capsys, "--output", str(output), *bad)
+        assert message in stderr, stderr
         assert not output.exists()
 
 
@@ -392,7 +420,9 @@ def test_components_run_without_pip_at_runtime(spec: dict) -> None:
 def test_image_is_configurable(spec: dict, tmp_path: Path) -> None:
     assert _container_images(spec) == {DEFAULT_IMAGE}
     custom = "registry.example.com/team/fl-kubeflow:test"
-    other = yaml.safe_load_all(compile_to(tmp_path / "custom.yaml", "--image", custom).read_text())
+    other = yaml.safe_load_all(
+        compile_with(tmp_path / "custom.yaml", "--image", custom).read_text()
+    )
     other_spec = next(other)
     assert _container_images(other_spec) == {custom}
     assert other_spec["deploymentSpec"]["executors"].keys() == (
@@ -400,16 +430,10 @@ def test_image_is_configurable(spec: dict, tmp_path: Path) -> None:
     )
 
 
-def test_bad_image_is_refused(tmp_path: Path) -> None:
+def test_bad_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "x.yaml"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "compile.py"), "--output", str(output), "--image", "a b"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2
-    assert "image" in done.stderr and not output.exists()
+    stderr = refused(capsys, "--output", str(output), "--image", "a b")
+    assert "image" in stderr and not output.exists()
 
 
 def test_compilation_is_deterministic(compiled: Path, tmp_path: Path) -> None:
@@ -455,14 +479,14 @@ def test_checkpointed_servers_mount_the_pvc_and_retry(docs: tuple[dict, dict]) -
 
 
 def test_server_restarts_in_pod_and_the_retry_deadline_is_a_compile_option(
-    spec: dict, tmp_path: Path
+    spec: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     servers = [t for c in server_components(spec) for _, _, t in tasks_of(spec, c)]
     for task in servers:
         assert task["inputs"]["parameters"]["max_restarts"]["runtimeValue"]["constant"] == 2
     other = next(
         yaml.safe_load_all(
-            compile_to(tmp_path / "d.yaml", "--server-retry-deadline", "86400").read_text()
+            compile_with(tmp_path / "d.yaml", "--server-retry-deadline", "86400").read_text()
         )
     )
     deadlines = {
@@ -472,17 +496,5 @@ def test_server_restarts_in_pod_and_the_retry_deadline_is_a_compile_option(
         if "retryPolicy" in task
     }
     assert deadlines == {"86400s"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "compile.py"),
-            "--output",
-            str(tmp_path / "x.yaml"),
-            "--server-retry-deadline",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and "retry_deadline must be at least 1 second" in done.stderr
+    stderr = refused(capsys, "--output", str(tmp_path / "x.yaml"), "--server-retry-deadline", "0")
+    assert "retry_deadline must be at least 1 second" in stderr, stderr

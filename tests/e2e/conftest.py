@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import node_cluster as nc
+from tests.e2e import prestart
 from tests.e2e.daemons import ClusterStartError
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -50,26 +51,50 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _prestarted(layout: nc.Layout, timeouts: nc.Timeouts) -> nc.ClusterInfo | None:
+    """The cluster scripts/test.sh started beside the other tests (``FL_E2E_PRESTART`` names
+    its status file, tests/e2e/prestart.py), once ready; None without one, or when it found
+    a cluster started by hand to reuse or the prerequisites missing."""
+    path = os.environ.get("FL_E2E_PRESTART")
+    if not path:
+        return None
+    status = prestart.wait_for_status(Path(path), timeouts.prestart)
+    if status["state"] == "failed":
+        raise ClusterStartError(f"(prestarted) {status['reason']}")
+    if status["state"] != "ready":
+        return None
+    info = nc.running_info(layout)
+    if info is None:
+        raise ClusterStartError(f"the prestarted cluster is no longer running ({path})")
+    _setup_report.append(
+        f"prestarted beside the other tests in {status['seconds']:.0f}s (image "
+        f"{'built' if status['image_built'] else 'cached'} in {status['image_seconds']:.0f}s)"
+    )
+    return info
+
+
 @pytest.fixture(scope="session")
 def node_cluster() -> Iterator[nc.NodeCluster]:
     """The node cluster for this session, with the project's image built for this checkout.
 
-    Reuses a cluster started by hand (``python -m tests.e2e.node_cluster up``) outside CI and
-    leaves it running; otherwise starts one (removing whatever an earlier run left) and
-    removes it all at the end, checking that nothing is left behind.
+    Adopts the cluster scripts/test.sh prestarted beside the other tests; reuses a cluster
+    started by hand (``python -m tests.e2e.node_cluster up``) outside CI and leaves it
+    running; otherwise starts one (removing whatever an earlier run left). One it started or
+    adopted it removes at the end, checking that nothing is left behind.
     """
     problem = nc.prerequisites_problem()
     if problem:
         _unavailable(problem)
     layout, timeouts = nc.Layout.from_env(), nc.Timeouts.from_env()
     started = time.monotonic()
-    info = None if nc.is_ci() else nc.running_info(layout)
-    owned = info is None or info.owner != "manual"
     try:
-        if owned:
+        prestarted = _prestarted(layout, timeouts)
+        info = prestarted or (None if nc.is_ci() else nc.running_info(layout))
+        owned = info is None or info.owner != "manual"
+        if info is None:
             info = nc.up(layout, timeouts, owner=f"pytest-{os.getpid()}", die_with_parent=True)
-        assert info is not None
         image_started = time.monotonic()
+        # A no-op after a prestart, unless the sources changed since.
         image, built = nc.build_project_image(layout, timeouts)
         image_seconds = time.monotonic() - image_started
     except ClusterStartError as exc:
@@ -79,8 +104,9 @@ def node_cluster() -> Iterator[nc.NodeCluster]:
     hostpath_root.chmod(0o1777)  # pods run as uid 1000
     cluster = nc.NodeCluster(info, layout, image, hostpath_root, timeouts)
     cpu, memory = cluster.allocatable()
+    how = "adopted after waiting" if prestarted else "started in" if owned else "reused in"
     _setup_report.append(
-        f"{'started' if owned else 'reused'} in {time.monotonic() - started:.0f}s "
+        f"{how} {time.monotonic() - started:.0f}s "
         f"(phases: {info.timings}; image {'built' if built else 'cached'} in "
         f"{image_seconds:.0f}s: {image}); node allocatable {cpu}m CPU, {memory >> 20} MiB"
     )

@@ -47,6 +47,9 @@ class Timeouts:
     stop: float = 30.0
     debootstrap: float = 900.0
     image_build: float = 1800.0
+    # The e2e run waiting for the cluster scripts/test.sh prestarted (tests/e2e/prestart.py):
+    # it may still be building the base and project images.
+    prestart: float = 2700.0
 
     @classmethod
     def from_env(cls) -> Timeouts:

@@ -67,10 +67,15 @@ def _weights(result: RunResult) -> dict[str, np.ndarray]:
 
 
 def test_two_runs_at_once_in_one_namespace_keep_to_their_own_clients(env):
+    """Two runs side by side; run b with secure aggregation on (the pipeline parameter
+    proven on the node at no extra run: its weights are compared with nothing)."""
     runner = env.runner()
     sizes = {"a": 2, "b": 3}
+    secure = {"a": False, "b": True}
     handles = {
-        key: runner.start({**BASE_ARGUMENTS, "num_clients": n, "seed": i})
+        key: runner.start(
+            {**BASE_ARGUMENTS, "num_clients": n, "seed": i, "secure_aggregation": secure[key]}
+        )
         for i, (key, n) in enumerate(sizes.items())
     }
     results = {key: handle.wait() for key, handle in handles.items()}
@@ -80,6 +85,15 @@ def test_two_runs_at_once_in_one_namespace_keep_to_their_own_clients(env):
         ids = [str(i) for i in range(sizes[key])]
         assert record["clients"] == ids, record
         assert [r["contributors"] for r in record["rounds"][1:]] == [ids, ids], record
+        reports = [r.get("secure_aggregation") for r in record["rounds"][1:]]
+        if secure[key]:
+            assert [(r["roster"], r["survivors"], r["revealed"]) for r in reports] == [
+                (3, 3, 3),
+                (3, 3, 3),
+            ], reports
+            assert all(r["num_examples"] > 0 for r in record["rounds"][1:]), record
+        else:
+            assert reports == [None, None], reports
         server_log = result.one("fl-server").logs
         assert f"joined ({sizes[key]}/{sizes[key]})" in server_log
         other = results["b" if key == "a" else "a"]

@@ -47,6 +47,7 @@ from fl_kubeflow.server.records import (
     RoundRecord,
     check_client_id,
     now_iso,
+    summarise_ids,
 )
 from fl_kubeflow.server.secure_round import SecureRound, SecureRoundFailed
 from fl_kubeflow.strategies import Strategy
@@ -746,10 +747,11 @@ class Federation:
                         )
                         self._open_round(self._round + 1)
                     else:
+                        missing = summarise_ids(self._clients.missing())
                         self._fail(
                             f"only {joined} of {self.config.num_clients} clients joined within "
                             f"join_timeout={self.config.join_timeout:g}s (min_clients="
-                            f"{self.config.quorum}); missing: {self._clients.missing()}"
+                            f"{self.config.quorum}); missing: {missing}"
                         )
                     continue
             elif self._phase is Phase.FIT and _secure(self._current):
@@ -786,7 +788,7 @@ class Federation:
                             current.number,
                             self.config.round_timeout,
                             len(done),
-                            waiting,
+                            summarise_ids(waiting),
                         )
                         self._phase = Phase.AGGREGATING
                         return "aggregate"
@@ -794,7 +796,7 @@ class Federation:
                     self._fail(
                         f"round {current.number}: only {len(done)} of min_clients="
                         f"{self.config.quorum} clients reported within round_timeout="
-                        f"{self.config.round_timeout:g}s; missing: {missing}"
+                        f"{self.config.round_timeout:g}s; missing: {summarise_ids(missing)}"
                     )
                     continue
             elif self._phase in (Phase.FINISHED, Phase.FAILED):
@@ -805,7 +807,7 @@ class Federation:
                 pending = self._clients.not_told_end(failed=self._phase is Phase.FAILED)
                 if not pending or now >= deadline:
                     if pending:
-                        log.warning("grace period over; not heard from: %s", sorted(pending))
+                        log.warning("grace period over; not heard from: %s", summarise_ids(pending))
                     return self._phase.value
             else:  # AGGREGATING is handled by run() outside the lock
                 raise AssertionError(self._phase)
@@ -899,6 +901,15 @@ class Federation:
             )
         self._phase = Phase.FIT
         self._cond.notify_all()
+
+    def abort(self, message: str) -> None:
+        """Fail the run now, for a reason outside it (its HTTP server stopped serving):
+        readiness turns 503, ``run`` returns False, the reason is the run's error."""
+        with self._cond:
+            if self._phase not in (Phase.FINISHED, Phase.FAILED):
+                self._fail(message)
+                # Nobody can hear the end any more: no grace period to wait out.
+                self._end_deadline = time.monotonic()
 
     def _fail(self, message: str) -> None:
         log.error("run failed: %s", message)

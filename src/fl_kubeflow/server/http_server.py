@@ -44,6 +44,7 @@ def start_http_server(
     config: ServerConfig,
     head_check: HeadCheck | None = None,
     count: Callable[[str], None] | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> RunningServer:
     """Bind, start serving on daemon threads, and return the bound port.
 
@@ -54,14 +55,18 @@ def start_http_server(
             body is read; a refusal it returns is the answer. None: every head passes
             (a bare WSGI app's server, in tests), and every connection is a stranger's.
         count: Called with a reason for each connection the guard closes.
+        on_failure: Called with the reason if a thread that serves sockets dies before
+            ``close`` (the process would otherwise stay up serving nobody); the
+            server's ``serve`` fails the run with it.
     """
     head_check = head_check or _no_check
     guard = ConnectionGuard(config.head_timeout, config.max_pending_connections, count or _no_count)
     guard.start()
+    died = on_failure or _log_only
     if config.tls_cert is not None:
-        running = _start_cheroot(app, config, head_check, guard)
+        running = _start_cheroot(app, config, head_check, guard, died)
     else:
-        running = _start_waitress(app, config, head_check, guard)
+        running = _start_waitress(app, config, head_check, guard, died)
     close = running.close
 
     def close_all() -> None:
@@ -78,6 +83,10 @@ def _no_check(method: str, path: str, headers: Mapping[str, str]) -> None:
 
 def _no_count(reason: str) -> None:
     return None
+
+
+def _log_only(reason: str) -> None:
+    log.error("%s", reason)
 
 
 def connection_capacity(config: ServerConfig) -> int:
@@ -105,7 +114,11 @@ def connection_capacity(config: ServerConfig) -> int:
 
 
 def _start_waitress(
-    app: Any, config: ServerConfig, head_check: HeadCheck, guard: ConnectionGuard
+    app: Any,
+    config: ServerConfig,
+    head_check: HeadCheck,
+    guard: ConnectionGuard,
+    on_failure: Callable[[str], None],
 ) -> RunningServer:
     from waitress import create_server
 
@@ -126,6 +139,9 @@ def _start_waitress(
         # Bytes per socket read: waitress's 8 KiB default makes a 40 MB update 5,000
         # turns of its single I/O thread's loop; 256 KiB makes it 160.
         recv_bytes=256 * 1024,
+        # poll(), not select(): select() takes no descriptor of 1024 or above, and a
+        # server of a thousand clients holds more (its loops then died of ValueError).
+        asyncore_use_poll=True,
         ident="fl-kubeflow",
     )
     first = create_server(app, host=config.host, port=config.port, **options)
@@ -156,8 +172,9 @@ def _start_waitress(
         loop.channel_class = channel_class  # type: ignore[union-attr]
     closing = threading.Event()
     for number, loop in enumerate(loops):
+        name = f"waitress-io-{number}"
         threading.Thread(
-            target=_run_loop, args=(loop, closing), name=f"waitress-io-{number}", daemon=True
+            target=_run_loop, args=(loop, closing, name, on_failure), name=name, daemon=True
         ).start()
 
     def close() -> None:
@@ -179,18 +196,32 @@ def _server_body_limit(config: ServerConfig) -> int:
     return config.max_update_bytes + MAX_JSON_BYTES
 
 
-def _run_loop(loop: Any, closing: threading.Event) -> None:
-    # close() comes from another thread and may close a descriptor the loop is
-    # selecting on: the EBADF that follows is the loop's end, not an error.
+def _run_loop(
+    loop: Any, closing: threading.Event, name: str, on_failure: Callable[[str], None]
+) -> None:
+    """Run one socket loop; if it ends before ``close``, say so through ``on_failure``.
+
+    close() comes from another thread and may close a descriptor the loop is polling:
+    the error that follows is the loop's end, not a failure.
+    """
     try:
         loop.run()
-    except OSError:
-        if not closing.is_set():
-            raise
+    except BaseException as exc:  # any end of a loop is reported
+        if closing.is_set():
+            return
+        log.exception("%s died", name)
+        on_failure(f"the HTTP server's socket loop {name} died: {type(exc).__name__}: {exc}")
+        return
+    if not closing.is_set():
+        on_failure(f"the HTTP server's socket loop {name} stopped")
 
 
 def _start_cheroot(
-    app: Any, config: ServerConfig, head_check: HeadCheck, guard: ConnectionGuard
+    app: Any,
+    config: ServerConfig,
+    head_check: HeadCheck,
+    guard: ConnectionGuard,
+    on_failure: Callable[[str], None],
 ) -> RunningServer:
     from cheroot import wsgi
 
@@ -220,5 +251,22 @@ def _start_cheroot(
     server.ssl_adapter = adapter
     server.prepare()
     port = int(server.bind_addr[1])
-    threading.Thread(target=server.serve, name="cheroot", daemon=True).start()
-    return RunningServer(port, "https", server.stop)
+    stopping = threading.Event()
+
+    def serve() -> None:
+        try:
+            server.serve()
+        except BaseException as exc:  # any end of serving is reported
+            if not stopping.is_set():
+                log.exception("cheroot died")
+                on_failure(f"the HTTPS server died: {type(exc).__name__}: {exc}")
+            return
+        if not stopping.is_set():
+            on_failure("the HTTPS server stopped")
+
+    def stop() -> None:
+        stopping.set()
+        server.stop()
+
+    threading.Thread(target=serve, name="cheroot", daemon=True).start()
+    return RunningServer(port, "https", stop)

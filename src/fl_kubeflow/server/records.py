@@ -7,6 +7,7 @@ A round's record is what history.json shows of it and what a checkpoint saves
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -25,11 +26,23 @@ CLIENT_ID_RULE = (
 )
 # Refusals kept per round in the history: a misbehaving client must not grow it forever.
 MAX_REFUSALS_KEPT = 100
+# Client ids a log line or a failure's reason names before it counts the rest: a run of
+# 1,000 clients must not write 1,000 ids into one line (history.json lists them all).
+MAX_IDS_NAMED = 20
 
 
 def now_iso() -> str:
     """The time now, as the history writes it (UTC, milliseconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def summarise_ids(client_ids: Iterable[str], limit: int = MAX_IDS_NAMED) -> str:
+    """``client_ids`` sorted, as a list's repr if there are at most ``limit``; else the
+    first ``limit`` and how many more: "['a', 'b'] and 998 more (1000 in all)"."""
+    ids = sorted(client_ids)
+    if len(ids) <= limit:
+        return repr(ids)
+    return f"{ids[:limit]!r} and {len(ids) - limit} more ({len(ids)} in all)"
 
 
 def check_client_id(client_id: str) -> str:

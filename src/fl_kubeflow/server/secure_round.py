@@ -28,6 +28,7 @@ from fl_kubeflow.secagg.params import MIN_CLIENTS, GraphParams, SecAggParams, ch
 from fl_kubeflow.secagg.quantise import Quantiser, WeightError
 from fl_kubeflow.secagg.vector import Layout
 from fl_kubeflow.server.errors import BadRequest, Conflict, InvalidUpdate, WrongRound
+from fl_kubeflow.server.records import summarise_ids
 from fl_kubeflow.wire import Weights
 
 # The stages in the order a round goes through them.
@@ -169,7 +170,7 @@ class SecureRound:
             raise SecureRoundFailed(
                 f"round {self.number}: secure aggregation's {stage.value} stage closed with "
                 f"{len(done)} of min_clients={need} clients within {limit}; missing: "
-                f"{sorted(set(expected) - done)}"
+                f"{summarise_ids(set(expected) - done)}"
             )
         self.close_stage(now)
         return waiting

@@ -81,6 +81,7 @@ def serve(
             config,
             head_check,
             federation.count_rejection,
+            on_failure=federation.abort,
         )
     except BaseException:
         identities.close()

@@ -667,7 +667,12 @@ class Federation:
         if params is None:
             return {}
         weighting = self.strategy.secure_weighting
-        return {protocol.SECAGG_CONFIG_KEY: {**params.to_config(), "weighting": weighting}}
+        return {
+            protocol.SECAGG_CONFIG_KEY: {
+                **params.to_config(),
+                protocol.SECAGG_WEIGHTING_KEY: weighting,
+            }
+        }
 
     def _drive_secure(self, current: RoundRecord, now: float) -> str | float | None:
         """Close the secure round's open stage once done or due (under the lock).
@@ -708,7 +713,7 @@ class Federation:
         mean, total = secure.unmask(base)
         aggregate = self.strategy.secure_aggregate(current.number, old_global, mean, len(secure.u3))
         current.secure_report = secure.report()
-        current.num_examples = total if secure.weighting == "examples" else None
+        current.num_examples = total if secure.weighting == protocol.SECAGG_BY_EXAMPLES else None
         return aggregate
 
     # ------------------------------------------------------------------ driver

@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from fl_kubeflow import protocol
 from fl_kubeflow.checks import check_fraction, check_int
 from fl_kubeflow.strategies.sampling import sample_clients
 from fl_kubeflow.wire import Weights
@@ -174,7 +175,7 @@ class Strategy(ABC):
     def secure_weighting(self) -> str:
         """How a client weights its update under secure aggregation: ``"examples"``
         (its example count: the example-weighted mean) or ``"uniform"`` (1 each)."""
-        return "examples"
+        return protocol.SECAGG_BY_EXAMPLES
 
     def secure_aggregate(
         self, server_round: int, global_weights: Weights, mean: Weights, count: int

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fl_kubeflow import protocol
 from fl_kubeflow.checks import check_choice, check_float
 from fl_kubeflow.privacy.accountant import PrivacyAccountant
 from fl_kubeflow.privacy.clipping import CLIENT_CLIPPING_KEY, clip_delta, l2_norm, weight_delta
@@ -272,7 +273,7 @@ class DPFixedClipping(Strategy):
     @property
     def secure_weighting(self) -> str:
         # Equal weights, as DPAggregator averages: the noise is sized for a mean of m changes.
-        return "uniform"
+        return protocol.SECAGG_UNIFORM
 
     def secure_aggregate(
         self, server_round: int, global_weights: Weights, mean: Weights, count: int

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_kubeflow import defaults, protocol
+from fl_kubeflow.async_params import AsyncParams
 from fl_kubeflow.cpus import usable_cpus
 from fl_kubeflow.secagg.params import SecAggParams
 from fl_kubeflow.server.records import CLIENT_ID_RULE
@@ -73,6 +74,9 @@ class ServerConfig:
             one is closed.
         secure_aggregation: SecAgg+ options (docs/secure_aggregation.md); None: plain
             aggregation, the server sees every update.
+        asynchronous: FedBuff options (docs/asynchronous.md): clients train whenever
+            ready and every K updates make a new model version; None: synchronous
+            rounds.
     """
 
     num_clients: int
@@ -105,6 +109,7 @@ class ServerConfig:
     idle_timeout: float = defaults.IDLE_TIMEOUT
     max_pending_connections: int = defaults.MAX_PENDING_CONNECTIONS
     secure_aggregation: SecAggParams | None = None
+    asynchronous: AsyncParams | None = None
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -176,6 +181,13 @@ class ServerConfig:
                 f"client_ids must list num_clients={self.num_clients} distinct ids, "
                 f"got {list(self.client_ids)}"
             )
+        if self.asynchronous is not None:
+            self.asynchronous.check_federation(self.num_clients)
+            if self.secure_aggregation is not None:
+                raise ValueError(
+                    "secure aggregation needs synchronous rounds (one masked sum per "
+                    "round); --mode async cannot use it"
+                )
 
     @property
     def quorum(self) -> int:

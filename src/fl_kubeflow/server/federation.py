@@ -194,54 +194,65 @@ class Federation:
             raise BadRequest(f"round must be at least 1, got {server_round}")
         deadline = time.monotonic() + max(0.0, min(wait, self.config.poll_timeout))
         with self._cond:
-            client = self._require_client(client_id)
             while True:
-                self._raise_if_revoked(client_id)
-                if self._phase is Phase.FAILED:
-                    client.told_end = True
-                    self._cond.notify_all()
-                    raise RunFailed(self._error or "the run failed")
-                if self._phase is Phase.FINISHED:
-                    client.told_end = True
-                    self._cond.notify_all()
-                    evaluate = client_id in self._final_eval_sampled
-                    return self._answer(Phase.FINISHED, self._round, {"evaluate": evaluate})
-                current = self._current
-                if (
-                    current is not None
-                    and client_id not in current.sampled
-                    and getattr(self.strategy, "fraction_fit", 1.0) >= 1.0
-                    and _keys_open(current)
-                ):
-                    # Everyone trains in every round: a late or returning client joins the
-                    # open round at once instead of waiting for the next.
-                    current.sampled = sorted([*current.sampled, client_id])
-                if not client.active and current is not None and client_id not in current.sampled:
-                    # A returning client joins the draw of the next round.
-                    log.info("client %s is back; waiting for round %d", client_id, self._round + 1)
-                    client.active = True
-                if (
-                    self._phase is Phase.FIT
-                    and current is not None
-                    and client_id in current.sampled
-                    and (self._round >= server_round or self._owes_update(client_id))
-                    # A secure round past its key stage has no place for a newcomer: the
-                    # roster is fixed, so the client waits for the next round.
-                    and _keys_open(current)
-                ):
-                    if not client.active:
-                        log.info("client %s is back for round %d", client_id, self._round)
-                        client.active = True
-                    config = {
-                        **self.strategy.configure_fit(self._round),
-                        "evaluate": client_id in current.eval_sampled,
-                        **self._secure_config(),
-                    }
-                    return self._answer(Phase.FIT, self._round, config)
+                answer = self._try_model(client_id, server_round)
+                if answer is not None:
+                    return answer
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+
+    def _try_model(self, client_id: str, server_round: int) -> ModelAnswer | None:
+        """The model answer for ``server_round`` or later if there is one now (under the
+        lock, never waits); None: keep waiting. Raises what the long-poll answers with.
+
+        The one rule of who gets which model: ``wait_for_model`` loops on it, and an
+        asynchronous run (server/fedbuff.py) overrides it.
+        """
+        client = self._require_client(client_id)
+        if self._phase is Phase.FAILED:
+            client.told_end = True
+            self._cond.notify_all()
+            raise RunFailed(self._error or "the run failed")
+        if self._phase is Phase.FINISHED:
+            client.told_end = True
+            self._cond.notify_all()
+            evaluate = client_id in self._final_eval_sampled
+            return self._answer(Phase.FINISHED, self._round, {"evaluate": evaluate})
+        current = self._current
+        if (
+            current is not None
+            and client_id not in current.sampled
+            and getattr(self.strategy, "fraction_fit", 1.0) >= 1.0
+            and _keys_open(current)
+        ):
+            # Everyone trains in every round: a late or returning client joins the
+            # open round at once instead of waiting for the next.
+            current.sampled = sorted([*current.sampled, client_id])
+        if not client.active and current is not None and client_id not in current.sampled:
+            # A returning client joins the draw of the next round.
+            log.info("client %s is back; waiting for round %d", client_id, self._round + 1)
+            client.active = True
+        if (
+            self._phase is Phase.FIT
+            and current is not None
+            and client_id in current.sampled
+            and (self._round >= server_round or self._owes_update(client_id))
+            # A secure round past its key stage has no place for a newcomer: the
+            # roster is fixed, so the client waits for the next round.
+            and _keys_open(current)
+        ):
+            if not client.active:
+                log.info("client %s is back for round %d", client_id, self._round)
+                client.active = True
+            config = {
+                **self.strategy.configure_fit(self._round),
+                "evaluate": client_id in current.eval_sampled,
+                **self._secure_config(),
+            }
+            return self._answer(Phase.FIT, self._round, config)
+        return None
 
     def _owes_update(self, client_id: str) -> bool:
         """True if the client should train the open round but has not sent its update.
@@ -771,39 +782,13 @@ class Federation:
             elif self._phase is Phase.FIT:
                 current = self._current
                 assert current is not None
-                deadline = current.started_mono + self.config.round_timeout
-                if current.folding:
-                    # Updates being folded are in, not missing: wait for them to land.
-                    self._cond.wait(1.0)
-                    continue
-                done = set(current.contributors)
-                waiting = sorted(
-                    c for c in current.sampled if self._clients[c].active and c not in done
-                )
-                if not waiting and len(done) >= self.config.quorum:
+                step = self._drive_fit(current, now)
+                if step == "aggregate":
                     self._phase = Phase.AGGREGATING
                     return "aggregate"
-                if now >= deadline:
-                    if len(done) >= self.config.quorum:
-                        for client_id in waiting:
-                            self._clients[client_id].active = False
-                        current.timed_out = waiting
-                        log.warning(
-                            "round %d: round_timeout=%gs; closing with %d clients; timed out: %s",
-                            current.number,
-                            self.config.round_timeout,
-                            len(done),
-                            summarise_ids(waiting),
-                        )
-                        self._phase = Phase.AGGREGATING
-                        return "aggregate"
-                    missing = sorted(set(self._clients) - done) + self._clients.missing()
-                    self._fail(
-                        f"round {current.number}: only {len(done)} of min_clients="
-                        f"{self.config.quorum} clients reported within round_timeout="
-                        f"{self.config.round_timeout:g}s; missing: {summarise_ids(missing)}"
-                    )
+                if not isinstance(step, float):
                     continue
+                deadline = step
             elif self._phase in (Phase.FINISHED, Phase.FAILED):
                 deadline = self._end_deadline
                 # Wait (up to the grace period) until every client has heard how the run
@@ -817,6 +802,43 @@ class Federation:
             else:  # AGGREGATING is handled by run() outside the lock
                 raise AssertionError(self._phase)
             self._cond.wait(max(0.0, deadline - now))
+
+    def _drive_fit(self, current: RoundRecord, now: float) -> str | float | None:
+        """Close a plain round once every sampled client reported, or at its timeout
+        (under the lock).
+
+        Returns "aggregate" when the round must be aggregated, None when the run failed
+        (look again), else the time to wake up at. An asynchronous run overrides it.
+        """
+        deadline = current.started_mono + self.config.round_timeout
+        if current.folding:
+            # Updates being folded are in, not missing: wait for them to land.
+            return now + 1.0
+        done = set(current.contributors)
+        waiting = sorted(c for c in current.sampled if self._clients[c].active and c not in done)
+        if not waiting and len(done) >= self.config.quorum:
+            return "aggregate"
+        if now >= deadline:
+            if len(done) >= self.config.quorum:
+                for client_id in waiting:
+                    self._clients[client_id].active = False
+                current.timed_out = waiting
+                log.warning(
+                    "round %d: round_timeout=%gs; closing with %d clients; timed out: %s",
+                    current.number,
+                    self.config.round_timeout,
+                    len(done),
+                    summarise_ids(waiting),
+                )
+                return "aggregate"
+            missing = sorted(set(self._clients) - done) + self._clients.missing()
+            self._fail(
+                f"round {current.number}: only {len(done)} of min_clients="
+                f"{self.config.quorum} clients reported within round_timeout="
+                f"{self.config.round_timeout:g}s; missing: {summarise_ids(missing)}"
+            )
+            return None
+        return deadline
 
     def _aggregate(self) -> None:
         current = self._current

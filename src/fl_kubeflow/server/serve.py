@@ -12,6 +12,7 @@ from fl_kubeflow import files, strategies, wire
 from fl_kubeflow.server import checkpoint
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
+from fl_kubeflow.server.fedbuff import AsyncFederation
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.header_check import check_request_head
 from fl_kubeflow.server.http_server import start_http_server
@@ -65,12 +66,14 @@ def serve(
             num_clients=config.num_clients,
             min_clients=config.min_clients,
             secure_aggregation=config.secure_aggregation,
+            asynchronous=config.asynchronous,
         )
     resume = checkpoint.load(config.checkpoint_dir) if config.checkpoint_dir else None
     initial = None
     if resume is None and config.initial_weights:
         initial = load_initial_weights(config.initial_weights)
-    federation = Federation(config, strategy, initial, resume=resume)
+    run_class = AsyncFederation if config.asynchronous is not None else Federation
+    federation = run_class(config, strategy, initial, resume=resume)
     # A client revoked in the registry file during the run is dropped from it.
     identities = identities_for(config, on_revoke=federation.revoke)
     identities.watch(config.credentials_reload)

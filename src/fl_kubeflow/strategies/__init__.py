@@ -29,6 +29,7 @@ from fl_kubeflow.strategies.robust import FedMedian, FedTrimmedAvg
 from fl_kubeflow.strategies.sampling import sample_clients
 
 if TYPE_CHECKING:
+    from fl_kubeflow.async_params import AsyncParams
     from fl_kubeflow.secagg.params import SecAggParams
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -115,12 +116,14 @@ def build(
     num_clients: int,
     min_clients: int | None,
     secure_aggregation: SecAggParams | None = None,
+    asynchronous: AsyncParams | None = None,
 ) -> Strategy:
     """The strategy of one run: ``create(name, **options)``, checked for this federation.
 
     ``min_clients`` is the run's quorum setting (None or 0: all ``num_clients``).
     With ``secure_aggregation`` (the run's SecAgg+ options) the strategy must work on a
-    masked sum and the options must serve this many clients.
+    masked sum and the options must serve this many clients; with ``asynchronous`` (the
+    run's FedBuff options) it must average a buffer of updates from different versions.
 
     Raises:
         ValueError: from ``create``, or an option that cannot work with this many
@@ -132,6 +135,8 @@ def build(
     strategy.check(num_clients, quorum)
     if secure_aggregation is not None:
         check_secure(strategy, secure_aggregation, num_clients, quorum)
+    if asynchronous is not None:
+        check_async(strategy, asynchronous, num_clients)
     return strategy
 
 
@@ -148,6 +153,13 @@ def check_secure(
             secure_aggregation.check_federation(quorum)
         except ValueError as exc:
             raise ValueError(f"min_clients={quorum} under secure aggregation: {exc}") from None
+
+
+def check_async(strategy: Strategy, asynchronous: AsyncParams, num_clients: int) -> None:
+    """Raise ValueError, saying why, if ``strategy`` cannot run asynchronously (FedBuff)
+    with these options for ``num_clients`` clients (``build`` and the Federation ask it)."""
+    strategy.check_asynchronous()
+    asynchronous.check_federation(num_clients)
 
 
 __all__ = [
@@ -168,6 +180,7 @@ __all__ = [
     "RoundAggregator",
     "Strategy",
     "build",
+    "check_async",
     "check_secure",
     "create",
     "option_names",

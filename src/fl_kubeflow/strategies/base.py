@@ -187,6 +187,24 @@ class Strategy(ABC):
         """
         return mean
 
+    # ------------------------------------------------- asynchronous rounds (FedBuff)
+
+    def check_asynchronous(self) -> None:
+        """Raise ValueError, saying why, if this rule cannot aggregate FedBuff's buffer.
+
+        An asynchronous version is made from K updates that started from different
+        versions, each weighted by its staleness (docs/asynchronous.md): a mean of their
+        changes. Rules that compare a round's cohort (median, trimmed mean, Krum) have
+        no cohort to compare.
+        """
+        if not self.averaging:
+            raise ValueError(
+                f"strategy {self.name!r} compares one round's updates with each other; an "
+                "asynchronous run (--mode async) averages a buffer of updates from "
+                "different model versions: use an averaging strategy (fedavg, fedavgm, "
+                "fedprox, fedadam, fedyogi, fedadagrad)"
+            )
+
     def round_report(self, server_round: int) -> dict[str, Any]:
         """JSON-ready facts about ``server_round`` for its history record ({} if none)."""
         return dict(self._reports.get(server_round, {}))

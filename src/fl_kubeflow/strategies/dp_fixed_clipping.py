@@ -257,6 +257,11 @@ class DPFixedClipping(Strategy):
         )
         return self._track(server_round, aggregator)
 
+    def check_asynchronous(self) -> None:
+        """The wrapped rule decides (docs/asynchronous.md, "Strategies": how the noise
+        and the accountant count a version)."""
+        self.inner.check_asynchronous()
+
     # ------------------------------------------------- secure aggregation (SecAgg+)
 
     def check_secure_aggregation(self) -> None:

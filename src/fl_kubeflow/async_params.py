@@ -8,10 +8,11 @@ both end here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from fl_kubeflow.checks import check_float, check_int
 
 # Synchronous rounds (the default) or FedBuff's buffered asynchronous versions.
 MODES = ("sync", "async")
@@ -53,27 +54,25 @@ class AsyncParams:
 
     def __post_init__(self) -> None:
         """Raise ValueError naming the option that is out of range."""
+        # Normalised in place (int or float), so equal options compare equal.
         for name in ("buffer_size", "max_concurrency"):
-            value = getattr(self, name)
-            if value is not None:
-                value = _integer(name, value)
-                if value < 1:
-                    raise ValueError(f"async {name} must be at least 1, got {value}")
-                object.__setattr__(self, name, value)
-        object.__setattr__(self, "max_staleness", _integer("max_staleness", self.max_staleness))
-        if self.max_staleness < 0:
-            raise ValueError(f"async max_staleness must be >= 0, got {self.max_staleness}")
-        for name in ("staleness_exponent", "server_learning_rate"):
-            value = _number(name, getattr(self, name))
-            object.__setattr__(self, name, value)
-        if self.staleness_exponent < 0:
-            raise ValueError(
-                f"async staleness_exponent must be >= 0, got {self.staleness_exponent}"
-            )
-        if not self.server_learning_rate > 0:
-            raise ValueError(
-                f"async server_learning_rate must be > 0, got {self.server_learning_rate}"
-            )
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=1))
+        object.__setattr__(
+            self, "max_staleness", check_int("max_staleness", self.max_staleness, minimum=0)
+        )
+        object.__setattr__(
+            self,
+            "staleness_exponent",
+            check_float("staleness_exponent", self.staleness_exponent, minimum=0.0),
+        )
+        object.__setattr__(
+            self,
+            "server_learning_rate",
+            check_float(
+                "server_learning_rate", self.server_learning_rate, minimum=0.0, min_inclusive=False
+            ),
+        )
 
     def check_federation(self, num_clients: int) -> None:
         """Raise ValueError if these options cannot serve ``num_clients`` clients: a buffer
@@ -115,29 +114,3 @@ def staleness_weight(staleness: int, exponent: float) -> float:
     if staleness < 0:
         raise ValueError(f"staleness must be >= 0, got {staleness}")
     return float((1.0 + staleness) ** -exponent)
-
-
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"async {name} must be an integer, got {value!r}")
-    if isinstance(value, str):
-        value = value.strip()
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"async {name} must be an integer, got {value!r}") from None
-    if isinstance(value, float) and value != number:
-        raise ValueError(f"async {name} must be an integer, got {value!r}")
-    return number
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"async {name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"async {name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"async {name} must be finite, got {value!r}")
-    return number

@@ -44,6 +44,8 @@ def fl_server(
     strategy_options: str = "{}",
     secure_aggregation: bool = False,
     secagg_options: str = "",
+    mode: str = "sync",
+    async_options: str = "",
     port: int = 8080,
     trainer: str = "keras",
     dataset: str = "digits",
@@ -88,6 +90,11 @@ def fl_server(
         secure_aggregation: Aggregate with SecAgg+: the server learns only each round's sum.
         secagg_options: Secure aggregation options as name=value,... (bits, range,
             max_weight, dropout_fraction, corrupt_fraction, timeout); empty: defaults.
+        mode: sync (rounds wait for their clients) or async (FedBuff: every K updates
+            make a model version; num_rounds counts versions; docs/asynchronous.md).
+        async_options: Asynchronous options as name=value,... (buffer_size,
+            max_concurrency, staleness_exponent, max_staleness, server_learning_rate);
+            empty: defaults.
         port: TCP port the server listens on and the Service exposes.
         trainer: The clients' trainer: keras exports model.keras; torch or MODULE:FACTORY
             export weights.safetensors only (named in trained_model's metadata).
@@ -161,6 +168,8 @@ def fl_server(
         strategy_options=strategy_options,
         secure_aggregation=secure_aggregation,
         secagg_options=secagg_options,
+        mode=mode,
+        async_options=async_options,
         port=port,
         trainer=trainer,
         dataset=dataset,
@@ -190,6 +199,8 @@ def fl_server(
             "strategy_options": strategy_options,
             "secure_aggregation": secure_aggregation,
             "secagg_options": secagg_options,
+            "mode": mode,
+            "async_options": async_options,
             "trainer": trainer,
             "dataset": dataset,
             "data_locations": data_locations,

@@ -191,6 +191,8 @@ def add_servers(
             strategy_options=p["strategy_options"],
             secure_aggregation=p["secure_aggregation"],
             secagg_options=p["secagg_options"],
+            mode=p["mode"],
+            async_options=p["async_options"],
             port=DEFAULT_PORT,
             **{name: p[name] for name in TRAINING_OPTIONS},
             checkpoint_dir=CHECKPOINT_MOUNT if checkpointed else "",

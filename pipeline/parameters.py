@@ -17,6 +17,7 @@ from fl_kubeflow_kfp.pipeline.federation import DATA_CREDENTIALS
 from fl_kubeflow_kfp.pipeline.resources import FIELDS, PodResources
 
 from fl_kubeflow import defaults
+from fl_kubeflow.async_params import SYNC
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,20 @@ FEDERATION = (
         "",
         "Secure aggregation options as name=value,... (bits, range, max_weight,",
         "dropout_fraction, corrupt_fraction, timeout); empty: the defaults.",
+    ),
+    _p(
+        "mode",
+        str,
+        SYNC,
+        "sync: rounds wait for their clients; async: FedBuff, every K updates",
+        "make a model version, num_rounds counts them (docs/asynchronous.md).",
+    ),
+    _p(
+        "async_options",
+        str,
+        "",
+        "Asynchronous options as name=value,... (buffer_size, max_concurrency,",
+        "staleness_exponent, max_staleness, server_learning_rate); empty: defaults.",
     ),
     _p(
         "min_clients",

@@ -64,6 +64,8 @@ SERVER_OPTIONS = (
     "strategy_options",
     "secure_aggregation",
     "secagg_options",
+    "mode",
+    "async_options",
     "min_clients",
     "round_timeout",
     "join_timeout",

@@ -41,6 +41,8 @@ EXPECTED = {
         "credentials_reload": defaults.CREDENTIALS_RELOAD,
         "secure_aggregation": SERVER_TASK["secure_aggregation"].default,
         "secagg_options": SERVER_TASK["secagg_options"].default,
+        "mode": SERVER_TASK["mode"].default,
+        "async_options": SERVER_TASK["async_options"].default,
     },
     functions.fl_client: {
         **TRAINING,

@@ -61,6 +61,8 @@ EXPECTED_PARAMETERS: dict[str, tuple[str, Any]] = {
     "strategy_options": ("STRING", "{}"),
     "secure_aggregation": ("BOOLEAN", False),
     "secagg_options": ("STRING", ""),
+    "mode": ("STRING", "sync"),
+    "async_options": ("STRING", ""),
     "min_clients": ("NUMBER_INTEGER", 0),
     "round_timeout": ("NUMBER_DOUBLE", 600.0),
     "join_timeout": ("NUMBER_DOUBLE", 900.0),
@@ -228,21 +230,27 @@ def test_trainer_parameter_reaches_the_server_and_every_client(spec: dict) -> No
             assert source in ("trainer", "pipelinechannel--trainer"), name
 
 
+@pytest.mark.parametrize(
+    "keys", [("secure_aggregation", "secagg_options"), ("mode", "async_options")]
+)
 @pytest.mark.parametrize("name", ["fl_pipeline.yaml", "fl_server_pipeline.yaml"])
-def test_secure_aggregation_reaches_every_server_task(compiled: Path, name: str) -> None:
-    # The all-in-one and the server pipeline: one switch and its options, passed down
-    # through every DAG to each server variant (initial model x checkpoints).
+def test_server_switches_reach_every_server_task(
+    compiled: Path, name: str, keys: tuple[str, str]
+) -> None:
+    # The all-in-one and the server pipeline: secure aggregation's switch and its options,
+    # the mode (sync/async) and its options, passed down through every DAG to each server
+    # variant (initial model x checkpoints).
     other = next(yaml.safe_load_all((compiled.parent / name).read_text()))
     root = other["root"]["inputDefinitions"]["parameters"]
     component = other["components"]["comp-fl-server"]["inputDefinitions"]["parameters"]
-    for key in ("secure_aggregation", "secagg_options"):
+    for key in keys:
         kind, default = EXPECTED_PARAMETERS[key]
         assert (root[key]["parameterType"], root[key]["defaultValue"]) == (kind, default), key
         assert component[key]["defaultValue"] == default, key
     servers = [t for c in server_components(other) for t in tasks_of(other, c)]
     assert len(servers) == 4
     for dag_name, task_name, task in servers:
-        for key in ("secure_aggregation", "secagg_options"):
+        for key in keys:
             source = task["inputs"]["parameters"][key]["componentInputParameter"]
             assert source in (key, f"pipelinechannel--{key}"), (dag_name, task_name, key)
 

@@ -247,6 +247,30 @@ def test_secure_aggregation_that_cannot_work_is_refused_before_submitting(
     assert parse_params(["secure_aggregation=true"], parameters)["secure_aggregation"] is True
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (["async_options=buffer_size=2"], "async_options 'buffer_size=2' need mode=async"),
+        (["mode=fast"], "mode must be sync or async, got 'fast'"),
+        (["mode=async", "async_options=max_staleness=-1"], "max_staleness must be >= 0"),
+        (["mode=async", "async_options=buffer=2"], "unknown async option(s) buffer"),
+        (["mode=async", "async_options=buffer_size=4"], "more than the 3 clients"),
+        (["mode=async", "strategy=krum"], "krum"),
+        (["mode=async", "secure_aggregation=true"], "needs synchronous rounds"),
+    ],
+)
+def test_async_mode_that_cannot_work_is_refused_before_submitting(
+    package_parameters: dict[str, dict[str, Any]], params: list[str], message: str
+) -> None:
+    from fl_kubeflow.cli.submit_cmd import ParamError, parse_params
+
+    with pytest.raises(ParamError, match=r"^--param (mode|async_options)=") as caught:
+        parse_params(params, package_parameters)
+    assert message in str(caught.value)
+    given = parse_params(["mode=async", "async_options=buffer_size=2"], package_parameters)
+    assert given == {"mode": "async", "async_options": "buffer_size=2"}
+
+
 def test_missing_package_is_compiled_then_submitted(kfp_api: FakeKfp, tmp_path: Path) -> None:
     package = tmp_path / "out" / "fresh.yaml"
     image = "registry.example.com/fl-kubeflow:test"

@@ -15,11 +15,15 @@ History schema (written by the server)::
                  "refused": [{"client", "reason"}], "num_examples",
                  "train": {"loss", "accuracy"}, "evaluate": {...} | null,
                  "bytes_in", "bytes_out",
-                 "secure_aggregation": {...} (secure rounds only: SECURE_COLUMNS)}]}
+                 "secure_aggregation": {...} (secure rounds only: SECURE_COLUMNS),
+                 "staleness": {client: tau}, "base_versions": {client: b} (async only)}],
+     "mode": "sync"|"async", "async": {option: value} (async only)}
 
 A secure round (docs/secure_aggregation.md) gets a row in a "Secure aggregation"
 table: who survived, the drop-outs whose masks were removed, the graph and the
-quantisation.
+quantisation. An asynchronous run (docs/asynchronous.md: a "round" is a model
+version) gets a "Staleness" table: per version, each contributor with its
+staleness and the version it started from.
 """
 
 from __future__ import annotations
@@ -105,7 +109,7 @@ def learning_curves_figure(history: Mapping[str, Any]) -> Figure:
                 ax.plot(xs, ys, style, label=label, markersize=4)
                 plotted = True
         ax.set_title(title)
-        ax.set_xlabel("round")
+        ax.set_xlabel(round_word(history))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -245,6 +249,68 @@ def _secure_row(entry: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
+def is_async(history: Mapping[str, Any]) -> bool:
+    """Whether the history is an asynchronous (FedBuff) run's: its rounds are versions."""
+    return history.get("mode") == "async"
+
+
+def round_word(history: Mapping[str, Any]) -> str:
+    """What one entry of ``rounds`` is called: "version" in async mode, else "round"."""
+    return "version" if is_async(history) else "round"
+
+
+def async_text(history: Mapping[str, Any]) -> str | None:
+    """ "FedBuff (buffer_size=3, max_staleness=10, ...)" for an async history, else None."""
+    if not is_async(history):
+        return None
+    options = history.get("async")
+    shown = ", ".join(f"{k}={v}" for k, v in options.items()) if isinstance(options, dict) else ""
+    return f"FedBuff ({shown})" if shown else "FedBuff"
+
+
+def staleness_of(entry: Mapping[str, Any]) -> dict[str, int] | None:
+    """The version's ``staleness`` (client -> tau), or None (a synchronous round)."""
+    found = entry.get("staleness")
+    if not isinstance(found, dict):
+        return None
+    return {str(c): int(t) for c, t in found.items() if _number(t) is not None}
+
+
+def staleness_cells(entry: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(contributors "client tau (from b)", mean tau, max tau) of an async version."""
+    staleness = staleness_of(entry)
+    if staleness is None:
+        return None
+    bases = entry.get("base_versions") if isinstance(entry.get("base_versions"), dict) else {}
+    named = []
+    for client in sorted(staleness, key=_client_order):
+        base = bases.get(client)
+        named.append(f"{client}: {staleness[client]}" + (f" (v{base})" if base is not None else ""))
+    taus = list(staleness.values())
+    if not taus:
+        return "", DASH, DASH
+    return ", ".join(named), _fmt(sum(taus) / len(taus), ".2f"), str(max(taus))
+
+
+def staleness_line(entry: Mapping[str, Any]) -> str | None:
+    """One terminal line: "staleness 0: 0 (v2), 1: 1 (v1); mean 0.50, max 1"; None if sync."""
+    cells = staleness_cells(entry)
+    if cells is None:
+        return None
+    return f"staleness {cells[0]}; mean {cells[1]}, max {cells[2]}"
+
+
+def _client_order(client: str) -> tuple[int, int | str]:
+    """Numeric ids in numeric order, then the rest by name."""
+    return (0, int(client)) if client.isdigit() else (1, client)
+
+
+def _staleness_row(entry: Mapping[str, Any], cells: tuple[str, str, str]) -> str:
+    contributors, mean, most = cells
+    row = [str(entry["round"]), str(len(staleness_of(entry) or {})), mean, most, contributors]
+    return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+
+
 def secure_rounds_text(history: Mapping[str, Any]) -> str | None:
     """The text "SecAgg+ in S of R rounds" for a history with secure rounds, else None."""
     trained = [r for r in _rounds(history) if r["round"] > 0]
@@ -270,10 +336,11 @@ def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     css = status if status in ("finished", "failed") else "other"
     trained = [r for r in rounds if r["round"] > 0]
     evaluated = [r for r in rounds if _metric(r.get("evaluate"), "accuracy") is not None]
+    word = round_word(history)
     summary = {
         "strategy": history.get("strategy"),
         "clients": history.get("num_clients"),
-        "rounds completed": f"{len(trained)} of {history.get('num_rounds', DASH)}",
+        f"{word}s completed": f"{len(trained)} of {history.get('num_rounds', DASH)}",
         "started": history.get("started_at"),
         "finished": history.get("finished_at"),
     }
@@ -281,15 +348,18 @@ def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         last = evaluated[-1]
         best = max(evaluated, key=lambda r: _metric(r["evaluate"], "accuracy") or 0.0)
         summary["final eval accuracy"] = (
-            f"{_fmt(_metric(last['evaluate'], 'accuracy'))} (round {last['round']})"
+            f"{_fmt(_metric(last['evaluate'], 'accuracy'))} ({word} {last['round']})"
         )
         summary["final eval loss"] = _fmt(_metric(last["evaluate"], "loss"))
         summary["best eval accuracy"] = (
-            f"{_fmt(_metric(best['evaluate'], 'accuracy'))} (round {best['round']})"
+            f"{_fmt(_metric(best['evaluate'], 'accuracy'))} ({word} {best['round']})"
         )
     secure = [(r, f) for r in trained if (f := secure_facts(r)) is not None]
     if secure:
         summary["secure aggregation"] = secure_rounds_text(history)
+    if is_async(history):
+        summary["mode"] = async_text(history)
+    stale = [(r, c) for r in trained if (c := staleness_cells(r)) is not None]
     png = base64.b64encode(learning_curves_png(history)).decode("ascii")
     parts = [
         "<!DOCTYPE html>",
@@ -305,10 +375,10 @@ def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     parts += [f"<tr><th>{html.escape(k)}</th><td>{_text(v)}</td></tr>" for k, v in summary.items()]
     parts.append("</table>")
     parts.append(f'<img alt="learning curves" src="data:image/png;base64,{png}">')
-    parts.append("<h2>Rounds</h2>")
+    parts.append(f"<h2>{word.capitalize()}s</h2>")
     if rounds:
         headers = (
-            "round",
+            word,
             "clients",
             "examples",
             "train loss",
@@ -323,7 +393,17 @@ def render_report(history: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         parts += [_round_row(entry) for entry in rounds]
         parts.append("</table>")
     else:
-        parts.append("<p>No rounds were recorded.</p>")
+        parts.append(f"<p>No {word}s were recorded.</p>")
+    if stale:
+        parts.append("<h2>Staleness</h2>")
+        parts.append(
+            "<p>Each update's staleness: how many versions were made between the one its "
+            "client started from (vB) and the one it went into.</p>"
+        )
+        headers = ("version", "updates", "mean staleness", "max staleness", "client: staleness")
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>")
+        parts += [_staleness_row(entry, cells) for entry, cells in stale]
+        parts.append("</table>")
     if secure:
         parts.append("<h2>Secure aggregation</h2>")
         headers = ("round", *(header for _, header, _ in SECURE_COLUMNS))

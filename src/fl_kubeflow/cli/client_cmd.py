@@ -13,6 +13,7 @@ from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import auth_headers, read_token
 from fl_kubeflow.cli.options import (
     HelpFormatter,
+    float_at_least_one,
     json_list,
     non_negative_int,
     positive_float,
@@ -171,6 +172,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["float32", "float16", "bfloat16"],
         help="send float32 tensors as this (default: as the server sends the model)",
     )
+    parser.add_argument(
+        "--slowdown",
+        type=float_at_least_one,
+        default=1.0,
+        metavar="FACTOR",
+        help="for benchmarks and tests only: make each fit take FACTOR times as long as "
+        "it did (a straggler; sleeps FACTOR - 1 times the measured fit time after it)",
+    )
     delta = parser.add_argument_group("numpy-delta trainer (tests and benchmarks)")
     delta.add_argument("--delta", type=float, default=0.0, help="added to every weight")
     delta.add_argument(
@@ -295,6 +304,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow.client.federated_client import FederatedClient, FederationFailed
     from fl_kubeflow.client.secure_aggregation import SecAggViolation
     from fl_kubeflow.client.signature import ModelMismatch
+    from fl_kubeflow.client.slowdown import slow_down
     from fl_kubeflow.client.transport import ServerError, ServerUnreachable
 
     try:
@@ -306,7 +316,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--client-id {args.client_id} must be below --num-clients {args.num_clients}")
     ca_file = args.ca_file or who.ca_file
     try:
-        trainer = build_trainer(args)
+        trainer = slow_down(build_trainer(args), args.slowdown)
         client = FederatedClient(
             who.server,
             who.client_id,

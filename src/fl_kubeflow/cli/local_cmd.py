@@ -7,10 +7,17 @@ import sys
 from pathlib import Path
 
 from fl_kubeflow import defaults
+from fl_kubeflow.cli import async_options
 from fl_kubeflow.cli.client_cmd import NUMPY_TRAINERS, add_training_options
-from fl_kubeflow.cli.options import HelpFormatter, positive_float, positive_int
+from fl_kubeflow.cli.options import (
+    HelpFormatter,
+    float_at_least_one,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from fl_kubeflow.cli.secagg_options import params_from_args, server_args
-from fl_kubeflow.cli.server_cmd import add_server_options, strategy_from_args
+from fl_kubeflow.cli.server_cmd import add_server_options, config_from_args, strategy_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--output", type=Path, default=Path("runs/local"), help="folder for the run's outputs"
     )
     parser.add_argument(
+        "--slow-clients",
+        type=slow_clients,
+        default={},
+        metavar="ID=FACTOR[,ID=FACTOR]",
+        help="for benchmarks and tests only: stragglers, e.g. 0=5 makes client 0's fits "
+        "take 5 times as long (its --slowdown)",
+    )
+    parser.add_argument(
         "--timeout",
         type=positive_float,
         default=defaults.LOCAL_RUN_TIMEOUT,
@@ -49,14 +64,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(rounds=defaults.NUM_ROUNDS, run=run)
 
 
+def slow_clients(text: str) -> dict[int, float]:
+    """'0=5,3=2' -> {0: 5.0, 3: 2.0}: client index -> slow-down factor (>= 1)."""
+    factors: dict[int, float] = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{pair!r} is not ID=FACTOR")
+        client = non_negative_int(name.strip())
+        if client in factors:
+            raise argparse.ArgumentTypeError(f"client {client} is given twice")
+        factors[client] = float_at_least_one(value.strip())
+    return factors
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow.local.runner import LocalRun, LocalRunError, LocalRunOptions, summary_lines
 
     if args.min_clients is not None and args.min_clients > args.clients:
         parser.error(f"--min-clients {args.min_clients} exceeds --clients {args.clients}")
+    beyond = sorted(c for c in args.slow_clients if c >= args.clients)
+    if beyond:
+        parser.error(f"--slow-clients: no client {beyond[0]} among --clients {args.clients}")
     try:
         secure_aggregation = params_from_args(args)
-        strategy_options, _ = strategy_from_args(args, args.clients, secure_aggregation)
+        asynchronous = async_options.params_from_args(args)
+        strategy_options, _ = strategy_from_args(
+            args, args.clients, secure_aggregation, asynchronous
+        )
+        # What the server process will refuse, refused before anything starts (e.g.
+        # secure aggregation with --mode async).
+        config_from_args(args, args.clients, strategy_options, secure_aggregation, asynchronous)
     except ValueError as exc:
         parser.error(str(exc))
     from fl_kubeflow.local.preflight import check_trainer_options
@@ -92,6 +132,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         strategy=args.strategy,
         strategy_options=strategy_options,
         secure_aggregation=secure_aggregation,
+        asynchronous=asynchronous,
+        slow_clients=args.slow_clients,
         trainer=args.trainer,
         output=args.output,
         join_timeout=args.join_timeout,
@@ -108,6 +150,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             str(args.max_examples),
             *[arg for pair in args.strategy_option for arg in ("--strategy-option", pair)],
             *server_args(secure_aggregation),
+            *async_options.server_args(asynchronous),
         ],
     )
 

@@ -4,6 +4,7 @@ formatter every subcommand uses."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -39,14 +40,27 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "must not be negative")
 
 
-def positive_float(text: str) -> float:
+def _float_where(text: str, ok: Callable[[float], bool], rule: str) -> float:
+    """``text`` as a float if ``ok(value)`` holds, else an error saying ``rule``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} {rule}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _float_where(text, lambda v: v > 0, "must be positive")
+
+
+def non_negative_float(text: str) -> float:
+    return _float_where(text, lambda v: v >= 0, "must not be negative")
+
+
+def float_at_least_one(text: str) -> float:
+    return _float_where(text, lambda v: v >= 1, "must be at least 1")
 
 
 def shapes(text: str) -> list[tuple[int, ...]]:

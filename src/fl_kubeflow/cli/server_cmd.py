@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow import defaults, files
 from fl_kubeflow.auth import TOKEN_ENV, read_token
+from fl_kubeflow.cli import async_options
 from fl_kubeflow.cli.options import (
     HelpFormatter,
     non_negative_int,
@@ -19,6 +20,7 @@ from fl_kubeflow.cli.options import (
 from fl_kubeflow.cli.secagg_options import add_secure_aggregation_options, params_from_args
 
 if TYPE_CHECKING:
+    from fl_kubeflow.async_params import AsyncParams
     from fl_kubeflow.secagg.params import SecAggParams
     from fl_kubeflow.server.config import ServerConfig
     from fl_kubeflow.strategies import Strategy
@@ -85,6 +87,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="longest the server holds a model long-poll before answering 'not yet'",
     )
     add_secure_aggregation_options(parser)
+    async_options.add_async_options(parser)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -217,12 +220,14 @@ def config_from_args(
     num_clients: int,
     strategy_options: dict[str, Any],
     secure_aggregation: SecAggParams | None = None,
+    asynchronous: AsyncParams | None = None,
     **overrides: Any,
 ) -> ServerConfig:
     """Build a ServerConfig from parsed options (ValueError names the bad value).
 
-    ``secure_aggregation`` is ``secagg_options.params_from_args(args)``, made once by the
-    caller, which checked the strategy against it.
+    ``secure_aggregation`` is ``secagg_options.params_from_args(args)`` and
+    ``asynchronous`` ``async_options.params_from_args(args)``, made once by the caller,
+    which checked the strategy against them.
     """
     from fl_kubeflow.server.config import ServerConfig
 
@@ -239,16 +244,21 @@ def config_from_args(
         strategy=args.strategy,
         strategy_options=strategy_options,
         secure_aggregation=secure_aggregation,
+        asynchronous=asynchronous,
     )
     values.update(overrides)
     return ServerConfig(**values)
 
 
 def strategy_from_args(
-    args: argparse.Namespace, num_clients: int, secure_aggregation: SecAggParams | None = None
+    args: argparse.Namespace,
+    num_clients: int,
+    secure_aggregation: SecAggParams | None = None,
+    asynchronous: AsyncParams | None = None,
 ) -> tuple[dict[str, Any], Strategy]:
     """The --strategy-option pairs, and the strategy built from them for this federation
-    (with ``secure_aggregation``: checked to work on a masked sum, for this many clients).
+    (with ``secure_aggregation``: checked to work on a masked sum, for this many clients;
+    with ``asynchronous``: checked to average a buffer of updates of mixed versions).
 
     Raises ValueError naming the strategy, option or value at fault, before anything starts.
     """
@@ -261,6 +271,7 @@ def strategy_from_args(
         num_clients=num_clients,
         min_clients=args.min_clients,
         secure_aggregation=secure_aggregation,
+        asynchronous=asynchronous,
     )
     return options, strategy
 
@@ -280,12 +291,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.credentials and args.token_file:
             parser.error("--credentials and --token-file: give one")
         secure_aggregation = params_from_args(args)
-        strategy_options, strategy = strategy_from_args(args, args.clients, secure_aggregation)
+        asynchronous = async_options.params_from_args(args)
+        strategy_options, strategy = strategy_from_args(
+            args, args.clients, secure_aggregation, asynchronous
+        )
         config = config_from_args(
             args,
             args.clients,
             strategy_options,
             secure_aggregation,
+            asynchronous,
             host=args.host,
             port=args.port,
             client_ids=client_ids,

@@ -184,17 +184,51 @@ def _check_values(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
             _check_secure_aggregation(values)
         except ValueError as exc:
             fail("secagg_options" if "secagg_options" in given else "secure_aggregation", str(exc))
+    if values.get("mode", "sync") != "sync" or values.get("async_options"):
+        try:
+            _check_asynchronous(values)
+        except ValueError as exc:
+            fail("async_options" if "async_options" in given else "mode", str(exc))
+
+
+def _build_strategy(values: Mapping[str, Any], **checks: Any) -> None:
+    """Build the run's strategy as the server step will, with ``checks`` (ValueError
+    saying what cannot work)."""
+    from fl_kubeflow import defaults, strategies
+    from fl_kubeflow.tasks.server_task import parse_strategy_options
+
+    strategies.build(
+        values.get("strategy", defaults.STRATEGY),
+        parse_strategy_options(values.get("strategy_options", "{}")),
+        # A package's integer defaults may read back as floats (3.0).
+        num_clients=int(values.get("num_clients", defaults.NUM_CLIENTS)),
+        min_clients=int(values.get("min_clients", defaults.MIN_CLIENTS)),
+        **checks,
+    )
+
+
+def _check_asynchronous(values: Mapping[str, Any]) -> None:
+    """What the server step checks first: the mode and its options, the strategy against
+    them, and secure aggregation (synchronous only)."""
+    from fl_kubeflow.tasks.server_task import ServerTaskError, asynchronous_params
+
+    try:
+        params = asynchronous_params(
+            str(values.get("mode", "sync")), values.get("async_options", "")
+        )
+    except ServerTaskError as exc:
+        raise ValueError(str(exc)) from None
+    if params is None:
+        return
+    if values.get("secure_aggregation"):
+        raise ValueError("secure aggregation needs synchronous rounds: not with mode=async")
+    _build_strategy(values, asynchronous=params)
 
 
 def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
     """What the server step checks first: the options, and the strategy and federation
     against them (ValueError saying what cannot work)."""
-    from fl_kubeflow import defaults, strategies
-    from fl_kubeflow.tasks.server_task import (
-        ServerTaskError,
-        parse_strategy_options,
-        secure_aggregation_params,
-    )
+    from fl_kubeflow.tasks.server_task import ServerTaskError, secure_aggregation_params
 
     try:
         params = secure_aggregation_params(
@@ -203,14 +237,7 @@ def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
     except ServerTaskError as exc:
         raise ValueError(str(exc)) from None
     if params is not None:
-        strategies.build(
-            values.get("strategy", defaults.STRATEGY),
-            parse_strategy_options(values.get("strategy_options", "{}")),
-            # A package's integer defaults may read back as floats (3.0).
-            num_clients=int(values.get("num_clients", defaults.NUM_CLIENTS)),
-            min_clients=int(values.get("min_clients", defaults.MIN_CLIENTS)),
-            secure_aggregation=params,
-        )
+        _build_strategy(values, secure_aggregation=params)
 
 
 def ensure_package(package: Path, image: str | None) -> Path:

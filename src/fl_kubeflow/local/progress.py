@@ -25,6 +25,8 @@ class ProgressReporter:
 
     A round's evaluation arrives while the next round trains, so it is printed once
     the next round has closed (or the run has ended), when every client has sent it.
+    In async mode a round is a model version, and its line is followed by each
+    contributor's staleness.
     """
 
     def __init__(
@@ -60,6 +62,9 @@ class ProgressReporter:
         return status
 
     def _show(self, status: dict[str, Any], final: bool) -> None:
+        from fl_kubeflow.report import round_word, staleness_line
+
+        word = round_word(status)
         joined = len(status.get("joined", []))
         if joined != self._joined and status.get("phase") == "waiting":
             self.emit(f"waiting for clients: {joined}/{self.num_clients} joined")
@@ -70,17 +75,20 @@ class ProgressReporter:
             if number > self._trained:
                 self._trained = number
                 line = (
-                    f"round {number:>3}/{self.num_rounds}: {len(record['contributors'])} clients,"
+                    f"{word} {number:>3}/{self.num_rounds}: {len(record['contributors'])} clients,"
                     f" {record['num_examples']} examples, train {fmt_metrics(record['train'])}"
                     f" ({record['duration_s']:.1f}s)"
                 )
                 if record.get("timed_out"):
                     line += f"; timed out: {', '.join(record['timed_out'])}"
                 self.emit(line)
+                stale = staleness_line(record)
+                if stale is not None:
+                    self.emit(f"          {stale}")
             evaluation = record.get("evaluate")
             if evaluation and number > self._evaluated and (number < self._trained or ended):
                 self._evaluated = number
                 self.emit(
-                    f"          evaluation of the round-{number} model on "
+                    f"          evaluation of the {word}-{number} model on "
                     f"{evaluation['num_clients']} clients: {fmt_metrics(evaluation['metrics'])}"
                 )

@@ -33,6 +33,7 @@ from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
 from fl_kubeflow.training.factory import exports_keras
 
 if TYPE_CHECKING:
+    from fl_kubeflow.async_params import AsyncParams
     from fl_kubeflow.secagg.params import SecAggParams
 
 POLL_INTERVAL_S = 0.25
@@ -71,6 +72,9 @@ class LocalRunOptions:
     # Recorded in params.json; the server gets it through extra_server_args, as the
     # strategy options.
     secure_aggregation: SecAggParams | None = None
+    asynchronous: AsyncParams | None = None
+    # Stragglers for benchmarks and tests: client index -> slow-down factor of its fits.
+    slow_clients: dict[int, float] = field(default_factory=dict)
     trainer: str = defaults.TRAINER
     output: Path = Path("runs/local")
     join_timeout: float = defaults.JOIN_TIMEOUT
@@ -226,6 +230,8 @@ class LocalRun:
                 "--summary",
                 str(self.output / "clients" / f"client-{i}.json"),
             ]
+            if i in opts.slow_clients:
+                args += ["--slowdown", str(opts.slow_clients[i])]
             log_path = self.logs / f"client-{i}.log"
             self.clients.append(processes.start(f"client {i}", args, log_path, self.child_env))
 
@@ -305,25 +311,31 @@ class LocalRun:
 
 def summary_lines(history: dict[str, Any]) -> list[str]:
     """A table of the run, one row per round, for the terminal; a secure round's row is
-    followed by its secure-aggregation facts."""
-    from fl_kubeflow.report import secure_facts, secure_summary
+    followed by its secure-aggregation facts, an async version's (docs/asynchronous.md)
+    by its contributors' staleness."""
+    from fl_kubeflow.report import round_word, secure_facts, secure_summary, staleness_line
 
-    lines = ["round  clients  examples  train                        evaluation"]
+    word = round_word(history)
+    w = len(word)  # the first column is as wide as its header: "round" or "version"
+    lines = [f"{word}  clients  examples  train                        evaluation"]
     for record in history["rounds"]:
         evaluation = (record.get("evaluate") or {}).get("metrics")
         if record["round"] == 0:
             lines.append(
-                f"{0:>5}  {'':>7}  {'':>8}  {'(initial model)':<27}  {fmt_metrics(evaluation)}"
+                f"{0:>{w}}  {'':>7}  {'':>8}  {'(initial model)':<27}  {fmt_metrics(evaluation)}"
             )
             continue
         # A secure round under uniform weighting (central DP) has no example count.
         examples = record.get("num_examples")
         lines.append(
-            f"{record['round']:>5}  {len(record['contributors']):>7}  "
+            f"{record['round']:>{w}}  {len(record['contributors']):>7}  "
             f"{'-' if examples is None else examples:>8}"
             f"  {fmt_metrics(record['train']):<27}  {fmt_metrics(evaluation)}"
         )
         facts = secure_facts(record)
         if facts is not None:
-            lines.append(f"{'':>5}  {secure_summary(facts)}")
+            lines.append(f"{'':>{w}}  {secure_summary(facts)}")
+        stale = staleness_line(record)
+        if stale is not None:
+            lines.append(f"{'':>{w}}  {stale}")
     return lines

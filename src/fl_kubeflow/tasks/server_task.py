@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow import defaults, files
+from fl_kubeflow.async_params import SYNC
 from fl_kubeflow.auth import TOKEN_ENV, read_token
 from fl_kubeflow.credentials import CredentialError, Registry
 from fl_kubeflow.kube.naming import DEFAULT_PORT
@@ -42,6 +43,7 @@ from fl_kubeflow.tasks.server_access import (
 if TYPE_CHECKING:
     from kubernetes.client import CoreV1Api
 
+    from fl_kubeflow.async_params import AsyncParams
     from fl_kubeflow.secagg.params import SecAggParams
 
 log = logging.getLogger("fl_kubeflow.tasks.server")
@@ -105,6 +107,41 @@ def parse_strategy_options(value: str | Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def option_pairs(options: str | Mapping[str, Any], parameter: str) -> dict[str, Any]:
+    """A pipeline parameter of options, "name=value,..." (or a mapping), as a dict.
+
+    Raises ValueError naming ``parameter`` for an entry that is not name=value.
+    """
+    from fl_kubeflow.strategies.options import parse_option_pairs
+
+    if isinstance(options, Mapping):
+        return dict(options)
+    pairs = [pair for pair in options.split(",") if pair.strip()]
+    return parse_option_pairs(pairs, kind=f"{parameter} entry")
+
+
+def asynchronous_params(mode: str, options: str | Mapping[str, Any] = "") -> AsyncParams | None:
+    """The pipeline's mode ("sync" or "async") and async_options ("name=value,..." or a
+    mapping, names of ``async_params.OPTION_NAMES``) as the run's AsyncParams; None for
+    synchronous rounds.
+
+    Raises ServerTaskError naming the option at fault, or options without mode=async.
+    """
+    from fl_kubeflow.async_params import ASYNC, MODES, AsyncParams
+
+    try:
+        if mode not in MODES:
+            raise ValueError(f"mode must be {' or '.join(MODES)}, got {mode!r}")
+        values = option_pairs(options, "async_options")
+        if mode != ASYNC:
+            if values:
+                raise ValueError(f"async_options {options!r} need mode={ASYNC}")
+            return None
+        return AsyncParams.from_options(values)
+    except ValueError as exc:
+        raise ServerTaskError(f"asynchronous mode: {exc}") from exc
+
+
 def secure_aggregation_params(
     enabled: bool, options: str | Mapping[str, Any] = ""
 ) -> SecAggParams | None:
@@ -114,14 +151,9 @@ def secure_aggregation_params(
     Raises ServerTaskError naming the option at fault, or options without the switch.
     """
     from fl_kubeflow.secagg.params import SecAggParams
-    from fl_kubeflow.strategies.options import parse_option_pairs
 
     try:
-        if isinstance(options, Mapping):
-            values = dict(options)
-        else:
-            pairs = [pair for pair in options.split(",") if pair.strip()]
-            values = parse_option_pairs(pairs, kind="secagg_options entry")
+        values = option_pairs(options, "secagg_options")
         if not enabled:
             if values:
                 raise ValueError(f"secagg_options {options!r} need secure_aggregation=true")
@@ -144,6 +176,8 @@ def run_server_task(
     strategy_options: str | Mapping[str, Any] = "{}",
     secure_aggregation: bool = False,
     secagg_options: str | Mapping[str, Any] = "",
+    mode: str = SYNC,
+    async_options: str | Mapping[str, Any] = "",
     port: int = DEFAULT_PORT,
     trainer: str = defaults.TRAINER,
     dataset: str = defaults.DATASET,
@@ -197,7 +231,9 @@ def run_server_task(
     ``secure_aggregation`` runs every round with SecAgg+ (docs/secure_aggregation.md),
     ``secagg_options`` ("name=value,...": bits, range, max_weight, dropout_fraction,
     corrupt_fraction, timeout) tuning it; refused with the strategy before anything starts
-    if the two cannot work together.
+    if the two cannot work together. ``mode="async"`` runs FedBuff's asynchronous
+    versions (docs/asynchronous.md), ``async_options`` ("name=value,...": buffer_size,
+    max_concurrency, staleness_exponent, max_staleness, server_learning_rate) tuning it.
 
     Raises ServerTaskError with the server's reason if the run fails; the history,
     report and summary are written first, so a failed run can still be inspected.
@@ -210,6 +246,7 @@ def run_server_task(
 
     options = parse_strategy_options(strategy_options)
     secagg = secure_aggregation_params(secure_aggregation, secagg_options)
+    asynchronous = asynchronous_params(mode, async_options)
     try:
         locations = parse_data_locations(data_locations)
     except ValueError as exc:
@@ -223,6 +260,7 @@ def run_server_task(
             num_clients=num_clients,
             min_clients=min_clients,
             secure_aggregation=secagg,
+            asynchronous=asynchronous,
         )
     except ValueError as exc:
         raise ServerTaskError(f"strategy {strategy!r}: {exc}") from exc
@@ -252,6 +290,7 @@ def run_server_task(
                 strategy=strategy,
                 strategy_options=options,
                 secure_aggregation=secagg,
+                asynchronous=asynchronous,
                 checkpoint_dir=Path(checkpoint_dir) / run_id if checkpoint_dir else None,
                 tls_cert=tls[0] if tls else None,
                 tls_key=tls[1] if tls else None,
@@ -388,7 +427,15 @@ def markdown_summary(
     history: Mapping[str, Any], metrics: Mapping[str, float], address: str | None = None
 ) -> str:
     """A short Markdown summary for the KFP UI's Markdown viewer."""
+    from fl_kubeflow.report import (
+        async_text,
+        round_word,
+        secure_rounds_text,
+        staleness_cells,
+    )
+
     status = history.get("status", "unknown")
+    word = round_word(history)
     lines = [
         "# Federated learning run",
         "",
@@ -398,19 +445,34 @@ def markdown_summary(
         "|---|---|",
         f"| strategy | {history.get('strategy', '-')} |",
         f"| clients | {history.get('num_clients', '-')} |",
-        f"| rounds completed | {int(metrics.get('rounds', 0))} of "
+        f"| {word}s completed | {int(metrics.get('rounds', 0))} of "
         f"{history.get('num_rounds', '-')} |",
     ]
-    from fl_kubeflow.report import secure_rounds_text
-
     secure = secure_rounds_text(history)
     if secure:
         lines.append(f"| secure aggregation | {secure} |")
+    mode = async_text(history)
+    if mode:
+        lines.append(f"| mode | {mode} |")
     last = _last_evaluation(history)
     if last is not None:
         for key in ("accuracy", "loss"):
             if key in metrics:
-                lines.append(f"| final eval {key} (round {last[0]}) | {metrics[key]:.4f} |")
+                lines.append(f"| final eval {key} ({word} {last[0]}) | {metrics[key]:.4f} |")
+    stale = [
+        (entry["round"], cells)
+        for entry in history.get("rounds") or []
+        if isinstance(entry, dict) and (cells := staleness_cells(entry)) is not None
+    ]
+    if stale:
+        lines += [
+            "",
+            "## Staleness per version",
+            "",
+            "| version | mean | max | client: staleness (version it started from) |",
+            "|---|---|---|---|",
+            *(f"| {number} | {mean} | {most} | {named} |" for number, (named, mean, most) in stale),
+        ]
     if history.get("error"):
         lines += ["", f"**Error:** {history['error']}"]
     if address:

@@ -8,6 +8,7 @@ both end here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -88,9 +89,13 @@ class AsyncParams:
         """K for a run of ``num_clients`` clients."""
         return self.buffer_size if self.buffer_size is not None else num_clients
 
-    def concurrency_for(self, num_clients: int) -> int:
-        """How many clients may train at once in a run of ``num_clients``."""
-        return self.max_concurrency if self.max_concurrency is not None else num_clients
+    def concurrency_for(self, num_clients: int, fraction_fit: float = 1.0) -> int:
+        """How many clients may train at once in a run of ``num_clients`` whose strategy
+        samples ``fraction_fit`` of them: ``max_concurrency``, else ceil(f * N)."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        # Rounded first: 0.1 * 30 is 3.0000000000000004 in floating point, not 4 slots.
+        return max(1, math.ceil(round(fraction_fit * num_clients, 9)))
 
     def to_options(self) -> dict[str, Any]:
         """The options as given (None left out): for history.json and the report."""

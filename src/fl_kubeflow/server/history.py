@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fl_kubeflow.async_params import ASYNC, SYNC
 from fl_kubeflow.metrics import WeightedMetrics
 from fl_kubeflow.protocol import Phase
 from fl_kubeflow.server.config import ServerConfig
@@ -55,6 +56,7 @@ def status(view: RunView, since: int | None = None) -> dict[str, Any]:
     current = view.current
     return {
         "phase": view.phase.value,
+        "mode": mode(view),
         "round": view.round,
         "num_rounds": view.config.num_rounds,
         "num_clients": view.config.num_clients,
@@ -74,8 +76,11 @@ def status(view: RunView, since: int | None = None) -> dict[str, Any]:
 
 def history(view: RunView) -> dict[str, Any]:
     """Everything that happened, as written to history.json."""
+    asynchronous = view.config.asynchronous
     return {
         "status": view.phase.value,
+        "mode": mode(view),
+        **({"async": asynchronous.to_options()} if asynchronous is not None else {}),
         "error": view.error,
         "num_rounds": view.config.num_rounds,
         "num_clients": view.config.num_clients,
@@ -88,6 +93,11 @@ def history(view: RunView) -> dict[str, Any]:
         "finished_at": view.finished_at,
         "rounds": records(view),
     }
+
+
+def mode(view: RunView) -> str:
+    """``"sync"`` rounds or FedBuff's ``"async"`` versions (docs/asynchronous.md)."""
+    return SYNC if view.config.asynchronous is None else ASYNC
 
 
 def revoked(view: RunView) -> list[str]:
@@ -141,6 +151,7 @@ def round_record(view: RunView, record: RoundRecord) -> dict[str, Any]:
         "sampled": record.sampled,
         **({"strategy": record.strategy_report} if record.strategy_report else {}),
         **({"secure_aggregation": record.secure_report} if record.secure_report else {}),
+        **record.buffered(),
     }
 
 

@@ -95,11 +95,26 @@ class RoundRecord:
     # history record once unmasked.
     secure: SecureRound | None = None
     secure_report: dict[str, Any] = field(default_factory=dict)
+    # An asynchronous version's updates (docs/asynchronous.md): the version each started
+    # from and how many versions behind the newest it was when counted. Set when an
+    # update takes its place in the buffer, so only contributors' entries are kept.
+    base_versions: dict[str, int] = field(default_factory=dict)
+    staleness: dict[str, int] = field(default_factory=dict)
 
     def refuse(self, client_id: str, reason: str) -> None:
         """Note a refused request of this round (up to MAX_REFUSALS_KEPT)."""
         if len(self.refused) < MAX_REFUSALS_KEPT:
             self.refused.append({"client": client_id, "reason": reason})
+
+    def buffered(self) -> dict[str, dict[str, int]]:
+        """An asynchronous version's ``base_versions`` and ``staleness`` of its
+        contributors ({} in a synchronous round)."""
+        if not self.base_versions:
+            return {}
+        return {
+            "staleness": {c: self.staleness[c] for c in sorted(self.contributors)},
+            "base_versions": {c: self.base_versions[c] for c in sorted(self.contributors)},
+        }
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -116,6 +131,7 @@ class RoundRecord:
             "bytes_out": self.bytes_out,
             "duration_s": self.duration_s,
             **({"secure_aggregation": self.secure_report} if self.secure_report else {}),
+            **self.buffered(),
         }
 
     @classmethod
@@ -136,6 +152,8 @@ class RoundRecord:
             bytes_out=int(state["bytes_out"]),
             duration_s=state["duration_s"],
             secure_report=dict(state.get("secure_aggregation", {})),
+            base_versions={c: int(b) for c, b in state.get("base_versions", {}).items()},
+            staleness={c: int(t) for c, t in state.get("staleness", {}).items()},
         )
 
 

@@ -205,6 +205,12 @@ class Strategy(ABC):
                 "fedprox, fedadam, fedyogi, fedadagrad)"
             )
 
+    def set_sampling_rate(self, server_round: int, rate: float) -> None:
+        """The share of clients that ``server_round`` counts when the server, not
+        ``sample_fit``, decides it (an asynchronous version: K / N). Only privacy
+        accounting needs it: no-op here."""
+        del server_round, rate
+
     def round_report(self, server_round: int) -> dict[str, Any]:
         """JSON-ready facts about ``server_round`` for its history record ({} if none)."""
         return dict(self._reports.get(server_round, {}))

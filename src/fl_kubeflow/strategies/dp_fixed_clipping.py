@@ -257,6 +257,10 @@ class DPFixedClipping(Strategy):
         )
         return self._track(server_round, aggregator)
 
+    def set_sampling_rate(self, server_round: int, rate: float) -> None:
+        """The accountant counts ``server_round`` with sampling rate ``rate``."""
+        self._sampling_rates[server_round] = rate
+
     def check_asynchronous(self) -> None:
         """The wrapped rule decides (docs/asynchronous.md, "Strategies": how the noise
         and the accountant count a version)."""

@@ -1,0 +1,246 @@
+"""One straggler among N clients: wall time to a target evaluation accuracy on digits for
+synchronous FedAvg, synchronous FedAvg that closes rounds without the straggler, and
+FedBuff (``--mode async``); written to benchmarks/stragglers.md::
+
+    flock /work/wt/bench.lock .venv/bin/python benchmarks/stragglers.py
+
+Each cell is one ``fl-kubeflow local`` run (real server and client processes on
+loopback) with ``--slow-clients 0=FACTOR``: client 0's fits take FACTOR times as long
+(``client --slowdown``, a sleep of FACTOR - 1 times its measured fit after each fit).
+
+- (a) sync: FedAvg, every round waits for all N clients.
+- (b) sync, min_clients = N - 1: a round closes with N - 1 updates once
+  ``round_timeout`` has passed. min_clients alone changes nothing (a round still waits
+  for everyone until the timeout), so the timeout is what a user would set: twice a
+  typical client's round, estimated from run (a) as its median round time divided by
+  FACTOR (the straggler sets (a)'s pace), at least ``--min-round-timeout``.
+- (c) FedBuff: ``--mode async``, K = N - 1, every client training at once.
+
+Time to target: from the first round's start (every client has joined: client start-up,
+an import of the framework, is the same in all cells and left out) to the end of the
+first round (version) whose federated evaluation reaches the target accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from perf_common import load_average, machine_lines  # noqa: E402
+
+REPORT = HERE / "stragglers.md"
+
+
+@dataclass
+class Cell:
+    """One configuration's run and what it measured."""
+
+    name: str
+    setting: str
+    args: list[str]
+    history: dict[str, Any] | None = None
+    wall_s: float = 0.0
+
+    def rounds(self) -> list[dict[str, Any]]:
+        assert self.history is not None
+        return [r for r in self.history["rounds"] if r["round"] > 0]
+
+    def t0(self) -> float:
+        return min(_time(r["started_at"]) for r in self.rounds())
+
+    def ready_s(self, entry: dict[str, Any]) -> float:
+        """Seconds from the first round's start until this round's model existed."""
+        return _time(entry["started_at"]) + entry["duration_s"] - self.t0()
+
+    def reached(self, target: float) -> dict[str, Any] | None:
+        for entry in self.rounds():
+            if _accuracy(entry) is not None and _accuracy(entry) >= target:
+                return entry
+        return None
+
+    def final_accuracy(self) -> float | None:
+        evaluated = [a for r in self.rounds() if (a := _accuracy(r)) is not None]
+        return evaluated[-1] if evaluated else None
+
+    def median_round_s(self) -> float:
+        return statistics.median(r["duration_s"] for r in self.rounds())
+
+    def straggler_share(self, straggler: str = "0") -> str:
+        rounds = self.rounds()
+        used = sum(1 for r in rounds if straggler in r["contributors"])
+        return f"{used} of {len(rounds)}"
+
+
+def _time(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _accuracy(entry: dict[str, Any]) -> float | None:
+    evaluation = entry.get("evaluate") or {}
+    return (evaluation.get("metrics") or {}).get("accuracy")
+
+
+def run_cell(cell: Cell, common: list[str], folder: Path, timeout: float) -> None:
+    out = folder / cell.name
+    command = [sys.executable, "-m", "fl_kubeflow", "local", *common, *cell.args]
+    command += ["--output", str(out)]
+    print(f"[{cell.name}] {' '.join(command[3:])}", flush=True)
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    cell.wall_s = time.monotonic() - started
+    if done.returncode != 0:
+        raise SystemExit(f"[{cell.name}] failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    cell.history = json.loads((out / "history.json").read_text())
+
+
+def table(cells: list[Cell], target: float) -> list[str]:
+    lines = [
+        f"| configuration | setting | rounds/versions to {target:.0%} | time to {target:.0%} (s) "
+        "| final eval accuracy | median round/version (s) | straggler's updates used |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for cell in cells:
+        hit = cell.reached(target)
+        final = cell.final_accuracy()
+        lines.append(
+            f"| {cell.name} | {cell.setting} | "
+            f"{hit['round'] if hit else 'not reached'} | "
+            f"{f'{cell.ready_s(hit):.1f}' if hit else '-'} | "
+            f"{f'{final:.4f}' if final is not None else '-'} | "
+            f"{cell.median_round_s():.2f} | {cell.straggler_share()} |"
+        )
+    return lines
+
+
+def curves(cells: list[Cell]) -> list[str]:
+    lines = ["| configuration | (time s, accuracy) per round/version |", "| --- | --- |"]
+    for cell in cells:
+        points = [
+            f"({cell.ready_s(r):.1f}, {a:.3f})"
+            for r in cell.rounds()
+            if (a := _accuracy(r)) is not None
+        ]
+        lines.append(f"| {cell.name} | {' '.join(points)} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=4, help="N")
+    parser.add_argument("--factor", type=float, default=5.0, help="the straggler's slow-down")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of the sync runs")
+    parser.add_argument(
+        "--versions",
+        type=int,
+        default=None,
+        help="versions of the async run (default: rounds * N / K, the same number of updates)",
+    )
+    parser.add_argument("--target", type=float, default=0.9, help="evaluation accuracy")
+    parser.add_argument("--trainer", default="torch", help="keras or torch")
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--min-round-timeout", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("--output", type=Path, default=REPORT)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the runs' folders here")
+    args = parser.parse_args()
+
+    n = args.clients
+    k = n - 1
+    versions = args.versions or -(-args.rounds * n // k)
+    common = [
+        "--trainer", args.trainer,
+        "--dataset", "digits",
+        "--model", "mlp",
+        "--clients", str(n),
+        "--local-epochs", str(args.local_epochs),
+        "--learning-rate", str(args.learning_rate),
+        "--slow-clients", f"0={args.factor:g}",
+        "--join-timeout", "600",
+        "--timeout", str(args.timeout),
+    ]  # fmt: skip
+    load_before = load_average()
+    folder = Path(tempfile.mkdtemp(prefix="stragglers-"))
+    try:
+        sync = Cell(
+            "(a) sync FedAvg", f"all {n} clients every round", ["--rounds", str(args.rounds)]
+        )
+        run_cell(sync, common, folder, args.timeout)
+        typical = sync.median_round_s() / args.factor
+        round_timeout = max(args.min_round_timeout, 2 * typical)
+        quorum = Cell(
+            "(b) sync, min_clients = N - 1",
+            f"min_clients={n - 1}, round_timeout={round_timeout:.2f}s "
+            f"(2 x {typical:.2f}s, a typical client's round)",
+            [
+                "--rounds", str(args.rounds),
+                "--min-clients", str(n - 1),
+                "--round-timeout", f"{round_timeout:.2f}",
+            ],
+        )  # fmt: skip
+        run_cell(quorum, common, folder, args.timeout)
+        fedbuff = Cell(
+            "(c) FedBuff",
+            f"--mode async, K={k}, max_concurrency={n}, staleness exponent 0.5",
+            [
+                "--rounds", str(versions),
+                "--mode", "async",
+                "--async-buffer-size", str(k),
+            ],
+        )  # fmt: skip
+        run_cell(fedbuff, common, folder, args.timeout)
+        if args.keep is not None:
+            shutil.copytree(folder, args.keep, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    load_after = load_average()
+    cells = [sync, quorum, fedbuff]
+
+    lines = [
+        "# Stragglers: synchronous FedAvg vs FedBuff with one slow client",
+        "",
+        f"Made by `flock /work/wt/bench.lock .venv/bin/python benchmarks/stragglers.py` on "
+        f"{date.today().isoformat()}; 1-minute load average {load_before:.2f} before, "
+        f"{load_after:.2f} after (the machine is shared).",
+        "",
+        *machine_lines(),
+        "",
+        f"Digits, {args.trainer} mlp, {n} clients (iid), {args.local_epochs} local epoch(s), "
+        f"sgd lr {args.learning_rate:g}; client 0 is {args.factor:g}x slower "
+        f"(`--slow-clients 0={args.factor:g}`). Sync runs: {args.rounds} rounds; FedBuff: "
+        f"{versions} versions of K = {k} updates (the same number of updates). Time to "
+        f"{args.target:.0%}: from the first round's start to the end of the first "
+        "round/version whose federated evaluation reaches it (benchmarks/stragglers.py's "
+        "docstring has the details).",
+        "",
+        *table(cells, args.target),
+        "",
+        "Evaluation curves (seconds from the first round's start, accuracy):",
+        "",
+        *curves(cells),
+        "",
+        "Whole runs, client start-up included: "
+        + ", ".join(f"{c.name} {c.wall_s:.0f} s" for c in cells)
+        + ".",
+        "",
+    ]
+    args.output.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

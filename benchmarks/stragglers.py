@@ -48,6 +48,7 @@ REPORT = HERE / "stragglers.md"
 class Cell:
     """One configuration's run and what it measured."""
 
+    key: str  # its folder
     name: str
     setting: str
     args: list[str]
@@ -94,7 +95,7 @@ def _accuracy(entry: dict[str, Any]) -> float | None:
 
 
 def run_cell(cell: Cell, common: list[str], folder: Path, timeout: float) -> None:
-    out = folder / cell.name
+    out = folder / cell.key
     command = [sys.executable, "-m", "fl_kubeflow", "local", *common, *cell.args]
     command += ["--output", str(out)]
     print(f"[{cell.name}] {' '.join(command[3:])}", flush=True)
@@ -176,12 +177,16 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="stragglers-"))
     try:
         sync = Cell(
-            "(a) sync FedAvg", f"all {n} clients every round", ["--rounds", str(args.rounds)]
+            "sync",
+            "(a) sync FedAvg",
+            f"all {n} clients every round",
+            ["--rounds", str(args.rounds)],
         )
         run_cell(sync, common, folder, args.timeout)
         typical = sync.median_round_s() / args.factor
         round_timeout = max(args.min_round_timeout, 2 * typical)
         quorum = Cell(
+            "quorum",
             "(b) sync, min_clients = N - 1",
             f"min_clients={n - 1}, round_timeout={round_timeout:.2f}s "
             f"(2 x {typical:.2f}s, a typical client's round)",
@@ -193,6 +198,7 @@ def main() -> int:
         )  # fmt: skip
         run_cell(quorum, common, folder, args.timeout)
         fedbuff = Cell(
+            "fedbuff",
             "(c) FedBuff",
             f"--mode async, K={k}, max_concurrency={n}, staleness exponent 0.5",
             [

@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--slow-clients",
         type=slow_clients,
-        default={},
+        default="",  # a string default goes through the type: {}, no straggler
         metavar="ID=FACTOR[,ID=FACTOR]",
         help="for benchmarks and tests only: stragglers, e.g. 0=5 makes client 0's fits "
         "take 5 times as long (its --slowdown)",

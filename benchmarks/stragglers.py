@@ -2,7 +2,10 @@
 synchronous FedAvg, synchronous FedAvg that closes rounds without the straggler, and
 FedBuff (``--mode async``); written to benchmarks/stragglers.md::
 
-    flock /work/wt/bench.lock .venv/bin/python benchmarks/stragglers.py
+    .venv/bin/python benchmarks/stragglers.py --lock /work/wt/bench.lock
+
+(``--lock``: each run holds the machine's benchmark lock, so the three together do not
+hold it for their whole ~5 minutes.)
 
 Each cell is one ``fl-kubeflow local`` run (real server and client processes on
 loopback) with ``--slow-clients 0=FACTOR``: client 0's fits take FACTOR times as long
@@ -24,6 +27,8 @@ first round (version) whose federated evaluation reaches the target accuracy.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import shutil
 import statistics
@@ -54,6 +59,7 @@ class Cell:
     args: list[str]
     history: dict[str, Any] | None = None
     wall_s: float = 0.0
+    load: float = 0.0  # 1-minute load average when the run started
 
     def rounds(self) -> list[dict[str, Any]]:
         assert self.history is not None
@@ -94,14 +100,21 @@ def _accuracy(entry: dict[str, Any]) -> float | None:
     return (evaluation.get("metrics") or {}).get("accuracy")
 
 
-def run_cell(cell: Cell, common: list[str], folder: Path, timeout: float) -> None:
+def run_cell(
+    cell: Cell, common: list[str], folder: Path, timeout: float, lock: Path | None
+) -> None:
     out = folder / cell.key
     command = [sys.executable, "-m", "fl_kubeflow", "local", *common, *cell.args]
     command += ["--output", str(out)]
-    print(f"[{cell.name}] {' '.join(command[3:])}", flush=True)
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    cell.wall_s = time.monotonic() - started
+    with contextlib.ExitStack() as stack:
+        if lock is not None:
+            handle = stack.enter_context(lock.open("a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        cell.load = load_average()
+        print(f"[{cell.name}] load {cell.load:.2f}: {' '.join(command[3:])}", flush=True)
+        started = time.monotonic()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        cell.wall_s = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"[{cell.name}] failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     cell.history = json.loads((out / "history.json").read_text())
@@ -110,8 +123,8 @@ def run_cell(cell: Cell, common: list[str], folder: Path, timeout: float) -> Non
 def table(cells: list[Cell], target: float) -> list[str]:
     lines = [
         f"| configuration | setting | rounds/versions to {target:.0%} | time to {target:.0%} (s) "
-        "| final eval accuracy | median round/version (s) | straggler's updates used |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| final eval accuracy | median round/version (s) | straggler's updates used | load |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for cell in cells:
         hit = cell.reached(target)
@@ -121,8 +134,39 @@ def table(cells: list[Cell], target: float) -> list[str]:
             f"{hit['round'] if hit else 'not reached'} | "
             f"{f'{cell.ready_s(hit):.1f}' if hit else '-'} | "
             f"{f'{final:.4f}' if final is not None else '-'} | "
-            f"{cell.median_round_s():.2f} | {cell.straggler_share()} |"
+            f"{cell.median_round_s():.2f} | {cell.straggler_share()} | {cell.load:.1f} |"
         )
+    return lines
+
+
+def notes(sync: Cell, quorum: Cell, fedbuff: Cell, target: float) -> list[str]:
+    """What the table says, from the runs themselves."""
+    lines = []
+    hits = {c.key: c.reached(target) for c in (sync, quorum, fedbuff)}
+    if hits["sync"] and hits["fedbuff"]:
+        a, c = sync.ready_s(hits["sync"]), fedbuff.ready_s(hits["fedbuff"])
+        verdict = "met" if c < a else "missed"
+        lines.append(
+            f"- Goal (FedBuff reaches {target:.0%} in less wall time than synchronous "
+            f"FedAvg): {verdict}, {c:.1f} s against {a:.1f} s ({a / c:.1f}x)."
+        )
+    else:
+        lines.append(f"- Goal: not decided, a run did not reach {target:.0%}.")
+    dropped = [r["round"] for r in quorum.rounds() if "0" in (r.get("timed_out") or [])]
+    lines.append(
+        "- (b): the straggler timed out in round(s) "
+        f"{', '.join(map(str, dropped)) or 'none'}; the server drops a timed-out client from "
+        "the run, so later rounds close as soon as the other N - 1 have reported and the "
+        "straggler's data no longer counts (here iid, so little is lost; with skewed data "
+        "its classes would be)."
+    )
+    taus = [r["staleness"]["0"] for r in fedbuff.rounds() if "0" in (r.get("staleness") or {})]
+    lines.append(
+        f"- (c): the straggler's updates went into {len(taus)} of {len(fedbuff.rounds())} "
+        "versions"
+        + (f", with staleness {', '.join(map(str, taus))}" if taus else "")
+        + " (weighted (1 + tau) ** -0.5); the others' into every version they could."
+    )
     return lines
 
 
@@ -156,6 +200,7 @@ def main() -> int:
     parser.add_argument("--min-round-timeout", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--output", type=Path, default=REPORT)
+    parser.add_argument("--lock", type=Path, default=None, help="flock this file per run")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs' folders here")
     args = parser.parse_args()
 
@@ -182,7 +227,7 @@ def main() -> int:
             f"all {n} clients every round",
             ["--rounds", str(args.rounds)],
         )
-        run_cell(sync, common, folder, args.timeout)
+        run_cell(sync, common, folder, args.timeout, args.lock)
         typical = sync.median_round_s() / args.factor
         round_timeout = max(args.min_round_timeout, 2 * typical)
         quorum = Cell(
@@ -196,7 +241,7 @@ def main() -> int:
                 "--round-timeout", f"{round_timeout:.2f}",
             ],
         )  # fmt: skip
-        run_cell(quorum, common, folder, args.timeout)
+        run_cell(quorum, common, folder, args.timeout, args.lock)
         fedbuff = Cell(
             "fedbuff",
             "(c) FedBuff",
@@ -207,7 +252,7 @@ def main() -> int:
                 "--async-buffer-size", str(k),
             ],
         )  # fmt: skip
-        run_cell(fedbuff, common, folder, args.timeout)
+        run_cell(fedbuff, common, folder, args.timeout, args.lock)
         if args.keep is not None:
             shutil.copytree(folder, args.keep, dirs_exist_ok=True)
     finally:
@@ -218,9 +263,10 @@ def main() -> int:
     lines = [
         "# Stragglers: synchronous FedAvg vs FedBuff with one slow client",
         "",
-        f"Made by `flock /work/wt/bench.lock .venv/bin/python benchmarks/stragglers.py` on "
+        f"Made by `.venv/bin/python benchmarks/stragglers.py --lock /work/wt/bench.lock` on "
         f"{date.today().isoformat()}; 1-minute load average {load_before:.2f} before, "
-        f"{load_after:.2f} after (the machine is shared).",
+        f"{load_after:.2f} after, and in the table's last column at each run's start (the "
+        "machine is shared with other engineers' work: the load is theirs too).",
         "",
         *machine_lines(),
         "",
@@ -233,6 +279,8 @@ def main() -> int:
         "docstring has the details).",
         "",
         *table(cells, args.target),
+        "",
+        *notes(sync, quorum, fedbuff, args.target),
         "",
         "Evaluation curves (seconds from the first round's start, accuracy):",
         "",

@@ -6,6 +6,8 @@ are computed here, independently, in float64 from docs/asynchronous.md's formula
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -206,3 +208,94 @@ def test_median_and_krum_are_refused_in_async_mode():
         with pytest.raises(ValueError, match="compares one round's updates with each other"):
             strategies.build(name, {}, num_clients=4, min_clients=4, asynchronous=params)
     strategies.build("fedadam", {}, num_clients=4, min_clients=4, asynchronous=params)
+
+
+def test_concurrency_cap_holds_clients_until_a_slot_frees(tmp_path):
+    """fraction_fit = 0.5 of N = 4: two slots; a third client waits for a freed one."""
+    server = serve_in_thread(
+        {
+            **spec(tmp_path, "a,b,c,d", 2, buffer_size=1),
+            "strategy_options": {"fraction_fit": 0.5},
+        }
+    )
+    a, b, c, d = (RawClient(server.url, name) for name in "abcd")
+    for client in (a, b, c, d):
+        client.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1
+    assert fetch(b, 1)[0] == 1
+    assert c.model(1, wait=0.2).status_code == 204  # both slots taken
+    send(a, 1, weights(1), 1)  # version 1; a's slot is free
+    assert fetch(c, 1)[0] == 2  # c trains on version 1
+    assert a.model(2, wait=0.2).status_code == 204
+    send(b, 1, weights(2), 1)  # version 2 (b one version stale): the run is over
+    result = finish(server, [a, b, c, d], [2, 2, 2, 1])
+    versions = result.history["rounds"][1:]
+    assert [v["staleness"] for v in versions] == [{"a": 0}, {"b": 1}]
+
+
+def test_a_version_is_made_at_round_timeout_from_min_clients_updates(tmp_path):
+    """K = N = 3, min_clients = 2: two updates within round_timeout make the version."""
+    server = serve_in_thread({**spec(tmp_path, "a,b,c", 1), "min_clients": 2, "round_timeout": 1.0})
+    a, b, c = (RawClient(server.url, name) for name in "abc")
+    for client in (a, b, c):
+        client.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1 and fetch(b, 1)[0] == 1
+    send(a, 1, weights(1), 1)
+    send(b, 1, weights(2), 3)
+    result = finish(server, [a, b, c], [2, 2, 1])
+    version = result.history["rounds"][1]
+    assert version["contributors"] == ["a", "b"]
+    assert version["duration_s"] >= 1.0
+    w1 = next_version(
+        weights(0), [(weights(1), weights(0), 1, 0), (weights(2), weights(0), 3, 0)], 0.5, 1.0
+    )
+    assert_weights(wire.decode(result.weights_path.read_bytes()), w1)
+
+
+def test_too_few_updates_at_round_timeout_fail_the_run(tmp_path):
+    server = serve_in_thread(
+        {**spec(tmp_path, "a,b,c", 1), "min_clients": 2, "round_timeout": 1.0, "grace_period": 1.0}
+    )
+    a, b, c = (RawClient(server.url, name) for name in "abc")
+    for client in (a, b, c):
+        client.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1
+    send(a, 1, weights(1), 1)
+    result = server.wait(TIMEOUT)
+    assert not result.ok
+    assert result.error.startswith(
+        "version 1: only 1 of buffer_size=3 updates came within round_timeout=1s (at least "
+        "min(min_clients, buffer_size)=2 needed)"
+    ), result.error
+
+
+def test_dp_counts_a_version_with_rate_k_over_n_and_versions_are_evaluated(tmp_path):
+    server = serve_in_thread(
+        {
+            **spec(tmp_path, "a,b", 2, buffer_size=1),
+            "strategy_options": {"noise_multiplier": 0.0, "clipping_norm": 100.0},
+        }
+    )
+    a, b = RawClient(server.url, "a"), RawClient(server.url, "b")
+    a.join(), b.join()
+    assert a.propose(weights(0)).status_code == 201
+    for version in (0, 1):
+        response = a.model(version + 1, wait=TIMEOUT)
+        assert response.headers["X-FL-Round"] == str(version + 1)
+        assert json.loads(response.headers["X-FL-Config"])["evaluate"] is True
+        evaluation = a.evaluate(version, 5, {"loss": float(version)})
+        assert evaluation.status_code == 200, evaluation.text
+        send(a, version + 1, weights(version + 1), 2)
+    result = finish(server, [a, b], [3, 1])
+    assert result.history["strategy"] == "fedavg+dp"
+    for record in result.history["rounds"][1:]:
+        assert record["strategy"]["dp"]["sampling_rate"] == 0.5
+    assert [r["evaluate"]["metrics"] for r in result.history["rounds"][:2]] == [
+        {"loss": 0.0},
+        {"loss": 1.0},
+    ]
+    # noise 0, a clipping norm far above the changes: version 2 is a's update exactly.
+    assert_weights(wire.decode(result.weights_path.read_bytes()), weights(2))

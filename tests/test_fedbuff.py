@@ -229,6 +229,9 @@ def test_concurrency_cap_holds_clients_until_a_slot_frees(tmp_path):
     assert fetch(c, 1)[0] == 2  # c trains on version 1
     assert a.model(2, wait=0.2).status_code == 204
     send(b, 1, weights(2), 1)  # version 2 (b one version stale): the run is over
+    late = c.update(2, wire.encode(weights(3)), num_examples=1)
+    assert late.status_code == 409 and late.json()["error"] == "wrong_round"
+    assert late.json()["message"] == "the run has finished with version 2; fetch the final model"
     result = finish(server, [a, b, c, d], [2, 2, 2, 1])
     versions = result.history["rounds"][1:]
     assert [v["staleness"] for v in versions] == [{"a": 0}, {"b": 1}]

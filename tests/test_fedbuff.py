@@ -10,9 +10,11 @@ import json
 
 import numpy as np
 import pytest
+import requests
 
 from fl_kubeflow import strategies, wire
 from fl_kubeflow.async_params import AsyncParams
+from fl_kubeflow.credentials import issue_many
 from tests.fedbuff_server import serve_in_thread
 from tests.fl_processes import RawClient
 
@@ -110,6 +112,8 @@ def test_scripted_updates_give_the_exact_versions_and_staleness(tmp_path):
     assert a.join().json()["propose_initial"] is True
     assert a.propose(w0).status_code == 201
     b.join(), c.join()
+    status = requests.get(f"{server.url}/v1/status", timeout=30).json()
+    assert status["mode"] == "async" and status["round"] == 1  # version 1 being made
     # Every client is handed version 0 as round 1: three slots (max_concurrency = N).
     for client in (a, b, c):
         assert fetch(client, 1)[0] == 1
@@ -301,4 +305,34 @@ def test_dp_counts_a_version_with_rate_k_over_n_and_versions_are_evaluated(tmp_p
         {"loss": 1.0},
     ]
     # noise 0, a clipping norm far above the changes: version 2 is a's update exactly.
+    assert_weights(wire.decode(result.weights_path.read_bytes()), weights(2))
+
+
+def test_per_client_credentials_and_a_revocation_that_frees_its_slot(tmp_path):
+    """One slot: a holds it; b's token cannot act as a; revoking a frees the slot for b."""
+    registry_path = tmp_path / "registry.json"
+    registry, (cred_a, cred_b) = issue_many(["a", "b"])
+    registry.save(registry_path)
+    server = serve_in_thread(
+        {
+            **spec(tmp_path, "a,b", 1, buffer_size=1, max_concurrency=1),
+            "credentials": str(registry_path),
+            "credentials_reload": 0.1,
+        }
+    )
+    a = RawClient(server.url, "a", headers={"Authorization": cred_a.authorization})
+    b = RawClient(server.url, "b", headers={"Authorization": cred_b.authorization})
+    a.join(), b.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1
+    assert b.model(1, wait=0.2).status_code == 204  # the one slot is a's
+    impostor = RawClient(server.url, "a", headers={"Authorization": cred_b.authorization})
+    assert impostor.update(1, wire.encode(weights(9)), num_examples=1).status_code == 403
+    registry.revoke("a").save(registry_path)
+    assert fetch(b, 1)[0] == 1  # a's slot went with its credential
+    send(b, 1, weights(2), 1)
+    assert a.update(1, wire.encode(weights(1)), num_examples=1).status_code == 401
+    result = finish(server, [b], [2])
+    assert result.history["revoked"] == ["a"]
+    assert result.history["rounds"][1]["contributors"] == ["b"]
     assert_weights(wire.decode(result.weights_path.read_bytes()), weights(2))

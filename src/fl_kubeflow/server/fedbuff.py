@@ -148,16 +148,14 @@ class AsyncFederation(Federation):
         strategies.check_async(strategy, params, config.num_clients)
         self.params = params
         self.buffer_size = params.buffer_for(config.num_clients)
-        self.concurrency = params.concurrency_for(
-            config.num_clients, getattr(strategy, "fraction_fit", 1.0)
-        )
+        self.concurrency = params.concurrency_for(config.num_clients, strategy.fraction_fit)
         # Who trains now; who was drawn for a free slot and not yet answered; who is
         # long-polling for a model (the draw's candidates when fraction_fit < 1).
         self._slots: dict[str, Slot] = {}
         self._drawn: set[str] = set()
         self._polling: set[str] = set()
         self._draws = 0
-        self._sampling = getattr(strategy, "fraction_fit", 1.0) < 1.0
+        self._sampling = strategy.fraction_fit < 1.0
         # The versions some training client started from, within max_staleness.
         self._bases: dict[int, Weights] = {}
         super().__init__(config, strategy, initial_weights, resume)

@@ -33,9 +33,8 @@ def config_from_spec(spec: dict[str, Any]) -> ServerConfig:
             fields[name] = Path(fields[name])
     if fields.get("client_ids") is not None:
         fields["client_ids"] = tuple(fields["client_ids"])
-    return ServerConfig(
-        host="127.0.0.1", port=0, asynchronous=AsyncParams.from_options(options), **fields
-    )
+    fields.setdefault("port", 0)
+    return ServerConfig(host="127.0.0.1", asynchronous=AsyncParams.from_options(options), **fields)
 
 
 @dataclass

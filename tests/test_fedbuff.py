@@ -6,11 +6,15 @@ are computed here, independently, in float64 from docs/asynchronous.md's formula
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import requests
 
 from fl_kubeflow import strategies, wire
 from fl_kubeflow.async_params import AsyncParams
+from fl_kubeflow.credentials import issue_many
 from tests.fedbuff_server import serve_in_thread
 from tests.fl_processes import RawClient
 
@@ -108,6 +112,8 @@ def test_scripted_updates_give_the_exact_versions_and_staleness(tmp_path):
     assert a.join().json()["propose_initial"] is True
     assert a.propose(w0).status_code == 201
     b.join(), c.join()
+    status = requests.get(f"{server.url}/v1/status", timeout=30).json()
+    assert status["mode"] == "async" and status["round"] == 1  # version 1 being made
     # Every client is handed version 0 as round 1: three slots (max_concurrency = N).
     for client in (a, b, c):
         assert fetch(client, 1)[0] == 1
@@ -206,3 +212,127 @@ def test_median_and_krum_are_refused_in_async_mode():
         with pytest.raises(ValueError, match="compares one round's updates with each other"):
             strategies.build(name, {}, num_clients=4, min_clients=4, asynchronous=params)
     strategies.build("fedadam", {}, num_clients=4, min_clients=4, asynchronous=params)
+
+
+def test_concurrency_cap_holds_clients_until_a_slot_frees(tmp_path):
+    """fraction_fit = 0.5 of N = 4: two slots; a third client waits for a freed one."""
+    server = serve_in_thread(
+        {
+            **spec(tmp_path, "a,b,c,d", 2, buffer_size=1),
+            "strategy_options": {"fraction_fit": 0.5},
+        }
+    )
+    a, b, c, d = (RawClient(server.url, name) for name in "abcd")
+    for client in (a, b, c, d):
+        client.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1
+    assert fetch(b, 1)[0] == 1
+    assert c.model(1, wait=0.2).status_code == 204  # both slots taken
+    send(a, 1, weights(1), 1)  # version 1; a's slot is free
+    assert fetch(c, 1)[0] == 2  # c trains on version 1
+    assert a.model(2, wait=0.2).status_code == 204
+    send(b, 1, weights(2), 1)  # version 2 (b one version stale): the run is over
+    late = c.update(2, wire.encode(weights(3)), num_examples=1)
+    assert late.status_code == 409 and late.json()["error"] == "wrong_round"
+    assert late.json()["message"] == "the run has finished with version 2; fetch the final model"
+    result = finish(server, [a, b, c, d], [2, 2, 2, 1])
+    versions = result.history["rounds"][1:]
+    assert [v["staleness"] for v in versions] == [{"a": 0}, {"b": 1}]
+
+
+def test_a_version_is_made_at_round_timeout_from_min_clients_updates(tmp_path):
+    """K = N = 3, min_clients = 2: two updates within round_timeout make the version."""
+    server = serve_in_thread({**spec(tmp_path, "a,b,c", 1), "min_clients": 2, "round_timeout": 1.0})
+    a, b, c = (RawClient(server.url, name) for name in "abc")
+    for client in (a, b, c):
+        client.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1 and fetch(b, 1)[0] == 1
+    send(a, 1, weights(1), 1)
+    send(b, 1, weights(2), 3)
+    result = finish(server, [a, b, c], [2, 2, 1])
+    version = result.history["rounds"][1]
+    assert version["contributors"] == ["a", "b"]
+    assert version["duration_s"] >= 1.0
+    w1 = next_version(
+        weights(0), [(weights(1), weights(0), 1, 0), (weights(2), weights(0), 3, 0)], 0.5, 1.0
+    )
+    assert_weights(wire.decode(result.weights_path.read_bytes()), w1)
+
+
+def test_too_few_updates_at_round_timeout_fail_the_run(tmp_path):
+    server = serve_in_thread(
+        {**spec(tmp_path, "a,b,c", 1), "min_clients": 2, "round_timeout": 1.0, "grace_period": 1.0}
+    )
+    a, b, c = (RawClient(server.url, name) for name in "abc")
+    for client in (a, b, c):
+        client.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1
+    send(a, 1, weights(1), 1)
+    result = server.wait(TIMEOUT)
+    assert not result.ok
+    assert result.error.startswith(
+        "version 1: only 1 of buffer_size=3 updates came within round_timeout=1s (at least "
+        "min(min_clients, buffer_size)=2 needed)"
+    ), result.error
+
+
+def test_dp_counts_a_version_with_rate_k_over_n_and_versions_are_evaluated(tmp_path):
+    server = serve_in_thread(
+        {
+            **spec(tmp_path, "a,b", 2, buffer_size=1),
+            "strategy_options": {"noise_multiplier": 0.0, "clipping_norm": 100.0},
+        }
+    )
+    a, b = RawClient(server.url, "a"), RawClient(server.url, "b")
+    a.join(), b.join()
+    assert a.propose(weights(0)).status_code == 201
+    for version in (0, 1):
+        response = a.model(version + 1, wait=TIMEOUT)
+        assert response.headers["X-FL-Round"] == str(version + 1)
+        assert json.loads(response.headers["X-FL-Config"])["evaluate"] is True
+        evaluation = a.evaluate(version, 5, {"loss": float(version)})
+        assert evaluation.status_code == 200, evaluation.text
+        send(a, version + 1, weights(version + 1), 2)
+    result = finish(server, [a, b], [3, 1])
+    assert result.history["strategy"] == "fedavg+dp"
+    for record in result.history["rounds"][1:]:
+        assert record["strategy"]["dp"]["sampling_rate"] == 0.5
+    assert [r["evaluate"]["metrics"] for r in result.history["rounds"][:2]] == [
+        {"loss": 0.0},
+        {"loss": 1.0},
+    ]
+    # noise 0, a clipping norm far above the changes: version 2 is a's update exactly.
+    assert_weights(wire.decode(result.weights_path.read_bytes()), weights(2))
+
+
+def test_per_client_credentials_and_a_revocation_that_frees_its_slot(tmp_path):
+    """One slot: a holds it; b's token cannot act as a; revoking a frees the slot for b."""
+    registry_path = tmp_path / "registry.json"
+    registry, (cred_a, cred_b) = issue_many(["a", "b"])
+    registry.save(registry_path)
+    server = serve_in_thread(
+        {
+            **spec(tmp_path, "a,b", 1, buffer_size=1, max_concurrency=1),
+            "credentials": str(registry_path),
+            "credentials_reload": 0.1,
+        }
+    )
+    a = RawClient(server.url, "a", headers={"Authorization": cred_a.authorization})
+    b = RawClient(server.url, "b", headers={"Authorization": cred_b.authorization})
+    a.join(), b.join()
+    assert a.propose(weights(0)).status_code == 201
+    assert fetch(a, 1)[0] == 1
+    assert b.model(1, wait=0.2).status_code == 204  # the one slot is a's
+    impostor = RawClient(server.url, "a", headers={"Authorization": cred_b.authorization})
+    assert impostor.update(1, wire.encode(weights(9)), num_examples=1).status_code == 403
+    registry.revoke("a").save(registry_path)
+    assert fetch(b, 1)[0] == 1  # a's slot went with its credential
+    send(b, 1, weights(2), 1)
+    assert a.update(1, wire.encode(weights(1)), num_examples=1).status_code == 401
+    result = finish(server, [b], [2])
+    assert result.history["revoked"] == ["a"]
+    assert result.history["rounds"][1]["contributors"] == ["b"]
+    assert_weights(wire.decode(result.weights_path.read_bytes()), weights(2))

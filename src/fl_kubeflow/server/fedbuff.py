@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl_kubeflow import strategies
+from fl_kubeflow import strategies, wire
 from fl_kubeflow.async_params import AsyncParams, staleness_weight
 from fl_kubeflow.protocol import Phase
 from fl_kubeflow.server import checkpoint
@@ -148,16 +148,14 @@ class AsyncFederation(Federation):
         strategies.check_async(strategy, params, config.num_clients)
         self.params = params
         self.buffer_size = params.buffer_for(config.num_clients)
-        self.concurrency = params.concurrency_for(
-            config.num_clients, getattr(strategy, "fraction_fit", 1.0)
-        )
+        self.concurrency = params.concurrency_for(config.num_clients, strategy.fraction_fit)
         # Who trains now; who was drawn for a free slot and not yet answered; who is
         # long-polling for a model (the draw's candidates when fraction_fit < 1).
         self._slots: dict[str, Slot] = {}
         self._drawn: set[str] = set()
         self._polling: set[str] = set()
         self._draws = 0
-        self._sampling = getattr(strategy, "fraction_fit", 1.0) < 1.0
+        self._sampling = strategy.fraction_fit < 1.0
         # The versions some training client started from, within max_staleness.
         self._bases: dict[int, Weights] = {}
         super().__init__(config, strategy, initial_weights, resume)
@@ -386,6 +384,14 @@ class AsyncFederation(Federation):
 
     # ------------------------------------------------------------------ driver
 
+    def _base_weights(self) -> Weights:
+        """The newest version as its clients decoded it: the base of their changes (with
+        half-precision wire, not the server's float32 model)."""
+        assert self._model.weights is not None
+        if self.config.wire_dtype == "float32":
+            return self._model.weights
+        return wire.decode(self._model.body, wire_dtype=self.config.wire_dtype)
+
     def _drive_fit(self, current: RoundRecord, now: float) -> str | float | None:
         """Make the version once K updates are folded, or at round_timeout from those
         there if they are at least min(min_clients, K); lapse slots held round_timeout."""
@@ -440,7 +446,7 @@ class AsyncFederation(Federation):
         assert current is not None and current.aggregator is not None
         assert self._model.weights is not None
         newest = number - 1
-        self._bases[newest] = self._model.weights
+        self._bases[newest] = self._base_weights()
         # Kept: the newest, and versions a training client started from within reach.
         training = {slot.base for slot in self._slots.values()}
         for version in list(self._bases):

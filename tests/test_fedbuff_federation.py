@@ -1,0 +1,131 @@
+"""AsyncFederation driven through its methods, where a moment must be held still: an
+update arriving while the buffer is full, and the draw of a freed slot.
+
+Version 1 is opened by hand (``_open_round``, what the driver does once every client
+joined) so that the driver (``run``) starts only when the test lets it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from fl_kubeflow import strategies, wire
+from fl_kubeflow.async_params import AsyncParams
+from fl_kubeflow.protocol import Phase
+from fl_kubeflow.server.config import ServerConfig
+from fl_kubeflow.server.errors import RunFailed
+from fl_kubeflow.server.fedbuff import AsyncFederation
+from fl_kubeflow.strategies.sampling import sample_clients
+
+TIMEOUT = 30.0
+
+
+def weights(value: float) -> wire.Weights:
+    return {"w": np.full(4, value, np.float32)}
+
+
+def federation(clients: str, rounds: int, fraction_fit: float = 1.0, **options):
+    ids = tuple(clients.split(","))
+    params = AsyncParams(**options)
+    config = ServerConfig(
+        num_clients=len(ids),
+        num_rounds=rounds,
+        client_ids=ids,
+        grace_period=5.0,
+        round_timeout=TIMEOUT,
+        asynchronous=params,
+    )
+    strategy = strategies.build(
+        "fedavg",
+        {"fraction_fit": fraction_fit},
+        num_clients=len(ids),
+        min_clients=None,
+        asynchronous=params,
+    )
+    fed = AsyncFederation(config, strategy, initial_weights=weights(0.0))
+    for client_id in ids:
+        fed.join(client_id)
+    with fed._cond:
+        fed._open_round(1)
+    return fed
+
+
+def in_thread(target, *args) -> tuple[threading.Thread, list]:
+    """Run ``target(*args)`` in a thread; the list gets its result or its exception."""
+    out: list = []
+
+    def call() -> None:
+        try:
+            out.append(target(*args))
+        except Exception as exc:  # the test looks at it
+            out.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def wait_until(condition, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_an_update_arriving_at_a_full_buffer_counts_in_the_next_version():
+    fed = federation("a,b,c", 2, buffer_size=2)
+    for client_id in "abc":
+        assert fed.wait_for_model(client_id, 1, 0).server_round == 1
+    fed.submit_update("a", 1, 1, {}, wire.encode(weights(1.0)))
+    fed.submit_update("b", 1, 1, {}, wire.encode(weights(3.0)))
+    # The buffer holds K = 2 and the driver is not running: c's update must wait.
+    waiting, answer = in_thread(fed.submit_update, "c", 1, 2, {}, wire.encode(weights(6.0)))
+    waiting.join(0.3)
+    assert waiting.is_alive() and fed.status()["submitted"] == ["a", "b"]
+    driver, finished = in_thread(fed.run)
+    waiting.join(TIMEOUT)
+    assert answer == [{"accepted": True, "duplicate": False, "round": 1}]
+    # Version 1 = 2 (mean of 1 and 3); c's change of 6 from version 0, one version stale.
+    model = fed.wait_for_model("a", 2, TIMEOUT)
+    assert model.server_round == 2
+    np.testing.assert_array_equal(wire.decode(model.body)["w"], np.full(4, 2.0, np.float32))
+    fed.submit_update("a", 2, 1, {}, wire.encode(weights(2.5)))
+    wait_until(lambda: fed.status()["completed_rounds"] == 2)
+    for client_id in "abc":
+        assert fed.wait_for_model(client_id, 3, 0).phase is Phase.FINISHED
+        fed.leave(client_id)
+    driver.join(TIMEOUT)
+    assert finished == [True]
+    record = fed.history()["rounds"][2]
+    assert record["staleness"] == {"a": 0, "c": 1}
+    assert record["base_versions"] == {"a": 1, "c": 0}
+    # (2 * 6 / sqrt(2) + 1 * 0.5) / 3 from version 1
+    expected = np.float32(2.0 + (2 * 6.0 * 2**-0.5 + 0.5) / 3)
+    np.testing.assert_allclose(fed.final_weights()["w"], expected, rtol=1e-6)
+
+
+def test_a_freed_slot_goes_to_a_waiting_client_drawn_with_the_seeded_sampler():
+    """fraction_fit = 0.5 of four clients: two slots. c and d wait; a's update frees
+    one, and the strategy's sampler (seed 0) draws who gets it."""
+    fed = federation("a,b,c,d", 2, fraction_fit=0.5, buffer_size=1)
+    assert fed.concurrency == 2
+    for client_id in "ab":
+        assert fed.wait_for_model(client_id, 1, 0).server_round == 1
+    polls = {c: in_thread(fed.wait_for_model, c, 1, TIMEOUT) for c in "cd"}
+    wait_until(lambda: {"c", "d"} <= fed._polling)
+    driver, _ = in_thread(fed.run)
+    fed.submit_update("a", 1, 1, {}, wire.encode(weights(1.0)))
+    # Draws 1 and 2 gave a and b their slots; the third is among c and d.
+    (chosen,) = sample_clients(["c", "d"], 0.5, 1, 0, 3, stream="fit")
+    other = "d" if chosen == "c" else "c"
+    polls[chosen][0].join(TIMEOUT)
+    # Version 0 or 1, whichever is newest when it wakes: the slot frees as a's update lands.
+    assert polls[chosen][1][0].phase is Phase.FIT
+    assert polls[other][0].is_alive()  # still waiting: no slot is free
+    fed.abort("test over")
+    polls[other][0].join(TIMEOUT)
+    assert isinstance(polls[other][1][0], RunFailed)
+    driver.join(TIMEOUT)

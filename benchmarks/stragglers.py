@@ -152,13 +152,19 @@ def notes(sync: Cell, quorum: Cell, fedbuff: Cell, target: float) -> list[str]:
         )
     else:
         lines.append(f"- Goal: not decided, a run did not reach {target:.0%}.")
-    dropped = [r["round"] for r in quorum.rounds() if "0" in (r.get("timed_out") or [])]
+    timed_out = [r for r in quorum.rounds() if "0" in (r.get("timed_out") or [])]
+    others = [r["duration_s"] for r in quorum.rounds() if r not in timed_out]
     lines.append(
         "- (b): the straggler timed out in round(s) "
-        f"{', '.join(map(str, dropped)) or 'none'}; the server drops a timed-out client from "
-        "the run, so later rounds close as soon as the other N - 1 have reported and the "
-        "straggler's data no longer counts (here iid, so little is lost; with skewed data "
-        "its classes would be)."
+        f"{', '.join(str(r['round']) for r in timed_out) or 'none'} (each lasting "
+        "round_timeout) and its update counted in "
+        f"{quorum.straggler_share()} rounds. A timed-out client is set aside until it asks "
+        "for the next model: meanwhile rounds close as soon as the other N - 1 have "
+        "reported (median of the other rounds "
+        f"{statistics.median(others) if others else float('nan'):.2f} s); a round it is back "
+        "for waits for it up to round_timeout again. So (b) trains mostly without the "
+        "straggler's data (iid here: little is lost), while (c) folds its updates in, "
+        "staleness-weighted."
     )
     taus = [r["staleness"]["0"] for r in fedbuff.rounds() if "0" in (r.get("staleness") or {})]
     lines.append(
@@ -197,7 +203,9 @@ def main() -> int:
     parser.add_argument("--trainer", default="torch", help="keras or torch")
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, default=0.01)
-    parser.add_argument("--min-round-timeout", type=float, default=1.0)
+    parser.add_argument(
+        "--min-round-timeout", type=float, default=0.5, help="floor of (b)'s round_timeout"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--output", type=Path, default=REPORT)
     parser.add_argument("--lock", type=Path, default=None, help="flock this file per run")

@@ -11,12 +11,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from fl_kubeflow import strategies, wire
 from fl_kubeflow.async_params import AsyncParams
 from fl_kubeflow.protocol import Phase
 from fl_kubeflow.server.config import ServerConfig
-from fl_kubeflow.server.errors import RunFailed
+from fl_kubeflow.server.errors import RunFailed, WrongRound
 from fl_kubeflow.server.fedbuff import AsyncFederation
 from fl_kubeflow.strategies.sampling import sample_clients
 
@@ -162,3 +163,31 @@ def test_a_server_optimizer_steps_on_the_staleness_weighted_mean():
     v2 = twin.finish_round(2, v1, {"w": (base1 + 0.5 * mean2).astype(np.float32)})
     np.testing.assert_allclose(fed.final_weights()["w"], v2["w"], rtol=1e-6)
     end(fed, driver, "abc")
+
+
+def test_only_bases_of_training_clients_are_kept_and_others_refused():
+    """K = 1: b trains on version 0 while a makes versions 1 and 2; b leaves (its slot
+    goes), so version 0 is dropped when version 3 opens and b's update is refused."""
+    fed = federation("a,b", 4, buffer_size=1, max_staleness=5)
+    driver, _ = in_thread(fed.run)
+    assert fed.wait_for_model("b", 1, 0).server_round == 1
+    for version in (0, 1):
+        assert fed.wait_for_model("a", version + 1, TIMEOUT).server_round == version + 1
+        fed.submit_update("a", version + 1, 1, {}, wire.encode(weights(version + 1.0)))
+        wait_until(lambda v=version: fed.status()["completed_rounds"] == v + 1)
+    assert sorted(fed._bases) == [0, 2]  # b's base, and the newest (nobody trains on 1)
+    fed.leave("b")
+    assert fed.wait_for_model("a", 3, TIMEOUT).server_round == 3
+    fed.submit_update("a", 3, 1, {}, wire.encode(weights(3.0)))
+    wait_until(lambda: fed.status()["completed_rounds"] == 3)
+    assert sorted(fed._bases) == [3]
+    fed.join("b")
+    with pytest.raises(WrongRound, match="update based on version 0, which this server no "):
+        fed.submit_update("b", 1, 1, {}, wire.encode(weights(9.0)))
+    assert fed.wait_for_model("b", 2, 0).server_round == 4  # b goes on from the newest
+    fed.submit_update("b", 4, 1, {}, wire.encode(weights(4.0)))
+    wait_until(lambda: fed.phase is Phase.FINISHED)
+    end(fed, driver, "ab")
+    history = fed.history()
+    assert history["rounds"][4]["refused"][0]["client"] == "b"
+    np.testing.assert_array_equal(fed.final_weights()["w"], weights(4.0)["w"])

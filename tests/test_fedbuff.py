@@ -112,11 +112,11 @@ def test_scripted_updates_give_the_exact_versions_and_staleness(tmp_path):
     assert a.join().json()["propose_initial"] is True
     assert a.propose(w0).status_code == 201
     b.join(), c.join()
-    status = requests.get(f"{server.url}/v1/status", timeout=30).json()
-    assert status["mode"] == "async" and status["round"] == 1  # version 1 being made
     # Every client is handed version 0 as round 1: three slots (max_concurrency = N).
     for client in (a, b, c):
         assert fetch(client, 1)[0] == 1
+    status = requests.get(f"{server.url}/v1/status", timeout=30).json()
+    assert status["mode"] == "async" and status["round"] == 1  # version 1 being made
 
     wa1, wb1 = weights(11), weights(12)
     assert send(a, 1, wa1, 1)["round"] == 1
@@ -336,3 +336,10 @@ def test_per_client_credentials_and_a_revocation_that_frees_its_slot(tmp_path):
     assert result.history["revoked"] == ["a"]
     assert result.history["rounds"][1]["contributors"] == ["b"]
     assert_weights(wire.decode(result.weights_path.read_bytes()), weights(2))
+
+
+def test_concurrency_is_ceil_f_n_unless_given():
+    assert AsyncParams().concurrency_for(30, 0.1) == 3  # 0.1 * 30 is 3.0000000000000004
+    assert AsyncParams().concurrency_for(10, 0.25) == 3
+    assert AsyncParams().concurrency_for(10) == 10
+    assert AsyncParams(max_concurrency=4).concurrency_for(10, 0.1) == 4

@@ -217,29 +217,32 @@ class AsyncFederation(Federation):
             return free > 0
         if client_id not in self._drawn:
             self._polling.add(client_id)
-            current = self._current
-            busy = set(self._slots) | self._drawn
-            if current is not None:
-                busy |= set(current.contributors) | current.folding
-            candidates = sorted(self._polling - busy)
-            while free > 0 and candidates:
-                self._draws += 1
-                (chosen,) = sample_clients(
-                    candidates,
-                    1.0 / len(candidates),
-                    1,
-                    self.strategy.seed,
-                    self._draws,
-                    stream="fit",
-                )
-                self._drawn.add(chosen)
-                candidates.remove(chosen)
-                free -= 1
-                self._cond.notify_all()
+            if free > 0:
+                self._draw(free)
         if client_id in self._drawn:
             self._drawn.discard(client_id)
             return True
         return False
+
+    def _draw(self, free: int) -> None:
+        """Draw a waiting client for each of ``free`` slots (under the lock)."""
+        current = self._current
+        busy = set(self._slots) | self._drawn
+        if current is not None:
+            busy |= set(current.contributors) | current.folding
+        candidates = sorted(self._polling - busy)
+        for _ in range(min(free, len(candidates))):
+            self._draws += 1
+            # fraction 1/n with at least one: a single client, uniformly, seeded by
+            # (seed, draw number) and the candidates alone.
+            (chosen,) = sample_clients(
+                candidates, 1.0 / len(candidates), 1, self.strategy.seed, self._draws
+            )
+            self._drawn.add(chosen)
+            candidates.remove(chosen)
+            # Wake the chosen (only on a change: waiters woken for nothing would wake
+            # each other in turn).
+            self._cond.notify_all()
 
     def _release(self, client_id: str) -> None:
         """Free the client's training slot (its update was folded or refused, or it left)."""

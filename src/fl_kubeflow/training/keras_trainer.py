@@ -26,7 +26,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 # Before TensorFlow loads: hide its C++ INFO/WARNING start-up lines.
@@ -153,6 +153,16 @@ class KerasTrainer:
     def initial_weights(self) -> Weights:
         """The weights the model was built with (seeded, or from the ``.keras`` file)."""
         return {name: array.copy() for name, array in self._initial.items()}
+
+    def switch_client(self, client_id: int, data: ClientData) -> None:
+        """Become client ``client_id`` with ``data``, keeping the one compiled model.
+
+        For a process hosting many virtual clients (``fl-kubeflow simulate``): each fit
+        then is exactly that client's (its data, its seeded shuffles), without building
+        or compiling a model per client. The data must fit the model as the first did.
+        """
+        self.options = replace(self.options, client_id=client_id)
+        self.data = data
 
     def _reset_optimizer(self) -> None:
         for variable, value in zip(

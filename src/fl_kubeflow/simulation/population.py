@@ -124,6 +124,10 @@ class BuiltinPopulation:
             self.trainer_options, data=self.shards[clients[0]], **fast
         )
         self._client = clients[0]
+        # One fit and evaluation before the run: the framework builds its compiled step
+        # functions (seconds) while the server starts, not in round 1.
+        initial = self.trainer.initial_weights()
+        self.trainer.evaluate(self.trainer.fit(initial, 0, {}).weights, 0)
 
     def _become(self, client: int) -> None:
         if client != self._client:

@@ -143,7 +143,13 @@ class Simulation:
         ]
         try:
             self.server, port = processes.start_server(
-                args, self.ready_file, self.logs / "server.log", self.env
+                args,
+                self.ready_file,
+                self.logs / "server.log",
+                self.env,
+                # A server for N clients starts 2 N + 8 threads before it listens: with
+                # thousands of clients that takes longer than the usual minute.
+                ready_timeout=max(processes.READY_TIMEOUT_S, self.options.join_timeout),
             )
         except processes.ServerStartError as exc:
             raise SimulationError(str(exc)) from None

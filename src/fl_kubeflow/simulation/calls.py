@@ -99,7 +99,8 @@ class Calls:
         )
 
     def update(self, client: str, model: RoundModel, result: FitResult) -> bool:
-        """Send ``client``'s update; False if the round closed without it (wrong_round)."""
+        """Send ``client``'s update; False if the round closed without it (wrong_round) or
+        already counted one of this client's (conflict), which then stands."""
         headers = {
             **_as(client),
             protocol.ROUND_HEADER: str(model.server_round),
@@ -111,7 +112,7 @@ class Calls:
         try:
             self.transport.request("POST", protocol.UPDATE_PATH, data=body, headers=headers)
         except ServerError as exc:
-            if exc.code != protocol.WRONG_ROUND:
+            if exc.code not in (protocol.WRONG_ROUND, protocol.CONFLICT):
                 raise
             return False
         return True

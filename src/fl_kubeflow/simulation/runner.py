@@ -188,11 +188,11 @@ class Simulation:
                 next_status = now + STATUS_INTERVAL_S
             code = server.returncode
             if code is not None:
-                reporter.poll(final=True)
                 if code != 0:
                     raise SimulationError(
                         f"the server failed (exit {code}):\n{server.last_words()}"
                     )
+                reporter.finish(json.loads((self.output / "history.json").read_text()))
                 return
             for worker in self.workers:
                 if worker.returncode not in (None, 0):

@@ -52,9 +52,9 @@ def _own_trainer(trainer: str, client: int) -> object:
 @pytest.mark.parametrize("trainer", ["keras", "torch"])
 def test_switched_clients_fit_as_their_own_trainers(trainer: str) -> None:
     pytest.importorskip(trainer)
-    population = BuiltinPopulation(_options(trainer), [1, 5, 9])
+    population = BuiltinPopulation(_options(trainer), [1, 5])
     start = population.initial_weights()
-    for client in (5, 1, 9):  # out of order: each switch must bring the client's own data
+    for client in (5, 1):  # each switch must bring the client's own data
         shared = population.fit(client, start, 4, {})
         alone = _own_trainer(trainer, client).fit(start, 4, {})  # type: ignore[attr-defined]
         assert shared.num_examples == alone.num_examples

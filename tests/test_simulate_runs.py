@@ -136,7 +136,7 @@ def test_keras_clients_learn_digits(tmp_path: Path) -> None:
     options = SimulationOptions(
         clients=20,
         fraction_fit=0.25,
-        rounds=3,
+        rounds=2,
         trainer="keras",
         model="mlp",
         dataset="digits",
@@ -149,9 +149,10 @@ def test_keras_clients_learn_digits(tmp_path: Path) -> None:
     )
     result = Simulation(options, lambda line: None).run()
     rounds = result.history["rounds"]
-    assert [len(r["contributors"]) for r in rounds[1:]] == [5, 5, 5]
+    assert [len(r["contributors"]) for r in rounds[1:]] == [5, 5]
     # Every round's five evaluate the model they were given, the final model's
     # evaluators (fraction_evaluate 1: all 20) share one download of it.
     assert rounds[-1]["evaluate"]["num_clients"] == 20
-    assert rounds[-1]["evaluate"]["metrics"]["accuracy"] > 0.7, rounds[-1]
+    # From 0.07 for the initial model (10 classes); 0.74 when this was written.
+    assert rounds[-1]["evaluate"]["metrics"]["accuracy"] > 0.6, rounds[-1]
     assert result.summary["worker_reports"][0]["final_downloads"] == 1

@@ -3,6 +3,8 @@ trainer would (simulation/population.py): the same weights bit for bit, the same
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +70,23 @@ def test_switched_clients_fit_as_their_own_trainers(trainer: str) -> None:
         assert evaluated.num_examples == expected.num_examples
         for key, value in expected.metrics.items():
             assert evaluated.metrics[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_a_numpy_worker_loads_no_server_code_and_no_framework() -> None:
+    """A worker is client code: nothing of the server, and numpy clients need no framework
+    (memory per worker is what a simulation is measured by)."""
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, fl_kubeflow.simulation.worker; print('\\n'.join(sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    forbidden = ("fl_kubeflow.server", "fl_kubeflow.strategies", "flask", "waitress")
+    frameworks = ("tensorflow", "keras", "torch")
+    loaded = [m for m in listing if m.split(".")[0] in frameworks or m.startswith(forbidden)]
+    assert not loaded, loaded

@@ -57,6 +57,11 @@ def test_switched_clients_fit_as_their_own_trainers(trainer: str) -> None:
     population = BuiltinPopulation(_options(trainer), [1, 5])
     start = population.initial_weights()
     for client in (5, 1):  # each switch must bring the client's own data
+        # As a worker calls it: evaluate the global model, then train from it.
+        before = population.evaluate(client, start, 3)
+        assert before is not None
+        own = _own_trainer(trainer, client).evaluate(start, 3)  # type: ignore[attr-defined]
+        assert before.metrics == pytest.approx(own.metrics, rel=1e-6)
         shared = population.fit(client, start, 4, {})
         alone = _own_trainer(trainer, client).fit(start, 4, {})  # type: ignore[attr-defined]
         assert shared.num_examples == alone.num_examples

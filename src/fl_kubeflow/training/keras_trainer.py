@@ -145,6 +145,8 @@ class KerasTrainer:
         self._fresh_optimizer_state = [np.array(v.numpy()) for v in optimizer.variables]
         self._initial = get_weights(self.model)
         self._proximal: _ProximalLoop | None = None
+        # With batch_steps: the weights dict the model holds, untrained since it was set.
+        self._holding: Weights | None = None
 
     @property
     def num_parameters(self) -> int:
@@ -173,6 +175,16 @@ class KerasTrainer:
         self.options = replace(self.options, client_id=client_id)
         self.data = data
 
+    def _load(self, weights: Weights) -> None:
+        """Put ``weights`` into the model. With ``batch_steps``, the very dict the model
+        already holds untrained is not assigned again: a worker evaluates and then fits
+        one client from the same global weights, and every client of a round evaluates
+        the same final model (assigning the variables was most of an evaluation's time).
+        Callers hand each model in a new dict, never changing one's arrays in place."""
+        if not (self.batch_steps and weights is self._holding):
+            set_weights(self.model, weights)
+        self._holding = weights if self.batch_steps else None
+
     def _reset_optimizer(self) -> None:
         for variable, value in zip(
             self.model.optimizer.variables, self._fresh_optimizer_state, strict=True
@@ -191,7 +203,8 @@ class KerasTrainer:
             FloatingPointError: training diverged (non-finite loss).
         """
         mu = proximal_mu(config)
-        set_weights(self.model, weights)
+        self._load(weights)
+        self._holding = None  # trained from here on
         self._reset_optimizer()
         x, y = self.data.x_train, self.data.y_train
         # Our own seeded shuffles: the same round replays identically on a restart.
@@ -239,7 +252,7 @@ class KerasTrainer:
         """Loss and accuracy of ``weights`` on the local test split; None without test data."""
         if len(self.data.x_test) == 0:
             return None
-        set_weights(self.model, weights)
+        self._load(weights)
         batch_size = max(self.options.batch_size, _EVAL_BATCH_SIZE)
         x, y = self.data.x_test, self.data.y_test
         if self.batch_steps:

@@ -21,6 +21,9 @@ UPDATE_PATH = "/v1/update"
 EVALUATE_PATH = "/v1/evaluate"
 LEAVE_PATH = "/v1/leave"
 STATUS_PATH = "/v1/status"
+# GET: which clients the open round sampled (long-polls, as /v1/model does): one request
+# tells a simulation worker which of its many virtual clients train (docs/protocol.md).
+SAMPLED_PATH = "/v1/sampled"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"

@@ -16,9 +16,9 @@ SUBCOMMANDS = [server_cmd, client_cmd, credentials_cmd]
 
 def _optional_subcommands() -> list:
     """Subcommands whose modules may import heavier optional packages lazily."""
-    from fl_kubeflow.cli import local_cmd, submit_cmd
+    from fl_kubeflow.cli import local_cmd, simulate_cmd, submit_cmd
 
-    return [local_cmd, submit_cmd]
+    return [local_cmd, simulate_cmd, submit_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

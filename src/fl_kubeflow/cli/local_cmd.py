@@ -17,7 +17,12 @@ from fl_kubeflow.cli.options import (
     positive_int,
 )
 from fl_kubeflow.cli.secagg_options import params_from_args, server_args
-from fl_kubeflow.cli.server_cmd import add_server_options, config_from_args, strategy_from_args
+from fl_kubeflow.cli.server_cmd import (
+    add_server_options,
+    config_from_args,
+    limit_args,
+    strategy_from_args,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -140,14 +145,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         round_timeout=args.round_timeout,
         timeout=args.timeout,
         extra_server_args=[
-            "--grace-period",
-            str(args.grace_period),
-            "--poll-timeout",
-            str(args.poll_timeout),
-            "--max-update-mb",
-            str(args.max_update_mb),
-            "--max-examples",
-            str(args.max_examples),
+            *limit_args(args),
             *[arg for pair in args.strategy_option for arg in ("--strategy-option", pair)],
             *server_args(secure_aggregation),
             *async_options.server_args(asynchronous),

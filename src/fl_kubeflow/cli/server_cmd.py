@@ -90,6 +90,21 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     async_options.add_async_options(parser)
 
 
+def limit_args(args: argparse.Namespace) -> list[str]:
+    """The server's limits among ``add_server_options``, as ``fl-kubeflow server``
+    options: what ``local`` and ``simulate`` pass on to the server they start."""
+    return [
+        "--grace-period",
+        str(args.grace_period),
+        "--poll-timeout",
+        str(args.poll_timeout),
+        "--max-update-mb",
+        str(args.max_update_mb),
+        "--max-examples",
+        str(args.max_examples),
+    ]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "server",

@@ -61,6 +61,11 @@ class ProgressReporter:
         self._show(status, final)
         return status
 
+    def finish(self, history: dict[str, Any]) -> None:
+        """Print what the status reads missed, from the run's ``history.json``: a server
+        that ends right after its last round is gone before the next read."""
+        self._show({"phase": history["status"], "rounds": history["rounds"]}, final=True)
+
     def _show(self, status: dict[str, Any], final: bool) -> None:
         from fl_kubeflow.report import round_word, staleness_line
 

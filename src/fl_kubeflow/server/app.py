@@ -110,6 +110,15 @@ def create_app(
         since = request.args.get(protocol.SINCE_PARAM)
         return jsonify(federation.status(None if since is None else _int_arg(protocol.SINCE_PARAM)))
 
+    @app.get(protocol.SAMPLED_PATH)
+    def sampled() -> Response:
+        server_round = _int_arg(protocol.ROUND_PARAM)
+        wait = _float_arg(protocol.WAIT_PARAM, default=config.poll_timeout)
+        answer = federation.wait_sampled(server_round, wait)
+        if answer is None:
+            return Response(status=204, headers={"Retry-After": "0"})
+        return jsonify(answer)
+
     @app.post(protocol.JOIN_PATH)
     def join() -> Response:
         return jsonify(federation.join(claimed_id(_json_body())))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fl_kubeflow import protocol, strategies, wire
 from fl_kubeflow.protocol import Phase, SecAggStage
@@ -54,6 +54,10 @@ from fl_kubeflow.strategies import Strategy
 from fl_kubeflow.wire import Weights
 
 log = logging.getLogger("fl_kubeflow.server")
+
+_T = TypeVar("_T")
+# After a run's end, how often the driver counts the clients still to hear it.
+END_CHECK_S = 0.05
 
 
 @dataclass
@@ -105,6 +109,7 @@ class Federation:
         self._finished_at: str | None = None
         self._join_deadline = time.monotonic() + config.join_timeout
         self._end_deadline = 0.0
+        self._next_end_check = 0.0
         self._final_eval_sampled: set[str] = set()
         self._counters = Counters()
         # Client ids revoked during the run, joined or not: refused from then on.
@@ -190,18 +195,55 @@ class Federation:
 
     def wait_for_model(self, client_id: str, server_round: int, wait: float) -> ModelAnswer | None:
         """The global model for ``server_round`` or later; None if none opened within ``wait``."""
+        return self._long_poll(lambda: self._try_model(client_id, server_round), server_round, wait)
+
+    def _long_poll(
+        self, answer: Callable[[], _T | None], server_round: int, wait: float
+    ) -> _T | None:
+        """``answer()`` (under the lock) as soon as it is not None, for at most ``wait``
+        seconds (and ``poll_timeout``); None after that."""
         if server_round < 1:
             raise BadRequest(f"round must be at least 1, got {server_round}")
         deadline = time.monotonic() + max(0.0, min(wait, self.config.poll_timeout))
         with self._cond:
             while True:
-                answer = self._try_model(client_id, server_round)
-                if answer is not None:
-                    return answer
+                found = answer()
+                if found is not None:
+                    return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+
+    def wait_sampled(self, server_round: int, wait: float) -> dict[str, Any] | None:
+        """Who round ``server_round`` (or a later one) asks to train, once it is open; at the
+        end, who is asked to evaluate the final model. None if neither within ``wait``.
+
+        One long-poll for many clients: a process hosting thousands of virtual clients
+        learns which of them to run without a waiting request per client. It reads, and
+        changes nothing; the clients it names fetch their model as ever.
+        """
+        return self._long_poll(lambda: self._sampled_now(server_round), server_round, wait)
+
+    def _sampled_now(self, server_round: int) -> dict[str, Any] | None:
+        """``wait_sampled``'s answer if there is one now (under the lock)."""
+        self._raise_if_failed()
+        if self._phase is Phase.FINISHED:
+            return {
+                "round": self._round,
+                "phase": Phase.FINISHED.value,
+                "fit": [],
+                "evaluate": sorted(self._final_eval_sampled),
+            }
+        current = self._current
+        if self._phase is Phase.FIT and current is not None and self._round >= server_round:
+            return {
+                "round": self._round,
+                "phase": Phase.FIT.value,
+                "fit": list(current.sampled),
+                "evaluate": sorted(set(current.eval_sampled) & set(current.sampled)),
+            }
+        return None
 
     def _try_model(self, client_id: str, server_round: int) -> ModelAnswer | None:
         """The model answer for ``server_round`` or later if there is one now (under the
@@ -790,15 +832,22 @@ class Federation:
                     continue
                 deadline = step
             elif self._phase in (Phase.FINISHED, Phase.FAILED):
-                deadline = self._end_deadline
                 # Wait (up to the grace period) until every client has heard how the run
                 # ended, stragglers included; those still working also get to send their
-                # final evaluation and leave.
-                pending = self._clients.not_told_end(failed=self._phase is Phase.FAILED)
-                if not pending or now >= deadline:
-                    if pending:
-                        log.warning("grace period over; not heard from: %s", summarise_ids(pending))
-                    return self._phase.value
+                # final evaluation and leave. Who is still to hear it is a walk over every
+                # client: done on every wake-up (each leave wakes the driver) thousands of
+                # clients leaving one by one cost O(N^2); at most every END_CHECK_S it is
+                # O(N) a tick, and the run ends at most that much later.
+                if now >= self._next_end_check:
+                    pending = self._clients.not_told_end(failed=self._phase is Phase.FAILED)
+                    if not pending or now >= self._end_deadline:
+                        if pending:
+                            log.warning(
+                                "grace period over; not heard from: %s", summarise_ids(pending)
+                            )
+                        return self._phase.value
+                    self._next_end_check = now + END_CHECK_S
+                deadline = min(self._end_deadline, self._next_end_check)
             else:  # AGGREGATING is handled by run() outside the lock
                 raise AssertionError(self._phase)
             self._cond.wait(max(0.0, deadline - now))

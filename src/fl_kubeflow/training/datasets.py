@@ -524,9 +524,23 @@ def load_client_data(
             dataset, client_id, columns or TableColumns(), seed, test_fraction, timeout
         )
     full = load_full_dataset(dataset)
-    train_idx, test_idx = client_splits(full.y, num_clients, partition, seed, test_fraction)[
-        client_id
-    ]
+    splits = client_splits(full.y, num_clients, partition, seed, test_fraction)
+    return shard_data(full, splits[client_id], client_id, num_clients, partition)
+
+
+def shard_data(
+    full: FullDataset,
+    split: tuple[np.ndarray, np.ndarray],
+    client_id: int,
+    num_clients: int,
+    partition: str,
+) -> ClientData:
+    """One client's ``ClientData`` from a loaded built-in dataset and its ``client_splits`` entry.
+
+    Loading the dataset and splitting it once serves every client of a process (a
+    simulation worker hosts many); a client process calls ``load_client_data``.
+    """
+    train_idx, test_idx = split
     return ClientData(
         x_train=full.features(train_idx),
         y_train=full.y[train_idx],

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 # Before TensorFlow loads: hide its C++ INFO/WARNING start-up lines.
@@ -93,6 +93,12 @@ class KerasTrainer:
             its optimizer, loss and metrics (then ``options``' optimizer and learning
             rate are unused); an uncompiled one is compiled as the built-ins are. Give
             its layers fixed names: the weights travel by name.
+        batch_steps: train and evaluate batch by batch on the compiled model's own step
+            (``train_on_batch``/``test_on_batch``) instead of ``model.fit``/``evaluate``:
+            the same batches, optimizer updates and epoch metrics (batch-size-weighted
+            means) without the ~1 s each ``fit`` call costs in setting up its data
+            pipeline, which dominates a shard of a few dozen samples. For processes that
+            fit many small clients (``fl-kubeflow simulate``).
 
     Raises:
         ValueError: bad options, or a model/data mismatch naming both shapes.
@@ -104,9 +110,12 @@ class KerasTrainer:
         options: TrainerOptions,
         data: ClientData | None = None,
         model: ModelBuilder | None = None,
+        *,
+        batch_steps: bool = False,
     ) -> None:
         options.validate()
         self.options = options
+        self.batch_steps = batch_steps
         self.data = data if data is not None else load_trainer_data(options)
         if model is None:
             self.model = build_model(
@@ -136,6 +145,8 @@ class KerasTrainer:
         self._fresh_optimizer_state = [np.array(v.numpy()) for v in optimizer.variables]
         self._initial = get_weights(self.model)
         self._proximal: _ProximalLoop | None = None
+        # With batch_steps: the weights dict the model holds, untrained since it was set.
+        self._holding: Weights | None = None
 
     @property
     def num_parameters(self) -> int:
@@ -153,6 +164,26 @@ class KerasTrainer:
     def initial_weights(self) -> Weights:
         """The weights the model was built with (seeded, or from the ``.keras`` file)."""
         return {name: array.copy() for name, array in self._initial.items()}
+
+    def switch_client(self, client_id: int, data: ClientData) -> None:
+        """Become client ``client_id`` with ``data``, keeping the one compiled model.
+
+        For a process hosting many virtual clients (``fl-kubeflow simulate``): each fit
+        then is exactly that client's (its data, its seeded shuffles), without building
+        or compiling a model per client. The data must fit the model as the first did.
+        """
+        self.options = replace(self.options, client_id=client_id)
+        self.data = data
+
+    def _load(self, weights: Weights) -> None:
+        """Put ``weights`` into the model. With ``batch_steps``, the very dict the model
+        already holds untrained is not assigned again: a worker evaluates and then fits
+        one client from the same global weights, and every client of a round evaluates
+        the same final model (assigning the variables was most of an evaluation's time).
+        Callers hand each model in a new dict, never changing one's arrays in place."""
+        if not (self.batch_steps and weights is self._holding):
+            set_weights(self.model, weights)
+        self._holding = weights if self.batch_steps else None
 
     def _reset_optimizer(self) -> None:
         for variable, value in zip(
@@ -172,7 +203,8 @@ class KerasTrainer:
             FloatingPointError: training diverged (non-finite loss).
         """
         mu = proximal_mu(config)
-        set_weights(self.model, weights)
+        self._load(weights)
+        self._holding = None  # trained from here on
         self._reset_optimizer()
         x, y = self.data.x_train, self.data.y_train
         # Our own seeded shuffles: the same round replays identically on a restart.
@@ -188,6 +220,11 @@ class KerasTrainer:
             if mu > 0:
                 assert self._proximal is not None
                 metrics = self._proximal.epoch(x[order], y[order], self.options.batch_size)
+                continue
+            if self.batch_steps:
+                metrics = _by_batches(
+                    self.model.train_on_batch, x[order], y[order], self.options.batch_size
+                )
                 continue
             history = self.model.fit(
                 x[order],
@@ -215,18 +252,34 @@ class KerasTrainer:
         """Loss and accuracy of ``weights`` on the local test split; None without test data."""
         if len(self.data.x_test) == 0:
             return None
-        set_weights(self.model, weights)
-        result = self.model.evaluate(
-            self.data.x_test,
-            self.data.y_test,
-            batch_size=max(self.options.batch_size, _EVAL_BATCH_SIZE),
-            verbose=0,
-            return_dict=True,
-        )
+        self._load(weights)
+        batch_size = max(self.options.batch_size, _EVAL_BATCH_SIZE)
+        x, y = self.data.x_test, self.data.y_test
+        if self.batch_steps:
+            result = _by_batches(self.model.test_on_batch, x, y, batch_size)
+        else:
+            result = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
         return EvaluateResult(
-            num_examples=len(self.data.x_test),
+            num_examples=len(x),
             metrics={key: float(value) for key, value in result.items()},
         )
+
+
+def _by_batches(
+    step: Callable[..., dict[str, Any]], x: np.ndarray, y: np.ndarray, batch_size: int
+) -> dict[str, float]:
+    """``step`` (``train_on_batch`` or ``test_on_batch``) over (x, y) in order, in batches;
+    the metrics as ``fit``/``evaluate`` report them: means weighted by batch size.
+
+    Each step call starts its metrics afresh, so the epoch's means are made here.
+    """
+    sums: dict[str, float] = {}
+    for start in range(0, len(x), batch_size):
+        logs = step(x[start : start + batch_size], y[start : start + batch_size], return_dict=True)
+        size = len(x[start : start + batch_size])
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * size
+    return {key: total / max(1, len(x)) for key, total in sums.items()}
 
 
 class _ProximalLoop:

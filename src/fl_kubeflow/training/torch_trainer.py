@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -121,11 +121,7 @@ class TorchTrainer:
         if THREADS_ENV not in os.environ:
             torch.set_num_threads(1)
         self.options = options
-        self.data = data if data is not None else load_trainer_data(options)
-        self.x_train = torch.from_numpy(channels_first(self.data.x_train))
-        self.y_train = torch.from_numpy(self.data.y_train.astype(np.int64))
-        self.x_test = torch.from_numpy(channels_first(self.data.x_test))
-        self.y_test = torch.from_numpy(self.data.y_test.astype(np.int64))
+        self._use_data(data if data is not None else load_trainer_data(options))
         self.input_shape = torch_input_shape(self.data.input_shape)
         self.model = build_torch_model(
             options.model, self.input_shape, self.data.num_classes, options.seed
@@ -136,6 +132,23 @@ class TorchTrainer:
         # is better paid here, before the client joins, than in round 1. Each fit clears
         # its state instead (see fit).
         self.optimizer = make_optimizer(self.model, options)
+
+    def _use_data(self, data: ClientData) -> None:
+        self.data = data
+        self.x_train = torch.from_numpy(channels_first(data.x_train))
+        self.y_train = torch.from_numpy(data.y_train.astype(np.int64))
+        self.x_test = torch.from_numpy(channels_first(data.x_test))
+        self.y_test = torch.from_numpy(data.y_test.astype(np.int64))
+
+    def switch_client(self, client_id: int, data: ClientData) -> None:
+        """Become client ``client_id`` with ``data``, keeping the one model and optimizer.
+
+        For a process hosting many virtual clients (``fl-kubeflow simulate``): each fit
+        then is exactly that client's (its data, its seeded shuffles) without building
+        a model per client. The data must fit the model as the first did.
+        """
+        self.options = replace(self.options, client_id=client_id)
+        self._use_data(data)
 
     def _check_outputs(self) -> None:
         """Raise a ValueError naming the model and the data if one cannot train on the other."""

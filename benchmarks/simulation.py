@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_FLOWER_PYTHON = Path("/work/flwr-venv/bin/python")
 SAMPLE_INTERVAL_S = 0.05
-RUN_TIMEOUT_S = 900.0
+RUN_TIMEOUT_S = 600.0
 SEED = 0
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The Keras workload's training settings (McMahan et al.'s 2NN on digits, E = 1, B = 10).
@@ -336,6 +336,14 @@ def table_lines(results: list[dict[str, Any]]) -> list[str]:
             f"{work['rounds']} rounds"
         )
         anchor = ANCHORS.get(work["name"], "")
+        failed = [side for side in ("ours", "flower") if "error" in row[side]]
+        if failed:
+            reasons = "; ".join(
+                f"{side} failed: {row[side]['error'].strip().splitlines()[-1][:150]}"
+                for side in failed
+            )
+            lines.append(f"| {name} | - | - | - | {reasons} | {anchor} |")
+            continue
         cells = [
             ("wall s", ours["wall_s"], flower["wall_s"], 1.0, "{:.1f}"),
             ("median round s", ours["median_round_s"], flower["median_round_s"], 1.0, "{:.3f}"),
@@ -365,6 +373,8 @@ def memory_lines(results: list[dict[str, Any]]) -> list[str]:
     for row in results:
         for side in ("ours", "flower"):
             m = row[side]
+            if "error" in m:
+                continue
             parts = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in list(m["peak_parts"].items())[:5])
             lines.append(
                 f"- {row['workload']['name']}, {side}: {m['peak_processes']} processes; {parts}"
@@ -443,11 +453,21 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
         for work in workloads:
             row: dict[str, Any] = {"workload": work.__dict__}
-            row["ours"] = run_ours(work, folder, args.workers)
-            print(work.name, "ours", _brief(row["ours"]), flush=True)
-            row["flower"] = run_flower(work, folder, args.flower_python, args.cpus_per_client)
-            print(work.name, "flower", _brief(row["flower"]), flush=True)
-            if work.trainer == "keras":
+            sides = {
+                "ours": lambda w=work: run_ours(w, folder, args.workers),
+                "flower": lambda w=work: run_flower(
+                    w, folder, args.flower_python, args.cpus_per_client
+                ),
+            }
+            for side, run in sides.items():
+                try:
+                    row[side] = run()
+                except RuntimeError as exc:  # one failed command must not lose the others
+                    row[side] = {"error": str(exc)[-2000:]}
+                    print(work.name, side, "FAILED", str(exc)[-500:], flush=True)
+                else:
+                    print(work.name, side, _brief(row[side]), flush=True)
+            if work.trainer == "keras" and all("error" not in row[side] for side in sides):
                 ours_acc, flower_acc, count = keras_accuracy(
                     work, row["ours"]["weights"], row["flower"]["weights"]
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,10 @@ def _fraction(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
     return value
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -132,6 +137,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def emit(line: str) -> None:
         print(line, flush=True)
 
+    # A SIGTERM (a benchmark's timeout, a supervisor) stops the server and the workers
+    # too, as Ctrl-C does: they run in their own sessions and would outlive this process.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = Simulation(options, emit, limit_args(args)).run()
     except SimulationError as exc:

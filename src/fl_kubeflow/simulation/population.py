@@ -118,10 +118,16 @@ class BuiltinPopulation:
             c: shard_data(full, splits[c], c, options.clients, options.partition) for c in clients
         }
         # The built-in trainers take their data ready-made: the dataset is loaded once.
+        # Keras fits batch by batch: model.fit's set-up per call outweighs a small shard.
+        fast = {"batch_steps": True} if options.trainer == "keras" else {}
         self.trainer: Any = load_factory(options.trainer)(
-            self.trainer_options, data=self.shards[clients[0]]
+            self.trainer_options, data=self.shards[clients[0]], **fast
         )
         self._client = clients[0]
+        # One fit and evaluation before the run: the framework builds its compiled step
+        # functions (seconds) while the server starts, not in round 1.
+        initial = self.trainer.initial_weights()
+        self.trainer.evaluate(self.trainer.fit(initial, 0, {}).weights, 0)
 
     def _become(self, client: int) -> None:
         if client != self._client:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -64,6 +65,7 @@ class Simulation:
         self.output = Path(options.output)
         self.logs = self.output / "logs"
         self.scratch = self.output / WORKERS_FOLDER
+        self.ready_file = self.output / ".server-ready.json"
         # One fresh shared token for the run: the server and the workers get it in their
         # environment (never a command line); a token of the user's is not passed on.
         self.env: dict[str, str | None] = {TOKEN_ENV: new_token()}
@@ -80,6 +82,10 @@ class Simulation:
         memory = PeakMemory(self._pids)
         try:
             with memory:
+                # The workers start first: their framework imports and data loading
+                # overlap the server's start; they wait for its ready file to join.
+                self.ready_file.unlink(missing_ok=True)
+                self._start_workers()
                 port = self._start_server()
                 url = f"http://127.0.0.1:{port}"
                 self.emit(
@@ -87,7 +93,6 @@ class Simulation:
                     f"{opts.workers} worker(s), fraction_fit {opts.fraction_fit:g}; "
                     f"logs in {self.logs}"
                 )
-                self._start_workers(url)
                 reporter = ProgressReporter(
                     url, opts.clients, opts.rounds, self.emit, self.env[TOKEN_ENV]
                 )
@@ -138,13 +143,19 @@ class Simulation:
         ]
         try:
             self.server, port = processes.start_server(
-                args, self.output / ".server-ready.json", self.logs / "server.log", self.env
+                args,
+                self.ready_file,
+                self.logs / "server.log",
+                self.env,
+                # A server for N clients starts 2 N + 8 threads before it listens: with
+                # thousands of clients that takes longer than the usual minute.
+                ready_timeout=max(processes.READY_TIMEOUT_S, self.options.join_timeout),
             )
         except processes.ServerStartError as exc:
             raise SimulationError(str(exc)) from None
         return port
 
-    def _start_workers(self, url: str) -> None:
+    def _start_workers(self) -> None:
         for index in range(self.options.workers):
             command = [
                 sys.executable,
@@ -154,8 +165,8 @@ class Simulation:
                 str(self.scratch / "options.json"),
                 "--index",
                 str(index),
-                "--server",
-                url,
+                "--ready-file",
+                str(self.ready_file),
                 "--report",
                 str(self._report_path(index)),
             ]
@@ -195,8 +206,15 @@ class Simulation:
             time.sleep(POLL_INTERVAL_S)
 
     def _wait_workers(self) -> None:
+        """The workers end once their clients left, which the server's end waited for."""
         for worker in self.workers:
-            worker.proc.wait(processes.STOP_TIMEOUT_S)
+            try:
+                worker.proc.wait(processes.STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise SimulationError(
+                    f"{worker.name} still runs {processes.STOP_TIMEOUT_S:g}s after the server "
+                    f"ended:\n{worker.last_words()}"
+                ) from None
             if worker.returncode != 0:
                 raise SimulationError(
                     f"{worker.name} failed (exit {worker.returncode}):\n{worker.last_words()}"

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from fl_kubeflow import protocol
 from fl_kubeflow.auth import auth_headers, read_token
+from fl_kubeflow.local.processes import LOOPBACK, READY_POLL_S
 from fl_kubeflow.simulation.calls import Calls, RoundModel, Sampled
 from fl_kubeflow.simulation.options import SimulationOptions
 from fl_kubeflow.simulation.population import Population, make_population
@@ -216,18 +217,33 @@ class Worker:
         return calls
 
 
+def _wait_for_port(ready_file: Path, timeout: float) -> int:
+    """The server's port, once its ready file exists (it is written when it listens)."""
+    deadline = time.monotonic() + timeout
+    while not ready_file.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server did not listen within {timeout:g}s")
+        time.sleep(READY_POLL_S)
+    return int(json.loads(ready_file.read_text())["port"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One worker of fl-kubeflow simulate.")
     parser.add_argument("--options", type=Path, required=True, help="the simulation's JSON")
     parser.add_argument("--index", type=int, required=True, help="this worker's number")
-    parser.add_argument("--server", required=True, help="the server's base URL")
+    parser.add_argument(
+        "--ready-file", type=Path, required=True, help="the server's ready file (its port)"
+    )
     parser.add_argument("--report", type=Path, required=True, help="where to write its report")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     options = SimulationOptions.load(args.options)
-    report = Worker(options, args.index, args.server, read_token()).run()
+    population = make_population(options, options.client_ids(args.index))
+    port = _wait_for_port(args.ready_file, options.join_timeout)
+    worker = Worker(options, args.index, f"http://{LOOPBACK}:{port}", read_token(), population)
+    report = worker.run()
     args.report.write_text(json.dumps(report.__dict__, indent=2) + "\n")
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -377,7 +379,8 @@ def memory_lines(results: list[dict[str, Any]]) -> list[str]:
                 continue
             parts = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in list(m["peak_parts"].items())[:5])
             lines.append(
-                f"- {row['workload']['name']}, {side}: {m['peak_processes']} processes; {parts}"
+                f"- {row['workload']['name']}, {side} (1-minute load {m['load_before']:.1f} "
+                f"before): {m['peak_processes']} processes; {parts}"
             )
     return lines
 
@@ -429,6 +432,11 @@ def main() -> int:
         help="the table's file (default: simulation.md; --quick writes none unless given)",
     )
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        help="hold this lock file (flock) while measuring each workload, released between them",
+    )
     args = parser.parse_args()
     workloads = (
         QUICK if args.quick else [w for w in WORKLOADS if not args.only or w.name in args.only]
@@ -459,14 +467,8 @@ def main() -> int:
                     w, folder, args.flower_python, args.cpus_per_client
                 ),
             }
-            for side, run in sides.items():
-                try:
-                    row[side] = run()
-                except RuntimeError as exc:  # one failed command must not lose the others
-                    row[side] = {"error": str(exc)[-2000:]}
-                    print(work.name, side, "FAILED", str(exc)[-500:], flush=True)
-                else:
-                    print(work.name, side, _brief(row[side]), flush=True)
+            with _held(args.lock):
+                _measure_sides(work, row, sides)
             if work.trainer == "keras" and all("error" not in row[side] for side in sides):
                 ours_acc, flower_acc, count = keras_accuracy(
                     work, row["ours"]["weights"], row["flower"]["weights"]
@@ -483,6 +485,33 @@ def main() -> int:
         )
     print("\n".join(table_lines(results)))
     return 0
+
+
+@contextlib.contextmanager
+def _held(lock: Path | None) -> Iterator[None]:
+    """Hold ``lock`` (the machine-wide benchmark lock) exclusively, if given."""
+    if lock is None:
+        yield
+        return
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _measure_sides(
+    work: Workload, row: dict[str, Any], sides: dict[str, Callable[[], dict[str, Any]]]
+) -> None:
+    for side, run in sides.items():
+        try:
+            row[side] = run()
+        except RuntimeError as exc:  # one failed command must not lose the others
+            row[side] = {"error": str(exc)[-2000:]}
+            print(work.name, side, "FAILED", str(exc)[-500:], flush=True)
+        else:
+            print(work.name, side, _brief(row[side]), flush=True)
 
 
 def _brief(measured: dict[str, Any]) -> str:

@@ -394,6 +394,12 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
         f"load average {meta['load_start']:.2f} at the start, {meta['load_end']:.2f} at the end "
         "(the machine is shared; each run's own figures are in simulation.json).",
         *machine_lines(),
+        *[
+            f"- Rows not re-run by this command are from `benchmarks/simulation.py "
+            f"{m['argv']}` on {m['date']} (load {m['load_start']:.2f} at its start), commit "
+            f"{m['commit']}."
+            for m in meta.get("earlier_runs", [])[:1]
+        ],
         f"- Flower's venv: {meta['flower_versions']}; project commit {meta['commit']}",
         f"- Ours: `fl-kubeflow simulate --workers {meta['workers']}` (the real server process "
         "and the workers, HTTP on loopback). Flower: `run_simulation` (Message API, FedAvg) "
@@ -433,6 +439,11 @@ def main() -> int:
     )
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other workloads' rows of the existing output's .json (re-run some)",
+    )
+    parser.add_argument(
         "--lock",
         type=Path,
         help="hold this lock file (flock) while measuring each workload, released between them",
@@ -455,7 +466,14 @@ def main() -> int:
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
-    results = []
+    output = args.output or (None if args.quick else HERE / "simulation.md")
+    earlier: list[dict[str, Any]] = []
+    if args.merge and output is not None and output.with_suffix(".json").exists():
+        previous = json.loads(output.with_suffix(".json").read_text())
+        names = {w.name for w in workloads}
+        earlier = [r for r in previous["results"] if r["workload"]["name"] not in names]
+        meta["earlier_runs"] = [previous["meta"], *previous["meta"].get("earlier_runs", [])]
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="simbench-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -476,15 +494,20 @@ def main() -> int:
                 row["accuracy"] = {"ours": ours_acc, "flower": flower_acc, "test_examples": count}
                 print(work.name, "accuracy", row["accuracy"], flush=True)
             results.append(row)
-    meta.update(load_end=load_average(), minutes=(time.perf_counter() - started) / 60)
-    output = args.output or (None if args.quick else HERE / "simulation.md")
-    if output is not None:
-        write_markdown(output, meta, results)
-        output.with_suffix(".json").write_text(
-            json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
-        )
+            # Written after every workload: a run cut short keeps what it measured.
+            meta.update(load_end=load_average(), minutes=(time.perf_counter() - started) / 60)
+            if output is not None:
+                rows = sorted([*earlier, *results], key=_workload_order)
+                write_markdown(output, meta, rows)
+                output.with_suffix(".json").write_text(
+                    json.dumps({"meta": meta, "results": rows}, indent=2) + "\n"
+                )
     print("\n".join(table_lines(results)))
     return 0
+
+
+def _workload_order(row: dict[str, Any]) -> int:
+    return [w.name for w in WORKLOADS].index(row["workload"]["name"])
 
 
 @contextlib.contextmanager

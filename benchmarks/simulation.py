@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from perf_common import load_average, machine_lines
+from perf_common import load_average, machine_lines, section_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,6 +47,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # The Keras workload's training settings (McMahan et al.'s 2NN on digits, E = 1, B = 10).
 KERAS = {"local_epochs": 1, "batch_size": 10, "learning_rate": 0.1}
 TEST_FRACTION = 0.2  # the clients' local test share (TrainerOptions' default), as both sides use
+# simulation.md's hand-written reading of the figures, kept when the tables are rewritten.
+NOTES_SECTION = "## Reading the figures"
 
 
 @dataclass(frozen=True)
@@ -390,7 +392,8 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
         "# Many virtual clients: `fl-kubeflow simulate` against Flower's simulation engine",
         "",
         f"Made by `.venv/bin/python benchmarks/simulation.py {meta['argv']}` on {meta['date']} in "
-        f"{meta['minutes']:.1f} minutes, both sides one after the other in this one run; 1-minute "
+        f"{meta['minutes']:.1f} minutes (waits for the lock included), both sides of a "
+        "workload one after the other in this one run; 1-minute "
         f"load average {meta['load_start']:.2f} at the start, {meta['load_end']:.2f} at the end "
         "(the machine is shared; each run's own figures are in simulation.json).",
         *machine_lines(),
@@ -422,7 +425,8 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[dict[str, Any
         *memory_lines(results),
         "",
     ]
-    path.write_text("\n".join(lines))
+    notes = section_text(path, NOTES_SECTION)
+    path.write_text("\n".join(lines) + (f"\n{notes}" if notes else ""))
 
 
 def main() -> int:

@@ -208,6 +208,12 @@ class Federation:
                     return None
                 self._model_waits.wait(remaining)
 
+    def watch_models(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a waiting model answer may have changed (under the
+        lock: it must only take note). Long-polls parked outside a thread
+        (server/parking.py) are asked again then."""
+        self._model_waits.listen(listener)
+
     def _model_epoch(self) -> Hashable | None:
         """What every waiting client's model answer depends on besides its own requests
         (under the lock): a model long-poll is woken only when this changes.

@@ -14,10 +14,32 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fl_kubeflow.server.errors import RequestError
+    from fl_kubeflow.server.federation import ModelAnswer
 
 # A model epoch that differs from every epoch: "anything may have changed".
 ANY_CHANGE = None
+# The WSGI environ key of a parked long-poll's outcome (server/parking.py), which the
+# app's model route answers with instead of waiting.
+PARKED_KEY = "fl_kubeflow.parked"
+
+
+@dataclass(frozen=True)
+class ParkedOutcome:
+    """What a parked long-poll came to: a model, a refusal, or nothing in its wait."""
+
+    answer: ModelAnswer | None = None
+    refusal: RequestError | None = None
+
+    def result(self) -> ModelAnswer | None:
+        """The answer (None: none within the wait, 204); raises the refusal."""
+        if self.refusal is not None:
+            raise self.refusal
+        return self.answer
 
 
 class ModelWaits:
@@ -33,6 +55,12 @@ class ModelWaits:
         self._condition = threading.Condition(lock)
         self._epoch = epoch
         self._seen: Hashable | None = object()  # equal to no epoch: the first change wakes
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Also call ``listener`` at each epoch change, under the lock: it must only take
+        note (set an event), never call back into the federation."""
+        self._listeners.append(listener)
 
     def changed(self) -> None:
         """Something in the federation changed (under its lock): wake the waiters if the
@@ -42,6 +70,8 @@ class ModelWaits:
             return
         self._seen = epoch
         self._condition.notify_all()
+        for listener in self._listeners:
+            listener()
 
     def wait(self, timeout: float) -> None:
         """Wait (under the lock) for an epoch change, at most ``timeout`` seconds."""

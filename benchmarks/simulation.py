@@ -342,10 +342,7 @@ def table_lines(results: list[dict[str, Any]]) -> list[str]:
         anchor = ANCHORS.get(work["name"], "")
         failed = [side for side in ("ours", "flower") if "error" in row[side]]
         if failed:
-            reasons = "; ".join(
-                f"{side} failed: {row[side]['error'].strip().splitlines()[-1][:150]}"
-                for side in failed
-            )
+            reasons = "; ".join(f"{side} failed: {_reason(row[side]['error'])}" for side in failed)
             lines.append(f"| {name} | - | - | - | {reasons} | {anchor} |")
             continue
         cells = [
@@ -370,6 +367,13 @@ def table_lines(results: list[dict[str, Any]]) -> list[str]:
                 f"{acc['ours']:.3f} | {acc['flower']:.3f} | same workload: close | |"
             )
     return lines
+
+
+def _reason(error: str) -> str:
+    """The line of a failed command's output that says why (its CLI's 'failed' line)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    said = [line for line in lines if "failed" in line or "interrupted" in line]
+    return (said or lines or ["?"])[-1][:200].replace("|", "/")
 
 
 def memory_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -443,6 +447,11 @@ def main() -> int:
     )
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
     parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="measure nothing: rewrite the output's tables from its .json",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the other workloads' rows of the existing output's .json (re-run some)",
@@ -456,6 +465,10 @@ def main() -> int:
     workloads = (
         QUICK if args.quick else [w for w in WORKLOADS if not args.only or w.name in args.only]
     )
+    if args.rewrite:
+        saved = json.loads((args.output or HERE / "simulation.md").with_suffix(".json").read_text())
+        write_markdown(args.output or HERE / "simulation.md", saved["meta"], saved["results"])
+        return 0
     if not args.flower_python.exists():
         parser.error(f"no Flower venv at {args.flower_python}: see this script's docstring")
     started = time.perf_counter()

@@ -27,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 # results.md's section that secure_aggregation.py writes (run_perf.py keeps it).
 SECURE_SECTION = "## Secure aggregation (SecAgg+)"
+# results.md's section on many clients (benchmarks/load.md's summary, written by hand).
+SCALE_SECTION = "## Server scale"
 
 
 def model_shapes(num_params: int) -> list[tuple[int, ...]]:

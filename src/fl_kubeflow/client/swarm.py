@@ -29,8 +29,20 @@ def run_swarm(
     token: str | None = None,
     timeout: float = 600.0,
     retry_timeout: float = 60.0,
+    first_id: int = 0,
 ) -> SwarmResult:
-    """Run ``num_clients`` clients (ids 0..N-1) to the end of the run, or until ``timeout``."""
+    """Run ``num_clients`` clients to the end of the run, or until ``timeout``.
+
+    Args:
+        server_url: The server's base URL.
+        num_clients: How many clients this process runs, one thread each.
+        make_trainer: The trainer of client ``index``.
+        token: The run's shared token, if it has one.
+        timeout: Longest wait for the run's end (and for each round to open).
+        retry_timeout: How long each request retries an unreachable server.
+        first_id: The first client's id: ids are first_id..first_id+num_clients-1, so
+            several processes can share one federation.
+    """
     result = SwarmResult()
     lock = threading.Lock()
 
@@ -54,7 +66,7 @@ def run_swarm(
 
     threads = [
         threading.Thread(target=one, args=(i,), name=f"client-{i}", daemon=True)
-        for i in range(num_clients)
+        for i in range(first_id, first_id + num_clients)
     ]
     for thread in threads:
         thread.start()

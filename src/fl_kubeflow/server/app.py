@@ -27,6 +27,7 @@ from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.identity import Identities, identities_for
+from fl_kubeflow.server.model_waits import PARKED_KEY
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -137,7 +138,11 @@ def create_app(
         client_id = _client_id()
         server_round = _int_arg(protocol.ROUND_PARAM)
         wait = _float_arg(protocol.WAIT_PARAM, default=config.poll_timeout)
-        answer = federation.wait_for_model(client_id, server_round, wait)
+        parked = request.environ.get(PARKED_KEY)
+        if parked is not None:  # waited for without a thread already (server/parking.py)
+            answer = parked.result()
+        else:
+            answer = federation.wait_for_model(client_id, server_round, wait)
         if answer is None:
             return Response(status=204, headers={"Retry-After": "0"})
         # The cached body goes out through the server's file wrapper (as send_file

@@ -18,6 +18,8 @@ MIN_TOKEN_LENGTH = 22  # 128 bits in URL-safe base64
 DEFAULT_MAX_IO_THREADS = 4
 MAX_IO_THREADS = 64
 MAX_RECEIVE_SLOTS = 64
+# Worker threads when model long-polls are parked without one (server_threads).
+PARKED_SERVER_THREADS = 32
 # Below 2**53: every count, and the sum of a round's counts, stays exact as a float64 weight.
 MAX_EXAMPLES_CEILING = 10**15
 
@@ -213,5 +215,15 @@ class ServerConfig:
 
     @property
     def server_threads(self) -> int:
-        """Every client may hold a long-poll while others submit: threads grow with N."""
-        return 2 * self.num_clients + 8
+        """Worker threads of the WSGI server.
+
+        On waitress, model long-polls wait without a thread (server/parking.py): the
+        workers only run requests that answer at once, a pool that need not grow with
+        N. With TLS (cheroot) or secure aggregation (whose stage long-polls wait in
+        threads) every client may hold a long-poll while others submit: threads grow
+        with N.
+        """
+        every_client = 2 * self.num_clients + 8
+        if self.tls_cert is not None or self.secure_aggregation is not None:
+            return every_client
+        return min(every_client, PARKED_SERVER_THREADS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ from fl_kubeflow.server.errors import (
 )
 from fl_kubeflow.server.evaluations import Evaluations
 from fl_kubeflow.server.global_model import GlobalModel
+from fl_kubeflow.server.model_waits import ANY_CHANGE, ModelWaits, NotifyingCondition
 from fl_kubeflow.server.records import (
     ClientRecord,
     Counters,
@@ -94,7 +95,11 @@ class Federation:
     ) -> None:
         self.config = config
         self.strategy = strategy
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        # Model long-polls wait apart, woken only when an answer may have changed
+        # (server/model_waits.py); every other wait is on _cond.
+        self._model_waits = ModelWaits(lock, self._model_epoch)
+        self._cond = NotifyingCondition(lock, self._model_waits.changed)
         self._phase = Phase.WAITING
         self._round = 0
         self._clients = Clients(config)
@@ -213,7 +218,24 @@ class Federation:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                self._cond.wait(remaining)
+                self._model_waits.wait(remaining)
+
+    def watch_models(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a waiting model answer may have changed (under the
+        lock: it must only take note). Long-polls parked outside a thread
+        (server/parking.py) are asked again then."""
+        self._model_waits.listen(listener)
+
+    def _model_epoch(self) -> Hashable | None:
+        """What every waiting client's model answer depends on besides its own requests
+        (under the lock): a model long-poll is woken only when this changes.
+
+        A subclass with its own ``_try_model`` must give its own epoch (for example a
+        free concurrency slot); until it does, every change wakes the waiters.
+        """
+        if type(self)._try_model is not Federation._try_model:
+            return ANY_CHANGE
+        return (self._phase, self._round, len(self._revoked))
 
     def wait_sampled(self, server_round: int, wait: float) -> dict[str, Any] | None:
         """Who round ``server_round`` (or a later one) asks to train, once it is open; at the

@@ -15,12 +15,16 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow.server.body_slots import ReceiveSlots
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.connection_guard import ConnectionGuard
+from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.header_check import MAX_JSON_BYTES, HeadCheck
+
+if TYPE_CHECKING:
+    from fl_kubeflow.server.parking import Parker
 
 log = logging.getLogger("fl_kubeflow.server")
 
@@ -37,6 +41,7 @@ class RunningServer:
     scheme: str
     close: Callable[[], None]
     receive_slots: ReceiveSlots | None = None  # None with TLS (cheroot) or no slots
+    parker: Parker | None = None  # None with TLS (cheroot) or no federation
 
 
 def start_http_server(
@@ -45,6 +50,7 @@ def start_http_server(
     head_check: HeadCheck | None = None,
     count: Callable[[str], None] | None = None,
     on_failure: Callable[[str], None] | None = None,
+    federation: Federation | None = None,
 ) -> RunningServer:
     """Bind, start serving on daemon threads, and return the bound port.
 
@@ -58,6 +64,8 @@ def start_http_server(
         on_failure: Called with the reason if a thread that serves sockets dies before
             ``close`` (the process would otherwise stay up serving nobody); the
             server's ``serve`` fails the run with it.
+        federation: The run whose model long-polls waitress parks without a thread
+            (server/parking.py); None: each waits in a worker thread, as with TLS.
     """
     head_check = head_check or _no_check
     guard = ConnectionGuard(config.head_timeout, config.max_pending_connections, count or _no_count)
@@ -66,7 +74,7 @@ def start_http_server(
     if config.tls_cert is not None:
         running = _start_cheroot(app, config, head_check, guard, died)
     else:
-        running = _start_waitress(app, config, head_check, guard, died)
+        running = _start_waitress(app, config, head_check, guard, died, federation)
     close = running.close
 
     def close_all() -> None:
@@ -119,9 +127,11 @@ def _start_waitress(
     head_check: HeadCheck,
     guard: ConnectionGuard,
     on_failure: Callable[[str], None],
+    federation: Federation | None,
 ) -> RunningServer:
     from waitress import create_server
 
+    from fl_kubeflow.server.parking import Parker
     from fl_kubeflow.server.waitress_channel import guarded_channel_class
 
     options: dict[str, Any] = dict(
@@ -145,6 +155,12 @@ def _start_waitress(
         ident="fl-kubeflow",
     )
     first = create_server(app, host=config.host, port=config.port, **options)
+    dispatcher: Any = first.task_dispatcher  # type: ignore[union-attr]
+    parker = None
+    if federation is not None:
+        # In front of the worker threads: model long-polls wait without one.
+        parker = Parker(federation, dispatcher, config.poll_timeout)
+        dispatcher = first.task_dispatcher = parker  # type: ignore[union-attr]
     loops = [first]
     # More loops on the same listening socket, each with its own I/O thread: whichever
     # is free accepts a new connection (the others get EAGAIN, which waitress ignores),
@@ -156,7 +172,7 @@ def _start_waitress(
             create_server(
                 app,
                 map={},
-                _dispatcher=first.task_dispatcher,  # type: ignore[union-attr]
+                _dispatcher=dispatcher,
                 sockets=[first.socket.dup()],  # type: ignore[union-attr]
                 **options,
             )
@@ -167,7 +183,7 @@ def _start_waitress(
         slots = ReceiveSlots(config.receive_slots, patience=config.slot_patience)
         for loop in loops:
             slots.wake_on_free(loop)
-    channel_class = guarded_channel_class(head_check, guard, slots, config.max_update_bytes)
+    channel_class = guarded_channel_class(head_check, guard, slots, config.max_update_bytes, parker)
     for loop in loops:
         loop.channel_class = channel_class  # type: ignore[union-attr]
     closing = threading.Event()
@@ -179,10 +195,13 @@ def _start_waitress(
 
     def close() -> None:
         closing.set()
+        if parker is not None:
+            parker.stop()
         for loop in loops:
             loop.close()
 
-    return RunningServer(int(first.effective_port), "http", close, slots)  # type: ignore[union-attr]
+    port = int(first.effective_port)  # type: ignore[union-attr]
+    return RunningServer(port, "http", close, slots, parker)
 
 
 def _server_body_limit(config: ServerConfig) -> int:

@@ -85,6 +85,7 @@ def serve(
             head_check,
             federation.count_rejection,
             on_failure=federation.abort,
+            federation=federation,
         )
     except BaseException:
         identities.close()

@@ -25,6 +25,7 @@ from fl_kubeflow.server.body_slots import SLOT_BODIES_FROM, ReceiveSlots, SlotBo
 from fl_kubeflow.server.connection_guard import ConnectionGuard
 from fl_kubeflow.server.errors import RequestError, TooLarge
 from fl_kubeflow.server.header_check import HeadCheck, trusted
+from fl_kubeflow.server.parking import ParkedTask, Parker
 
 
 class JsonRefusal(Error):
@@ -46,6 +47,7 @@ def guarded_channel_class(
     guard: ConnectionGuard,
     slots: ReceiveSlots | None,
     largest: int,
+    parker: Parker | None = None,
 ) -> type[HTTPChannel]:
     """A waitress channel class that checks heads, reports to ``guard``, and uses ``slots``.
 
@@ -56,6 +58,8 @@ def guarded_channel_class(
             None spools every body as waitress does.
         largest: The largest body the app accepts (max_update_bytes): bodies above go
             to waitress's buffer, memory being for bodies that can be accepted.
+        parker: Where model long-polls wait without a thread (server/parking.py);
+            None: in a worker thread.
     """
 
     class GuardedParser(HTTPRequestParser):
@@ -95,6 +99,8 @@ def guarded_channel_class(
             return consumed
 
     class GuardedChannel(HTTPChannel):
+        task_class = ParkedTask
+
         def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
             super().__init__(server, sock, addr, adj, map=map)
             self.parser_class = functools.partial(GuardedParser, channel=self)
@@ -162,6 +168,8 @@ def guarded_channel_class(
 
         def handle_close(self) -> None:
             guard.closed(self)
+            if parker is not None:
+                parker.forget(self)
             # A body cut off mid-way would otherwise keep its slot.
             request = self.request
             if request is not None and isinstance(request.body_rcv, SlotBody):

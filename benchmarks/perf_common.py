@@ -27,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 # results.md's section that secure_aggregation.py writes (run_perf.py keeps it).
 SECURE_SECTION = "## Secure aggregation (SecAgg+)"
+# results.md's breakdown of a small-model client-round (request_costs.py's numbers).
+LATENCY_SECTION = "## Small-model latency: where a client-round's time goes"
 
 
 def model_shapes(num_params: int) -> list[tuple[int, ...]]:

@@ -34,6 +34,7 @@ import original_protocol
 import round_overhead
 from perf_common import (
     HERE,
+    LATENCY_SECTION,
     SECURE_SECTION,
     copy_seconds,
     load_average,
@@ -497,8 +498,9 @@ def write_markdown(result: dict[str, Any], output: Path, quick: bool) -> list[st
         "global weights plus 0.001, no evaluation); all on 127.0.0.1.",
         "",
     ]
-    # secure_aggregation.py's section is its own: kept as it was.
-    kept = section_text(output, SECURE_SECTION)
+    # The small-model breakdown (written by hand from request_costs.py) and
+    # secure_aggregation.py's section are their own: kept as they were.
+    kept = "".join(section_text(output, heading) for heading in (LATENCY_SECTION, SECURE_SECTION))
     output.write_text("\n".join(header + body) + "\n" + (f"\n{kept}" if kept else ""))
     return body
 

@@ -29,6 +29,10 @@ PYTHON = sys.executable
 SECURE_SECTION = "## Secure aggregation (SecAgg+)"
 # results.md's section on many clients (benchmarks/load.md's summary, written by hand).
 SCALE_SECTION = "## Server scale"
+# results.md's breakdown of a small-model client-round (request_costs.py's numbers).
+LATENCY_SECTION = "## Small-model latency: where a client-round's time goes"
+# results.md's link to simulation.md (benchmarks/simulation.py writes that file).
+SIMULATION_SECTION = "## Many virtual clients"
 
 
 def model_shapes(num_params: int) -> list[tuple[int, ...]]:

@@ -51,12 +51,14 @@ def run_one(
     profile: Path | None = None,
     server_options: Sequence[str] = (),
     on_server: Callable[[str], object] | None = None,
+    prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run one federation to its end and return its measurements.
 
     ``profile``: record the server under py-spy (collapsed stacks) into this file;
     ``server_options``: more ``fl-kubeflow server`` options; ``on_server``: called with
-    the server's URL once it listens, before the clients start (secure_aggregation.py's).
+    the server's URL once it listens, before the clients start (secure_aggregation.py's);
+    ``prefix``: run the server under this command (request_costs.py's /usr/bin/time).
     """
     from fl_kubeflow import files, wire
     from fl_kubeflow.client.numpy_trainers import random_weights
@@ -86,7 +88,7 @@ def run_one(
             "30",
             *extra,
             *server_options,
-            prefix=spy if profile else (),
+            prefix=spy if profile else prefix,
         )
         if on_server is not None:
             on_server(url)

@@ -34,8 +34,10 @@ import original_protocol
 import round_overhead
 from perf_common import (
     HERE,
+    LATENCY_SECTION,
     SCALE_SECTION,
     SECURE_SECTION,
+    SIMULATION_SECTION,
     copy_seconds,
     load_average,
     machine_lines,
@@ -498,8 +500,10 @@ def write_markdown(result: dict[str, Any], output: Path, quick: bool) -> list[st
         "global weights plus 0.001, no evaluation); all on 127.0.0.1.",
         "",
     ]
-    # secure_aggregation.py's section and the server-scale one are their own: kept.
-    kept = "".join(section_text(output, s) for s in (SCALE_SECTION, SECURE_SECTION))
+    # Sections written elsewhere (by hand from load.md and request_costs.py, or by
+    # secure_aggregation.py and simulation.py) are their own: kept as they were.
+    sections = (SCALE_SECTION, LATENCY_SECTION, SECURE_SECTION, SIMULATION_SECTION)
+    kept = "".join(section_text(output, heading) for heading in sections)
     output.write_text("\n".join(header + body) + "\n" + (f"\n{kept}" if kept else ""))
     return body
 

@@ -16,8 +16,8 @@ Both ends import this module; it imports only the standard library,
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 import json
 import os
 import tempfile
@@ -110,13 +110,21 @@ class Registry:
     revoked: frozenset[str] = frozenset()
 
     def identify(self, token: str) -> Enrolment | None:
-        """The enrolment whose token this is (revoked or not), or None."""
-        digest = token_digest(token)
+        """The enrolment whose token this is (revoked or not), or None.
+
+        Looked up by the token's SHA-256, not compared with every enrolment in turn
+        (~150 us per request with 1,000 clients, twice per request): how long the
+        look-up of a digest takes can tell a guesser about the digest at most, and
+        leads no closer to a token that has it.
+        """
+        return self._by_digest.get(token_digest(token))
+
+    @functools.cached_property
+    def _by_digest(self) -> dict[str, Enrolment]:
+        index: dict[str, Enrolment] = {}
         for enrolment in self.enrolments.values():
-            # compare_digest: how long a wrong guess takes says nothing of how close it was.
-            if hmac.compare_digest(enrolment.digest, digest):
-                return enrolment
-        return None
+            index.setdefault(enrolment.digest, enrolment)  # the first of a shared token
+        return index
 
     def is_revoked(self, name: str) -> bool:
         return name in self.revoked

@@ -39,10 +39,12 @@ SECAGG_MASKED_PATH = "/v1/secagg/masked"  # POST safetensors: the masked input
 SECAGG_UNMASK_PATH = "/v1/secagg/unmask"  # GET: who survived, who dropped
 SECAGG_REVEAL_PATH = "/v1/secagg/reveal"  # POST JSON: the shares that remove the masks
 
-# Query parameters: of GET /v1/model (round, wait) and GET /v1/status (since).
+# Query parameters: of GET /v1/model (round, wait), GET /v1/status (since) and
+# POST /v1/update (next, wait: answer with the next round's model, see docs/protocol.md).
 ROUND_PARAM = "round"
 WAIT_PARAM = "wait"
 SINCE_PARAM = "since"
+NEXT_PARAM = "next"
 
 # Headers.
 CLIENT_ID_HEADER = "X-FL-Client-Id"
@@ -52,6 +54,8 @@ METRICS_HEADER = "X-FL-Metrics"
 PHASE_HEADER = "X-FL-Phase"
 CONFIG_HEADER = "X-FL-Config"
 WIRE_DTYPE_HEADER = "X-FL-Wire-Dtype"
+# On an update's answer that is the next model: the update's own JSON answer.
+UPDATE_HEADER = "X-FL-Update"
 
 
 class Phase(str, Enum):

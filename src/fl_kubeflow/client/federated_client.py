@@ -127,10 +127,9 @@ class FederatedClient:
             info = self._join()
             log.info("client %s joined (%d rounds)", self.client_id, info["num_rounds"])
             evaluated: set[int] = set()
-            next_round = 1
             checked = not self.check_model
+            model = self._wait_for_model(1)
             while True:
-                model = self._wait_for_model(next_round)
                 if not checked:
                     self._check_model(model.weights)
                     checked = True
@@ -143,8 +142,9 @@ class FederatedClient:
                     return summary
                 if model.config.get("evaluate", True):  # fraction_evaluate may skip us
                     self._evaluate(model.weights, model.server_round - 1, summary, evaluated)
-                self._fit(model, summary)
-                next_round = model.server_round + 1
+                # The update's answer is the next model when the server has it in time.
+                answered = self._fit(model, summary)
+                model = answered or self._wait_for_model(model.server_round + 1)
         finally:
             self.transport.close()
 
@@ -179,20 +179,22 @@ class FederatedClient:
                 "client %s: the run is finished; the goodbye was lost: %s", self.client_id, exc
             )
 
-    def _fit(self, model: _Model, summary: ClientSummary) -> None:
+    def _fit(self, model: _Model, summary: ClientSummary) -> _Model | None:
+        """Train on ``model`` and send the update; the next model if its answer was that."""
         result = self.trainer.fit(model.weights, model.server_round, model.config)
         # Client-side DP clipping, when the round's config asks for it (else unchanged).
         weights, clip_metrics = clip_for_config(result.weights, model.weights, model.config)
         result = FitResult(weights, result.num_examples, {**result.metrics, **clip_metrics})
+        answered = None
         try:
             if protocol.SECAGG_CONFIG_KEY in model.config:
                 result = self._submit_secure(model, result)
             else:
-                self._submit(model, result)
+                answered = self._submit(model, result)
         except RoundAbandoned as exc:
             log.warning("client %s: leaving the secure round: %s", self.client_id, exc)
             summary.stale_rounds.append(model.server_round)
-            return
+            return None
         except ServerError as exc:
             if exc.code == protocol.RUN_FAILED:
                 raise FederationFailed(exc.message) from None
@@ -205,7 +207,7 @@ class FederatedClient:
                     model.server_round,
                     exc.message,
                 )
-                return
+                return None
             if exc.code != protocol.WRONG_ROUND:
                 raise
             # Too late: the round (or a secure round's stage) closed without us. Catch up
@@ -217,7 +219,7 @@ class FederatedClient:
                 exc.message,
             )
             summary.stale_rounds.append(model.server_round)
-            return
+            return None
         summary.rounds_trained.append(model.server_round)
         summary.fit_metrics[model.server_round] = result.metrics
         log.info(
@@ -227,9 +229,15 @@ class FederatedClient:
             result.num_examples,
             _fmt(result.metrics),
         )
+        return answered
 
-    def _submit(self, model: _Model, result: FitResult) -> None:
-        """Send the update (protocol v1's POST /v1/update)."""
+    def _submit(self, model: _Model, result: FitResult) -> _Model | None:
+        """Send the update (POST /v1/update), asking for the next model as its answer.
+
+        Returns that model, or None when the answer is the update's JSON alone: the
+        next round had not opened within the wait (202), or the server is one that
+        ignores ``next`` (200 JSON); the client then long-polls for it as ever.
+        """
         headers = {
             protocol.ROUND_HEADER: str(model.server_round),
             protocol.NUM_EXAMPLES_HEADER: str(result.num_examples),
@@ -239,7 +247,19 @@ class FederatedClient:
         # Sent from the trainer's arrays as they are: no message-sized copy.
         wire_dtype = self.wire_dtype or model.wire_dtype
         body = BufferBody(wire.encode_parts(result.weights, wire_dtype=wire_dtype))
-        self._call("POST", protocol.UPDATE_PATH, data=body, headers=headers)
+        wait = min(self.poll_wait, self.round_wait_timeout)
+        response = self._call(
+            "POST",
+            protocol.UPDATE_PATH,
+            data=body,
+            headers=headers,
+            params={protocol.NEXT_PARAM: "1", protocol.WAIT_PARAM: f"{wait:.3f}"},
+            read_timeout=wait + self.transport.request_timeout,
+            into_buffer=True,
+        )
+        if response.headers.get("Content-Type", "").split(";")[0] != wire.CONTENT_TYPE:
+            return None
+        return self._model_from(response)
 
     def _submit_secure(self, model: _Model, result: FitResult) -> FitResult:
         """Take part in the round's secure aggregation; the result with its metrics as sent.
@@ -315,18 +335,23 @@ class FederatedClient:
                 raise
             if response.status_code == 204:
                 continue
-            # The server says how it sent float32 tensors; absent (an older server): as is.
-            wire_dtype = response.headers.get(protocol.WIRE_DTYPE_HEADER, "float32")
-            if wire_dtype not in wire.WIRE_DTYPES:
-                raise FederationFailed(f"the server sends weights as {wire_dtype!r}, unknown here")
-            return _Model(
-                phase=response.headers.get(protocol.PHASE_HEADER, protocol.Phase.FIT.value),
-                server_round=int(response.headers[protocol.ROUND_HEADER]),
-                # Views of the buffer the body was read into: no copy.
-                weights=wire.decode(response.buffer, wire_dtype=wire_dtype),
-                config=json.loads(response.headers.get(protocol.CONFIG_HEADER) or "{}"),
-                wire_dtype=wire_dtype,
-            )
+            return self._model_from(response)
+
+    def _model_from(self, response: requests.Response) -> _Model:
+        """The model of a 200 answer read with ``into_buffer`` (GET /v1/model, or an
+        update's answer with ``next``)."""
+        # The server says how it sent float32 tensors; absent (an older server): as is.
+        wire_dtype = response.headers.get(protocol.WIRE_DTYPE_HEADER, "float32")
+        if wire_dtype not in wire.WIRE_DTYPES:
+            raise FederationFailed(f"the server sends weights as {wire_dtype!r}, unknown here")
+        return _Model(
+            phase=response.headers.get(protocol.PHASE_HEADER, protocol.Phase.FIT.value),
+            server_round=int(response.headers[protocol.ROUND_HEADER]),
+            # Views of the buffer the body was read into: no copy.
+            weights=wire.decode(response.buffer, wire_dtype=wire_dtype),
+            config=json.loads(response.headers.get(protocol.CONFIG_HEADER) or "{}"),
+            wire_dtype=wire_dtype,
+        )
 
     def _call(
         self, method: str, path: str, *, refreshed: bool = False, **kwargs: Any

@@ -64,7 +64,7 @@ class Transport:
         self.backoff_max = backoff_max
         self.session = requests.Session()
         self.session.headers.update(headers or {})
-        self.verify = verify
+        self.verify = settle_environment(self.session, self.base_url, verify)
         self._random = random.Random()
 
     def request(
@@ -120,6 +120,25 @@ class Transport:
 
     def close(self) -> None:
         self.session.close()
+
+
+def settle_environment(session: requests.Session, url: str, verify: bool | str) -> bool | str:
+    """Read once what requests would read from the environment on every request to
+    ``url``; the ``verify`` to pass with each request.
+
+    With ``trust_env`` on, requests walks the whole environment (proxy variables and
+    NO_PROXY, twice), looks for ~/.netrc and reads REQUESTS_CA_BUNDLE for every request:
+    about a millisecond of a small-model client's round here. The server's URL is
+    fixed, so the same settings are taken once: proxies and a .netrc login on the
+    session, a CA bundle from the environment in place of ``verify=True``.
+    """
+    settings = session.merge_environment_settings(url, {}, None, verify, None)
+    session.proxies.update(settings["proxies"])
+    login = requests.utils.get_netrc_auth(url)
+    if login:
+        session.auth = login
+    session.trust_env = False
+    return settings["verify"]
 
 
 def read_body(response: requests.Response) -> memoryview:

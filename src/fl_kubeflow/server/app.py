@@ -25,7 +25,7 @@ from fl_kubeflow.server import body_transport, prometheus_text
 from fl_kubeflow.server.buffer_file import BufferFile
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.errors import BadRequest, RequestError, TooLarge
-from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.federation import Federation, ModelAnswer
 from fl_kubeflow.server.identity import Identities, identities_for
 from fl_kubeflow.server.model_waits import PARKED_KEY
 
@@ -145,41 +145,35 @@ def create_app(
             answer = federation.wait_for_model(client_id, server_round, wait)
         if answer is None:
             return Response(status=204, headers={"Retry-After": "0"})
-        # The cached body goes out through the server's file wrapper (as send_file
-        # does): waitress then sends it from the one cached message, where a plain body
-        # would be copied into an in-memory buffer and then a temporary file per client.
-        body = BufferFile(answer.body, views="wsgi.file_wrapper" in request.environ)
-        response = Response(
-            wrap_file(request.environ, body, buffer_size=SEND_PIECE),
-            mimetype=wire.CONTENT_TYPE,
-            headers={
-                protocol.ROUND_HEADER: str(answer.server_round),
-                protocol.PHASE_HEADER: answer.phase.value,
-                protocol.CONFIG_HEADER: json.dumps(answer.config),
-                protocol.WIRE_DTYPE_HEADER: config.wire_dtype,
-            },
-            direct_passthrough=True,
-        )
-        response.content_length = len(answer.body)
-        return response
+        return _model_response(answer, config)
 
     @app.post(protocol.UPDATE_PATH)
-    def update() -> Response:
+    def update() -> tuple[Response, int]:
         client_id = _client_id()
         server_round = _int_header(protocol.ROUND_HEADER)
         num_examples = _int_header(protocol.NUM_EXAMPLES_HEADER)
         metrics = _metrics_header()
+        next_wait = _next_wait(config)
         with bodies_in_memory:
-            body = _weights_body(config)
-            answer = federation.submit_update(
+            accepted = federation.submit_update(
                 client_id,
                 server_round,
                 num_examples,
                 metrics,
-                body,
+                _weights_body(config),
                 identities.limit_for(client_id),
             )
-        return jsonify(answer)
+        if next_wait is None:
+            return jsonify(accepted), 200
+        # The update is folded: while its answer waits for the next round, its body's
+        # receive slot must not (the other clients' updates would queue behind it).
+        body_transport.release_slot(request)
+        # The next model exactly as GET /v1/model?round=k+1 gives it: the same rule of
+        # who gets which model (Federation._try_model), in either mode.
+        answer = federation.wait_for_model(client_id, server_round + 1, next_wait)
+        if answer is None:
+            return jsonify(accepted), 202
+        return _model_response(answer, config, {protocol.UPDATE_HEADER: json.dumps(accepted)}), 200
 
     @app.post(protocol.EVALUATE_PATH)
     def evaluate() -> Response:
@@ -276,6 +270,43 @@ def create_app(
         return jsonify({"accepted": True})
 
     return app
+
+
+def _model_response(
+    answer: ModelAnswer, config: ServerConfig, headers: dict[str, str] | None = None
+) -> Response:
+    """A model answer as GET /v1/model sends it (and an update's answer with ``next``)."""
+    # The cached body goes out through the server's file wrapper (as send_file does):
+    # waitress then sends it from the one cached message, where a plain body would be
+    # copied into an in-memory buffer and then a temporary file per client.
+    body = BufferFile(answer.body, views="wsgi.file_wrapper" in request.environ)
+    response = Response(
+        wrap_file(request.environ, body, buffer_size=SEND_PIECE),
+        mimetype=wire.CONTENT_TYPE,
+        headers={
+            protocol.ROUND_HEADER: str(answer.server_round),
+            protocol.PHASE_HEADER: answer.phase.value,
+            protocol.CONFIG_HEADER: json.dumps(answer.config),
+            protocol.WIRE_DTYPE_HEADER: config.wire_dtype,
+            **(headers or {}),
+        },
+        direct_passthrough=True,
+    )
+    response.content_length = len(answer.body)
+    return response
+
+
+def _next_wait(config: ServerConfig) -> float | None:
+    """An update's ``next`` and ``wait``: how long its answer may wait for the next
+    round's model (at most --poll-timeout, as the long-poll's); None: answer at once."""
+    raw = request.args.get(protocol.NEXT_PARAM)
+    if raw is None or raw == "0":
+        return None
+    if raw != "1":
+        raise BadRequest(
+            f"query parameter {protocol.NEXT_PARAM!r} must be 0 or 1, got {raw[:40]!r}"
+        )
+    return _float_arg(protocol.WAIT_PARAM, default=config.poll_timeout)
 
 
 def _staged(ready: dict[str, Any] | None, pending: dict[str, Any]) -> tuple[Response, int]:

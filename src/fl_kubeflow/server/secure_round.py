@@ -557,11 +557,11 @@ class SecureRound:
                 streams.append((keys.pair_seed(private, self.keys[peer][1], self.number), -sign))
         _apply_in_halves(vector, streams)
         try:
-            mean, total = self.quantiser.decode(vector)
+            levels, scale, total = self.quantiser.unpack(vector)
         except WeightError as exc:
             raise SecureRoundFailed(f"round {self.number}: {exc}") from None
         self.total_weight = total
-        model = self.layout.apply(base, mean)
+        model = self.layout.apply(base, levels, scale)
         self.unmask_s = time.monotonic() - started
         return model, total
 

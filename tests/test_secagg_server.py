@@ -38,7 +38,7 @@ from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.header_check import check_request_head
 from fl_kubeflow.server.http_server import start_http_server
 from fl_kubeflow.server.identity import identities_for
-from fl_kubeflow.server.secure_round import SecureRound
+from fl_kubeflow.server.secure_round import STRIPE, ModularSum, SecureRound
 from fl_kubeflow.strategies import FedAvg
 from tests.fl_processes import RawClient
 
@@ -641,3 +641,18 @@ def test_self_masks_come_out_during_the_reveals_and_a_late_wrong_share_still_fai
     assert server.federation.phase is Phase.FAILED
     assert "c0" in (server.federation.error or "")
     assert "do not agree" in (server.federation.error or "")
+
+
+@pytest.mark.parametrize("stripes", [1, 3, 4])
+def test_the_sums_striped_mask_removal_equals_one_pass_over_the_whole(stripes: int) -> None:
+    """``ModularSum.apply_masks`` (stripes under their locks, half of them on a second
+    thread, each from its offset in the streams) gives what one pass over the whole
+    vector gives."""
+    size = (stripes - 1) * STRIPE + 1001
+    streams = [(secrets.token_bytes(32), -1), (secrets.token_bytes(32), 1)]
+    total = ModularSum(size, np.dtype(np.uint32))
+    start = np.random.default_rng(5).integers(0, 2**32, size, dtype=np.uint32)
+    total.add(start)
+    total.apply_masks(streams)
+    masks.apply_masks(start, streams)
+    assert np.array_equal(total.vector, start)

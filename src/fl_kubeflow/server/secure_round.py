@@ -35,8 +35,9 @@ from fl_kubeflow.wire import Weights
 
 # The stages in the order a round goes through them.
 STAGES = tuple(SecAggStage)
-# Elements of the running sum per lock: concurrent folds move through it one behind the other.
-STRIPE = 1 << 20
+# Elements of the running sum per lock: concurrent folds and mask removals move through it
+# one behind the other (1 MiB of uint32; a multiple of masks.ALIGN).
+STRIPE = 1 << 18
 
 
 class SecureRoundFailed(Exception):
@@ -63,9 +64,26 @@ class ModularSum:
 
     def apply_masks(self, streams: Sequence[tuple[bytes, int]]) -> None:
         """``vector += sign * PRG(seed)`` for each stream, a stripe at a time under its lock
-        (alongside other threads doing the same)."""
-        for lock, lo in zip(self._locks, range(0, self.vector.size, STRIPE), strict=True):
-            with lock:
+        (alongside other threads doing the same), the second half of the stripes on a
+        thread of its own: AES-CTR and numpy's addition release the GIL, so a removal
+        uses both cores."""
+        starts = range(0, self.vector.size, STRIPE)
+        half = len(starts) // 2
+        if not streams:
+            return
+        if half == 0:
+            self._apply_stripes(streams, 0, len(starts))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="secagg-unmask") as pool:
+            second = pool.submit(self._apply_stripes, streams, half, len(starts))
+            self._apply_stripes(streams, 0, half)
+            second.result()
+
+    def _apply_stripes(self, streams: Sequence[tuple[bytes, int]], first: int, end: int) -> None:
+        """``apply_masks`` on stripes ``first`` to ``end`` (exclusive)."""
+        for index in range(first, end):
+            lo = index * STRIPE
+            with self._locks[index]:
                 masks.apply_masks(self.vector[lo : lo + STRIPE], streams, offset=lo)
 
 
@@ -512,8 +530,8 @@ class SecureRound:
 
         Rebuilds each survivor's self-mask seed and each dropped client's masking key
         from the reveals (``t`` shares each, the rest checked to agree), removes their
-        masks from the sum in place (one pass: ``secagg.masks.apply_masks``, on both
-        halves of the sum at once; self masks the reveal stage took out already are
+        masks from the sum in place (one pass, on both halves of the sum at once:
+        ``ModularSum.apply_masks``; self masks the reveal stage took out already are
         checked against the seed rebuilt from all shares), and decodes it.
 
         Args:
@@ -555,7 +573,7 @@ class SecureRound:
                 # The survivor added +PRG if its id sorts first, -PRG otherwise.
                 sign = 1 if peer < dropped else -1
                 streams.append((keys.pair_seed(private, self.keys[peer][1], self.number), -sign))
-        _apply_in_halves(vector, streams)
+        self.sum.apply_masks(streams)
         try:
             levels, scale, total = self.quantiser.unpack(vector)
         except WeightError as exc:
@@ -611,16 +629,3 @@ class SecureRound:
             "total_weight": self.total_weight,
             "unmask_s": self.unmask_s,
         }
-
-
-def _apply_in_halves(vector: np.ndarray, streams: Sequence[tuple[bytes, int]]) -> None:
-    """``masks.apply_masks`` with each half of ``vector`` on a thread of its own: AES-CTR
-    and numpy's addition release the GIL, so the two halves use two cores."""
-    half = len(vector) // 2 // masks.ALIGN * masks.ALIGN
-    if not streams or half < masks.CHUNK:
-        masks.apply_masks(vector, streams)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="secagg-unmask") as pool:
-        second = pool.submit(masks.apply_masks, vector[half:], streams, half)
-        masks.apply_masks(vector[:half], streams)
-        second.result()

@@ -458,7 +458,7 @@ def run_secure_round(
         secure.accept_inbox(
             stages.post(protocol.SECAGG_SHARES_PATH, protocol.SECAGG_INBOX_PATH, json=shares)
         )
-        vector, clipped = premasked.result()
+        vector, clipped = premasked.result(timeout=stages.remaining())
         secure.finish_mask(vector)
         metrics = {**metrics, "secagg_clipped": float(clipped)}
         headers = {
@@ -513,6 +513,10 @@ class _Stages:
     ) -> None:
         self.call, self.server_round = call, server_round
         self.poll_wait, self.request_timeout, self.deadline = poll_wait, request_timeout, deadline
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline (0 once past it)."""
+        return max(0.0, self.deadline - time.monotonic())
 
     def _wait(self) -> float:
         remaining = self.deadline - time.monotonic()

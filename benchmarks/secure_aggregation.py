@@ -413,11 +413,15 @@ ANALYSIS = [
     "adds up on the round: each client quantises its change and adds 1 + k masks of P + 1 "
     "elements (k = 4 at N = 8, 16 at N = 32: the clients' CPU grows as N (1 + k) P, which "
     "on separate machines would run side by side), and the stages add three request round "
-    "trips per client (keys, shares, reveal) beside the model and the update. The server's "
-    "own extra work is the unmask (history.json `unmask_s`: N self-masks removed one after "
-    "another on one core, then the decode) between the last reveal and the next model. The "
-    "load on the machine (other work, 1-minute load 8-30 during these runs) moves one "
-    "pair's ratio by more than the goals' margins: hence the medians of five pairs.",
+    "trips per client (keys, shares, reveal) beside the model and the update. A client "
+    "quantises its change on a worker thread while it waits for the roster and adds its "
+    "1 + k masks while it waits for its inbox, so its masked POST leaves as soon as the "
+    "inbox is in. The server takes each survivor's self mask out of the sum in the reveal "
+    "that brings its t-th share (two threads over the sum's stripes), so the unmask after "
+    "the last reveal (history.json `unmask_s`) is left the check of every seed against "
+    "all its shares, whatever masks remain, and one chunked pass that decodes the sum onto "
+    "the base. The load on the machine (other work) moves one pair's ratio by more than "
+    "the goals' margins: hence the medians of five pairs.",
 ]
 
 

@@ -212,3 +212,17 @@ def test_apply_masks_is_apply_mask_for_each_stream():
     assert np.array_equal(together, one_by_one)
     with pytest.raises(ValueError, match="sign"):
         masks.apply_masks(together, [(_seed("x"), 1), (_seed("y"), 2)])
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_a_mask_from_an_offset_is_the_streams_tail(dtype: type) -> None:
+    """A stripe of a vector masked on its own (the server's striped and two-thread
+    unmask) gets the same elements as the whole vector masked at once."""
+    length = 3 * masks.CHUNK + 7
+    whole = masks.mask(length, np.dtype(dtype), _seed("x"))
+    for offset in (masks.ALIGN, masks.CHUNK, masks.CHUNK + masks.ALIGN, 2 * masks.CHUNK):
+        part = np.zeros(length - offset, dtype)
+        masks.apply_masks(part, [(_seed("x"), 1)], offset)
+        assert np.array_equal(part, whole[offset:]), offset
+    with pytest.raises(ValueError, match="offset"):
+        masks.apply_masks(np.zeros(8, dtype), [(_seed("x"), 1)], masks.ALIGN + 1)

@@ -38,7 +38,7 @@ from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.header_check import check_request_head
 from fl_kubeflow.server.http_server import start_http_server
 from fl_kubeflow.server.identity import identities_for
-from fl_kubeflow.server.secure_round import SecureRound
+from fl_kubeflow.server.secure_round import STRIPE, ModularSum, SecureRound
 from fl_kubeflow.strategies import FedAvg
 from tests.fl_processes import RawClient
 
@@ -616,3 +616,43 @@ def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(
     restored = checkpoint_state.restored_run(saved).rounds[-1]
     assert restored.secure_report == record["secure_aggregation"]
     assert restored.contributors == dict.fromkeys(record["contributors"])
+
+
+def test_self_masks_come_out_during_the_reveals_and_a_late_wrong_share_still_fails(
+    serve: Any,
+) -> None:
+    """Five clients (k = 4, t = 3), revealing one at a time: each self mask is out of the
+    sum once three of its shares are in, before the reveal stage closes; a fourth share
+    that does not lie on the same polynomial, revealed after, fails the round."""
+    server = serve(5)
+    clients = join_all(server, 5, seed=3)
+    secure = server.secure_round()
+    run_all(clients, {c.cid: "masked" for c in clients}, leave=False)
+    for client in clients[:4]:
+        client.reveal_stage()
+    assert set(secure.unmasked) == {c.cid for c in clients} and not secure.closed
+    last = clients[4]
+    body = last.reveal_body(last.unmask)
+    share = messages.decode(body["self_mask_shares"]["c0"], shamir.SHARE_BYTES, "share")
+    wrong = (int.from_bytes(share, "big") + 1) % shamir.PRIME
+    body["self_mask_shares"]["c0"] = messages.encode(wrong.to_bytes(shamir.SHARE_BYTES, "big"))
+    assert last.post("/v1/secagg/reveal", body).status_code == 200
+    server.wait_end()
+    assert server.federation.phase is Phase.FAILED
+    assert "c0" in (server.federation.error or "")
+    assert "do not agree" in (server.federation.error or "")
+
+
+@pytest.mark.parametrize("stripes", [1, 3, 4])
+def test_the_sums_striped_mask_removal_equals_one_pass_over_the_whole(stripes: int) -> None:
+    """``ModularSum.apply_masks`` (stripes under their locks, half of them on a second
+    thread, each from its offset in the streams) gives what one pass over the whole
+    vector gives."""
+    size = (stripes - 1) * STRIPE + 1001
+    streams = [(secrets.token_bytes(32), -1), (secrets.token_bytes(32), 1)]
+    total = ModularSum(size, np.dtype(np.uint32))
+    start = np.random.default_rng(5).integers(0, 2**32, size, dtype=np.uint32)
+    total.add(start)
+    total.apply_masks(streams)
+    masks.apply_masks(start, streams)
+    assert np.array_equal(total.vector, start)

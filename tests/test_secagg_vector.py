@@ -64,3 +64,22 @@ def test_apply_refuses_a_change_of_another_length():
     layout = Layout.of(_model())
     with pytest.raises(ValueError, match="9 elements"):
         layout.apply(_model(), np.zeros(layout.size))
+
+
+def test_apply_of_summed_levels_rounds_as_their_float64_mean_does():
+    """The server applies the unmasked levels with their scale in chunks: the same model,
+    to the bit, as applying ``levels.astype(float64) * scale``, across chunk edges."""
+    rng = np.random.default_rng(4)
+    base = {
+        "big": rng.normal(size=(3, 70_001)).astype(np.float32),
+        "counter": np.array(7, np.int64),
+        "half": rng.normal(size=5).astype(np.float16),
+    }
+    layout = Layout.of(base)
+    levels = rng.integers(-(2**31), 2**31, layout.size - 1).astype(np.int32)
+    scale = 1.0 / 3e5
+    chunked = layout.apply(base, levels, scale)
+    whole = layout.apply(base, levels.astype(np.float64) * scale)
+    for name in base:
+        assert chunked[name].dtype == base[name].dtype
+        assert np.array_equal(chunked[name], whole[name]), name

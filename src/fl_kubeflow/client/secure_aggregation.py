@@ -23,6 +23,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,8 @@ class ClientRound:
         self._inbox: dict[str, tuple[bytes, bytes]] = {}
         # neighbour -> the kind of share asked for (SELF_MASK or MASK_KEY): one kind ever.
         self.asked: dict[str, str] = {}
+        # The neighbours whose pair masks ``premask`` added (until ``finish_mask``).
+        self._premasked: list[str] | None = None
 
     def __repr__(self) -> str:
         return f"ClientRound({self.client_id!r}, round {self.server_round})"
@@ -266,7 +269,23 @@ class ClientRound:
 
         ``trained - base`` quantised with its weight (the example count or 1), plus
         PRG(b), plus PRG(s_ij) for each inbox neighbour j after this client in id
-        order and minus it for each before.
+        order and minus it for each before. The same as ``encode``, ``premask`` and
+        ``finish_mask`` in turn (which ``run_secure_round`` spreads over the stages).
+
+        Raises:
+            SecAggViolation: the weight is not in 1..max_weight.
+        """
+        vector, clipped = self.encode(trained, base, num_examples)
+        self.premask(vector)
+        self.finish_mask(vector)
+        return vector, clipped
+
+    def encode(
+        self, trained: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], num_examples: int
+    ) -> tuple[np.ndarray, int]:
+        """The unmasked input: ``trained - base`` quantised with its weight (the example
+        count or 1), and how many elements were clipped to the range. Needs nothing of
+        the round's stages.
 
         Raises:
             SecAggViolation: the weight is not in 1..max_weight.
@@ -274,20 +293,43 @@ class ClientRound:
         weight = num_examples if self.weighting == protocol.SECAGG_BY_EXAMPLES else 1
         change = Layout.of(base).change(trained, base)
         try:
-            vector, clipped = Quantiser(self.params).encode(change, weight)
+            return Quantiser(self.params).encode(change, weight)
         except WeightError as exc:
             raise self._refuse(
                 f"weight {weight} cannot be sent (max_weight={self.params.max_weight}): {exc}"
             ) from None
-        streams = [(self._self_mask_seed(), +1)] + [
+
+    def premask(self, vector: np.ndarray) -> None:
+        """Add PRG(b) and the pair mask of every neighbour to ``vector`` in place: all it
+        needs are the roster and ``b`` (after ``shares_message``), so it can run while
+        the share stage is open. ``finish_mask`` then takes out the pair masks of
+        neighbours that sent no shares."""
+        self._premasked = list(self.neighbours)
+        masks.apply_masks(
+            vector, [(self._self_mask_seed(), +1), *self._pair_streams(self._premasked, +1)]
+        )
+
+    def finish_mask(self, vector: np.ndarray) -> None:
+        """After ``accept_inbox``: remove from a ``premask``-ed vector the pair masks of the
+        neighbours missing from the inbox; the vector then holds PRG(b) and exactly
+        the inbox neighbours' pair masks."""
+        if self._premasked is None:
+            raise RuntimeError("finish_mask before premask")
+        missing = [peer for peer in self._premasked if peer not in self._inbox]
+        self._premasked = None
+        if missing:
+            masks.apply_masks(vector, self._pair_streams(missing, -1))
+
+    def _pair_streams(self, peers: list[str], sign: int) -> list[tuple[bytes, int]]:
+        """``sign`` times each peer's pair mask: +PRG(s_ij) if this client's id sorts
+        first, -PRG(s_ij) otherwise."""
+        return [
             (
                 keys.pair_seed(self._masking.private, self._roster[peer][1], self.server_round),
-                +1 if self.client_id < peer else -1,
+                sign if self.client_id < peer else -sign,
             )
-            for peer in self._inbox
+            for peer in peers
         ]
-        masks.apply_masks(vector, streams)
-        return vector, clipped
 
     def _self_mask_seed(self) -> bytes:
         if self._self_mask is None:
@@ -400,20 +442,24 @@ def run_secure_round(
     stages = _Stages(
         call, secure.server_round, poll_wait, request_timeout, time.monotonic() + timeout
     )
+    # The input is encoded while the key stage's answer is awaited and masked while the
+    # share stage's is (both need nothing the server sends after): at the masked stage
+    # the client only takes out the masks of neighbours that sent no shares, and sends.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"secagg-{secure.client_id}")
     try:
+        encoded = worker.submit(secure.encode, trained, base, num_examples)
         secure.accept_roster(
             stages.post(
                 protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()
             )
         )
+        shares = secure.shares_message()
+        premasked = worker.submit(_premask, secure, encoded)
         secure.accept_inbox(
-            stages.post(
-                protocol.SECAGG_SHARES_PATH,
-                protocol.SECAGG_INBOX_PATH,
-                json=secure.shares_message(),
-            )
+            stages.post(protocol.SECAGG_SHARES_PATH, protocol.SECAGG_INBOX_PATH, json=shares)
         )
-        vector, clipped = secure.masked_vector(trained, base, num_examples)
+        vector, clipped = premasked.result(timeout=stages.remaining())
+        secure.finish_mask(vector)
         metrics = {**metrics, "secagg_clipped": float(clipped)}
         headers = {
             protocol.ROUND_HEADER: str(secure.server_round),
@@ -440,7 +486,18 @@ def run_secure_round(
             )
             request = answer
     finally:
+        # The worker uses the round's secrets: it ends before they are dropped.
+        worker.shutdown(wait=True, cancel_futures=True)
         secure.close()
+
+
+def _premask(
+    secure: ClientRound, encoded: Future[tuple[np.ndarray, int]]
+) -> tuple[np.ndarray, int]:
+    """The encoded input with ``secure.premask``'s masks added (on the round's worker)."""
+    vector, clipped = encoded.result()
+    secure.premask(vector)
+    return vector, clipped
 
 
 class _Stages:
@@ -456,6 +513,10 @@ class _Stages:
     ) -> None:
         self.call, self.server_round = call, server_round
         self.poll_wait, self.request_timeout, self.deadline = poll_wait, request_timeout, deadline
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline (0 once past it)."""
+        return max(0.0, self.deadline - time.monotonic())
 
     def _wait(self) -> float:
         remaining = self.deadline - time.monotonic()

@@ -21,6 +21,8 @@ CHUNK = 1 << 16
 SEED_BYTES = 32
 _LABEL = b"fl-kubeflow secagg mask stream v1"
 _BLOCK = 16
+# Offsets into a masked vector are whole AES blocks of uint32 (and of uint64) elements.
+ALIGN = _BLOCK // 4
 _DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
 
 
@@ -38,7 +40,7 @@ def apply_mask(vector: np.ndarray, seed: bytes, sign: int) -> None:
     apply_masks(vector, [(seed, sign)])
 
 
-def apply_masks(vector: np.ndarray, streams: Sequence[tuple[bytes, int]]) -> None:
+def apply_masks(vector: np.ndarray, streams: Sequence[tuple[bytes, int]], offset: int = 0) -> None:
     """``vector += sign * PRG(seed)`` for every (seed, sign) of ``streams``, in one pass.
 
     The same as ``apply_mask`` for each in turn, but each chunk of the vector stays
@@ -49,9 +51,12 @@ def apply_masks(vector: np.ndarray, streams: Sequence[tuple[bytes, int]]) -> Non
     Args:
         vector: One-dimensional uint32 or uint64, C-contiguous.
         streams: (32-byte seed, +1 or -1) pairs.
+        offset: Where ``vector`` starts in the masked vector: it gets the masks'
+            elements from there on (a stripe of the server's sum), a multiple of
+            ``ALIGN`` elements.
 
     Raises:
-        ValueError: a vector, seed or sign not as above.
+        ValueError: a vector, seed, sign or offset not as above.
     """
     if vector.ndim != 1 or vector.dtype not in _DTYPES or not vector.flags.c_contiguous:
         raise ValueError("a masked vector is one-dimensional, C-contiguous uint32 or uint64")
@@ -60,8 +65,14 @@ def apply_masks(vector: np.ndarray, streams: Sequence[tuple[bytes, int]]) -> Non
     for _, sign in streams:
         if sign not in (1, -1):
             raise ValueError(f"sign must be +1 or -1, got {sign}")
+    if offset < 0 or offset % ALIGN:
+        raise ValueError(f"a mask's offset is a non-negative multiple of {ALIGN}, got {offset}")
+    # CTR's counter is the keystream's block number: the stream's part from ``offset``
+    # on is AES-CTR started at that block.
+    counter = (offset * vector.dtype.itemsize // _BLOCK).to_bytes(_BLOCK, "big")
     ciphers = [
-        (_cipher(seed).encryptor(), np.add if sign == 1 else np.subtract) for seed, sign in streams
+        (_cipher(seed, counter).encryptor(), np.add if sign == 1 else np.subtract)
+        for seed, sign in streams
     ]
     width = CHUNK * vector.dtype.itemsize
     # CTR's output is as long as its input; update_into still wants a block's slack.
@@ -85,9 +96,10 @@ def mask(length: int, dtype: np.dtype, seed: bytes) -> np.ndarray:
     return vector
 
 
-def _cipher(seed: bytes) -> Cipher:
-    """AES-256-CTR under HKDF(seed), counter from zero (each key makes one stream)."""
+def _cipher(seed: bytes, counter: bytes) -> Cipher:
+    """AES-256-CTR under HKDF(seed), from block ``counter`` of its one stream (each key
+    makes one stream, which starts at block zero)."""
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
         raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL).derive(seed)
-    return Cipher(algorithms.AES(key), modes.CTR(bytes(_BLOCK)))
+    return Cipher(algorithms.AES(key), modes.CTR(counter))

@@ -121,6 +121,20 @@ class Quantiser:
             WeightError: total weight 0 or over max_weight (the sum may have wrapped).
             ValueError: not a one-dimensional vector of ``dtype``.
         """
+        levels, scale, weight = self.unpack(total)
+        mean = levels.astype(np.float64)
+        mean *= scale
+        return mean, weight
+
+    def unpack(self, total: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """From the unmasked sum: its summed levels (a signed view, no copy), the scale
+        that makes them the weighted mean change (``levels * scale``, as ``decode``
+        gives it) and the total weight.
+
+        Raises:
+            WeightError: total weight 0 or over max_weight (the sum may have wrapped).
+            ValueError: not a one-dimensional vector of ``dtype``.
+        """
         if total.ndim != 1 or total.dtype != self.dtype or len(total) < 1:
             raise ValueError(f"an unmasked sum is a one-dimensional {self.dtype} vector")
         weight = int(total[-1])
@@ -129,6 +143,4 @@ class Quantiser:
                 f"the round's total weight {weight} is outside 1..{self.params.max_weight} "
                 "(secagg option max_weight): the sum cannot be decoded"
             )
-        mean = total[:-1].view(self._signed).astype(np.float64)
-        mean *= self.step / weight
-        return mean, weight
+        return total[:-1].view(self._signed), self.step / weight, weight

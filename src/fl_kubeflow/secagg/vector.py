@@ -14,6 +14,9 @@ import numpy as np
 
 from fl_kubeflow.wire import Weights
 
+# Elements per step of ``apply``: its float64 buffer stays in cache.
+_CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -78,9 +81,16 @@ class Layout:
             )
         return out
 
-    def apply(self, base: Mapping[str, np.ndarray], change: np.ndarray) -> Weights:
-        """``base + change`` as a model with the layout's shapes and dtypes (cast like the
-        base: integer tensors rounded).
+    def apply(
+        self, base: Mapping[str, np.ndarray], change: np.ndarray, scale: float = 1.0
+    ) -> Weights:
+        """``base + scale * change`` as a model with the layout's shapes and dtypes (cast
+        like the base: integer tensors rounded); ``change`` may be integer (the summed
+        levels of secure aggregation, ``scale`` their step over the total weight).
+
+        Computed in float64 a chunk at a time in a reused buffer, each element
+        rounded as ``base + change.astype(float64) * scale`` would round it: one pass,
+        no change- or model-sized temporaries.
 
         Raises:
             ValueError: a base without this layout's names and shapes, or a change of
@@ -90,14 +100,18 @@ class Layout:
         if np.shape(change) != (self.size - 1,):
             raise ValueError(f"a change has {self.size - 1} elements, got {np.shape(change)}")
         model: Weights = {}
+        buffer = np.empty(min(_CHUNK, max(self.size - 1, 1)), np.float64)
         for name, shape, dtype, where in self._slices():
             flat = np.asarray(base[name]).reshape(-1)
-            if dtype.kind in "iub":
-                value = flat + change[where]
-                model[name] = np.rint(value, out=value).astype(dtype).reshape(shape)
-            else:
-                # Added in float64 and cast to the tensor's dtype as it is written.
-                tensor = np.empty(shape, dtype)
-                np.add(flat, change[where], out=tensor.reshape(-1), dtype=np.float64)
-                model[name] = tensor
+            part = change[where]
+            tensor = np.empty(shape, dtype)
+            out = tensor.reshape(-1)
+            for lo in range(0, len(out), _CHUNK):
+                values = buffer[: len(out[lo : lo + _CHUNK])]
+                np.multiply(part[lo : lo + _CHUNK], scale, out=values)
+                np.add(values, flat[lo : lo + _CHUNK], out=values)
+                if dtype.kind in "iub":
+                    np.rint(values, out=values)
+                np.copyto(out[lo : lo + _CHUNK], values, casting="unsafe")
+            model[name] = tensor
         return model

@@ -662,12 +662,30 @@ class Federation:
         mask_key_shares: Mapping[str, bytes],
     ) -> None:
         """A survivor's shares that remove the masks: self masks of surviving neighbours,
-        masking keys of dropped ones."""
-        self._secure_submit(
-            client_id,
-            server_round,
-            lambda s, _: s.add_reveal(client_id, self_mask_shares, mask_key_shares),
-        )
+        masking keys of dropped ones.
+
+        The self masks these shares complete (t in) are taken out of the sum here,
+        outside the lock, while other reveals come in: the unmask after the stage has
+        that much less to do (the stage cannot close before they are out).
+        """
+        claims: list[tuple[SecureRound, dict[str, bytes]]] = []
+
+        def reveal(secure: SecureRound, _: list[str]) -> None:
+            secure.add_reveal(client_id, self_mask_shares, mask_key_shares)
+            claims.append((secure, secure.claim_self_masks(client_id)))
+
+        self._secure_submit(client_id, server_round, reveal)
+        secure, claimed = claims[0]
+        if not claimed:
+            return
+        done = False
+        try:
+            secure.remove_self_masks(claimed)
+            done = True
+        finally:
+            with self._cond:
+                secure.self_masks_removed(claimed, done)
+                self._cond.notify_all()
 
     def _secure_round(self, client_id: str, server_round: int) -> SecureRound:
         """The open secure round (under the lock), if it is ``server_round``; else refused."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -33,8 +35,9 @@ from fl_kubeflow.wire import Weights
 
 # The stages in the order a round goes through them.
 STAGES = tuple(SecAggStage)
-# Elements of the running sum per lock: concurrent folds move through it one behind the other.
-STRIPE = 1 << 20
+# Elements of the running sum per lock: concurrent folds and mask removals move through it
+# one behind the other (1 MiB of uint32; a multiple of masks.ALIGN).
+STRIPE = 1 << 18
 
 
 class SecureRoundFailed(Exception):
@@ -58,6 +61,30 @@ class ModularSum:
             part = self.vector[lo : lo + STRIPE]
             with lock:
                 np.add(part, values[lo : lo + STRIPE], out=part)
+
+    def apply_masks(self, streams: Sequence[tuple[bytes, int]]) -> None:
+        """``vector += sign * PRG(seed)`` for each stream, a stripe at a time under its lock
+        (alongside other threads doing the same), the second half of the stripes on a
+        thread of its own: AES-CTR and numpy's addition release the GIL, so a removal
+        uses both cores."""
+        starts = range(0, self.vector.size, STRIPE)
+        half = len(starts) // 2
+        if not streams:
+            return
+        if half == 0:
+            self._apply_stripes(streams, 0, len(starts))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="secagg-unmask") as pool:
+            second = pool.submit(self._apply_stripes, streams, half, len(starts))
+            self._apply_stripes(streams, 0, half)
+            second.result()
+
+    def _apply_stripes(self, streams: Sequence[tuple[bytes, int]], first: int, end: int) -> None:
+        """``apply_masks`` on stripes ``first`` to ``end`` (exclusive)."""
+        for index in range(first, end):
+            lo = index * STRIPE
+            with self._locks[index]:
+                masks.apply_masks(self.vector[lo : lo + STRIPE], streams, offset=lo)
 
 
 class SecureRound:
@@ -108,6 +135,15 @@ class SecureRound:
         # Reveals: client -> (self-mask shares by peer, masking-key shares by peer).
         self.reveals: dict[str, tuple[dict[str, bytes], dict[str, bytes]]] = {}
         self.u4: list[str] = []
+        # Survivors whose self mask is out of the sum already, by the seed removed (taken
+        # out as soon as t shares of it were in, during the reveal stage), and those
+        # being taken out (outside the lock: the stage cannot close meanwhile).
+        self.unmasked: dict[str, bytes] = {}
+        self.unmasking: dict[str, bytes] = {}
+        # Why the sum is no longer the survivors' masked sum (a removal that failed).
+        self.spoiled: str | None = None
+        # Survivor -> how many shares of its self mask the reveals hold.
+        self._self_mask_held: Counter[str] = Counter()
         self.total_weight: int | None = None
         self.unmask_s: float | None = None
 
@@ -149,8 +185,9 @@ class SecureRound:
         Raises:
             SecureRoundFailed: the stage cannot close with enough clients.
         """
-        if self.folding:
-            # Masked inputs being folded are in, not missing: wait for them to land.
+        if self.folding or self.unmasking:
+            # Masked inputs being folded are in, not missing: wait for them to land; and
+            # the unmask waits for the self masks being taken out.
             return now + 1.0
         stage, done = self.stage, self.submitted()
         expected = self.expected(sampled)
@@ -442,8 +479,49 @@ class SecureRound:
             if short:
                 raise BadRequest(f"{name}: shares must be {shamir.SHARE_BYTES} bytes: {short[:5]}")
         pair = (dict(self_mask_shares), dict(mask_key_shares))
-        if self.reveals.setdefault(client_id, pair) != pair:
+        first = self.reveals.setdefault(client_id, pair)
+        if first is pair:
+            self._self_mask_held.update(list(self_mask_shares))
+        elif first != pair:
             raise Conflict(f"client {client_id!r} revealed other shares in round {self.number}")
+
+    def claim_self_masks(self, client_id: str) -> dict[str, bytes]:
+        """The self-mask seeds ``client_id``'s reveal completes (t shares in) that are not
+        out of the sum or being taken out: reserved for ``remove_self_masks`` (under
+        the lock). A seed whose shares do not agree is left to ``unmask``, which fails
+        the round with the reason."""
+        if self.stage is not SecAggStage.REVEAL or self.closed or self.graph is None:
+            return {}
+        position = {c: i + 1 for i, c in enumerate(self.roster)}
+        claimed: dict[str, bytes] = {}
+        for owner in self.reveals[client_id][0]:
+            if (
+                owner in self.unmasked
+                or owner in self.unmasking
+                or self._self_mask_held[owner] < self.graph.t
+            ):
+                continue
+            try:
+                claimed[owner] = self._rebuild(owner, 0, position, self.graph.t, "self-mask seed")
+            except SecureRoundFailed:
+                continue
+        self.unmasking.update(claimed)
+        return claimed
+
+    def remove_self_masks(self, claimed: Mapping[str, bytes]) -> None:
+        """Take ``claim_self_masks``'s seeds' masks out of the sum (outside the lock)."""
+        assert self.sum is not None
+        self.sum.apply_masks([(seed, -1) for seed in claimed.values()])
+
+    def self_masks_removed(self, claimed: Mapping[str, bytes], done: bool) -> None:
+        """End a removal ``claim_self_masks`` reserved (under the lock); not ``done``: the
+        sum is spoiled and the unmask fails."""
+        for owner in claimed:
+            del self.unmasking[owner]
+        if done:
+            self.unmasked.update(claimed)
+        else:
+            self.spoiled = f"taking out the self masks of {sorted(claimed)} failed"
 
     # ----------------------------------------------------------------- unmask
 
@@ -452,8 +530,9 @@ class SecureRound:
 
         Rebuilds each survivor's self-mask seed and each dropped client's masking key
         from the reveals (``t`` shares each, the rest checked to agree), removes their
-        masks from the sum in place (one pass: ``secagg.masks.apply_masks``), and
-        decodes it.
+        masks from the sum in place (one pass, on both halves of the sum at once:
+        ``ModularSum.apply_masks``; self masks the reveal stage took out already are
+        checked against the seed rebuilt from all shares), and decodes it.
 
         Args:
             base: The round's global model as the clients decoded it from its message.
@@ -463,14 +542,23 @@ class SecureRound:
                 key that does not match its public key, or a total weight over max_weight.
         """
         assert self.closed and self.sum is not None and self.graph is not None
+        assert not self.unmasking
+        if self.spoiled is not None:
+            raise SecureRoundFailed(f"round {self.number}: {self.spoiled}")
         started = time.monotonic()
         vector, t = self.sum.vector, self.graph.t
         position = {c: i + 1 for i, c in enumerate(self.roster)}
-        # Every mask to remove, then removed in one pass over the sum.
-        streams = [
-            (self._rebuild(client_id, 0, position, t, "self-mask seed"), -1)
-            for client_id in self.u3
-        ]
+        # Every mask still to remove, then removed in one pass over the sum.
+        streams: list[tuple[bytes, int]] = []
+        for client_id in self.u3:
+            seed = self._rebuild(client_id, 0, position, t, "self-mask seed")
+            if client_id not in self.unmasked:
+                streams.append((seed, -1))
+            elif self.unmasked[client_id] != seed:
+                raise SecureRoundFailed(
+                    f"round {self.number}: the self-mask seed of client {client_id!r} taken "
+                    "out early differs from the one all its shares give (a wrong share)"
+                )
         for dropped in self.dropped_at_masked():
             survivors = [peer for peer in self.neighbours[dropped] if peer in self.masked]
             if not survivors:
@@ -485,13 +573,13 @@ class SecureRound:
                 # The survivor added +PRG if its id sorts first, -PRG otherwise.
                 sign = 1 if peer < dropped else -1
                 streams.append((keys.pair_seed(private, self.keys[peer][1], self.number), -sign))
-        masks.apply_masks(vector, streams)
+        self.sum.apply_masks(streams)
         try:
-            mean, total = self.quantiser.decode(vector)
+            levels, scale, total = self.quantiser.unpack(vector)
         except WeightError as exc:
             raise SecureRoundFailed(f"round {self.number}: {exc}") from None
         self.total_weight = total
-        model = self.layout.apply(base, mean)
+        model = self.layout.apply(base, levels, scale)
         self.unmask_s = time.monotonic() - started
         return model, total
 

@@ -2,8 +2,10 @@
 
 A run moves waiting -> fit(1) -> aggregating -> fit(2) -> ... -> finished (or
 failed). HTTP handlers call the public methods; ``run`` owns the timeouts. All
-state sits behind one condition variable, so a long-polling client wakes the
-moment a round opens, and nobody sleeps in a loop.
+state sits behind one lock and its condition variable, so a long-polling client
+wakes the moment a round opens, and nobody sleeps in a loop; model long-polls wait
+on a condition of their own on that lock, woken only when their answer may have
+changed (model_waits.py).
 
 What the state is made of lives next door, without locks of its own: the
 clients (clients.py), round records (records.py), the global model and its
@@ -903,6 +905,10 @@ class Federation:
         if current.folding:
             # Updates being folded are in, not missing: wait for them to land.
             return now + 1.0
+        if now < deadline and len(current.contributors) < self.config.quorum:
+            # Nothing can close the round yet. This runs at every update: the scan below,
+            # linear in the clients, made a round quadratic (benchmarks/load.md).
+            return deadline
         done = set(current.contributors)
         waiting = sorted(c for c in current.sampled if self._clients[c].active and c not in done)
         if not waiting and len(done) >= self.config.quorum:

@@ -143,3 +143,16 @@ def test_three_hundred_clients_from_three_processes(tmp_path):
     final = server.final_weights()
     for name, w0 in random_weights(SHAPES, seed=0).items():
         assert abs(float((final[name] - w0).mean()) - 2.0) < 1e-4
+
+
+def test_updates_waiting_for_the_next_model_leave_half_the_fixed_pool() -> None:
+    """An update sent with next=1 waits in a worker thread: on the fixed pool only half
+    of it may (the 300-client run above stalls for minutes if every worker waits), where
+    threads grow with N every client may."""
+    from fl_kubeflow.secagg.params import SecAggParams
+    from fl_kubeflow.server.config import ServerConfig
+
+    assert ServerConfig(num_clients=300, num_rounds=1).update_holds == PARKED_SERVER_THREADS // 2
+    assert ServerConfig(num_clients=8, num_rounds=1).update_holds == 8
+    secure = ServerConfig(num_clients=300, num_rounds=1, secure_aggregation=SecAggParams())
+    assert secure.update_holds == 300

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -125,6 +126,8 @@ def create_app(
         return jsonify(federation.join(claimed_id(_json_body())))
 
     bodies_in_memory = body_transport.memory_gate(config)
+    # Updates waiting for the next model in a worker thread (config.update_holds).
+    update_holds = threading.BoundedSemaphore(config.update_holds)
 
     @app.post(protocol.INITIAL_PATH)
     def initial() -> tuple[Response, int]:
@@ -169,8 +172,16 @@ def create_app(
         # receive slot must not (the other clients' updates would queue behind it).
         body_transport.release_slot(request)
         # The next model exactly as GET /v1/model?round=k+1 gives it: the same rule of
-        # who gets which model (Federation._try_model), in either mode.
-        answer = federation.wait_for_model(client_id, server_round + 1, next_wait)
+        # who gets which model (Federation._try_model), in either mode. With every hold
+        # taken it is only looked up: none yet is 202, and the client long-polls.
+        held = update_holds.acquire(blocking=False)
+        try:
+            answer = federation.wait_for_model(
+                client_id, server_round + 1, next_wait if held else 0.0
+            )
+        finally:
+            if held:
+                update_holds.release()
         if answer is None:
             return jsonify(accepted), 202
         return _model_response(answer, config, {protocol.UPDATE_HEADER: json.dumps(accepted)}), 200

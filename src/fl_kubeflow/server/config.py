@@ -214,6 +214,20 @@ class ServerConfig:
         return min(DEFAULT_MAX_IO_THREADS, usable_cpus())
 
     @property
+    def update_holds(self) -> int:
+        """How many updates sent with ``next=1`` may wait in a worker thread for the next
+        round's model at once; the others are answered at once (202) and their clients
+        long-poll, which on waitress holds no thread (server/parking.py).
+
+        Where threads grow with N every client may hold one. The fixed pool of parked
+        runs keeps half its threads for requests that answer at once: with every worker
+        waiting, no update could be received and the round would never close.
+        """
+        if self.server_threads > PARKED_SERVER_THREADS:
+            return self.num_clients
+        return min(self.num_clients, self.server_threads // 2)
+
+    @property
     def server_threads(self) -> int:
         """Worker threads of the WSGI server.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,6 +156,10 @@ class AsyncFederation(Federation):
         self._polling: set[str] = set()
         self._draws = 0
         self._sampling = strategy.fraction_fit < 1.0
+        # A model long-poll is woken only when its answer may have changed (the epoch,
+        # below): a slot freed counts only if some waiter was refused for want of one.
+        self._slot_wanted = False
+        self._slots_freed = 0
         # The versions some training client started from, within max_staleness.
         self._bases: dict[int, Weights] = {}
         super().__init__(config, strategy, initial_weights, resume)
@@ -172,7 +176,27 @@ class AsyncFederation(Federation):
                 self._polling.discard(client_id)
                 if client_id in self._drawn:
                     self._drawn.discard(client_id)
+                    self._slot_freed()
                     self._cond.notify_all()
+
+    def _model_epoch(self) -> Hashable | None:
+        """What a waiting client's model answer depends on besides its own requests (under
+        the lock): phase and version (a new version, the run's end or failure),
+        revocations (its own), slots freed while someone waited for one, and the draws
+        (who gets a freed slot with fraction_fit < 1).
+
+        An update accepted, a client joining or a slot taken changes none of them, so
+        with N clients waiting a version wakes them a few times, not at every update.
+        Whether the client has an update in the buffer is its own request's doing.
+        """
+        return (self._phase, self._round, len(self._revoked), self._slots_freed, self._draws)
+
+    def _slot_freed(self) -> None:
+        """A training slot came free (under the lock, before the notify): waiters refused
+        for want of one must ask again; nobody else needs waking for it."""
+        if self._slot_wanted:
+            self._slot_wanted = False
+            self._slots_freed += 1
 
     def _try_model(self, client_id: str, server_round: int) -> ModelAnswer | None:
         """The newest version c, as round c + 1, once the client may train on it.
@@ -214,14 +238,18 @@ class AsyncFederation(Federation):
             return True  # asking again for the round it holds
         free = self.concurrency - len(self._slots) - len(self._drawn)
         if not self._sampling:
-            return free > 0
-        if client_id not in self._drawn:
-            self._polling.add(client_id)
             if free > 0:
-                self._draw(free)
-        if client_id in self._drawn:
-            self._drawn.discard(client_id)
-            return True
+                return True
+        else:
+            if client_id not in self._drawn:
+                self._polling.add(client_id)
+                if free > 0:
+                    self._draw(free)
+            if client_id in self._drawn:
+                self._drawn.discard(client_id)
+                return True
+        # Waiting for a slot (or a draw): the next slot freed must wake the waiters.
+        self._slot_wanted = True
         return False
 
     def _draw(self, free: int) -> None:
@@ -248,6 +276,7 @@ class AsyncFederation(Federation):
         """Free the client's training slot (its update was folded or refused, or it left)."""
         with self._cond:
             if self._slots.pop(client_id, None) is not None:
+                self._slot_freed()
                 self._cond.notify_all()
 
     # ----------------------------------------------------------------- clients
@@ -433,6 +462,7 @@ class AsyncFederation(Federation):
             self._clients[client_id].active = False
             current.timed_out.append(client_id)
         if lapsed:
+            self._slot_freed()
             log.warning(
                 "version %d: no update within round_timeout=%gs from %s; their slots are free",
                 current.number,

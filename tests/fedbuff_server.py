@@ -1,22 +1,17 @@
-"""An asynchronous (``--mode async``) server for tests, in this process or as a child.
+"""An asynchronous (``--mode async``) server for tests, in this process.
 
-``serve_in_thread`` runs ``serve`` on a loopback port in a thread of the test;
-``python -m tests.fedbuff_server SPEC READY`` runs it as a process (SPEC: a JSON file of
-ServerConfig fields plus "async": AsyncParams options; READY: where the port is written),
-so a test can kill it and start it again on the same checkpoint folder.
+``serve_in_thread`` runs ``serve`` on a loopback port in a thread of the test, for
+ServerConfig fields given as JSON-ready values plus "async": AsyncParams options. (A
+server a test kills and starts again is the real command: tests/test_fedbuff_resume.py.)
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl_kubeflow import files
 from fl_kubeflow.async_params import AsyncParams
 from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.serve import ServeResult, serve
@@ -82,18 +77,3 @@ def serve_in_thread(spec: dict[str, Any], ready_timeout: float = 30.0) -> Thread
     if errors:
         raise errors[0]
     return ThreadServer(thread, ports[0], result, errors)
-
-
-def main(argv: list[str]) -> int:
-    spec_path, ready_path = Path(argv[0]), Path(argv[1])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    spec = json.loads(spec_path.read_text())
-    result = serve(
-        config_from_spec(spec),
-        on_listening=lambda port: files.write_json(ready_path, {"port": port}),
-    )
-    return 0 if result.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

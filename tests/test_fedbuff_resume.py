@@ -1,45 +1,33 @@
-"""An asynchronous run survives a server killed mid-run: restarted on its checkpoint
-folder it finishes with every version, those saved before the kill unchanged."""
+"""An asynchronous run survives a server killed mid-run: the real ``fl-kubeflow server
+--mode async --checkpoint-dir ...`` command, killed with SIGKILL and started again with
+the same command, resumes from its checkpoint and finishes with every version, those
+saved before the kill unchanged, and the exact weights an uninterrupted run makes."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from fl_kubeflow import wire
 from fl_kubeflow.client.numpy_trainers import DeltaTrainer
-from tests.fl_processes import start_delta_clients, wait_all
+from tests.fl_processes import start_delta_clients, start_server, wait_all
 
-ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = 8
 DELTAS, COUNTS = (0.5, -1.5), (3, 1)
 
 TIMEOUT = 120.0
 
 
-def start(folder: Path, spec: dict, attempt: int) -> tuple[subprocess.Popen, int]:
-    """The async server as a child process (tests/fedbuff_server.py); its port."""
-    spec_path, ready = folder / "spec.json", folder / f"ready-{attempt}.json"
-    spec_path.write_text(json.dumps(spec))
-    log = (folder / "server.log").open("a")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fedbuff_server", str(spec_path), str(ready)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + TIMEOUT
-    while not ready.exists():
-        assert proc.poll() is None, (folder / "server.log").read_text()
-        assert time.monotonic() < deadline, "server not listening in time"
-        time.sleep(0.02)
-    return proc, int(json.loads(ready.read_text())["port"])
+def server_command(checkpoint: Path) -> list[str]:
+    """The server's options, the same for the first start and the restart."""
+    return [
+        *("--clients", "2", "--rounds", str(VERSIONS)),
+        *("--checkpoint-dir", str(checkpoint)),
+        *("--round-timeout", "60", "--join-timeout", "60", "--grace-period", "10"),
+        *("--mode", "async", "--async-buffer-size", "2", "--async-staleness-exponent", "0.5"),
+    ]
 
 
 def saved_state(checkpoint: Path) -> dict:
@@ -51,20 +39,11 @@ def saved_state(checkpoint: Path) -> dict:
 
 def test_async_run_resumes_after_sigkill(tmp_path: Path) -> None:
     checkpoint = tmp_path / "ckpt"
-    spec = {
-        "num_clients": 2,
-        "num_rounds": VERSIONS,
-        "output_dir": str(tmp_path / "out"),
-        "checkpoint_dir": str(checkpoint),
-        "round_timeout": 60.0,
-        "join_timeout": 60.0,
-        "grace_period": 10.0,
-        "async": {"buffer_size": 2, "staleness_exponent": 0.5},
-    }
-    server, port = start(tmp_path, spec, 0)
+    command = server_command(checkpoint)
+    server = start_server(tmp_path, *command)
     clients = start_delta_clients(
         tmp_path,
-        f"http://127.0.0.1:{port}",
+        server.url,
         DELTAS,
         COUNTS,
         "--fit-delay",
@@ -76,26 +55,28 @@ def test_async_run_resumes_after_sigkill(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + TIMEOUT
         while saved_state(checkpoint)["completed_round"] < 3:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            assert server.proc.poll() is None, server.log()
             assert time.monotonic() < deadline, "version 3 not checkpointed in time"
             time.sleep(0.02)
-        server.send_signal(signal.SIGKILL)
-        server.wait(10)
+        server.kill()  # SIGKILL
+        assert server.proc.returncode == -9
         saved = saved_state(checkpoint)
         assert 3 <= saved["completed_round"] < VERSIONS
-        # The clients keep retrying; the restarted server resumes from the checkpoint.
-        restarted, _ = start(tmp_path, {**spec, "port": port}, 1)
+        # The clients keep retrying; the same command on the same port resumes the run.
+        restarted = start_server(tmp_path, *command, port=server.port)
         assert wait_all(clients, TIMEOUT) == [0, 0], [c.log() for c in clients]
-        assert restarted.wait(TIMEOUT) == 0, (tmp_path / "server.log").read_text()
+        assert restarted.wait(TIMEOUT) == 0, restarted.log()
     finally:
-        for proc in [server, restarted, *(c.proc for c in clients)]:
-            if proc is not None and proc.poll() is None:
+        for proc in [server.proc, *(c.proc for c in clients)]:
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+        if restarted is not None:
+            restarted.kill()
 
-    log = (tmp_path / "server.log").read_text()
+    log = restarted.log()  # the first server's log, then the restarted one's
     assert f"resumed from checkpoint after round {saved['completed_round']}" in log
-    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    history = restarted.history()
     assert history["status"] == "finished" and history["mode"] == "async"
     assert [r["round"] for r in history["rounds"]] == list(range(VERSIONS + 1))
     # The versions saved before the kill are the same records after the resume.
@@ -110,7 +91,7 @@ def test_async_run_resumes_after_sigkill(tmp_path: Path) -> None:
     # K = N with one update per client and buffer: every update is fresh, so each version
     # adds FedAvg's step exactly, and a version lost or counted twice would show.
     start_weights = DeltaTrainer().initial_weights()  # what the clients propose
-    final = wire.decode((tmp_path / "out" / "weights.safetensors").read_bytes())
+    final = restarted.final_weights()
     step = sum(d * n for d, n in zip(DELTAS, COUNTS, strict=True)) / sum(COUNTS)
     for name, value in start_weights.items():
         np.testing.assert_allclose(final[name], value + VERSIONS * step, atol=1e-5)

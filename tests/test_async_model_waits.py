@@ -22,20 +22,14 @@ import numpy as np
 import pytest
 import requests
 
-from fl_kubeflow import protocol, strategies, wire
-from fl_kubeflow.async_params import AsyncParams
+from fl_kubeflow import protocol, wire
 from fl_kubeflow.server.app import create_app
-from fl_kubeflow.server.config import ServerConfig
 from fl_kubeflow.server.fedbuff import AsyncFederation
 from fl_kubeflow.server.http_server import RunningServer, start_http_server
+from tests.test_fedbuff_federation import TIMEOUT, federation, wait_until, weights
 
-TIMEOUT = 30.0
 # How long a waiter must stay unanswered to count as waiting (it was asked once).
 STILL = 0.3
-
-
-def weights(value: float) -> wire.Weights:
-    return {"w": np.full(4, value, np.float32)}
 
 
 @dataclass
@@ -89,49 +83,19 @@ class Waiter:
         return self.response[0]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 @pytest.fixture(params=["parked", "thread"])
 def start(request: pytest.FixtureRequest) -> Iterator[Callable[..., Run]]:
     """Start a run for clients ``ids`` (version 1's buffer open, no driver yet)."""
     runs: list[Run] = []
 
     def make(ids: str, rounds: int = 3, fraction_fit: float = 1.0, **options: Any) -> Run:
-        clients = tuple(ids)
-        params = AsyncParams(**options)
-        config = ServerConfig(
-            num_clients=len(clients),
-            num_rounds=rounds,
-            client_ids=clients,
-            host="127.0.0.1",
-            port=0,
-            grace_period=0.5,
-            round_timeout=TIMEOUT,
-            poll_timeout=TIMEOUT,
-            asynchronous=params,
-        )
-        rule = strategies.build(
-            "fedavg",
-            {"fraction_fit": fraction_fit},
-            num_clients=len(clients),
-            min_clients=None,
-            asynchronous=params,
-        )
-        fed = AsyncFederation(config, rule, initial_weights=weights(0.0))
-        for client_id in clients:
-            fed.join(client_id)
-        with fed._cond:
-            fed._open_round(1)
+        server = {"host": "127.0.0.1", "port": 0, "grace_period": 0.5, "poll_timeout": TIMEOUT}
+        fed = federation(",".join(ids), rounds, fraction_fit, server=server, **options)
         parked = request.param == "parked"
-        server = start_http_server(
-            create_app(fed, config), config, federation=fed if parked else None
+        http = start_http_server(
+            create_app(fed, fed.config), fed.config, federation=fed if parked else None
         )
-        run = Run(fed, server)
+        run = Run(fed, http)
         try_model = fed._try_model
 
         def counted(client_id: str, server_round: int) -> Any:

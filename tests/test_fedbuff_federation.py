@@ -29,16 +29,22 @@ def weights(value: float) -> wire.Weights:
 
 
 def federation(
-    clients: str, rounds: int, fraction_fit: float = 1.0, strategy: str = "fedavg", **options
+    clients: str,
+    rounds: int,
+    fraction_fit: float = 1.0,
+    strategy: str = "fedavg",
+    server: dict | None = None,
+    **options,
 ):
+    """Clients ``clients`` (comma-separated) joined, version 1's buffer open, no driver;
+    ``server``: more ServerConfig fields, ``options``: AsyncParams."""
     ids = tuple(clients.split(","))
     params = AsyncParams(**options)
     config = ServerConfig(
         num_clients=len(ids),
         num_rounds=rounds,
         client_ids=ids,
-        grace_period=5.0,
-        round_timeout=TIMEOUT,
+        **{"grace_period": 5.0, "round_timeout": TIMEOUT, **(server or {})},
         asynchronous=params,
     )
     rule = strategies.build(

@@ -240,7 +240,7 @@ def test_client_pod_deleted_with_min_clients_below_n_async_run_completes(env):
     assert all(len(r["contributors"]) >= 2 for r in record["rounds"][1:]), record
     # The run was asynchronous: its mode and options, and versions, not sampled rounds:
     # each update with the version it started from and its staleness against the newest.
-    assert record["mode"] == "async" and record["async"] == {"max_staleness": 3}, record
+    assert record["mode"] == "async" and record["async"]["max_staleness"] == 3, record
     for version in record["rounds"][1:]:
         assert version["sampled"] == [], version
         bases, staleness = version["base_versions"], version["staleness"]

@@ -131,6 +131,7 @@ def _start_waitress(
 ) -> RunningServer:
     from waitress import create_server
 
+    from fl_kubeflow.server.event_loop import InterestMap
     from fl_kubeflow.server.parking import Parker
     from fl_kubeflow.server.waitress_channel import guarded_channel_class
 
@@ -154,7 +155,9 @@ def _start_waitress(
         asyncore_use_poll=True,
         ident="fl-kubeflow",
     )
-    first = create_server(app, host=config.host, port=config.port, **options)
+    # Each loop's sockets in a map that tells its epoll loop what changed
+    # (server/event_loop.py): interest kept between turns, not asked of every socket.
+    first = create_server(app, map=InterestMap(), host=config.host, port=config.port, **options)
     dispatcher: Any = first.task_dispatcher  # type: ignore[union-attr]
     parker = None
     if federation is not None:
@@ -171,7 +174,7 @@ def _start_waitress(
         loops.append(
             create_server(
                 app,
-                map={},
+                map=InterestMap(),
                 _dispatcher=dispatcher,
                 sockets=[first.socket.dup()],  # type: ignore[union-attr]
                 **options,
@@ -223,8 +226,10 @@ def _run_loop(
     close() comes from another thread and may close a descriptor the loop is polling:
     the error that follows is the loop's end, not a failure.
     """
+    from fl_kubeflow.server.event_loop import run_loop
+
     try:
-        loop.run()
+        run_loop(loop, closing)
     except BaseException as exc:  # any end of a loop is reported
         if closing.is_set():
             return

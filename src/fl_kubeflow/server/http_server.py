@@ -9,12 +9,13 @@ every connection to one ConnectionGuard (deadlines, the strangers' cap).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow.server.body_slots import ReceiveSlots
@@ -24,6 +25,7 @@ from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.header_check import MAX_JSON_BYTES, HeadCheck
 
 if TYPE_CHECKING:
+    from fl_kubeflow.server.event_loop import EpollLoop
     from fl_kubeflow.server.parking import Parker
 
 log = logging.getLogger("fl_kubeflow.server")
@@ -31,6 +33,8 @@ log = logging.getLogger("fl_kubeflow.server")
 # File descriptors kept for what is not a connection: the listening sockets, the
 # loops' triggers, spool files, the checkpoint and output files, the registry.
 FD_RESERVE = 64
+# Seconds close() waits for each woken socket loop to end before closing its sockets.
+LOOP_END_WAIT = 5.0
 
 
 @dataclass
@@ -42,6 +46,7 @@ class RunningServer:
     close: Callable[[], None]
     receive_slots: ReceiveSlots | None = None  # None with TLS (cheroot) or no slots
     parker: Parker | None = None  # None with TLS (cheroot) or no federation
+    event_loops: list[EpollLoop] = field(default_factory=list)  # waitress's, on epoll
 
 
 def start_http_server(
@@ -131,7 +136,7 @@ def _start_waitress(
 ) -> RunningServer:
     from waitress import create_server
 
-    from fl_kubeflow.server.event_loop import InterestMap
+    from fl_kubeflow.server.event_loop import InterestMap, attach_loop
     from fl_kubeflow.server.parking import Parker
     from fl_kubeflow.server.waitress_channel import guarded_channel_class
 
@@ -189,22 +194,35 @@ def _start_waitress(
     channel_class = guarded_channel_class(head_check, guard, slots, config.max_update_bytes, parker)
     for loop in loops:
         loop.channel_class = channel_class  # type: ignore[union-attr]
+    event_loops = [e for e in (attach_loop(loop) for loop in loops) if e is not None]
     closing = threading.Event()
+    threads = []
     for number, loop in enumerate(loops):
         name = f"waitress-io-{number}"
-        threading.Thread(
+        thread = threading.Thread(
             target=_run_loop, args=(loop, closing, name, on_failure), name=name, daemon=True
-        ).start()
+        )
+        thread.start()
+        threads.append(thread)
 
     def close() -> None:
         closing.set()
         if parker is not None:
             parker.stop()
+        if event_loops:
+            # An epoll loop sees ``closing`` when woken and ends; only then are its
+            # sockets closed (a closed trigger's wake-up would be lost with it).
+            for loop in loops:
+                with contextlib.suppress(OSError):
+                    loop.pull_trigger()
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join(LOOP_END_WAIT)
         for loop in loops:
-            loop.close()
+            loop.close()  # waitress's own loop ends on its closed sockets
 
     port = int(first.effective_port)  # type: ignore[union-attr]
-    return RunningServer(port, "http", close, slots, parker)
+    return RunningServer(port, "http", close, slots, parker, event_loops)
 
 
 def _server_body_limit(config: ServerConfig) -> int:

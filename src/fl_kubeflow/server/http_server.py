@@ -4,7 +4,9 @@ waitress has no TLS support; cheroot (CherryPy's server) terminates TLS itself
 with the standard library's ssl module, so a federation can be encrypted without
 a sidecar. Both are sized from the federation: every client may hold a long-poll.
 Both check each request's head before its body (server/header_check.py) and report
-every connection to one ConnectionGuard (deadlines, the strangers' cap).
+every connection to one ConnectionGuard (deadlines, the strangers' cap). waitress's
+socket loops run on epoll (server/event_loop.py), so a loop's turn costs what changed,
+not every connection it holds.
 """
 
 from __future__ import annotations
@@ -155,8 +157,9 @@ def _start_waitress(
         # Bytes per socket read: waitress's 8 KiB default makes a 40 MB update 5,000
         # turns of its single I/O thread's loop; 256 KiB makes it 160.
         recv_bytes=256 * 1024,
-        # poll(), not select(): select() takes no descriptor of 1024 or above, and a
-        # server of a thousand clients holds more (its loops then died of ValueError).
+        # Where epoll is missing and waitress's own loop runs: poll(), not select():
+        # select() takes no descriptor of 1024 or above, and a server of a thousand
+        # clients holds more (its loops then died of ValueError).
         asyncore_use_poll=True,
         ident="fl-kubeflow",
     )

@@ -35,8 +35,9 @@ LOG_EVERY = 60.0
 TICKS_PER_TIMEOUT = 4
 
 
-@dataclass
+@dataclass(eq=False)
 class _Watched:
+    key: Hashable
     shed: Callable[[], None]
     since: float
     deadline: float | None  # None while a request is being served, or a client's idles
@@ -60,6 +61,9 @@ class ConnectionGuard:
         self._count = count
         self._lock = threading.Lock()
         self._watched: dict[Hashable, _Watched] = {}  # in order of accept
+        # The untrusted among them, also in order of accept: an accept looks at these
+        # only, not at every client's connection (10,000 of them at 10,000 clients).
+        self._strangers: dict[Hashable, _Watched] = {}
         self._closed = {HEAD_TIMEOUT: 0, SHED: 0}
         self._logged = dict(self._closed)
         self._next_log = 0.0
@@ -78,13 +82,17 @@ class ConnectionGuard:
         """A connection was accepted: a stranger until ``head_done(trusted=True)``."""
         now = time.monotonic()
         with self._lock:
-            self._watched[key] = _Watched(shed, now, now + self.head_timeout)
-            strangers = [w for w in self._watched.values() if not w.trusted]
+            watched = _Watched(key, shed, now, now + self.head_timeout)
+            self._watched[key] = self._strangers[key] = watched
+            excess = len(self._strangers) - self.max_strangers
             victims = []
-            if len(strangers) > self.max_strangers:
+            if excess > 0:
                 # Oldest first, and never one being served (deadline None).
-                idle = [w for w in strangers if w.deadline is not None]
-                victims = idle[: len(strangers) - self.max_strangers]
+                for stranger in self._strangers.values():
+                    if stranger.deadline is not None:
+                        victims.append(stranger)
+                        if len(victims) == excess:
+                            break
                 self._forget(victims)
         for victim in victims:
             self._close(victim, SHED)
@@ -102,7 +110,9 @@ class ConnectionGuard:
             watched = self._watched.get(key)
             if watched is not None:
                 watched.deadline = None
-                watched.trusted = watched.trusted or trusted
+                if trusted:
+                    watched.trusted = True
+                    self._strangers.pop(key, None)
 
     def served(self, key: Hashable) -> None:
         """A response went out: a stranger has ``head_timeout`` for its next head."""
@@ -114,6 +124,7 @@ class ConnectionGuard:
     def closed(self, key: Hashable) -> None:
         with self._lock:
             self._watched.pop(key, None)
+            self._strangers.pop(key, None)
 
     def sweep(self, now: float | None = None) -> int:
         """Close every connection past its deadline; return how many."""
@@ -131,8 +142,9 @@ class ConnectionGuard:
     def _forget(self, closing: list[_Watched]) -> None:
         """Stop watching connections about to be closed (under the lock): closed once,
         and no longer counted as strangers while they close."""
-        for key in [k for k, w in self._watched.items() if w in closing]:
-            del self._watched[key]
+        for watched in closing:
+            self._watched.pop(watched.key, None)
+            self._strangers.pop(watched.key, None)
 
     def _close(self, watched: _Watched, reason: str) -> None:
         with contextlib.suppress(OSError):  # gone already

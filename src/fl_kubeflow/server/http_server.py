@@ -4,17 +4,20 @@ waitress has no TLS support; cheroot (CherryPy's server) terminates TLS itself
 with the standard library's ssl module, so a federation can be encrypted without
 a sidecar. Both are sized from the federation: every client may hold a long-poll.
 Both check each request's head before its body (server/header_check.py) and report
-every connection to one ConnectionGuard (deadlines, the strangers' cap).
+every connection to one ConnectionGuard (deadlines, the strangers' cap). waitress's
+socket loops run on epoll (server/event_loop.py), so a loop's turn costs what changed,
+not every connection it holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fl_kubeflow.server.body_slots import ReceiveSlots
@@ -24,6 +27,7 @@ from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.header_check import MAX_JSON_BYTES, HeadCheck
 
 if TYPE_CHECKING:
+    from fl_kubeflow.server.event_loop import EpollLoop
     from fl_kubeflow.server.parking import Parker
 
 log = logging.getLogger("fl_kubeflow.server")
@@ -31,6 +35,8 @@ log = logging.getLogger("fl_kubeflow.server")
 # File descriptors kept for what is not a connection: the listening sockets, the
 # loops' triggers, spool files, the checkpoint and output files, the registry.
 FD_RESERVE = 64
+# Seconds close() waits for each woken socket loop to end before closing its sockets.
+LOOP_END_WAIT = 5.0
 
 
 @dataclass
@@ -42,6 +48,7 @@ class RunningServer:
     close: Callable[[], None]
     receive_slots: ReceiveSlots | None = None  # None with TLS (cheroot) or no slots
     parker: Parker | None = None  # None with TLS (cheroot) or no federation
+    event_loops: list[EpollLoop] = field(default_factory=list)  # waitress's, on epoll
 
 
 def start_http_server(
@@ -131,6 +138,7 @@ def _start_waitress(
 ) -> RunningServer:
     from waitress import create_server
 
+    from fl_kubeflow.server.event_loop import InterestMap, attach_loop
     from fl_kubeflow.server.parking import Parker
     from fl_kubeflow.server.waitress_channel import guarded_channel_class
 
@@ -149,12 +157,15 @@ def _start_waitress(
         # Bytes per socket read: waitress's 8 KiB default makes a 40 MB update 5,000
         # turns of its single I/O thread's loop; 256 KiB makes it 160.
         recv_bytes=256 * 1024,
-        # poll(), not select(): select() takes no descriptor of 1024 or above, and a
-        # server of a thousand clients holds more (its loops then died of ValueError).
+        # Where epoll is missing and waitress's own loop runs: poll(), not select():
+        # select() takes no descriptor of 1024 or above, and a server of a thousand
+        # clients holds more (its loops then died of ValueError).
         asyncore_use_poll=True,
         ident="fl-kubeflow",
     )
-    first = create_server(app, host=config.host, port=config.port, **options)
+    # Each loop's sockets in a map that tells its epoll loop what changed
+    # (server/event_loop.py): interest kept between turns, not asked of every socket.
+    first = create_server(app, map=InterestMap(), host=config.host, port=config.port, **options)
     dispatcher: Any = first.task_dispatcher  # type: ignore[union-attr]
     parker = None
     if federation is not None:
@@ -171,7 +182,7 @@ def _start_waitress(
         loops.append(
             create_server(
                 app,
-                map={},
+                map=InterestMap(),
                 _dispatcher=dispatcher,
                 sockets=[first.socket.dup()],  # type: ignore[union-attr]
                 **options,
@@ -186,22 +197,35 @@ def _start_waitress(
     channel_class = guarded_channel_class(head_check, guard, slots, config.max_update_bytes, parker)
     for loop in loops:
         loop.channel_class = channel_class  # type: ignore[union-attr]
+    event_loops = [e for e in (attach_loop(loop) for loop in loops) if e is not None]
     closing = threading.Event()
+    threads = []
     for number, loop in enumerate(loops):
         name = f"waitress-io-{number}"
-        threading.Thread(
+        thread = threading.Thread(
             target=_run_loop, args=(loop, closing, name, on_failure), name=name, daemon=True
-        ).start()
+        )
+        thread.start()
+        threads.append(thread)
 
     def close() -> None:
         closing.set()
         if parker is not None:
             parker.stop()
+        if event_loops:
+            # An epoll loop sees ``closing`` when woken and ends; only then are its
+            # sockets closed (a closed trigger's wake-up would be lost with it).
+            for loop in loops:
+                with contextlib.suppress(OSError):
+                    loop.pull_trigger()
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join(LOOP_END_WAIT)
         for loop in loops:
-            loop.close()
+            loop.close()  # waitress's own loop ends on its closed sockets
 
     port = int(first.effective_port)  # type: ignore[union-attr]
-    return RunningServer(port, "http", close, slots, parker)
+    return RunningServer(port, "http", close, slots, parker, event_loops)
 
 
 def _server_body_limit(config: ServerConfig) -> int:
@@ -223,8 +247,10 @@ def _run_loop(
     close() comes from another thread and may close a descriptor the loop is polling:
     the error that follows is the loop's end, not a failure.
     """
+    from fl_kubeflow.server.event_loop import run_loop
+
     try:
-        loop.run()
+        run_loop(loop, closing)
     except BaseException as exc:  # any end of a loop is reported
         if closing.is_set():
             return

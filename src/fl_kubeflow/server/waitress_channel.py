@@ -24,6 +24,7 @@ from waitress.utilities import Error, RequestEntityTooLarge
 from fl_kubeflow.server.body_slots import SLOT_BODIES_FROM, ReceiveSlots, SlotBody
 from fl_kubeflow.server.connection_guard import ConnectionGuard
 from fl_kubeflow.server.errors import RequestError, TooLarge
+from fl_kubeflow.server.event_loop import mark_changed
 from fl_kubeflow.server.header_check import HeadCheck, trusted
 from fl_kubeflow.server.parking import ParkedTask, Parker
 
@@ -100,6 +101,9 @@ def guarded_channel_class(
 
     class GuardedChannel(HTTPChannel):
         task_class = ParkedTask
+        # Whatever changes readable()/writable() off the loop's thread marks the
+        # channel (server/event_loop.py); the loop asks nothing else between rescans.
+        marks_interest_changes = True
 
         def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
             super().__init__(server, sock, addr, adj, map=map)
@@ -109,7 +113,25 @@ def guarded_channel_class(
         def _shed(self) -> None:
             # From the guard's thread: the channel's own loop closes it when woken.
             self.will_close = True
-            self.server.pull_trigger()
+            mark_changed(self)
+            self.server.pull_trigger()  # waitress's own loop (no epoll) needs it
+
+        def write_soon(self, data: Any) -> int:
+            # A worker queued output (the loop must write) or flushed it.
+            try:
+                return super().write_soon(data)
+            finally:
+                mark_changed(self)
+
+        def cancel(self) -> None:
+            super().cancel()
+            mark_changed(self)
+
+        def polled_each_turn(self) -> bool:
+            # A body waiting for a receive slot: the slot frees on a worker's thread,
+            # or patience runs out, with nothing marking this channel.
+            body = self._slot_body()
+            return body is not None and not body.ready()
 
         def received(self, data: bytes) -> bool:
             if data and self.request is None:
@@ -117,7 +139,11 @@ def guarded_channel_class(
             return super().received(data)
 
         def service(self) -> None:
-            super().service()
+            try:
+                super().service()
+            finally:
+                # Requests done (readable again), output queued, or closing.
+                mark_changed(self)
             guard.served(self)
 
         def _slot_body(self) -> SlotBody | None:

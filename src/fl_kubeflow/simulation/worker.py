@@ -254,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     options = SimulationOptions.load(args.options)
-    population = make_population(options, options.client_ids(args.index))
+    # This process is the worker's alone: Keras's optional imports may be kept out.
+    population = make_population(options, options.client_ids(args.index), skip_extras=True)
     port = _wait_for_port(args.ready_file, options.join_timeout)
     worker = Worker(options, args.index, f"http://{LOOPBACK}:{port}", read_token(), population)
     report = worker.run()

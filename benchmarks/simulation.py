@@ -9,6 +9,7 @@ Writes benchmarks/simulation.md and benchmarks/simulation.json::
     .venv/bin/python benchmarks/simulation.py            # the four workloads (about 10 min)
     .venv/bin/python benchmarks/simulation.py --quick    # 100 numpy clients, 3 rounds (< 2 min)
     .venv/bin/python benchmarks/simulation.py --only keras numpy-1000
+    .venv/bin/python benchmarks/simulation.py --only keras --no-flower   # ours alone, printed
 
 Flower runs from its own venv (``--flower-python``, default /work/flwr-venv/bin/python;
 ``pip install 'flwr[simulation]==1.42.*' tensorflow-cpu scikit-learn`` there, never in the
@@ -441,6 +442,11 @@ def main() -> int:
     parser.add_argument("--cpus-per-client", type=float, default=1.0, help="Flower's num_cpus")
     parser.add_argument("--flower-python", type=Path, default=DEFAULT_FLOWER_PYTHON)
     parser.add_argument(
+        "--no-flower",
+        action="store_true",
+        help="measure ours only (print it; no table is written): before/after checks",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         help="the table's file (default: simulation.md; --quick writes none unless given)",
@@ -469,6 +475,8 @@ def main() -> int:
         saved = json.loads((args.output or HERE / "simulation.md").with_suffix(".json").read_text())
         write_markdown(args.output or HERE / "simulation.md", saved["meta"], saved["results"])
         return 0
+    if args.no_flower:
+        return _ours_only(workloads, args)
     if not args.flower_python.exists():
         parser.error(f"no Flower venv at {args.flower_python}: see this script's docstring")
     started = time.perf_counter()
@@ -520,6 +528,28 @@ def main() -> int:
                     json.dumps({"meta": meta, "results": rows}, indent=2) + "\n"
                 )
     print("\n".join(table_lines(results)))
+    return 0
+
+
+def _ours_only(workloads: list[Workload], args: argparse.Namespace) -> int:
+    """Each workload's ours side, printed with its processes' own peaks."""
+    with tempfile.TemporaryDirectory(prefix="simbench-") as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for work in workloads:
+            row: dict[str, Any] = {"workload": work.__dict__}
+            with _held(args.lock):
+                _measure_sides(
+                    work, row, {"ours": lambda w=work: run_ours(w, folder, args.workers)}
+                )
+            own = row["ours"].get("own_peak_rss_bytes")
+            if own is not None:
+                workers = ", ".join(f"{w / 2**20:.0f}" for w in own["workers"])
+                print(
+                    f"{work.name} ours: server {own['server'] / 2**20:.0f} MiB, workers "
+                    f"{workers} MiB, sum {own['sum'] / 2**20:.0f} MiB (simulation.json)",
+                    flush=True,
+                )
     return 0
 
 

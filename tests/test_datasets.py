@@ -329,3 +329,27 @@ def test_light_modules_do_not_import_tensorflow() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_digits_are_scikit_learns_read_without_importing_it() -> None:
+    """The bundled table read directly equals load_digits, and sklearn stays unloaded
+    (about 170 MB of a simulation worker's resident memory)."""
+    result = run_python(
+        """
+        import sys
+        import numpy as np
+        from fl_kubeflow.training.datasets import load_full_dataset
+        full = load_full_dataset("digits")
+        print(sorted(m for m in ("sklearn", "scipy") if m in sys.modules))
+        from sklearn.datasets import load_digits
+        bunch = load_digits()
+        assert full.x.dtype == np.float32 and full.x.shape == (1797, 8, 8), full.x.shape
+        np.testing.assert_array_equal(full.x, bunch.images.astype(np.float32))
+        np.testing.assert_array_equal(full.y, bunch.target)
+        print("same")
+        """,
+        env={},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["[]", "same"]

@@ -95,3 +95,32 @@ def test_a_numpy_worker_loads_no_server_code_and_no_framework() -> None:
     frameworks = ("tensorflow", "keras", "torch")
     loaded = [m for m in listing if m.split(".")[0] in frameworks or m.startswith(forbidden)]
     assert not loaded, loaded
+
+
+@pytest.mark.slow
+def test_a_keras_worker_keeps_kerass_optional_imports_out() -> None:
+    """pandas, scikit-learn, SciPy and matplotlib, which importing Keras pulls in, stay
+    out of a worker's process (about 160 MB of its memory) and it still trains; the
+    same population in a shared process (a test, a notebook) leaves them importable."""
+    pytest.importorskip("keras")
+    code = """
+import sys
+from pathlib import Path
+from fl_kubeflow.simulation.options import SimulationOptions
+from fl_kubeflow.simulation.population import KERAS_EXTRAS, make_population
+options = SimulationOptions(clients=40, trainer="keras", dataset="digits", model="mlp",
+                            local_epochs=1, batch_size=10, seed=3, output=Path("unused"))
+population = make_population(options, [0, 1], skip_extras=sys.argv[1] == "worker")
+result = population.fit(1, population.initial_weights(), 1, {})
+assert result.num_examples > 0
+print(sorted(m for m in KERAS_EXTRAS if sys.modules.get(m) is not None))
+"""
+    loaded = {}
+    for mode in ("worker", "shared"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        loaded[mode] = done.stdout.split("\n")[-2]
+    assert loaded["worker"] == "[]"
+    assert "sklearn" in loaded["shared"], loaded  # what Keras imports when let

@@ -156,3 +156,33 @@ def test_keras_clients_learn_digits(tmp_path: Path) -> None:
     # From 0.07 for the initial model (10 classes); 0.74 when this was written.
     assert rounds[-1]["evaluate"]["metrics"]["accuracy"] > 0.6, rounds[-1]
     assert result.summary["worker_reports"][0]["final_downloads"] == 1
+
+
+def test_a_worker_killed_mid_run_fails_the_simulation_and_stops_everything(
+    tmp_path: Path,
+) -> None:
+    simulation = Simulation(numpy_options(tmp_path, 200, 0.1, 1000), lambda line: None)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            simulation.run()
+        except BaseException as exc:  # reported by the test thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    # Once round 1 opened (the history's rounds start), the workers are in the run.
+    while not list((tmp_path / "logs").glob("worker-1.log")) or "round 1" not in (
+        (tmp_path / "logs" / "worker-1.log").read_text()
+    ):
+        assert time.monotonic() < deadline and thread.is_alive(), failure
+        time.sleep(0.05)
+    victim = simulation.workers[1]
+    os.kill(victim.proc.pid, 9)
+    thread.join(RUN_TIMEOUT)
+    assert not thread.is_alive()
+    assert len(failure) == 1 and "worker 1 failed (exit -9)" in str(failure[0]), failure
+    assert simulation.server is not None and simulation.server.returncode is not None
+    assert all(w.returncode is not None for w in simulation.workers)

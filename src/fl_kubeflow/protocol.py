@@ -20,6 +20,11 @@ MODEL_PATH = "/v1/model"
 UPDATE_PATH = "/v1/update"
 EVALUATE_PATH = "/v1/evaluate"
 LEAVE_PATH = "/v1/leave"
+# POST /v1/leave's body names one client (``client_id``) or several (``client_ids``, at
+# most this many: a simulation worker's clients in a few requests; 500 ids of the
+# longest form, 63 characters, fit the 64 KiB a JSON body may take).
+LEAVE_IDS_KEY = "client_ids"
+MAX_LEAVE_IDS = 500
 STATUS_PATH = "/v1/status"
 # GET: which clients the open round sampled (long-polls, as /v1/model does): one request
 # tells a simulation worker which of its many virtual clients train (docs/protocol.md).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from fl_kubeflow import defaults
@@ -16,6 +15,7 @@ from fl_kubeflow.cli.options import (
     positive_float,
     positive_int,
 )
+from fl_kubeflow.cli.run_outcome import emit, emit_rounds, run_to_end
 from fl_kubeflow.cli.secagg_options import params_from_args, server_args
 from fl_kubeflow.cli.server_cmd import (
     add_server_options,
@@ -86,7 +86,7 @@ def slow_clients(text: str) -> dict[int, float]:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from fl_kubeflow.local.runner import LocalRun, LocalRunError, LocalRunOptions, summary_lines
+    from fl_kubeflow.local.runner import LocalRun, LocalRunError, LocalRunOptions
 
     if args.min_clients is not None and args.min_clients > args.clients:
         parser.error(f"--min-clients {args.min_clients} exceeds --clients {args.clients}")
@@ -152,21 +152,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ],
     )
 
-    def emit(line: str) -> None:
-        print(line, flush=True)
-
-    try:
-        result = LocalRun(options, emit).run()
-    except LocalRunError as exc:
-        print(f"fl-kubeflow local: run failed: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("fl-kubeflow local: interrupted; every process stopped", file=sys.stderr)
-        return 130
-    emit("")
-    for line in summary_lines(result.history):
-        emit(line)
-    emit("")
+    result, code = run_to_end("local", lambda: LocalRun(options, emit).run(), LocalRunError)
+    if result is None:
+        return code
+    emit_rounds(result.history)
     for name, path in result.files.items():
         emit(f"{name:>8}: {path}")
     return 0

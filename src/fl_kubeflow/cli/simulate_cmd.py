@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from pathlib import Path
 
 from fl_kubeflow import defaults
 from fl_kubeflow.cli.client_cmd import add_training_options
 from fl_kubeflow.cli.options import HelpFormatter, positive_float, positive_int
+from fl_kubeflow.cli.run_outcome import emit, emit_rounds, run_to_end
 from fl_kubeflow.cli.server_cmd import add_server_options, limit_args
 
 
@@ -84,7 +84,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from fl_kubeflow import strategies
-    from fl_kubeflow.local.runner import summary_lines
     from fl_kubeflow.simulation.options import NUMPY, SimulationOptions
     from fl_kubeflow.simulation.runner import Simulation, SimulationError
     from fl_kubeflow.training.datasets import file_dataset
@@ -134,25 +133,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    def emit(line: str) -> None:
-        print(line, flush=True)
-
     # A SIGTERM (a benchmark's timeout, a supervisor) stops the server and the workers
     # too, as Ctrl-C does: they run in their own sessions and would outlive this process.
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result = Simulation(options, emit, limit_args(args)).run()
-    except SimulationError as exc:
-        print(f"fl-kubeflow simulate: run failed: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("fl-kubeflow simulate: interrupted; every process stopped", file=sys.stderr)
-        return 130
-    emit("")
-    for line in summary_lines(result.history):
-        emit(line)
+    result, code = run_to_end(
+        "simulate", lambda: Simulation(options, emit, limit_args(args)).run(), SimulationError
+    )
+    if result is None:
+        return code
+    emit_rounds(result.history)
     summary = result.summary
-    emit("")
     emit(
         f"wall {summary['wall_s']:.2f}s, median round {summary['median_round_s']:.3f}s, "
         f"peak memory (server + workers) {summary['peak_rss_bytes']['sum'] / 2**20:.0f} MiB"

@@ -30,14 +30,14 @@ from fl_kubeflow.credentials import (
 from fl_kubeflow.local import processes
 from fl_kubeflow.local.processes import Child
 from fl_kubeflow.local.progress import ProgressReporter, fmt_metrics
+from fl_kubeflow.local.supervision import Pace, supervise
 from fl_kubeflow.training.factory import exports_keras
 
 if TYPE_CHECKING:
     from fl_kubeflow.async_params import AsyncParams
     from fl_kubeflow.secagg.params import SecAggParams
 
-POLL_INTERVAL_S = 0.25
-STATUS_INTERVAL_S = 0.5
+PACE = Pace(poll_s=0.25, status_s=0.5)
 EXPORT_TIMEOUT_S = 300.0
 CREDENTIALS_FOLDER = ".credentials"
 REGISTRY_FILE = "registry.json"
@@ -236,34 +236,29 @@ class LocalRun:
             self.clients.append(processes.start(f"client {i}", args, log_path, self.child_env))
 
     def _supervise(self, reporter: ProgressReporter, deadline: float) -> None:
-        """Watch the children until the server exits; a failing client ends the run."""
+        """Watch the children until the server exits; a failing client ends the run
+        once the clients still running are fewer than the quorum."""
         opts = self.options
         quorum = defaults.quorum(opts.clients, opts.min_clients)
-        server = self.server
-        assert server is not None
-        lost: set[str] = set()
-        next_status = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_status:
-                reporter.poll()
-                next_status = now + STATUS_INTERVAL_S
-            code = server.returncode
-            if code is not None:
-                if code != 0:
-                    raise LocalRunError(f"the server failed (exit {code}):\n{server.last_words()}")
-                return
-            for client in self.clients:
-                if client.name in lost or client.returncode in (None, 0):
-                    continue
-                lost.add(client.name)
-                message = f"{client.name} failed (exit {client.returncode}):\n{client.last_words()}"
-                if opts.clients - len(lost) < quorum:
-                    raise LocalRunError(message)
-                self.emit(f"warning: {message}\ncontinuing: min_clients={quorum} still reachable")
-            if now >= deadline:
-                raise LocalRunError(f"the run did not finish within --timeout {opts.timeout:g}s")
-            time.sleep(POLL_INTERVAL_S)
+        assert self.server is not None
+        lost: list[Child] = []
+
+        def client_failed(client: Child, message: str) -> None:
+            lost.append(client)
+            if opts.clients - len(lost) < quorum:
+                raise LocalRunError(message)
+            self.emit(f"warning: {message}\ncontinuing: min_clients={quorum} still reachable")
+
+        supervise(
+            self.server,
+            self.clients,
+            reporter,
+            deadline,
+            PACE,
+            client_failed,
+            LocalRunError,
+            f"the run did not finish within --timeout {opts.timeout:g}s",
+        )
 
     def _wait_clients(self) -> None:
         grace = time.monotonic() + 60

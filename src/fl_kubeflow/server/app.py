@@ -201,8 +201,20 @@ def create_app(
 
     @app.post(protocol.LEAVE_PATH)
     def leave() -> Response:
-        federation.leave(claimed_id(_json_body()))
-        return jsonify({"left": True})
+        body = _json_body()
+        if protocol.LEAVE_IDS_KEY not in body:
+            federation.leave(claimed_id(body))
+            return jsonify({"left": True})
+        if "client_id" in body:
+            raise BadRequest(f"give 'client_id' or {protocol.LEAVE_IDS_KEY!r}, not both")
+        client_ids = _id_list(body, protocol.LEAVE_IDS_KEY, protocol.MAX_LEAVE_IDS)
+        # Each id as if it came alone: the shared token may act for any client, a
+        # client's own credential only for itself (403 before anyone leaves).
+        with _counted(federation):
+            for client_id in client_ids:
+                identities.check_claim(g.principal, client_id)
+        federation.leave_all(client_ids)
+        return jsonify({"left": True, "clients": len(client_ids)})
 
     # Secure aggregation (docs/secure_aggregation.md): each POST answers with the next
     # stage's input if it is ready within ``wait`` (200), else 202; each GET long-polls
@@ -432,6 +444,17 @@ def _str_field(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value:
         raise BadRequest(f"field {name!r} must be a non-empty string")
+    return value
+
+
+def _id_list(body: dict[str, Any], name: str, most: int) -> list[str]:
+    """A field that is a list of 1 to ``most`` client ids; 400 otherwise."""
+    value = body.get(name)
+    if not isinstance(value, list) or not 1 <= len(value) <= most:
+        raise BadRequest(f"field {name!r} must be a list of 1 to {most} client ids")
+    for client_id in value:
+        if not isinstance(client_id, str) or not protocol.valid_client_id(client_id):
+            raise BadRequest(f"field {name!r} holds {client_id!r:.70}, not a client id")
     return value
 
 

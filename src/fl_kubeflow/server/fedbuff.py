@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -281,9 +281,10 @@ class AsyncFederation(Federation):
 
     # ----------------------------------------------------------------- clients
 
-    def leave(self, client_id: str) -> None:
-        super().leave(client_id)
-        self._release(client_id)
+    def leave_all(self, client_ids: Sequence[str]) -> None:
+        super().leave_all(client_ids)
+        for client_id in client_ids:
+            self._release(client_id)
 
     def revoke(self, client_id: str) -> None:
         super().revoke(client_id)

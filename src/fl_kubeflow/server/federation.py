@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -154,9 +154,19 @@ class Federation:
 
     def leave(self, client_id: str) -> None:
         """A client says it is done (after its final evaluation)."""
+        self.leave_all([client_id])
+
+    def leave_all(self, client_ids: Sequence[str]) -> None:
+        """Several clients leave at once (a simulation worker's clients), all or none.
+
+        Every id is checked before any leaves: one that has not joined (or was revoked)
+        refuses the whole request, which then changed nothing. One wake-up of the driver
+        for all of them.
+        """
         with self._cond:
-            client = self._require_client(client_id)
-            client.left, client.active = True, False
+            clients = [self._require_client(client_id) for client_id in client_ids]
+            for client in clients:
+                client.left, client.active = True, False
             self._cond.notify_all()
 
     def revoke(self, client_id: str) -> None:

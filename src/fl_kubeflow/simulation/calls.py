@@ -9,6 +9,7 @@ them all. The requests and their bodies are the ones docs/protocol.md describes.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,8 +130,10 @@ class Calls:
         }
         self._post_json(protocol.EVALUATE_PATH, client, payload)
 
-    def leave(self, client: str) -> None:
-        self._post_json(protocol.LEAVE_PATH, client, {"client_id": client})
+    def leave_all(self, clients: Sequence[str]) -> None:
+        """``clients`` (at most protocol.MAX_LEAVE_IDS) leave in one request."""
+        payload = {protocol.LEAVE_IDS_KEY: list(clients)}
+        self.transport.request("POST", protocol.LEAVE_PATH, json=payload)
 
     def _post_json(self, path: str, client: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self.transport.request("POST", path, json=payload, headers=_as(client)).json()

@@ -24,11 +24,11 @@ from fl_kubeflow import files
 from fl_kubeflow.auth import TOKEN_ENV, new_token
 from fl_kubeflow.local import processes
 from fl_kubeflow.local.progress import ProgressReporter
+from fl_kubeflow.local.supervision import Pace, supervise
 from fl_kubeflow.simulation.memory import PeakMemory
 from fl_kubeflow.simulation.options import SimulationOptions
 
-POLL_INTERVAL_S = 0.1
-STATUS_INTERVAL_S = 1.0
+PACE = Pace(poll_s=0.1, status_s=1.0)
 WORKERS_FOLDER = ".workers"
 
 
@@ -178,32 +178,22 @@ class Simulation:
 
     def _supervise(self, reporter: ProgressReporter, deadline: float) -> None:
         """Watch the processes until the server exits; a failing worker ends the run."""
-        server = self.server
-        assert server is not None
-        next_status = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_status:
-                reporter.poll()
-                next_status = now + STATUS_INTERVAL_S
-            code = server.returncode
-            if code is not None:
-                if code != 0:
-                    raise SimulationError(
-                        f"the server failed (exit {code}):\n{server.last_words()}"
-                    )
-                reporter.finish(json.loads((self.output / "history.json").read_text()))
-                return
-            for worker in self.workers:
-                if worker.returncode not in (None, 0):
-                    raise SimulationError(
-                        f"{worker.name} failed (exit {worker.returncode}):\n{worker.last_words()}"
-                    )
-            if now >= deadline:
-                raise SimulationError(
-                    f"the simulation did not finish within --timeout {self.options.timeout:g}s"
-                )
-            time.sleep(POLL_INTERVAL_S)
+        assert self.server is not None
+
+        def worker_failed(worker: processes.Child, message: str) -> None:
+            raise SimulationError(message)
+
+        supervise(
+            self.server,
+            self.workers,
+            reporter,
+            deadline,
+            PACE,
+            worker_failed,
+            SimulationError,
+            f"the simulation did not finish within --timeout {self.options.timeout:g}s",
+        )
+        reporter.finish(json.loads((self.output / "history.json").read_text()))
 
     def _wait_workers(self) -> None:
         """The workers end once their clients left, which the server's end waited for."""

@@ -188,7 +188,7 @@ class FederatedClient:
         answered = None
         try:
             if protocol.SECAGG_CONFIG_KEY in model.config:
-                result = self._submit_secure(model, result)
+                result, answered = self._submit_secure(model, result)
             else:
                 answered = self._submit(model, result)
         except RoundAbandoned as exc:
@@ -261,14 +261,15 @@ class FederatedClient:
             return None
         return self._model_from(response)
 
-    def _submit_secure(self, model: _Model, result: FitResult) -> FitResult:
-        """Take part in the round's secure aggregation; the result with its metrics as sent.
+    def _submit_secure(self, model: _Model, result: FitResult) -> tuple[FitResult, _Model | None]:
+        """Take part in the round's secure aggregation; the result with its metrics as
+        sent, and the next model if the reveal's answer was that.
 
         The change is against the model as this client decoded it: the server's base is
         the same decoding of its round message, so half-precision wire stays exact.
         """
         secure = ClientRound.from_config(self.client_id, model.server_round, model.config)
-        metrics = run_secure_round(
+        metrics, next_model = run_secure_round(
             self._call,
             secure,
             result.weights,
@@ -279,7 +280,8 @@ class FederatedClient:
             request_timeout=self.transport.request_timeout,
             timeout=self.round_wait_timeout,
         )
-        return FitResult(result.weights, result.num_examples, metrics)
+        answered = None if next_model is None else self._model_from(next_model)
+        return FitResult(result.weights, result.num_examples, metrics), answered
 
     def _evaluate(
         self, weights: wire.Weights, server_round: int, summary: ClientSummary, done: set[int]

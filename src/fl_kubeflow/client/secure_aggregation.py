@@ -419,8 +419,12 @@ def run_secure_round(
     poll_wait: float,
     request_timeout: float,
     timeout: float,
-) -> dict[str, float]:
-    """Take part in a secure round's stages after training; the training metrics sent.
+) -> tuple[dict[str, float], requests.Response | None]:
+    """Take part in a secure round's stages after training.
+
+    Returns the training metrics sent, and the reveal's answer when it is the next
+    round's model (a 200 safetensors answer read into ``response.buffer``, as
+    ``GET /v1/model`` is read); None: the client long-polls for that model.
 
     Args:
         call: Sends a request (``FederatedClient._call``); raises the server's refusals
@@ -471,14 +475,18 @@ def run_secure_round(
             protocol.SECAGG_MASKED_PATH, protocol.SECAGG_UNMASK_PATH, data=body, headers=headers
         )
         del vector, body
-        # An honest server accepts the reveal; one that answers with another unmask
-        # request gets the same shares again, or a refusal if a peer's kind changed.
+        # An honest server accepts the reveal, with the next round's model as its answer
+        # when that came in time; one that answers with another unmask request gets the
+        # same shares again, or a refusal if a peer's kind changed.
         while True:
-            answer = stages.post(
-                protocol.SECAGG_REVEAL_PATH, None, json=secure.reveal_message(request)
+            response = stages.post_last(
+                protocol.SECAGG_REVEAL_PATH, json=secure.reveal_message(request)
             )
+            if _is_model(response):
+                return metrics, response
+            answer = _json_of(response, protocol.SECAGG_REVEAL_PATH, secure.server_round)
             if "survivors" not in answer:
-                return metrics
+                return metrics, None
             log.warning(
                 "client %s: a second unmask request in round %d",
                 secure.client_id,
@@ -551,9 +559,40 @@ class _Stages:
                 },
                 read_timeout=wait + self.request_timeout,
             )
-        try:
-            return response.json()
-        except ValueError:
-            raise SecAggViolation(
-                f"round {self.server_round}: {path} answered 200 without JSON"
-            ) from None
+        return _json_of(response, path, self.server_round)
+
+    def post_last(self, path: str, **kwargs: Any) -> requests.Response:
+        """POST the round's last message, asking for the next round's model as its answer
+        (``next=1``, as an update does: docs/protocol.md, Update and next model).
+
+        The answer is read into ``response.buffer``: a model (200 safetensors), or JSON
+        (202: no model within the wait; 200: the server's own answer)."""
+        wait = self._wait()
+        return self.call(
+            "POST",
+            path,
+            params={protocol.NEXT_PARAM: "1", protocol.WAIT_PARAM: f"{wait:.3f}"},
+            read_timeout=wait + self.request_timeout,
+            into_buffer=True,
+            **kwargs,
+        )
+
+
+def _is_model(response: requests.Response) -> bool:
+    """Whether a 200 answer's body is a model (safetensors), not JSON."""
+    kind = response.headers.get("Content-Type", "").split(";")[0]
+    return response.status_code == 200 and kind == wire.CONTENT_TYPE
+
+
+def _json_of(response: requests.Response, path: str, server_round: int) -> dict[str, Any]:
+    """A stage answer's JSON object (read into ``response.buffer`` or not)."""
+    buffer = getattr(response, "buffer", None)
+    try:
+        value = json.loads(bytes(buffer)) if buffer is not None else response.json()
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise SecAggViolation(
+            f"round {server_round}: {path} answered {response.status_code} without a JSON object"
+        )
+    return value

@@ -13,7 +13,12 @@ import requests
 
 from fl_kubeflow import defaults, protocol, wire
 from fl_kubeflow.client.clipping import clip_for_config
-from fl_kubeflow.client.secure_aggregation import ClientRound, RoundAbandoned, run_secure_round
+from fl_kubeflow.client.secure_aggregation import (
+    AnnouncedKeys,
+    ClientRound,
+    RoundAbandoned,
+    run_secure_round,
+)
 from fl_kubeflow.client.signature import ModelMismatch, check_matches
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
@@ -112,6 +117,8 @@ class FederatedClient:
             headers={protocol.CLIENT_ID_HEADER: client_id, **(headers or {})},
             verify=verify,
         )
+        # Keys announced in a secure round's reveal, for the round after it only.
+        self._announced: AnnouncedKeys | None = None
 
     def run(self) -> ClientSummary:
         """Take part in the run until the server says it is finished.
@@ -268,8 +275,11 @@ class FederatedClient:
         The change is against the model as this client decoded it: the server's base is
         the same decoding of its round message, so half-precision wire stays exact.
         """
-        secure = ClientRound.from_config(self.client_id, model.server_round, model.config)
-        metrics, next_model = run_secure_round(
+        announced, self._announced = self._announced, None
+        secure = ClientRound.from_config(
+            self.client_id, model.server_round, model.config, announced
+        )
+        outcome = run_secure_round(
             self._call,
             secure,
             result.weights,
@@ -280,8 +290,9 @@ class FederatedClient:
             request_timeout=self.transport.request_timeout,
             timeout=self.round_wait_timeout,
         )
-        answered = None if next_model is None else self._model_from(next_model)
-        return FitResult(result.weights, result.num_examples, metrics), answered
+        self._announced = outcome.next_keys
+        answered = None if outcome.next_model is None else self._model_from(outcome.next_model)
+        return FitResult(result.weights, result.num_examples, outcome.metrics), answered
 
     def _evaluate(
         self, weights: wire.Weights, server_round: int, summary: ClientSummary, done: set[int]

@@ -289,6 +289,7 @@ def create_app(
             server_round,
             _binary_map(body, "self_mask_shares", shamir.SHARE_BYTES),
             _binary_map(body, "mask_key_shares", shamir.SHARE_BYTES),
+            _next_keys(body),
         )
         # The round's last message from this client: with ``next=1`` its answer is the
         # next round's model, as an update's is (docs/protocol.md, Update and next model).
@@ -463,6 +464,21 @@ def _binary_map(body: dict[str, Any], name: str, size: int) -> dict[str, bytes]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise BadRequest(f"field {name!r} must map client ids to base64 values")
     return {peer: _binary_field(value, peer, size) for peer in value}
+
+
+def _next_keys(body: dict[str, Any]) -> tuple[bytes, bytes] | None:
+    """A reveal's optional announced keys for the next round; 400 if malformed."""
+    value = body.get(protocol.SECAGG_NEXT_KEYS_FIELD)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(
+            f"field {protocol.SECAGG_NEXT_KEYS_FIELD!r} must be an object of two base64 keys"
+        )
+    return (
+        _binary_field(value, "encryption_key", keys.KEY_BYTES),
+        _binary_field(value, "masking_key", keys.KEY_BYTES),
+    )
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:

@@ -655,6 +655,7 @@ class Federation:
             self._counters.bytes_in += len(body)
             self._counters.updates_accepted += 1
             self._clients[client_id].active = True
+            self._close_stage_if_done(current)
             self._cond.notify_all()
         return {**answer, "duplicate": False}
 
@@ -741,6 +742,19 @@ class Federation:
             config[protocol.SECAGG_ROSTER_KEY] = secure.roster_answer(client_id, current.sampled)
         return config
 
+    def _close_stage_if_done(self, current: RoundRecord) -> None:
+        """Close a secure round's stage before the reveal once its last message is in, on
+        the thread that brought it (under the lock): the clients waiting for the next
+        stage's input are answered without a wake-up of the driver in between. The
+        reveal stage stays the driver's: its close starts the unmask."""
+        secure = current.secure
+        if (
+            self._phase is Phase.FIT
+            and secure is not None
+            and secure.stage is not SecAggStage.REVEAL
+        ):
+            self._drive_secure(current, time.monotonic())
+
     def _secure_round(self, client_id: str, server_round: int) -> SecureRound:
         """The open secure round (under the lock), if it is ``server_round``; else refused."""
         self._require_client(client_id)
@@ -785,6 +799,7 @@ class Federation:
             assert current is not None
             with self._secure_refusals(client_id, server_round):
                 submit(secure, current.sampled)
+            self._close_stage_if_done(current)
             self._cond.notify_all()
 
     def _wait_secure(

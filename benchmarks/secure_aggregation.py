@@ -160,14 +160,24 @@ class StageWatch:
             time.sleep(self.interval)
 
     def durations(self) -> dict[str, float]:
-        """Median seconds per stage over rounds >= 1, each until the next change seen."""
+        """Median seconds per stage over rounds >= 2, each until the next change seen; 0
+        for a stage never seen open (keys announced in the previous round's reveals close
+        the key stage as the round opens). Round 1 has no announced keys: it would
+        make the key stage the first round's alone."""
         if self.thread is not None:
             self.thread.join(30)
         spans: dict[str, list[float]] = {}
+        rounds: set[int] = set()
         for (t0, r, stage), (t1, _, _) in itertools.pairwise(self.changes):
-            if r >= 1 and stage is not None:
+            if r >= 2 and stage is not None:
+                rounds.add(r)
                 spans.setdefault(stage, []).append(t1 - t0)
-        return {name: statistics.median(values) for name, values in spans.items()}
+        return {
+            name: statistics.median(spans[name] + [0.0] * (len(rounds) - len(spans[name])))
+            if name in spans
+            else 0.0
+            for name in STAGES
+        }
 
 
 def watched(num_params: int, num_clients: int, base: Path, rounds: int) -> dict[str, float]:
@@ -306,9 +316,12 @@ def where_the_time_goes(rows: list[dict[str, Any]]) -> list[str]:
     watched_rows = [r for r in rows if r.get("stages")]
     lines = [
         "Where a secure round's time goes. The stages as the server lived them (median "
-        "seconds over rounds, from /v1/status polled every "
+        "seconds over rounds 2 on, from /v1/status polled every "
         f"{1e3 * WATCH_INTERVAL:g} ms during one more secure run of the cell): keys runs "
-        "from the round's opening (sending the model, the clients' fit, their keys), reveal "
+        "from the round's opening (sending the model, the clients' fit, their keys), 0 "
+        "when the clients announced this round's keys in the last round's reveals (the key "
+        "stage closes as the round opens: shares then runs from the opening, the model and "
+        "the fit included); reveal runs "
         "to the next round's opening (the reveals, the unmask, the aggregate and the next "
         "model). Then the server's own timings from history.json and the secagg "
         "primitives timed alone on one core at that P (a client adds 1 + k masks of P + 1 "
@@ -412,8 +425,11 @@ ANALYSIS = [
     "Where the rest goes: here the N clients share the server's 2 cores, so their masking "
     "adds up on the round: each client quantises its change and adds 1 + k masks of P + 1 "
     "elements (k = 4 at N = 8, 16 at N = 32: the clients' CPU grows as N (1 + k) P, which "
-    "on separate machines would run side by side), and the stages add three request round "
-    "trips per client (keys, shares, reveal) beside the model and the update. A client "
+    "on separate machines would run side by side), and the stages add two request round "
+    "trips per client (shares, reveal) beside the masked input, which stands for the "
+    "update: the model comes as the answer of the last round's reveal (as a plain update's "
+    "answer is the next model) and the keys a client announced in that reveal make the "
+    "key stage, which closes as the round opens. A client "
     "quantises its change on a worker thread while it waits for the roster and adds its "
     "1 + k masks while it waits for its inbox, so its masked POST leaves as soon as the "
     "inbox is in. The server takes each survivor's self mask out of the sum in the reveal "

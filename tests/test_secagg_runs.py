@@ -9,6 +9,7 @@ themselves right after one POST (tests/secagg_dropout_client.py).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -77,15 +78,23 @@ def assert_model_moved_by(final: dict[str, np.ndarray], step: float, tolerance: 
 
 
 def start_dropout_client(
-    folder: Path, url: str, client_id: int, stage: str, delta: float, count: int
+    folder: Path,
+    url: str,
+    client_id: int,
+    stage: str,
+    delta: float,
+    count: int,
+    record: Path | None = None,
 ) -> ClientProcess:
-    """A delta client that ends itself once its POST of ``stage`` was answered."""
+    """A delta client that ends itself once its POST of ``stage`` was answered (``never``:
+    runs to its end), writing its requests to ``record``."""
     log_path = folder / f"client-{client_id}.log"
     summary = folder / f"client-{client_id}.json"
     command = [
         sys.executable,
         str(DROPOUT_CLIENT),
         stage,
+        *(["--record", str(record)] if record else []),
         "--",
         "client",
         "--server",
@@ -285,3 +294,101 @@ def test_central_dp_adds_its_noise_to_the_unmasked_mean(tmp_path):
         dp = record["strategy"]["dp"]
         assert dp["clipping"] == "client" and dp["noise_std"] == pytest.approx(z * clip / 3)
         assert dp["epsilon"] is not None and dp["epsilon"] > 0
+
+
+def requests_of(record: Path) -> list[tuple[str, str, int, str]]:
+    """The requests a recording client made: (method, path, status, content type)."""
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    return [(r["method"], r["path"], r["status"], r["type"]) for r in lines]
+
+
+def test_reveals_bring_the_next_model_and_announce_the_next_rounds_keys(tmp_path):
+    # Three clients, three rounds: round 1 is the model GET, keys, shares, masked and
+    # reveal; the reveal's answer is the next round's model, and the keys announced in it
+    # make round 2's (and 3's) key stage, closed as the round opens: no keys POST, no
+    # roster GET, no model GET after round 1's (the final model comes in the last reveal).
+    rounds, deltas, counts = 3, [0.1, -0.2, 0.3], [2, 3, 5]
+    server = start_server(tmp_path, "--clients", "3", "--rounds", str(rounds), *secure_options())
+    records = [tmp_path / f"requests-{i}.jsonl" for i in range(3)]
+    clients = [
+        start_dropout_client(tmp_path, server.url, i, "never", d, n, record)
+        for i, (d, n, record) in enumerate(zip(deltas, counts, records, strict=True))
+    ]
+    assert wait_all(clients) == [0] * 3, [c.log() for c in clients]
+    assert server.wait() == 0, server.log()
+    model, safetensors = "/v1/model", "application/vnd.safetensors"
+    for record in records:
+        made = requests_of(record)
+        paths = [(method, path) for method, path, _, _ in made]
+        assert paths.count(("POST", "/v1/secagg/keys")) == 1, made
+        assert paths.count(("GET", "/v1/secagg/roster")) == 0, made
+        assert [r for r in made if r[:2] == ("GET", model) and r[2] == 200] == [
+            ("GET", model, 200, safetensors)
+        ], made
+        reveals = [r for r in made if r[1] == "/v1/secagg/reveal"]
+        assert reveals == [("POST", "/v1/secagg/reveal", 200, safetensors)] * rounds, made
+    history = server.history()
+    assert [r["secure_aggregation"]["keys_announced"] for r in history["rounds"][1:]] == [0, 3, 3]
+    for record in history["rounds"][1:]:
+        assert record["secure_aggregation"]["survivors"] == 3, record
+    bound = Quantiser(SecAggParams()).error_bound
+    step = fedavg_step(deltas, counts, 1.0)
+    assert_model_moved_by(server.final_weights(), rounds * step, rounds * (bound + 1e-6))
+
+
+def test_clients_not_sampled_the_round_before_send_keys_beside_announced_ones(tmp_path):
+    # Six clients, four of them per round: a client sampled in two rounds in a row uses
+    # the keys it announced; one that was not (or was, but is not now) sends keys as
+    # ever, and its announced keys are dropped. Every round has its whole sample.
+    rounds, deltas, counts = 3, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1, 2, 3, 4, 5, 6]
+    server = start_server(
+        tmp_path,
+        *("--clients", "6", "--rounds", str(rounds), "--min-clients", "4"),
+        *("--strategy-option", "fraction_fit=0.67"),
+        *secure_options(),
+    )
+    clients = start_delta_clients(tmp_path, server.url, deltas, counts, *SHAPES_ARG)
+    assert wait_all(clients) == [0] * 6, [c.log() for c in clients]
+    assert server.wait() == 0, server.log()
+    records = server.history()["rounds"][1:]
+    samples = [set(r["sampled"]) for r in records]
+    moved = 0.0
+    for before, now, record in zip([set(), *samples], samples, records, strict=False):
+        secure = record["secure_aggregation"]
+        assert secure["keys_announced"] == len(before & now), (before, now, secure)
+        assert (secure["roster"], secure["survivors"]) == (4, 4), secure
+        chosen = [int(c) for c in now]
+        moved += fedavg_step([deltas[i] for i in chosen], [counts[i] for i in chosen], 1.0)
+    # Some client joins a round it was not sampled for the round before (seed 0).
+    assert any(now - before for before, now in itertools.pairwise(samples)), samples
+    assert any(before & now for before, now in itertools.pairwise(samples)), samples
+    bound = Quantiser(SecAggParams()).error_bound
+    assert_model_moved_by(server.final_weights(), moved, rounds * (bound + 1e-6))
+
+
+def test_a_client_lost_after_announcing_its_keys_is_recovered_at_the_shares(tmp_path):
+    # Six clients tolerating two drop-outs, two rounds: client 5 dies once its round-1
+    # reveal is answered (with round 2's model). Its announced keys are on round 2's
+    # roster (the key stage closed as the round opened); it sends no shares, and round 2
+    # closes without it, its masks never added by anyone.
+    n, dropout_fraction, rounds = 6, 0.35, 2
+    deltas, counts = [0.1, -0.2, 0.3, 0.05, 0.7, -0.6], [5, 10, 20, 40, 80, 160]
+    server = start_server(
+        tmp_path,
+        *("--clients", str(n), "--rounds", str(rounds), "--min-clients", "4"),
+        # Round 2's shares stage gives its clients the training's time: this long.
+        *("--round-timeout", str(2 * STAGE_TIMEOUT), "--grace-period", "2"),
+        *secure_options(dropout_fraction=dropout_fraction),
+    )
+    steady = start_delta_clients(tmp_path, server.url, deltas[:5], counts[:5], *SHAPES_ARG)
+    lost = start_dropout_client(tmp_path, server.url, 5, "reveal", deltas[5], counts[5])
+    assert lost.wait() == DIED, lost.log()
+    assert wait_all(steady) == [0] * 5, [c.log() for c in steady]
+    assert server.wait() == 0, server.log()
+    first, second = (r["secure_aggregation"] for r in server.history()["rounds"][1:])
+    assert (first["roster"], first["survivors"], first["keys_announced"]) == (6, 6, 0)
+    assert (second["roster"], second["keys_announced"], second["survivors"]) == (6, 6, 5)
+    assert second["dropped_at_shares"] == ["5"] and second["dropped_at_masked"] == []
+    step = fedavg_step(deltas, counts, 1.0) + fedavg_step(deltas[:5], counts[:5], 1.0)
+    bound = Quantiser(SecAggParams()).error_bound
+    assert_model_moved_by(server.final_weights(), step, rounds * (bound + 1e-6))

@@ -656,3 +656,59 @@ def test_the_sums_striped_mask_removal_equals_one_pass_over_the_whole(stripes: i
     total.apply_masks(streams)
     masks.apply_masks(start, streams)
     assert np.array_equal(total.vector, start)
+
+
+def test_announced_keys_are_checked_and_make_the_next_rounds_keys(serve: Any) -> None:
+    """A reveal's ``next_keys``: refused (and the reveal with it) when malformed, when its
+    two keys are one, or when they differ from keys announced already; round 2 then
+    holds the announced keys of the clients that sent them, tells them so in their round
+    config, and waits for the keys of the one that did not."""
+    server = serve(3, num_rounds=2)
+    clients = join_all(server, 3, seed=4)
+    first = server.secure_round()
+    run_all(clients, {c.cid: "masked" for c in clients}, leave=False)
+    c0, c1, c2 = clients
+    announced = {c.cid: (keys.generate(), keys.generate()) for c in (c0, c1)}
+
+    def next_keys(cid: str) -> dict[str, str]:
+        enc, mask = announced[cid]
+        return {
+            "encryption_key": messages.encode(enc.public),
+            "masking_key": messages.encode(mask.public),
+        }
+
+    body = c0.reveal_body(c0.unmask)
+    one_key = next_keys("c0")["encryption_key"]
+    for bad in (
+        "not an object",
+        {"encryption_key": one_key},
+        {"encryption_key": "AAAA", "masking_key": one_key},
+        {"encryption_key": one_key, "masking_key": one_key},
+    ):
+        expect(c0.post("/v1/secagg/reveal", {**body, "next_keys": bad}), 400, "bad_request")
+    assert "c0" not in first.reveals
+    assert c0.post("/v1/secagg/reveal", {**body, "next_keys": next_keys("c0")}).status_code == 200
+    other = {
+        "encryption_key": next_keys("c1")["encryption_key"],
+        "masking_key": next_keys("c0")["masking_key"],
+    }
+    expect(c0.post("/v1/secagg/reveal", {**body, "next_keys": other}), 409, "conflict")
+    assert (
+        c1.post(
+            "/v1/secagg/reveal", {**c1.reveal_body(c1.unmask), "next_keys": next_keys("c1")}
+        ).status_code
+        == 200
+    )
+    c2.reveal_stage()
+    for client in clients:
+        client.fetch(2)
+    second = server.secure_round()
+    assert second.number == 2 and second.announced == {"c0", "c1"}
+    assert second.keys["c0"] == (announced["c0"][0].public, announced["c0"][1].public)
+    assert [c.config.get("secagg_keys_announced") for c in clients] == [True, True, None]
+    # The key stage waits for c2's keys: no roster in the round configs.
+    assert second.stage.value == "keys" and "secagg_roster" not in c0.config
+    c2.keys_stage()
+    roster = c0.answer(c0.get("/v1/secagg/roster"), "/v1/secagg/roster")
+    assert sorted(e["client_id"] for e in roster["roster"]) == ["c0", "c1", "c2"]
+    assert second.report()["keys_announced"] == 2

@@ -93,6 +93,13 @@ SECAGG_UNIFORM = "uniform"
 SECAGG_WEIGHTINGS = (SECAGG_BY_EXAMPLES, SECAGG_UNIFORM)
 # The masked input's one tensor in its safetensors body.
 SECAGG_MASKED_TENSOR = "masked"
+# A reveal's optional field: the client's two public keys for the next round, announced
+# so that round's key stage needs no request (docs/secure_aggregation.md).
+SECAGG_NEXT_KEYS_FIELD = "next_keys"
+# Round-config keys of a secure round's model answer: true when the keys this client
+# announced are the round's (it sends no keys); the roster, when it is fixed already.
+SECAGG_ANNOUNCED_KEY = "secagg_keys_announced"
+SECAGG_ROSTER_KEY = "secagg_roster"
 
 
 # A client id: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.

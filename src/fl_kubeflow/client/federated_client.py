@@ -13,7 +13,12 @@ import requests
 
 from fl_kubeflow import defaults, protocol, wire
 from fl_kubeflow.client.clipping import clip_for_config
-from fl_kubeflow.client.secure_aggregation import ClientRound, RoundAbandoned, run_secure_round
+from fl_kubeflow.client.secure_aggregation import (
+    AnnouncedKeys,
+    ClientRound,
+    RoundAbandoned,
+    run_secure_round,
+)
 from fl_kubeflow.client.signature import ModelMismatch, check_matches
 from fl_kubeflow.client.trainer import FitResult, Trainer
 from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
@@ -112,6 +117,8 @@ class FederatedClient:
             headers={protocol.CLIENT_ID_HEADER: client_id, **(headers or {})},
             verify=verify,
         )
+        # Keys announced in a secure round's reveal, for the round after it only.
+        self._announced: AnnouncedKeys | None = None
 
     def run(self) -> ClientSummary:
         """Take part in the run until the server says it is finished.
@@ -188,7 +195,7 @@ class FederatedClient:
         answered = None
         try:
             if protocol.SECAGG_CONFIG_KEY in model.config:
-                result = self._submit_secure(model, result)
+                result, answered = self._submit_secure(model, result)
             else:
                 answered = self._submit(model, result)
         except RoundAbandoned as exc:
@@ -261,14 +268,18 @@ class FederatedClient:
             return None
         return self._model_from(response)
 
-    def _submit_secure(self, model: _Model, result: FitResult) -> FitResult:
-        """Take part in the round's secure aggregation; the result with its metrics as sent.
+    def _submit_secure(self, model: _Model, result: FitResult) -> tuple[FitResult, _Model | None]:
+        """Take part in the round's secure aggregation; the result with its metrics as
+        sent, and the next model if the reveal's answer was that.
 
         The change is against the model as this client decoded it: the server's base is
         the same decoding of its round message, so half-precision wire stays exact.
         """
-        secure = ClientRound.from_config(self.client_id, model.server_round, model.config)
-        metrics = run_secure_round(
+        announced, self._announced = self._announced, None
+        secure = ClientRound.from_config(
+            self.client_id, model.server_round, model.config, announced
+        )
+        outcome = run_secure_round(
             self._call,
             secure,
             result.weights,
@@ -279,7 +290,9 @@ class FederatedClient:
             request_timeout=self.transport.request_timeout,
             timeout=self.round_wait_timeout,
         )
-        return FitResult(result.weights, result.num_examples, metrics)
+        self._announced = outcome.next_keys
+        answered = None if outcome.next_model is None else self._model_from(outcome.next_model)
+        return FitResult(result.weights, result.num_examples, outcome.metrics), answered
 
     def _evaluate(
         self, weights: wire.Weights, server_round: int, summary: ClientSummary, done: set[int]

@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,36 @@ class RoundAbandoned(Exception):
     """
 
 
+@dataclass
+class AnnouncedKeys:
+    """Two fresh key pairs a client announces in its reveal, for the next round alone."""
+
+    server_round: int
+    encryption: keys.KeyPair
+    masking: keys.KeyPair
+
+    @classmethod
+    def fresh(cls, server_round: int) -> AnnouncedKeys:
+        return cls(server_round, keys.generate(), keys.generate())
+
+    def message(self) -> dict[str, str]:
+        """The reveal's ``next_keys`` field: the two public keys."""
+        return {
+            "encryption_key": messages.encode(self.encryption.public),
+            "masking_key": messages.encode(self.masking.public),
+        }
+
+
+@dataclass
+class SecureOutcome:
+    """What a client's secure round leaves: the metrics sent, the reveal's answer if it
+    is the next model, and the keys announced for the next round."""
+
+    metrics: dict[str, float]
+    next_model: requests.Response | None
+    next_keys: AnnouncedKeys | None
+
+
 class ClientRound:
     """One client's state in one secure round; its secrets never leave it unencrypted.
 
@@ -73,10 +104,21 @@ class ClientRound:
         server_round: The round.
         params: The round's options (``SecAggParams.from_config`` of the round config).
         weighting: ``"examples"`` (weight = example count) or ``"uniform"`` (weight 1).
+        announced: The keys this client announced for this round in the previous one's
+            reveal, when the server took them (the round config says so); None: fresh
+            keys, sent in the key stage.
+        roster: The roster the model answer carried (keys announced, the key stage
+            closed already); None: asked for.
     """
 
     def __init__(
-        self, client_id: str, server_round: int, params: SecAggParams, weighting: str
+        self,
+        client_id: str,
+        server_round: int,
+        params: SecAggParams,
+        weighting: str,
+        announced: AnnouncedKeys | None = None,
+        roster: Any = None,
     ) -> None:
         if weighting not in protocol.SECAGG_WEIGHTINGS:
             raise SecAggViolation(
@@ -87,8 +129,15 @@ class ClientRound:
         self.server_round = server_round
         self.params = params
         self.weighting = weighting
-        self._encryption = keys.generate()
-        self._masking = keys.generate()
+        if announced is not None and announced.server_round != server_round:
+            raise ValueError(f"keys announced for round {announced.server_round}, not this one")
+        # Keys are fresh for every round: announced ones were made for this round alone.
+        self.announced = announced is not None
+        self._encryption = announced.encryption if announced else keys.generate()
+        self._masking = announced.masking if announced else keys.generate()
+        self.given_roster = roster if announced else None
+        # The keys announced in this round's reveal for the next (made at the first reveal).
+        self.next_keys: AnnouncedKeys | None = None
         self._self_mask: bytes | None = None
         # client id -> (encryption key, masking key), and each one's share x (1-based).
         self._roster: dict[str, tuple[bytes, bytes]] = {}
@@ -107,9 +156,20 @@ class ClientRound:
 
     @classmethod
     def from_config(
-        cls, client_id: str, server_round: int, config: Mapping[str, Any]
+        cls,
+        client_id: str,
+        server_round: int,
+        config: Mapping[str, Any],
+        announced: AnnouncedKeys | None = None,
     ) -> ClientRound:
-        """The round a round config's ``protocol.SECAGG_CONFIG_KEY`` entry describes."""
+        """The round a round config's ``protocol.SECAGG_CONFIG_KEY`` entry describes; with
+        ``announced`` keys if they are for this round and the config says they were taken."""
+        if not (
+            announced is not None
+            and announced.server_round == server_round
+            and config.get(protocol.SECAGG_ANNOUNCED_KEY) is True
+        ):
+            announced = None
         entry = config[protocol.SECAGG_CONFIG_KEY]
         try:
             params = SecAggParams.from_config(entry)
@@ -122,6 +182,8 @@ class ClientRound:
             server_round,
             params,
             entry.get(protocol.SECAGG_WEIGHTING_KEY, protocol.SECAGG_BY_EXAMPLES),
+            announced,
+            config.get(protocol.SECAGG_ROSTER_KEY),
         )
 
     def _refuse(self, reason: str) -> SecAggViolation:
@@ -389,11 +451,14 @@ class ClientRound:
                 f"survived; the threshold is {self.threshold}"
             )
         self.asked.update(kinds)
+        if self.next_keys is None:
+            self.next_keys = AnnouncedKeys.fresh(self.server_round + 1)
         reveal: dict[str, Any] = {
             "client_id": self.client_id,
             "round": self.server_round,
             SELF_MASK: {},
             MASK_KEY: {},
+            protocol.SECAGG_NEXT_KEYS_FIELD: self.next_keys.message(),
         }
         for peer, kind in kinds.items():
             self_mask_share, mask_key_share = self._inbox[peer]
@@ -419,8 +484,13 @@ def run_secure_round(
     poll_wait: float,
     request_timeout: float,
     timeout: float,
-) -> dict[str, float]:
-    """Take part in a secure round's stages after training; the training metrics sent.
+) -> SecureOutcome:
+    """Take part in a secure round's stages after training.
+
+    Returns the training metrics sent, the reveal's answer when it is the next round's
+    model (a 200 safetensors answer read into ``response.buffer``, as ``GET /v1/model``
+    is read; None: the client long-polls for that model), and the keys announced for
+    the next round.
 
     Args:
         call: Sends a request (``FederatedClient._call``); raises the server's refusals
@@ -448,11 +518,15 @@ def run_secure_round(
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"secagg-{secure.client_id}")
     try:
         encoded = worker.submit(secure.encode, trained, base, num_examples)
-        secure.accept_roster(
-            stages.post(
+        if not secure.announced:
+            roster = stages.post(
                 protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()
             )
-        )
+        elif secure.given_roster is None:
+            roster = stages.get(protocol.SECAGG_ROSTER_PATH)
+        else:
+            roster = secure.given_roster
+        secure.accept_roster(roster)
         shares = secure.shares_message()
         premasked = worker.submit(_premask, secure, encoded)
         secure.accept_inbox(
@@ -471,14 +545,18 @@ def run_secure_round(
             protocol.SECAGG_MASKED_PATH, protocol.SECAGG_UNMASK_PATH, data=body, headers=headers
         )
         del vector, body
-        # An honest server accepts the reveal; one that answers with another unmask
-        # request gets the same shares again, or a refusal if a peer's kind changed.
+        # An honest server accepts the reveal, with the next round's model as its answer
+        # when that came in time; one that answers with another unmask request gets the
+        # same shares again, or a refusal if a peer's kind changed.
         while True:
-            answer = stages.post(
-                protocol.SECAGG_REVEAL_PATH, None, json=secure.reveal_message(request)
+            response = stages.post_last(
+                protocol.SECAGG_REVEAL_PATH, json=secure.reveal_message(request)
             )
+            if _is_model(response):
+                return SecureOutcome(metrics, response, secure.next_keys)
+            answer = _json_of(response, protocol.SECAGG_REVEAL_PATH, secure.server_round)
             if "survivors" not in answer:
-                return metrics
+                return SecureOutcome(metrics, None, secure.next_keys)
             log.warning(
                 "client %s: a second unmask request in round %d",
                 secure.client_id,
@@ -536,24 +614,66 @@ class _Stages:
             read_timeout=wait + self.request_timeout,
             **kwargs,
         )
-        while response.status_code != 200:
-            if then is None or response.status_code not in (202, 204):
-                raise SecAggViolation(
-                    f"round {self.server_round}: {path} answered {response.status_code}"
-                )
+        if response.status_code == 200:
+            return _json_of(response, path, self.server_round)
+        if then is None or response.status_code != 202:
+            raise SecAggViolation(
+                f"round {self.server_round}: {path} answered {response.status_code}"
+            )
+        return self.get(then)
+
+    def get(self, path: str) -> dict[str, Any]:
+        """Long-poll ``path`` until it answers 200."""
+        while True:
             wait = self._wait()
             response = self.call(
                 "GET",
-                then,
+                path,
                 params={
                     protocol.ROUND_PARAM: self.server_round,
                     protocol.WAIT_PARAM: f"{wait:.3f}",
                 },
                 read_timeout=wait + self.request_timeout,
             )
-        try:
-            return response.json()
-        except ValueError:
-            raise SecAggViolation(
-                f"round {self.server_round}: {path} answered 200 without JSON"
-            ) from None
+            if response.status_code == 200:
+                return _json_of(response, path, self.server_round)
+            if response.status_code != 204:
+                raise SecAggViolation(
+                    f"round {self.server_round}: {path} answered {response.status_code}"
+                )
+
+    def post_last(self, path: str, **kwargs: Any) -> requests.Response:
+        """POST the round's last message, asking for the next round's model as its answer
+        (``next=1``, as an update does: docs/protocol.md, Update and next model).
+
+        The answer is read into ``response.buffer``: a model (200 safetensors), or JSON
+        (202: no model within the wait; 200: the server's own answer)."""
+        wait = self._wait()
+        return self.call(
+            "POST",
+            path,
+            params={protocol.NEXT_PARAM: "1", protocol.WAIT_PARAM: f"{wait:.3f}"},
+            read_timeout=wait + self.request_timeout,
+            into_buffer=True,
+            **kwargs,
+        )
+
+
+def _is_model(response: requests.Response) -> bool:
+    """Whether a 200 answer's body is a model (safetensors), not JSON."""
+    kind = response.headers.get("Content-Type", "").split(";")[0]
+    return response.status_code == 200 and kind == wire.CONTENT_TYPE
+
+
+def _json_of(response: requests.Response, path: str, server_round: int) -> dict[str, Any]:
+    """A stage answer's JSON object (read into ``response.buffer`` or not)."""
+    buffer = getattr(response, "buffer", None)
+    try:
+        value = json.loads(bytes(buffer)) if buffer is not None else response.json()
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise SecAggViolation(
+            f"round {server_round}: {path} answered {response.status_code} without a JSON object"
+        )
+    return value

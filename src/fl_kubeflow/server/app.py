@@ -126,7 +126,7 @@ def create_app(
         return jsonify(federation.join(claimed_id(_json_body())))
 
     bodies_in_memory = body_transport.memory_gate(config)
-    # Updates waiting for the next model in a worker thread (config.update_holds).
+    # Updates and reveals waiting for the next model in a worker thread (config.update_holds).
     update_holds = threading.BoundedSemaphore(config.update_holds)
 
     @app.post(protocol.INITIAL_PATH)
@@ -166,14 +166,23 @@ def create_app(
                 _weights_body(config),
                 identities.limit_for(client_id),
             )
+        if next_wait is not None:
+            # The update is folded: while its answer waits for the next round, its body's
+            # receive slot must not (the other clients' updates would queue behind it).
+            body_transport.release_slot(request)
+        return then_next_model(client_id, server_round, accepted, next_wait)
+
+    def then_next_model(
+        client_id: str, server_round: int, accepted: dict[str, Any], next_wait: float | None
+    ) -> tuple[Response, int]:
+        """A round's last submission answered (an update, or a secure round's reveal):
+        with ``accepted`` alone (``next`` not asked), or with the next model exactly as
+        GET /v1/model?round=k+1 gives it: the same rule of who gets which model
+        (Federation._try_model), in either mode. At most ``config.update_holds`` wait
+        for it in a worker thread; with every hold taken it is only looked up: none yet
+        is 202, and the client long-polls."""
         if next_wait is None:
             return jsonify(accepted), 200
-        # The update is folded: while its answer waits for the next round, its body's
-        # receive slot must not (the other clients' updates would queue behind it).
-        body_transport.release_slot(request)
-        # The next model exactly as GET /v1/model?round=k+1 gives it: the same rule of
-        # who gets which model (Federation._try_model), in either mode. With every hold
-        # taken it is only looked up: none yet is 202, and the client long-polls.
         held = update_holds.acquire(blocking=False)
         try:
             answer = federation.wait_for_model(
@@ -282,15 +291,21 @@ def create_app(
         )
 
     @app.post(protocol.SECAGG_REVEAL_PATH)
-    def secagg_reveal() -> Response:
+    def secagg_reveal() -> tuple[Response, int]:
+        # Checked before the body, as an update's: a bad ``next`` changes nothing.
+        next_wait = _next_wait(config)
         body = _json_body()
+        client_id, server_round = claimed_id(body), _int_field(body, "round")
         federation.submit_reveal(
-            claimed_id(body),
-            _int_field(body, "round"),
+            client_id,
+            server_round,
             _binary_map(body, "self_mask_shares", shamir.SHARE_BYTES),
             _binary_map(body, "mask_key_shares", shamir.SHARE_BYTES),
+            _next_keys(body),
         )
-        return jsonify({"accepted": True})
+        # The round's last message from this client: with ``next=1`` its answer is the
+        # next round's model, as an update's is (docs/protocol.md, Update and next model).
+        return then_next_model(client_id, server_round, {"accepted": True}, next_wait)
 
     return app
 
@@ -472,6 +487,21 @@ def _binary_map(body: dict[str, Any], name: str, size: int) -> dict[str, bytes]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise BadRequest(f"field {name!r} must map client ids to base64 values")
     return {peer: _binary_field(value, peer, size) for peer in value}
+
+
+def _next_keys(body: dict[str, Any]) -> tuple[bytes, bytes] | None:
+    """A reveal's optional announced keys for the next round; 400 if malformed."""
+    value = body.get(protocol.SECAGG_NEXT_KEYS_FIELD)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(
+            f"field {protocol.SECAGG_NEXT_KEYS_FIELD!r} must be an object of two base64 keys"
+        )
+    return (
+        _binary_field(value, "encryption_key", keys.KEY_BYTES),
+        _binary_field(value, "masking_key", keys.KEY_BYTES),
+    )
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:

@@ -61,6 +61,9 @@ log = logging.getLogger("fl_kubeflow.server")
 _T = TypeVar("_T")
 # After a run's end, how often the driver counts the clients still to hear it.
 END_CHECK_S = 0.05
+# A secure round's model answer carries the roster (in X-FL-Config) when it is fixed and
+# at most this long; a longer one the client GETs (a header of it would pass HTTP limits).
+ROSTER_IN_ANSWER_CLIENTS = 128
 
 
 @dataclass
@@ -121,6 +124,10 @@ class Federation:
         self._counters = Counters()
         # Client ids revoked during the run, joined or not: refused from then on.
         self._revoked: set[str] = set()
+        # Secure runs: public keys clients announced in their reveals for the round after
+        # (client -> (encryption key, masking key)), and that round's number.
+        self._announced: dict[str, tuple[bytes, bytes]] = {}
+        self._announced_round = 0
         if config.secure_aggregation is not None:
             # Refused at start, not in round 1: a rule that needs every update, or a
             # federation the options cannot serve (ValueError saying why).
@@ -317,7 +324,7 @@ class Federation:
             and (self._round >= server_round or self._owes_update(client_id))
             # A secure round past its key stage has no place for a newcomer: the
             # roster is fixed, so the client waits for the next round.
-            and _keys_open(current)
+            and _may_train(current, client_id)
         ):
             if not client.active:
                 log.info("client %s is back for round %d", client_id, self._round)
@@ -326,6 +333,7 @@ class Federation:
                 **self.strategy.configure_fit(self._round),
                 "evaluate": client_id in current.eval_sampled,
                 **self._secure_config(),
+                **self._announced_config(current, client_id),
             }
             return self._answer(Phase.FIT, self._round, config)
         return None
@@ -657,6 +665,7 @@ class Federation:
             self._counters.bytes_in += len(body)
             self._counters.updates_accepted += 1
             self._clients[client_id].active = True
+            self._close_stage_if_done(current)
             self._cond.notify_all()
         return {**answer, "duplicate": False}
 
@@ -672,9 +681,11 @@ class Federation:
         server_round: int,
         self_mask_shares: Mapping[str, bytes],
         mask_key_shares: Mapping[str, bytes],
+        next_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
         """A survivor's shares that remove the masks: self masks of surviving neighbours,
-        masking keys of dropped ones.
+        masking keys of dropped ones; and, optionally, its two public keys for the next
+        round (``next_keys``: that round's key stage then needs nothing from it).
 
         The self masks these shares complete (t in) are taken out of the sum here,
         outside the lock, while other reveals come in: the unmask after the stage has
@@ -683,7 +694,11 @@ class Federation:
         claims: list[tuple[SecureRound, dict[str, bytes]]] = []
 
         def reveal(secure: SecureRound, _: list[str]) -> None:
+            if next_keys is not None:
+                self._check_announced(client_id, next_keys)
             secure.add_reveal(client_id, self_mask_shares, mask_key_shares)
+            if next_keys is not None:
+                self._announce(client_id, server_round + 1, next_keys)
             claims.append((secure, secure.claim_self_masks(client_id)))
 
         self._secure_submit(client_id, server_round, reveal)
@@ -698,6 +713,57 @@ class Federation:
             with self._cond:
                 secure.self_masks_removed(claimed, done)
                 self._cond.notify_all()
+
+    def _check_announced(self, client_id: str, pair: tuple[bytes, bytes]) -> None:
+        """400 for announced keys that cannot be fresh; 409 for others than announced."""
+        if pair[0] == pair[1]:
+            raise BadRequest(f"{protocol.SECAGG_NEXT_KEYS_FIELD}: the two keys must differ")
+        first = self._announced.get(client_id)
+        if first is not None and first != pair:
+            raise Conflict(f"client {client_id!r} announced other keys for the next round")
+
+    def _announce(self, client_id: str, server_round: int, pair: tuple[bytes, bytes]) -> None:
+        """Keep a client's announced keys for round ``server_round`` (under the lock)."""
+        if self._announced_round != server_round:
+            self._announced, self._announced_round = {}, server_round
+        self._announced[client_id] = pair
+
+    def _adopt_announced(self, current: RoundRecord, now: float) -> None:
+        """A secure round opening: the keys its sampled clients announced become theirs,
+        and if every one announced, the key stage closes now (under the lock)."""
+        secure = current.secure
+        announced = self._announced if self._announced_round == current.number else {}
+        self._announced, self._announced_round = {}, 0
+        if secure is None or not announced:
+            return
+        taken = secure.adopt_announced(announced, current.sampled)
+        if len(taken) == len(current.sampled):
+            # The roster is fixed before any model goes out: it travels with the model.
+            self._drive_secure(current, now)
+
+    def _announced_config(self, current: RoundRecord, client_id: str) -> dict[str, Any]:
+        """The round config's word on keys a client announced (under the lock): taken,
+        and the roster if it is fixed (and short enough); {} otherwise."""
+        secure = current.secure
+        if secure is None or client_id not in secure.announced:
+            return {}
+        config: dict[str, Any] = {protocol.SECAGG_ANNOUNCED_KEY: True}
+        if secure.stage is not SecAggStage.KEYS and len(secure.roster) <= ROSTER_IN_ANSWER_CLIENTS:
+            config[protocol.SECAGG_ROSTER_KEY] = secure.roster_answer(client_id, current.sampled)
+        return config
+
+    def _close_stage_if_done(self, current: RoundRecord) -> None:
+        """Close a secure round's stage before the reveal once its last message is in, on
+        the thread that brought it (under the lock): the clients waiting for the next
+        stage's input are answered without a wake-up of the driver in between. The
+        reveal stage stays the driver's: its close starts the unmask."""
+        secure = current.secure
+        if (
+            self._phase is Phase.FIT
+            and secure is not None
+            and secure.stage is not SecAggStage.REVEAL
+        ):
+            self._drive_secure(current, time.monotonic())
 
     def _secure_round(self, client_id: str, server_round: int) -> SecureRound:
         """The open secure round (under the lock), if it is ``server_round``; else refused."""
@@ -743,6 +809,7 @@ class Federation:
             assert current is not None
             with self._secure_refusals(client_id, server_round):
                 submit(secure, current.sampled)
+            self._close_stage_if_done(current)
             self._cond.notify_all()
 
     def _wait_secure(
@@ -1032,6 +1099,7 @@ class Federation:
                 round_timeout=self.config.round_timeout,
             )
         self._phase = Phase.FIT
+        self._adopt_announced(self._current, started)
         self._cond.notify_all()
 
     def abort(self, message: str) -> None:
@@ -1164,6 +1232,16 @@ def _keys_open(record: RoundRecord) -> bool:
     """Whether a client may still join ``record``'s round: always, unless it is secure
     and past its key stage."""
     return record.secure is None or record.secure.stage is SecAggStage.KEYS
+
+
+def _may_train(record: RoundRecord, client_id: str) -> bool:
+    """Whether ``client_id`` may have ``record``'s model to train: as ``_keys_open``, or
+    it is on a secure round's roster by keys it announced and the shares stage is open."""
+    secure = record.secure
+    if _keys_open(record):
+        return True
+    assert secure is not None
+    return secure.stage is SecAggStage.SHARES and client_id in secure.announced
 
 
 def _fmt(metrics: dict[str, float]) -> str:

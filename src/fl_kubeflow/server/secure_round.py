@@ -115,12 +115,17 @@ class SecureRound:
         self.layout = layout
         self.stage = SecAggStage.KEYS
         self.round_timeout = round_timeout
+        self.opened = opened
         self.deadline = opened + round_timeout
         # Whether the reveal stage has closed too (the round is being unmasked).
         self.closed = False
         # Keys: client -> (encryption key, masking key), U1 once the stage closed.
         self.keys: dict[str, tuple[bytes, bytes]] = {}
+        # Those whose keys were announced in the previous round's reveal: they train after
+        # the key stage, not before it.
+        self.announced: set[str] = set()
         self.roster: list[str] = []
+        self._roster_entries: list[dict[str, str]] | None = None
         self.graph: GraphParams | None = None
         self.neighbours: dict[str, list[str]] = {}
         # Shares routed by receiver: receiver -> sender -> ciphertext.
@@ -239,6 +244,10 @@ class SecureRound:
             entries = [(c, *self.keys[c]) for c in self.roster]
             seed = graph.roster_seed(entries)
             self.neighbours = graph.neighbours(self.roster, self.graph.k, seed)
+            if self.announced & set(self.roster):
+                # Clients whose keys were announced train after this stage: the shares
+                # stage gives them the training's time, as the key stage would have.
+                after = max(after, self.opened + self.round_timeout)
             self.stage, self.deadline = SecAggStage.SHARES, after
         elif stage is SecAggStage.SHARES:
             self.u2 = sorted(self.shared)
@@ -321,22 +330,43 @@ class SecureRound:
             )
         self.keys[client_id] = pair
 
+    def adopt_announced(
+        self, announced: Mapping[str, tuple[bytes, bytes]], sampled: Sequence[str]
+    ) -> list[str]:
+        """Take the keys sampled clients announced for this round in the previous one's
+        reveals, checked as ``add_keys`` checks keys sent now; who was taken. A client
+        not sampled, or whose announced keys are refused, sends keys as usual."""
+        taken = []
+        for client_id in sampled:
+            pair = announced.get(client_id)
+            if pair is None:
+                continue
+            try:
+                self.add_keys(client_id, *pair, sampled)
+            except (BadRequest, Conflict, WrongRound):
+                continue
+            self.announced.add(client_id)
+            taken.append(client_id)
+        return taken
+
     def roster_answer(self, client_id: str, sampled: Sequence[str]) -> dict[str, Any] | None:
         """The roster and the graph's k and t; None while the key stage is open."""
         if not self._answer_after(SecAggStage.KEYS, client_id, sampled, self.roster):
             return None
         assert self.graph is not None
-        return {
-            "round": self.number,
-            "stage": SecAggStage.SHARES.value,
-            "roster": [
+        if self._roster_entries is None:  # the same for every client: encoded once
+            self._roster_entries = [
                 {
                     "client_id": c,
                     "encryption_key": messages.encode(self.keys[c][0]),
                     "masking_key": messages.encode(self.keys[c][1]),
                 }
                 for c in self.roster
-            ],
+            ]
+        return {
+            "round": self.number,
+            "stage": SecAggStage.SHARES.value,
+            "roster": self._roster_entries,
             "neighbours": self.graph.k,
             "threshold": self.graph.t,
         }
@@ -615,6 +645,7 @@ class SecureRound:
             "neighbours": self.graph.k if self.graph else None,
             "threshold": self.graph.t if self.graph else None,
             "roster": len(self.roster),
+            "keys_announced": len(self.announced),
             "survivors": len(self.u3),
             "revealed": len(self.u4),
             "dropped_at_shares": [c for c in self.roster if c not in u2],

@@ -165,3 +165,9 @@ def test_nan_in_a_json_body_is_refused_before_sending(server):
     with pytest.raises(ValueError):
         transport.request("POST", "/v1/evaluate", json={"loss": float("nan")})
     assert server.seen == []
+
+
+def test_a_base_url_with_a_path_keeps_it(server):
+    transport = Transport(f"http://127.0.0.1:{server.server_port}/fl/run-1/")
+    transport.request("GET", "/healthz", params={"a": "b c"})
+    assert server.seen[0][0] == "GET /fl/run-1/healthz?a=b+c HTTP/1.1"

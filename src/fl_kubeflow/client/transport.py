@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 import urllib3
@@ -133,6 +133,12 @@ class Transport:
             ]
         self.headers.update(headers or {})
         self.pool = _pool_manager(environment.proxy, environment.verify)
+        # The one server's connection pool, asked directly: no URL parsing and pool
+        # look-up per request. Plain HTTP through a proxy goes through the manager,
+        # which sends the absolute URL and the proxy's headers.
+        forwarded = environment.proxy is not None and self.base_url.startswith("http://")
+        self._server_pool = None if forwarded else self.pool.connection_from_url(self.base_url)
+        self._path_prefix = urlsplit(self.base_url).path
         self._random = random.Random()
 
     def request(
@@ -167,7 +173,8 @@ class Transport:
             ServerUnreachable: no answer below 500 until the deadline, or a TLS
                 certificate that does not verify (at once).
         """
-        url = self.base_url + path + ("?" + urlencode(params) if params else "")
+        target = path + ("?" + urlencode(params) if params else "")
+        url = self.base_url + target
         sent_headers = {**self.headers, **(headers or {})}
         if json is not None:
             data = _json_dumps(json).encode()
@@ -182,7 +189,7 @@ class Transport:
         delay = self.backoff_initial
         while True:
             try:
-                answer = self._send(method, url, body, sent_headers, timeout, into_buffer)
+                answer = self._send(method, target, body, sent_headers, timeout, into_buffer)
             except urllib3.exceptions.SSLError as exc:
                 # A certificate that does not verify will not start verifying: fail now.
                 raise ServerUnreachable(f"{method} {url}: TLS verification failed: {exc}") from None
@@ -212,16 +219,21 @@ class Transport:
     def _send(
         self,
         method: str,
-        url: str,
+        target: str,
         body: Any,
         headers: dict[str, str],
         timeout: urllib3.Timeout,
         into_buffer: bool,
     ) -> Answer:
-        """One try: the answer, its body read whole (into a buffer when asked and 2xx)."""
-        response = self.pool.urlopen(
+        """One try at ``target`` (path and query): the answer, its body read whole (into
+        a buffer when asked and 2xx)."""
+        if self._server_pool is not None:
+            opener, where = self._server_pool, self._path_prefix + target
+        else:
+            opener, where = self.pool, self.base_url + target
+        response = opener.urlopen(
             method,
-            url,
+            where,
             body=body,
             headers=headers,
             timeout=timeout,

@@ -75,7 +75,8 @@ class FederatedClient:
         poll_wait: Seconds each long-poll asks the server to hold.
         request_timeout: Read timeout of ordinary requests.
         headers: Extra headers on every request (the run's Authorization).
-        verify: TLS verification: True (system CAs), a CA bundle path, or False.
+        verify: TLS verification: True (certifi's CA bundle, or REQUESTS_CA_BUNDLE /
+            CURL_CA_BUNDLE), a CA bundle path, or False.
         refresh_headers: Called when the server answers 401, e.g. to re-read the run's
             token after the server pod was replaced; its headers replace the old ones
             and the request is tried once more.

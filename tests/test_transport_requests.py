@@ -171,3 +171,13 @@ def test_a_base_url_with_a_path_keeps_it(server):
     transport = Transport(f"http://127.0.0.1:{server.server_port}/fl/run-1/")
     transport.request("GET", "/healthz", params={"a": "b c"})
     assert server.seen[0][0] == "GET /fl/run-1/healthz?a=b+c HTTP/1.1"
+
+
+def test_headers_updated_between_requests_are_sent(server):
+    # FederatedClient replaces the token this way after a 401 (refresh_headers).
+    transport = Transport(f"http://127.0.0.1:{server.server_port}", headers={"Authorization": "a"})
+    transport.request("GET", "/healthz")
+    transport.headers.update({"Authorization": "b"})
+    transport.request("GET", "/healthz", headers={"X-Extra": "1"})
+    assert [headers["authorization"] for _, headers in server.seen] == ["a", "b"]
+    assert server.seen[1][1]["x-extra"] == "1"

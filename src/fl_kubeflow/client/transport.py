@@ -304,18 +304,26 @@ def read_body(response: urllib3.BaseHTTPResponse) -> memoryview:
     except ValueError as exc:
         raise BodyCutShort(f"unreadable Content-Length {length!r}") from exc
     view = memoryview(np.empty(size, dtype=np.uint8))
+    # Straight from the socket into the buffer (http.client's readinto): urllib3's read
+    # would hand back a piece to copy in. Its response object is the one urllib3 reads.
+    source = getattr(response, "_fp", None)
+    readinto = getattr(source, "readinto", None)
     got = 0
     while got < size:
         try:
-            piece = response.read(min(BODY_PIECE, size - got), decode_content=False)
+            if readinto is not None:
+                count = readinto(view[got : got + BODY_PIECE])
+            else:
+                piece = response.read(min(BODY_PIECE, size - got), decode_content=False)
+                count = len(piece)
+                view[got : got + count] = piece
         except TRANSIENT_ERRORS as exc:
             raise BodyCutShort(
                 f"reading the body failed after {got} of {size} bytes: {exc}"
             ) from exc
-        if not piece:
+        if not count:
             raise BodyCutShort(f"connection closed after {got} of {size} body bytes")
-        view[got : got + len(piece)] = piece
-        got += len(piece)
+        got += count
     return view
 
 

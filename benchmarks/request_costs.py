@@ -12,7 +12,7 @@ that other work on the machine inflates it less than wall time):
    and back, the socket calls) is the difference;
 3. the update's own work in the server, in this process: decode, signature and
    finiteness check, resend digest, fold into the sum;
-4. the client side of one request: requests through the client's Transport against
+4. the client side of one request: through the client's Transport (urllib3) against
    the raw http.client, both on /healthz;
 5. a thread hand-off: a waiting thread woken by Condition.notify (the long-poll's and
    waitress's task queue's mechanism), wall time from notify to running.

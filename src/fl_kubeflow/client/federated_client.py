@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
 from fl_kubeflow import defaults, protocol, wire
 from fl_kubeflow.client.clipping import clip_for_config
 from fl_kubeflow.client.secure_aggregation import (
@@ -21,7 +19,13 @@ from fl_kubeflow.client.secure_aggregation import (
 )
 from fl_kubeflow.client.signature import ModelMismatch, check_matches
 from fl_kubeflow.client.trainer import FitResult, Trainer
-from fl_kubeflow.client.transport import BufferBody, ServerError, ServerUnreachable, Transport
+from fl_kubeflow.client.transport import (
+    Answer,
+    BufferBody,
+    ServerError,
+    ServerUnreachable,
+    Transport,
+)
 
 log = logging.getLogger("fl_kubeflow.client")
 
@@ -76,7 +80,8 @@ class FederatedClient:
         poll_wait: Seconds each long-poll asks the server to hold.
         request_timeout: Read timeout of ordinary requests.
         headers: Extra headers on every request (the run's Authorization).
-        verify: TLS verification: True (system CAs), a CA bundle path, or False.
+        verify: TLS verification: True (certifi's CA bundle, or REQUESTS_CA_BUNDLE /
+            CURL_CA_BUNDLE), a CA bundle path, or False.
         refresh_headers: Called when the server answers 401, e.g. to re-read the run's
             token after the server pod was replaced; its headers replace the old ones
             and the request is tried once more.
@@ -350,7 +355,7 @@ class FederatedClient:
                 continue
             return self._model_from(response)
 
-    def _model_from(self, response: requests.Response) -> _Model:
+    def _model_from(self, response: Answer) -> _Model:
         """The model of a 200 answer read with ``into_buffer`` (GET /v1/model, or an
         update's answer with ``next``)."""
         # The server says how it sent float32 tensors; absent (an older server): as is.
@@ -366,16 +371,14 @@ class FederatedClient:
             wire_dtype=wire_dtype,
         )
 
-    def _call(
-        self, method: str, path: str, *, refreshed: bool = False, **kwargs: Any
-    ) -> requests.Response:
+    def _call(self, method: str, path: str, *, refreshed: bool = False, **kwargs: Any) -> Answer:
         """A request; if the server restarted and no longer knows us, join again and retry."""
         try:
             return self.transport.request(method, path, **kwargs)
         except ServerError as exc:
             if exc.code == protocol.UNAUTHORIZED and self.refresh_headers and not refreshed:
                 log.warning("client %s: token refused; reading it again", self.client_id)
-                self.transport.session.headers.update(self.refresh_headers())
+                self.transport.headers.update(self.refresh_headers())
                 return self._call(method, path, refreshed=True, **kwargs)
             if exc.code != protocol.UNKNOWN_CLIENT or path == protocol.JOIN_PATH:
                 raise

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import requests
 
 from fl_kubeflow import protocol, wire
-from fl_kubeflow.client.transport import BufferBody
+from fl_kubeflow.client.transport import Answer, BufferBody
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import MIN_CLIENTS, SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser, WeightError
@@ -44,7 +43,7 @@ SELF_MASK = "self_mask_shares"
 MASK_KEY = "mask_key_shares"
 
 # A request: (method, path, keyword arguments of Transport.request) -> response.
-Call = Callable[..., requests.Response]
+Call = Callable[..., Answer]
 
 
 class SecAggViolation(Exception):

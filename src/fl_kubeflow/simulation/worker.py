@@ -86,7 +86,7 @@ class Worker:
         self.report = WorkerReport(index, len(self.ids))
         headers = auth_headers(token)
         self.calls = Calls(url, headers, RETRY_TIMEOUT_S)
-        # One connection per HTTP thread: a requests.Session is not shared across threads.
+        # One Transport per HTTP thread: each keeps its own connection, never contended.
         self._local = threading.local()
         self._all_calls: list[Calls] = [self.calls]
         self._calls_lock = threading.Lock()

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fl_kubeflow.server.body_slots import (
+    OWN_ARRAY_BODIES_FROM,
     SLOT_BODIES_FROM,
     BodyArrays,
     ReceivedBody,
@@ -108,6 +109,56 @@ def test_concurrent_uploads_are_received_into_memory_two_at_a_time():
         _wait_for_free(server, 2)
     finally:
         server.close()
+
+
+def test_bodies_waitress_keeps_in_memory_get_arrays_of_their_own_with_no_slot():
+    app = DigestApp()
+    server = _serve(app, io_threads=2, receive_slots=1)
+    try:
+        in_memory_limit = 512 * 1024  # waitress's inbuf_overflow
+        own = [os.urandom(n) for n in (OWN_ARRAY_BODIES_FROM, 400_000, in_memory_limit)] * 2
+        usual = [os.urandom(OWN_ARRAY_BODIES_FROM - 1), os.urandom(in_memory_limit + 1)]
+        bodies = own + usual
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: _post(server.port, b), bodies))
+        assert [digest for digest, _ in answers] == [hashlib.sha256(b).hexdigest() for b in bodies]
+        assert [how for _, how in answers] == ["memory"] * len(own) + ["buffer"] * 2
+        # With one slot: not one at a time, and the slot was never taken.
+        assert app.most_in_memory > 1
+        assert server.receive_slots.free == 1
+    finally:
+        server.close()
+
+
+def test_without_slots_every_body_is_waitress_s_own():
+    server = _serve(DigestApp(), receive_slots=0)
+    try:
+        body = os.urandom(400_000)
+        assert _post(server.port, body) == (hashlib.sha256(body).hexdigest(), "buffer")
+    finally:
+        server.close()
+
+
+def test_pipelined_requests_after_an_own_array_body_are_all_answered():
+    server = _serve(DigestApp())
+    first, second = os.urandom(300_000), os.urandom(OWN_ARRAY_BODIES_FROM)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        try:
+            sock.sendall(
+                b"".join(
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(b) + b
+                    for b in (first, second, b"end")
+                )
+            )
+            stream = sock.makefile("rb")
+            answers = [_read_response(stream) for _ in range(3)]
+        finally:
+            server.close()
+    assert answers == [
+        (200, f"{hashlib.sha256(first).hexdigest()} memory".encode()),
+        (200, f"{hashlib.sha256(second).hexdigest()} memory".encode()),
+        (200, f"{hashlib.sha256(b'end').hexdigest()} buffer".encode()),
+    ]
 
 
 def test_a_stalled_upload_holding_the_slot_delays_others_by_the_patience_at_most():

@@ -13,6 +13,13 @@ which bounds the server's memory whatever the number of clients. A body kept
 waiting while no slot has freed for ``patience`` seconds is received the usual
 way, into waitress's buffer, so an upload that stalls while holding a slot
 delays the others by that much at most.
+
+Bodies smaller than that, from ``OWN_ARRAY_BODIES_FROM`` bytes up to what waitress
+keeps in memory anyway (its ``inbuf_overflow``), are received the same way but
+each into an array of its own, with no slot to wait for (``OwnArrays``): waitress
+would append them piece by piece to an in-memory buffer and the app copy them out
+again, which at N = 1,000 and P = 100,000 (400 kB updates) was 28% of the
+server's time (benchmarks/load.md).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from fl_kubeflow.server.buffer_file import BufferFile
 
 # Smaller bodies are cheap to buffer the usual way (waitress keeps them in memory).
 SLOT_BODIES_FROM = 1 << 20
+# Below this a body is a few socket reads at most: waitress's buffer costs nothing.
+OWN_ARRAY_BODIES_FROM = 64 << 10
 ARRAY_ROUNDING = 1 << 20
 # References to a kept array inside ``BodyArrays.get``'s loop when nothing outside
 # holds it: the list, the local variable, and getrefcount's own argument.
@@ -93,6 +102,22 @@ class ReceiveSlots:
         return time.monotonic() - max(waiting_since, self._last_freed) > self.patience
 
 
+class OwnArrays:
+    """Slots without a bound, for bodies waitress would hold in memory anyway: each
+    gets an array of its own at once, so memory is what waitress's buffers took."""
+
+    def take(self, size: int) -> np.ndarray:
+        """A fresh ``size``-byte array (never None: no slot is waited for)."""
+        return np.empty(size, np.uint8)
+
+    def give_back(self) -> None:
+        """Nothing to give back: the array goes when the app lets go of it."""
+
+    def given_up(self, waiting_since: float) -> bool:
+        """Never: ``take`` always gives an array."""
+        return False
+
+
 class BodyArrays:
     """Byte arrays for bodies, made again from kept ones that nothing holds any more.
 
@@ -138,7 +163,7 @@ class SlotBody:
 
     error = None
 
-    def __init__(self, length: int, slots: ReceiveSlots, inbuf_overflow: int) -> None:
+    def __init__(self, length: int, slots: ReceiveSlots | OwnArrays, inbuf_overflow: int) -> None:
         self.length = length
         self.completed = False
         self._slots = slots

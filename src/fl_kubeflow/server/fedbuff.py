@@ -224,7 +224,7 @@ class AsyncFederation(Federation):
         )
         config = {
             **self.strategy.configure_fit(current.number),
-            "evaluate": client_id in current.eval_sampled,
+            "evaluate": current.was_sampled(client_id, evaluate=True),
         }
         return self._answer(Phase.FIT, current.number, config)
 

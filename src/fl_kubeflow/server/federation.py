@@ -306,21 +306,21 @@ class Federation:
         current = self._current
         if (
             current is not None
-            and client_id not in current.sampled
+            and not current.was_sampled(client_id)
             and getattr(self.strategy, "fraction_fit", 1.0) >= 1.0
             and _keys_open(current)
         ):
             # Everyone trains in every round: a late or returning client joins the
             # open round at once instead of waiting for the next.
             current.sampled = sorted([*current.sampled, client_id])
-        if not client.active and current is not None and client_id not in current.sampled:
+        if not client.active and current is not None and not current.was_sampled(client_id):
             # A returning client joins the draw of the next round.
             log.info("client %s is back; waiting for round %d", client_id, self._round + 1)
             client.active = True
         if (
             self._phase is Phase.FIT
             and current is not None
-            and client_id in current.sampled
+            and current.was_sampled(client_id)
             and (self._round >= server_round or self._owes_update(client_id))
             # A secure round past its key stage has no place for a newcomer: the
             # roster is fixed, so the client waits for the next round.
@@ -331,7 +331,7 @@ class Federation:
                 client.active = True
             config = {
                 **self.strategy.configure_fit(self._round),
-                "evaluate": client_id in current.eval_sampled,
+                "evaluate": current.was_sampled(client_id, evaluate=True),
                 **self._secure_config(),
                 **self._announced_config(current, client_id),
             }
@@ -507,7 +507,7 @@ class Federation:
                 return past
         if self._phase is Phase.FIT and server_round == self._round:
             current = self._current
-            if current is not None and client_id not in current.sampled:
+            if current is not None and not current.was_sampled(client_id):
                 self._count_rejection("not_sampled")
                 raise WrongRound(
                     f"client {client_id!r} was not sampled to train in round {server_round}",

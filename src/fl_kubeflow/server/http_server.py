@@ -37,6 +37,8 @@ log = logging.getLogger("fl_kubeflow.server")
 FD_RESERVE = 64
 # Seconds close() waits for each woken socket loop to end before closing its sockets.
 LOOP_END_WAIT = 5.0
+# Seconds between two of waitress's "Task queue depth" warnings (server/throttled_log.py).
+QUEUE_WARNING_EVERY = 10.0
 
 
 @dataclass
@@ -140,6 +142,7 @@ def _start_waitress(
 
     from fl_kubeflow.server.event_loop import InterestMap, attach_loop
     from fl_kubeflow.server.parking import Parker
+    from fl_kubeflow.server.throttled_log import ThrottledWarnings
     from fl_kubeflow.server.waitress_channel import guarded_channel_class
 
     options: dict[str, Any] = dict(
@@ -167,6 +170,7 @@ def _start_waitress(
     # (server/event_loop.py): interest kept between turns, not asked of every socket.
     first = create_server(app, map=InterestMap(), host=config.host, port=config.port, **options)
     dispatcher: Any = first.task_dispatcher  # type: ignore[union-attr]
+    dispatcher.queue_logger = ThrottledWarnings(dispatcher.queue_logger, QUEUE_WARNING_EVERY)
     parker = None
     if federation is not None:
         # In front of the worker threads: model long-polls wait without one.

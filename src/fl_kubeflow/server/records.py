@@ -100,6 +100,26 @@ class RoundRecord:
     # update takes its place in the buffer, so only contributors' entries are kept.
     base_versions: dict[str, int] = field(default_factory=dict)
     staleness: dict[str, int] = field(default_factory=dict)
+    # ``sampled`` and ``eval_sampled`` as sets, made again when a list is replaced
+    # (see ``was_sampled``).
+    _sets: dict[str, tuple[list[str], int, frozenset[str]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def was_sampled(self, client_id: str, evaluate: bool = False) -> bool:
+        """Whether ``client_id`` is in ``sampled`` (``evaluate``: ``eval_sampled``).
+
+        Asked a few times for each request; ``in`` on the list is linear, which at
+        N = 1,000 made a round's requests quadratic. The set is made again whenever
+        the list is replaced or changes length.
+        """
+        name = "eval_sampled" if evaluate else "sampled"
+        members: list[str] = getattr(self, name)
+        kept = self._sets.get(name)
+        if kept is None or kept[0] is not members or kept[1] != len(members):
+            kept = (members, len(members), frozenset(members))
+            self._sets[name] = kept
+        return client_id in kept[2]
 
     def refuse(self, client_id: str, reason: str) -> None:
         """Note a refused request of this round (up to MAX_REFUSALS_KEPT)."""

@@ -6,7 +6,8 @@ request's headers are parsed, before any of the body is read. A refused request
 becomes waitress's own kind of error, answered with the refusal's JSON body and
 ``Connection: close``; the body is never read. Bodies of known length that the app
 may accept go into receive slots (server/body_slots.py), others into waitress's
-buffer as usual.
+buffer as usual; so do bodies of up to waitress's in-memory limit, each into an
+array of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.utilities import Error, RequestEntityTooLarge
 
-from fl_kubeflow.server.body_slots import SLOT_BODIES_FROM, ReceiveSlots, SlotBody
+from fl_kubeflow.server.body_slots import (
+    OWN_ARRAY_BODIES_FROM,
+    SLOT_BODIES_FROM,
+    OwnArrays,
+    ReceiveSlots,
+    SlotBody,
+)
 from fl_kubeflow.server.connection_guard import ConnectionGuard
 from fl_kubeflow.server.errors import RequestError, TooLarge
 from fl_kubeflow.server.event_loop import mark_changed
@@ -55,13 +62,16 @@ def guarded_channel_class(
     Args:
         head_check: The request-head check (``header_check.check_request_head``, bound).
         guard: Deadlines and the strangers' cap.
-        slots: Receive slots for bodies from ``SLOT_BODIES_FROM`` bytes up to ``largest``;
-            None spools every body as waitress does.
+        slots: Receive slots for bodies from ``SLOT_BODIES_FROM`` bytes up to ``largest``
+            (smaller ones from ``OWN_ARRAY_BODIES_FROM`` up to waitress's in-memory limit
+            get arrays of their own); None spools every body as waitress does.
         largest: The largest body the app accepts (max_update_bytes): bodies above go
             to waitress's buffer, memory being for bodies that can be accepted.
         parker: Where model long-polls wait without a thread (server/parking.py);
             None: in a worker thread.
     """
+
+    own_arrays = OwnArrays()
 
     class GuardedParser(HTTPRequestParser):
         refusal: RequestError | None = None
@@ -85,9 +95,13 @@ def guarded_channel_class(
                 self.body_rcv = None  # not one byte of the body is read
                 self.expect_continue = False
                 return
-            length = self.content_length
-            if slots is not None and not self.chunked and SLOT_BODIES_FROM <= length <= largest:
-                self.body_rcv = SlotBody(length, slots, self.adj.inbuf_overflow)
+            length, overflow = self.content_length, self.adj.inbuf_overflow
+            if slots is None or self.chunked or length > largest:
+                return
+            if length >= SLOT_BODIES_FROM:
+                self.body_rcv = SlotBody(length, slots, overflow)
+            elif OWN_ARRAY_BODIES_FROM <= length <= overflow:
+                self.body_rcv = SlotBody(length, own_arrays, overflow)
 
         def received(self, data: bytes) -> int:
             consumed = super().received(data)

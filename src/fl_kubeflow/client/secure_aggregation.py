@@ -91,7 +91,7 @@ class SecureOutcome:
     is the next model, and the keys announced for the next round."""
 
     metrics: dict[str, float]
-    next_model: requests.Response | None
+    next_model: Answer | None
     next_keys: AnnouncedKeys | None
 
 
@@ -641,7 +641,7 @@ class _Stages:
                     f"round {self.server_round}: {path} answered {response.status_code}"
                 )
 
-    def post_last(self, path: str, **kwargs: Any) -> requests.Response:
+    def post_last(self, path: str, **kwargs: Any) -> Answer:
         """POST the round's last message, asking for the next round's model as its answer
         (``next=1``, as an update does: docs/protocol.md, Update and next model).
 
@@ -658,13 +658,13 @@ class _Stages:
         )
 
 
-def _is_model(response: requests.Response) -> bool:
+def _is_model(response: Answer) -> bool:
     """Whether a 200 answer's body is a model (safetensors), not JSON."""
     kind = response.headers.get("Content-Type", "").split(";")[0]
     return response.status_code == 200 and kind == wire.CONTENT_TYPE
 
 
-def _json_of(response: requests.Response, path: str, server_round: int) -> dict[str, Any]:
+def _json_of(response: Answer, path: str, server_round: int) -> dict[str, Any]:
     """A stage answer's JSON object (read into ``response.buffer`` or not)."""
     buffer = getattr(response, "buffer", None)
     try:

@@ -31,6 +31,7 @@ import numpy as np
 
 from fl_kubeflow import protocol, wire
 from fl_kubeflow.client.transport import Answer, BufferBody
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import MIN_CLIENTS, SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser, WeightError
@@ -91,7 +92,7 @@ class SecureOutcome:
     is the next model, and the keys announced for the next round."""
 
     metrics: dict[str, float]
-    next_model: requests.Response | None
+    next_model: Answer | None
     next_keys: AnnouncedKeys | None
 
 
@@ -342,19 +343,31 @@ class ClientRound:
         return vector, clipped
 
     def encode(
-        self, trained: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], num_examples: int
+        self,
+        trained: Mapping[str, np.ndarray],
+        base: Mapping[str, np.ndarray],
+        num_examples: int,
+        arrays: Recycler | None = None,
     ) -> tuple[np.ndarray, int]:
         """The unmasked input: ``trained - base`` quantised with its weight (the example
         count or 1), and how many elements were clipped to the range. Needs nothing of
         the round's stages.
 
+        The change is quantised a cache-sized piece at a time as it is computed (no
+        change-sized float64 vector), into memory from ``arrays`` (an earlier round's
+        masked vector, whose pages are mapped already: recycling.py) or new.
+
         Raises:
             SecAggViolation: the weight is not in 1..max_weight.
         """
         weight = num_examples if self.weighting == protocol.SECAGG_BY_EXAMPLES else 1
-        change = Layout.of(base).change(trained, base)
+        layout = Layout.of(base)
+        quantiser = Quantiser(self.params)
+        out = None if arrays is None else arrays.empty((layout.size,), quantiser.dtype)
         try:
-            return Quantiser(self.params).encode(change, weight)
+            return quantiser.encode_chunks(
+                layout.change_chunks(trained, base), layout.size - 1, weight, out
+            )
         except WeightError as exc:
             raise self._refuse(
                 f"weight {weight} cannot be sent (max_weight={self.params.max_weight}): {exc}"
@@ -483,6 +496,7 @@ def run_secure_round(
     poll_wait: float,
     request_timeout: float,
     timeout: float,
+    arrays: Recycler | None = None,
 ) -> SecureOutcome:
     """Take part in a secure round's stages after training.
 
@@ -502,6 +516,8 @@ def run_secure_round(
         poll_wait: Seconds each POST and long-poll asks the server to hold.
         request_timeout: Read timeout of a request beyond what it asked the server to hold.
         timeout: Longest wait, in seconds, for the stages' answers altogether.
+        arrays: Where the masked vector's memory comes from (the client's, reused round
+            after round: no fresh pages to fault in); None: new memory.
 
     Raises:
         SecAggViolation: the client refuses (see ``ClientRound``).
@@ -516,7 +532,7 @@ def run_secure_round(
     # the client only takes out the masks of neighbours that sent no shares, and sends.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"secagg-{secure.client_id}")
     try:
-        encoded = worker.submit(secure.encode, trained, base, num_examples)
+        encoded = worker.submit(secure.encode, trained, base, num_examples, arrays)
         if not secure.announced:
             roster = stages.post(
                 protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()
@@ -641,7 +657,7 @@ class _Stages:
                     f"round {self.server_round}: {path} answered {response.status_code}"
                 )
 
-    def post_last(self, path: str, **kwargs: Any) -> requests.Response:
+    def post_last(self, path: str, **kwargs: Any) -> Answer:
         """POST the round's last message, asking for the next round's model as its answer
         (``next=1``, as an update does: docs/protocol.md, Update and next model).
 
@@ -658,13 +674,13 @@ class _Stages:
         )
 
 
-def _is_model(response: requests.Response) -> bool:
+def _is_model(response: Answer) -> bool:
     """Whether a 200 answer's body is a model (safetensors), not JSON."""
     kind = response.headers.get("Content-Type", "").split(";")[0]
     return response.status_code == 200 and kind == wire.CONTENT_TYPE
 
 
-def _json_of(response: requests.Response, path: str, server_round: int) -> dict[str, Any]:
+def _json_of(response: Answer, path: str, server_round: int) -> dict[str, Any]:
     """A stage answer's JSON object (read into ``response.buffer`` or not)."""
     buffer = getattr(response, "buffer", None)
     try:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from fl_kubeflow import protocol, strategies, wire
 from fl_kubeflow.protocol import Phase, SecAggStage
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.secagg.vector import Layout
 from fl_kubeflow.server import checkpoint, checkpoint_state, history, updates
 from fl_kubeflow.server.clients import Clients
@@ -109,6 +110,9 @@ class Federation:
         self._round = 0
         self._clients = Clients(config)
         self._model = GlobalModel(config.wire_dtype)
+        # The secure rounds' running sums: one round's memory is the next one's (a round
+        # drops its sum before the next makes one).
+        self._secure_sums = Recycler(per_kind=1)
         self._current: RoundRecord | None = None
         # The round being aggregated and saved: closed, not yet in _rounds.
         self._closing: RoundRecord | None = None
@@ -874,15 +878,16 @@ class Federation:
         self._cond.notify_all()
         return "aggregate" if secure.closed else None
 
-    def _unmask(self, current: RoundRecord, old_global: Weights) -> Weights:
-        """The secure round's aggregate (outside the lock): unmask, then the strategy's
+    def _unmask(self, current: RoundRecord, old_global: Weights, out: Weights) -> Weights:
+        """The secure round's aggregate (outside the lock): unmask (the mean written into
+        ``out``, the next message's tensors, where they fit), then the strategy's
         ``secure_aggregate``."""
         secure = current.secure
         assert secure is not None
         # The base is the round's message as clients decoded it: exact to the bound
         # with half-precision wire too.
         base = wire.decode(self._model.body, wire_dtype=self.config.wire_dtype)
-        mean, total = secure.unmask(base)
+        mean, total = secure.unmask(base, out)
         aggregate = self.strategy.secure_aggregate(current.number, old_global, mean, len(secure.u3))
         current.secure_report = secure.report()
         current.num_examples = total if secure.weighting == protocol.SECAGG_BY_EXAMPLES else None
@@ -1020,7 +1025,7 @@ class Federation:
         frame = self._model.frame(old_global)
         if current.secure is not None:
             try:
-                aggregate = self._unmask(current, old_global)
+                aggregate = self._unmask(current, old_global, frame.tensors)
             except SecureRoundFailed as exc:
                 with self._cond:
                     self._fail(str(exc))
@@ -1097,6 +1102,7 @@ class Federation:
                 Layout.of(self._model.weights),
                 opened=started,
                 round_timeout=self.config.round_timeout,
+                arrays=self._secure_sums,
             )
         self._phase = Phase.FIT
         self._adopt_announced(self._current, started)

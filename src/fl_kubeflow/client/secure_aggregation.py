@@ -146,6 +146,8 @@ class ClientRound:
         self.threshold = 0
         # sender -> (its self-mask share, its masking-key share), held for this client.
         self._inbox: dict[str, tuple[bytes, bytes]] = {}
+        # neighbour -> the key of the shares both send each other (``_share_key``).
+        self._share_keys: dict[str, bytes] = {}
         # neighbour -> the kind of share asked for (SELF_MASK or MASK_KEY): one kind ever.
         self.asked: dict[str, str] = {}
         # The neighbours whose pair masks ``premask`` added (until ``finish_mask``).
@@ -272,9 +274,8 @@ class ClientRound:
         mask_key_shares = shamir.split(self._masking.private, self.threshold, xs)
         ciphertexts = {
             peer: messages.encode(
-                keys.encrypt_shares(
-                    self._encryption.private,
-                    self._roster[peer][0],
+                keys.seal_shares(
+                    self._share_key(peer),
                     self.server_round,
                     self.client_id,
                     peer,
@@ -285,6 +286,15 @@ class ClientRound:
             for peer, x in zip(self.neighbours, xs, strict=True)
         }
         return {"client_id": self.client_id, "round": self.server_round, "shares": ciphertexts}
+
+    def _share_key(self, peer: str) -> bytes:
+        """The key of the shares this client and ``peer`` send each other this round: one
+        X25519 agreement serves both directions (ValueError for a malformed key)."""
+        key = self._share_keys.get(peer)
+        if key is None:
+            key = keys.share_key(self._encryption.private, self._roster[peer][0], self.server_round)
+            self._share_keys[peer] = key
+        return key
 
     def accept_inbox(self, answer: Any) -> None:
         """Decrypt the shares neighbours sent (``POST shares``'s 200 answer or ``GET inbox``).
@@ -306,9 +316,8 @@ class ClientRound:
         for sender, text in inbox.items():
             try:
                 ciphertext = messages.decode(text, keys.CIPHERTEXT_BYTES, f"share of {sender}")
-                self._inbox[sender] = keys.decrypt_shares(
-                    self._encryption.private,
-                    self._roster[sender][0],
+                self._inbox[sender] = keys.open_shares(
+                    self._share_key(sender),
                     self.server_round,
                     sender,
                     self.client_id,
@@ -483,6 +492,7 @@ class ClientRound:
         self._encryption = self._masking = keys.KeyPair(b"", b"")
         self._self_mask = None
         self._inbox.clear()
+        self._share_keys.clear()
 
 
 def run_secure_round(

@@ -102,10 +102,11 @@ class Federation:
         self.config = config
         self.strategy = strategy
         lock = threading.RLock()
-        # Model long-polls wait apart, woken only when an answer may have changed
-        # (server/model_waits.py); every other wait is on _cond.
+        # Model long-polls and secure stages' long-polls wait apart, each woken only when
+        # its answer may have changed (server/model_waits.py); every other wait is on _cond.
         self._model_waits = ModelWaits(lock, self._model_epoch)
-        self._cond = NotifyingCondition(lock, self._model_waits.changed)
+        self._stage_waits = ModelWaits(lock, self._stage_epoch)
+        self._cond = NotifyingCondition(lock, self._epochs_may_have_changed)
         self._phase = Phase.WAITING
         self._round = 0
         self._clients = Clients(config)
@@ -259,6 +260,21 @@ class Federation:
         if type(self)._try_model is not Federation._try_model:
             return ANY_CHANGE
         return (self._phase, self._round, len(self._revoked))
+
+    def _stage_epoch(self) -> Hashable:
+        """What a secure stage's long-poll answer (roster, inbox, unmask request) depends
+        on besides its own requests (under the lock): the run's phase and round,
+        revocations, and the open round's stage. Without it, each of a stage's N
+        messages woke the N clients waiting for the stage's end (N squared wake-ups)."""
+        current = self._current
+        secure = None if current is None else current.secure
+        stage = None if secure is None else (secure.stage, secure.closed)
+        return (self._phase, self._round, len(self._revoked), stage)
+
+    def _epochs_may_have_changed(self) -> None:
+        """Every notify_all of _cond (under the lock): wake the waits apart whose epoch changed."""
+        self._model_waits.changed()
+        self._stage_waits.changed()
 
     def wait_sampled(self, server_round: int, wait: float) -> dict[str, Any] | None:
         """Who round ``server_round`` (or a later one) asks to train, once it is open; at the
@@ -835,7 +851,7 @@ class Federation:
                 remaining = deadline - time.monotonic()
                 if answer is not None or remaining <= 0:
                     return answer
-                self._cond.wait(remaining)
+                self._stage_waits.wait(remaining)
 
     def _secure_config(self) -> dict[str, Any]:
         """The round config's secure-aggregation entry ({} in a plain run)."""

@@ -603,6 +603,9 @@ def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(
     server.wait_end()
     assert server.federation.phase is Phase.FINISHED, server.federation.error
     assert sorted(s.rounds_trained for s in summaries) == [[1, 2]] * 4
+    # Round 2's masked vectors and running sum are round 1's memory, used again.
+    assert [c._secure_vectors.reused for c in clients] == [1] * 4
+    assert server.federation._secure_sums.reused == 1
     mean = float(np.dot(deltas, counts) / sum(counts))
     model = dict(W0)
     for _ in range(2):

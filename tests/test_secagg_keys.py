@@ -113,3 +113,22 @@ def test_messages_round_trip_and_refuse_what_is_not_the_size():
     ]:
         with pytest.raises(ValueError, match=why):
             messages.decode(bad, 32, "key")
+
+
+def test_one_share_key_serves_both_directions_of_a_pair_and_round(sealed):
+    """``share_key`` is the same from either end: a client seals what it sends and opens
+    what it gets with one agreement; ``seal_shares``/``open_shares`` under it are
+    ``encrypt_shares``/``decrypt_shares``; another round's key opens nothing."""
+    sender, receiver, ciphertext = sealed
+    key = keys.share_key(receiver.private, sender.public, 3)
+    assert keys.share_key(sender.private, receiver.public, 3) == key
+    assert keys.open_shares(key, 3, "alice", "bob", ciphertext) == (B_SHARE, S_SHARE)
+    back = keys.seal_shares(key, 3, "bob", "alice", S_SHARE, B_SHARE)
+    opened = keys.decrypt_shares(sender.private, receiver.public, 3, "bob", "alice", back)
+    assert opened == (S_SHARE, B_SHARE)
+    other_round = keys.share_key(receiver.private, sender.public, 4)
+    assert other_round != key
+    with pytest.raises(DecryptionError):
+        keys.open_shares(other_round, 3, "alice", "bob", ciphertext)
+    with pytest.raises(DecryptionError):
+        keys.decrypt_shares(receiver.private, bytes(32), 3, "alice", "bob", ciphertext)

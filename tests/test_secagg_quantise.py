@@ -97,3 +97,27 @@ def test_encode_refuses_non_finite_and_decode_other_dtypes():
         quantiser.encode(np.zeros((2, 2)), 1)
     with pytest.raises(ValueError, match="uint32"):
         quantiser.decode(np.ones(3, np.uint64))
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_encoding_pieces_into_used_memory_gives_the_same_vector(bits):
+    """``encode_chunks`` of ``Layout.change_chunks`` into memory holding old values (a
+    recycled vector) is ``encode`` of the whole change, to the bit, clipping included."""
+    from fl_kubeflow.secagg.vector import Layout
+
+    rng = np.random.default_rng(5)
+    base = {"w": rng.normal(size=(400, 401)).astype(np.float32), "v": np.zeros(3, np.float32)}
+    trained = {"w": base["w"] + rng.normal(size=(400, 401)).astype(np.float32) * 0.6}
+    trained["v"] = np.array([0.5, -3.0, 2.0], np.float32)
+    quantiser = Quantiser(SecAggParams(bits=bits))
+    layout = Layout.of(base)
+    expected, clipped = quantiser.encode(layout.change(trained, base), 17)
+    assert clipped > 0
+    used = np.full(layout.size, 12345, quantiser.dtype)
+    vector, clipped_again = quantiser.encode_chunks(
+        layout.change_chunks(trained, base), layout.size - 1, 17, out=used
+    )
+    assert vector is used and clipped_again == clipped
+    assert vector.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="out must be"):
+        quantiser.encode_chunks(iter(()), 3, 1, out=np.zeros(3, quantiser.dtype))

@@ -27,6 +27,7 @@ from fl_kubeflow.auth import new_token
 from fl_kubeflow.client.federated_client import FederatedClient
 from fl_kubeflow.client.numpy_trainers import DeltaTrainer
 from fl_kubeflow.protocol import SECAGG_MASKED_TENSOR, Phase
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser
@@ -362,7 +363,8 @@ def model_sized_arrays(secure: SecureRound) -> list[np.ndarray]:
     seen: set[int] = set()
 
     def walk(value: Any) -> None:
-        if id(value) in seen:
+        # The run's pool of sums (one kept for the next round's use) is not the round's.
+        if id(value) in seen or isinstance(value, Recycler):
             return
         seen.add(id(value))
         if isinstance(value, np.ndarray):
@@ -601,6 +603,9 @@ def test_federated_clients_train_two_secure_rounds_over_half_precision_wire(
     server.wait_end()
     assert server.federation.phase is Phase.FINISHED, server.federation.error
     assert sorted(s.rounds_trained for s in summaries) == [[1, 2]] * 4
+    # Round 2's masked vectors and running sum are round 1's memory, used again.
+    assert [c._secure_vectors.reused for c in clients] == [1] * 4
+    assert server.federation._secure_sums.reused == 1
     mean = float(np.dot(deltas, counts) / sum(counts))
     model = dict(W0)
     for _ in range(2):
@@ -656,6 +661,24 @@ def test_the_sums_striped_mask_removal_equals_one_pass_over_the_whole(stripes: i
     total.apply_masks(streams)
     masks.apply_masks(start, streams)
     assert np.array_equal(total.vector, start)
+
+
+def test_a_sum_from_recycled_memory_starts_at_zero_and_reuses_a_dropped_one() -> None:
+    """A round's sum from the run's Recycler: the memory of a sum no one holds any more
+    (no fresh pages to fault in on the first fold), zeroed, so it sums like a new one."""
+    arrays = Recycler(per_kind=1)
+    first = ModularSum(1000, np.dtype(np.uint32), arrays)
+    first.add(np.full(1000, 7, np.uint32))
+    memory = first.vector.ctypes.data  # not a reference: that would keep it in use
+    del first
+    second = ModularSum(1000, np.dtype(np.uint32), arrays)
+    assert second.vector.ctypes.data == memory and arrays.reused == 1
+    values = np.random.default_rng(2).integers(0, 2**32, 1000, dtype=np.uint32)
+    second.add(values)
+    assert np.array_equal(second.vector, values)
+    # Still held: the next sum gets new memory.
+    third = ModularSum(1000, np.dtype(np.uint32), arrays)
+    assert third.vector.ctypes.data != memory and not third.vector.any()
 
 
 def test_announced_keys_are_checked_and_make_the_next_rounds_keys(serve: Any) -> None:

@@ -83,3 +83,43 @@ def test_apply_of_summed_levels_rounds_as_their_float64_mean_does():
     for name in base:
         assert chunked[name].dtype == base[name].dtype
         assert np.array_equal(chunked[name], whole[name]), name
+
+
+def _large_model(offset: float, seed: int = 3) -> dict[str, np.ndarray]:
+    """Tensors longer than a chunk (2**16 elements), with values outside the range."""
+    rng = np.random.default_rng(seed)
+    return {
+        "a/kernel": (rng.normal(size=(300, 301)) * 0.7 + offset).astype(np.float32),
+        "b": (rng.normal(size=70_001) + offset).astype(np.float16),
+        "c": np.array(7, np.int64),
+    }
+
+
+def test_change_chunks_cover_the_change_to_the_bit():
+    layout = Layout.of(_large_model(0.0))
+    trained, base = _large_model(0.3, seed=4), _large_model(0.0)
+    whole = layout.change(trained, base)
+    pieced = np.full(layout.size - 1, np.nan)
+    for start, part in layout.change_chunks(trained, base):
+        assert np.isnan(pieced[start : start + len(part)]).all()  # each element once
+        pieced[start : start + len(part)] = part
+    assert pieced.tobytes() == whole.tobytes()
+
+
+def test_apply_writes_into_fitting_out_tensors_only():
+    base = _model()
+    layout = Layout.of(base)
+    change = np.linspace(-1, 1, layout.size - 1)
+    expected = layout.apply(base, change, 0.5)
+    out = {
+        "dense/kernel": np.full((2, 3), 9.0, np.float32),  # fits: written in place
+        "bias": np.zeros(2, np.float32),  # another dtype: a new tensor
+        "counter": np.zeros((), np.int64),
+    }
+    out["counter"].setflags(write=False)  # read-only: a new tensor
+    model = layout.apply(base, change, 0.5, out=out)
+    assert model["dense/kernel"] is out["dense/kernel"]
+    assert model["bias"] is not out["bias"] and model["counter"] is not out["counter"]
+    for name in base:
+        assert model[name].dtype == expected[name].dtype
+        assert model[name].tobytes() == expected[name].tobytes()

@@ -26,6 +26,7 @@ from fl_kubeflow.client.transport import (
     ServerUnreachable,
     Transport,
 )
+from fl_kubeflow.recycling import Recycler
 
 log = logging.getLogger("fl_kubeflow.client")
 
@@ -124,6 +125,8 @@ class FederatedClient:
         )
         # Keys announced in a secure round's reveal, for the round after it only.
         self._announced: AnnouncedKeys | None = None
+        # A secure round's masked vector, its memory used again the next round.
+        self._secure_vectors = Recycler(per_kind=1)
 
     def run(self) -> ClientSummary:
         """Take part in the run until the server says it is finished.
@@ -294,6 +297,7 @@ class FederatedClient:
             poll_wait=self.poll_wait,
             request_timeout=self.transport.request_timeout,
             timeout=self.round_wait_timeout,
+            arrays=self._secure_vectors,
         )
         self._announced = outcome.next_keys
         answered = None if outcome.next_model is None else self._model_from(outcome.next_model)

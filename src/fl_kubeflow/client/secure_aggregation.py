@@ -31,6 +31,7 @@ import numpy as np
 
 from fl_kubeflow import protocol, wire
 from fl_kubeflow.client.transport import Answer, BufferBody
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import MIN_CLIENTS, SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser, WeightError
@@ -145,6 +146,8 @@ class ClientRound:
         self.threshold = 0
         # sender -> (its self-mask share, its masking-key share), held for this client.
         self._inbox: dict[str, tuple[bytes, bytes]] = {}
+        # neighbour -> the key of the shares both send each other (``_share_key``).
+        self._share_keys: dict[str, bytes] = {}
         # neighbour -> the kind of share asked for (SELF_MASK or MASK_KEY): one kind ever.
         self.asked: dict[str, str] = {}
         # The neighbours whose pair masks ``premask`` added (until ``finish_mask``).
@@ -271,9 +274,8 @@ class ClientRound:
         mask_key_shares = shamir.split(self._masking.private, self.threshold, xs)
         ciphertexts = {
             peer: messages.encode(
-                keys.encrypt_shares(
-                    self._encryption.private,
-                    self._roster[peer][0],
+                keys.seal_shares(
+                    self._share_key(peer),
                     self.server_round,
                     self.client_id,
                     peer,
@@ -284,6 +286,15 @@ class ClientRound:
             for peer, x in zip(self.neighbours, xs, strict=True)
         }
         return {"client_id": self.client_id, "round": self.server_round, "shares": ciphertexts}
+
+    def _share_key(self, peer: str) -> bytes:
+        """The key of the shares this client and ``peer`` send each other this round: one
+        X25519 agreement serves both directions (ValueError for a malformed key)."""
+        key = self._share_keys.get(peer)
+        if key is None:
+            key = keys.share_key(self._encryption.private, self._roster[peer][0], self.server_round)
+            self._share_keys[peer] = key
+        return key
 
     def accept_inbox(self, answer: Any) -> None:
         """Decrypt the shares neighbours sent (``POST shares``'s 200 answer or ``GET inbox``).
@@ -305,9 +316,8 @@ class ClientRound:
         for sender, text in inbox.items():
             try:
                 ciphertext = messages.decode(text, keys.CIPHERTEXT_BYTES, f"share of {sender}")
-                self._inbox[sender] = keys.decrypt_shares(
-                    self._encryption.private,
-                    self._roster[sender][0],
+                self._inbox[sender] = keys.open_shares(
+                    self._share_key(sender),
                     self.server_round,
                     sender,
                     self.client_id,
@@ -342,19 +352,31 @@ class ClientRound:
         return vector, clipped
 
     def encode(
-        self, trained: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], num_examples: int
+        self,
+        trained: Mapping[str, np.ndarray],
+        base: Mapping[str, np.ndarray],
+        num_examples: int,
+        arrays: Recycler | None = None,
     ) -> tuple[np.ndarray, int]:
         """The unmasked input: ``trained - base`` quantised with its weight (the example
         count or 1), and how many elements were clipped to the range. Needs nothing of
         the round's stages.
 
+        The change is quantised a cache-sized piece at a time as it is computed (no
+        change-sized float64 vector), into memory from ``arrays`` (an earlier round's
+        masked vector, whose pages are mapped already: recycling.py) or new.
+
         Raises:
             SecAggViolation: the weight is not in 1..max_weight.
         """
         weight = num_examples if self.weighting == protocol.SECAGG_BY_EXAMPLES else 1
-        change = Layout.of(base).change(trained, base)
+        layout = Layout.of(base)
+        quantiser = Quantiser(self.params)
+        out = None if arrays is None else arrays.empty((layout.size,), quantiser.dtype)
         try:
-            return Quantiser(self.params).encode(change, weight)
+            return quantiser.encode_chunks(
+                layout.change_chunks(trained, base), layout.size - 1, weight, out
+            )
         except WeightError as exc:
             raise self._refuse(
                 f"weight {weight} cannot be sent (max_weight={self.params.max_weight}): {exc}"
@@ -470,6 +492,7 @@ class ClientRound:
         self._encryption = self._masking = keys.KeyPair(b"", b"")
         self._self_mask = None
         self._inbox.clear()
+        self._share_keys.clear()
 
 
 def run_secure_round(
@@ -483,6 +506,7 @@ def run_secure_round(
     poll_wait: float,
     request_timeout: float,
     timeout: float,
+    arrays: Recycler | None = None,
 ) -> SecureOutcome:
     """Take part in a secure round's stages after training.
 
@@ -502,6 +526,8 @@ def run_secure_round(
         poll_wait: Seconds each POST and long-poll asks the server to hold.
         request_timeout: Read timeout of a request beyond what it asked the server to hold.
         timeout: Longest wait, in seconds, for the stages' answers altogether.
+        arrays: Where the masked vector's memory comes from (the client's, reused round
+            after round: no fresh pages to fault in); None: new memory.
 
     Raises:
         SecAggViolation: the client refuses (see ``ClientRound``).
@@ -516,7 +542,7 @@ def run_secure_round(
     # the client only takes out the masks of neighbours that sent no shares, and sends.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"secagg-{secure.client_id}")
     try:
-        encoded = worker.submit(secure.encode, trained, base, num_examples)
+        encoded = worker.submit(secure.encode, trained, base, num_examples, arrays)
         if not secure.announced:
             roster = stages.post(
                 protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()

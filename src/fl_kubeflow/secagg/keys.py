@@ -60,6 +60,17 @@ def pair_seed(private: bytes, peer_public: bytes, server_round: int) -> bytes:
     return _derive(private, peer_public, _PAIR_MASK_LABEL, server_round)
 
 
+def share_key(private: bytes, peer_public: bytes, server_round: int) -> bytes:
+    """The AES-256-GCM key of the shares two clients send each other in ``server_round``:
+    the same both ways (each with its own private key and the other's public), so a
+    client that holds it for the shares it sends opens the ones it gets with it too.
+
+    Raises:
+        ValueError: a malformed key, or a peer key of low order.
+    """
+    return _derive(private, peer_public, _SHARE_KEY_LABEL, server_round)
+
+
 def encrypt_shares(
     private: bytes,
     peer_public: bytes,
@@ -74,9 +85,25 @@ def encrypt_shares(
     Raises:
         ValueError: a share that is not shamir.SHARE_BYTES, or a malformed key.
     """
+    key = share_key(private, peer_public, server_round)
+    return seal_shares(key, server_round, sender, receiver, self_mask_share, mask_key_share)
+
+
+def seal_shares(
+    key: bytes,
+    server_round: int,
+    sender: str,
+    receiver: str,
+    self_mask_share: bytes,
+    mask_key_share: bytes,
+) -> bytes:
+    """``encrypt_shares`` under the pair's ``share_key``.
+
+    Raises:
+        ValueError: a share that is not shamir.SHARE_BYTES.
+    """
     if len(self_mask_share) != SHARE_BYTES or len(mask_key_share) != SHARE_BYTES:
         raise ValueError(f"each share is {SHARE_BYTES} bytes")
-    key = _derive(private, peer_public, _SHARE_KEY_LABEL, server_round)
     # A fresh random nonce per message: a key serves one round, but a client may
     # resend its shares.
     nonce = secrets.token_bytes(NONCE_BYTES)
@@ -99,12 +126,28 @@ def decrypt_shares(
     Raises:
         DecryptionError: wrong size, key, round, sender or receiver, or tampered.
     """
+    try:
+        key = share_key(private, peer_public, server_round)
+    except ValueError:
+        raise DecryptionError(
+            f"shares from {sender} to {receiver} do not decrypt for round {server_round}"
+        ) from None
+    return open_shares(key, server_round, sender, receiver, ciphertext)
+
+
+def open_shares(
+    key: bytes, server_round: int, sender: str, receiver: str, ciphertext: bytes
+) -> tuple[bytes, bytes]:
+    """``decrypt_shares`` under the pair's ``share_key``.
+
+    Raises:
+        DecryptionError: wrong size, key, round, sender or receiver, or tampered.
+    """
     if len(ciphertext) != CIPHERTEXT_BYTES:
         raise DecryptionError(
             f"shares from {sender}: {len(ciphertext)} bytes, not {CIPHERTEXT_BYTES}"
         )
     try:
-        key = _derive(private, peer_public, _SHARE_KEY_LABEL, server_round)
         plain = AESGCM(key).decrypt(
             ciphertext[:NONCE_BYTES],
             ciphertext[NONCE_BYTES:],

@@ -14,6 +14,7 @@ includes it, so it is a bound in every case.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,31 @@ class Quantiser:
             WeightError: weight not in 1..max_weight.
             ValueError: a change that is not one-dimensional and finite.
         """
+        if np.ndim(change) != 1:
+            raise ValueError(f"a change is one-dimensional, got shape {np.shape(change)}")
+        chunks = (
+            (start, np.asarray(change[start : start + _CHUNK], np.float64))
+            for start in range(0, len(change), _CHUNK)
+        )
+        return self.encode_chunks(chunks, len(change), weight)
+
+    def encode_chunks(
+        self,
+        chunks: Iterable[tuple[int, np.ndarray]],
+        length: int,
+        weight: int,
+        out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """``encode`` of a change given a piece at a time: (offset, float64 elements)
+        pairs that cover 0..length once (``Layout.change_chunks``), so no change-sized
+        float64 vector is made; the integers go into ``out`` (length + 1 of ``dtype``,
+        e.g. recycled memory) or a new array. Each element is encoded as ``encode``
+        encodes it: the same vector to the bit.
+
+        Raises:
+            WeightError: weight not in 1..max_weight.
+            ValueError: a change that is not finite, or ``out`` of another shape or dtype.
+        """
         bound = self.params.max_weight
         if isinstance(weight, bool) or not isinstance(weight, int | np.integer):
             raise WeightError(f"a secure update's weight must be an integer, got {weight!r}")
@@ -77,42 +103,64 @@ class Quantiser:
             raise WeightError(
                 f"weight {weight} is outside 1..{bound}: raise the secagg option max_weight"
             )
-        if np.ndim(change) != 1:
-            raise ValueError(f"a change is one-dimensional, got shape {np.shape(change)}")
-        limit, levels_per_unit = self.params.range, self.levels / self.params.range
+        if out is None:
+            out = np.empty(length + 1, self.dtype)
+        elif out.shape != (length + 1,) or out.dtype != self.dtype:
+            raise ValueError(f"out must be {self.dtype}[{length + 1}], got {out.dtype}{out.shape}")
         # x / s can round up past K only where K nears 2**52 (bits = 64, small W): there
         # the levels are clipped again, to the largest float not above K.
         top = float(self.levels)
         if top > self.levels:
             top = float(np.nextafter(top, 0))
         reclip = self.levels >= 2**51
-        out = np.empty(len(change) + 1, self.dtype)
         signed = out.view(self._signed)
         factor = self.dtype.type(weight)
-        buffer = np.empty(min(_CHUNK, len(change)), np.float64)
+        buffer = np.empty(min(_CHUNK, max(length, 1)), np.float64)
         clipped = 0
-        for start in range(0, len(change), _CHUNK):
-            part = np.asarray(change[start : start + _CHUNK], np.float64)
-            levels = buffer[: len(part)]
-            # Most chunks lie inside the range: min and max (NaN fails both tests) spare
-            # them the finiteness check, the count and the clip.
-            if not (-limit <= part.min(initial=0.0) and part.max(initial=0.0) <= limit):
-                if not np.isfinite(part).all():
-                    raise ValueError("a change with NaN or infinite elements cannot be encoded")
-                clipped += int(np.count_nonzero(np.abs(part) > limit))
-                part = np.clip(part, -limit, limit)
-            np.multiply(part, levels_per_unit, out=levels)
-            np.rint(levels, out=levels)
-            if reclip:
-                np.clip(levels, -top, top, out=levels)
-            # Written as signed integers into the unsigned vector: the two's complement
-            # modulo 2**bits. Multiplying in the unsigned type keeps it so (|w * level|
-            # < 2**(bits-1): the signed product never overflows).
-            dest = out[start : start + len(part)]
-            np.copyto(signed[start : start + len(part)], levels, casting="unsafe")
-            np.multiply(dest, factor, out=dest)
+        step = len(buffer)
+        for start, part in chunks:
+            # Pieces longer than the buffer are taken a buffer's length at a time.
+            for lo in range(0, len(part), step):
+                piece = part[lo : lo + step]
+                clipped += self._encode_piece(
+                    piece, start + lo, buffer, signed, out, factor, top, reclip
+                )
         out[-1] = weight
         return out, clipped
+
+    def _encode_piece(
+        self,
+        part: np.ndarray,
+        start: int,
+        buffer: np.ndarray,
+        signed: np.ndarray,
+        out: np.ndarray,
+        factor: np.integer,
+        top: float,
+        reclip: bool,
+    ) -> int:
+        """Encode ``part`` (float64) into ``out[start:]``; how many elements were clipped."""
+        limit, levels_per_unit = self.params.range, self.levels / self.params.range
+        levels = buffer[: len(part)]
+        clipped = 0
+        # Most chunks lie inside the range: min and max (NaN fails both tests) spare
+        # them the finiteness check, the count and the clip.
+        if not (-limit <= part.min(initial=0.0) and part.max(initial=0.0) <= limit):
+            if not np.isfinite(part).all():
+                raise ValueError("a change with NaN or infinite elements cannot be encoded")
+            clipped = int(np.count_nonzero(np.abs(part) > limit))
+            part = np.clip(part, -limit, limit)
+        np.multiply(part, levels_per_unit, out=levels)
+        np.rint(levels, out=levels)
+        if reclip:
+            np.clip(levels, -top, top, out=levels)
+        # Written as signed integers into the unsigned vector: the two's complement
+        # modulo 2**bits. Multiplying in the unsigned type keeps it so (|w * level|
+        # < 2**(bits-1): the signed product never overflows).
+        dest = out[start : start + len(part)]
+        np.copyto(signed[start : start + len(part)], levels, casting="unsafe")
+        np.multiply(dest, factor, out=dest)
+        return clipped
 
     def decode(self, total: np.ndarray) -> tuple[np.ndarray, int]:
         """From the unmasked sum: the weighted mean change (float64) and the total weight.

@@ -81,12 +81,44 @@ class Layout:
             )
         return out
 
+    def change_chunks(
+        self, weights: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``change`` a piece at a time: (offset, float64 ``weights - base`` there), each
+        piece in one reused cache-sized buffer (valid until the next is asked for), so
+        no change-sized vector is made; the elements are ``change``'s, to the bit.
+
+        Raises:
+            ValueError: either model does not have this layout's names and shapes.
+        """
+        self._check(weights, "model")
+        self._check(base, "base")
+        buffer = np.empty(min(_CHUNK, max(self.size - 1, 1)), np.float64)
+        for name, _, _, where in self._slices():
+            flat_weights = np.asarray(weights[name]).reshape(-1)
+            flat_base = np.asarray(base[name]).reshape(-1)
+            for lo in range(0, len(flat_base), _CHUNK):
+                part = buffer[: len(flat_base[lo : lo + _CHUNK])]
+                np.subtract(
+                    flat_weights[lo : lo + _CHUNK],
+                    flat_base[lo : lo + _CHUNK],
+                    out=part,
+                    dtype=np.float64,
+                )
+                yield where.start + lo, part
+
     def apply(
-        self, base: Mapping[str, np.ndarray], change: np.ndarray, scale: float = 1.0
+        self,
+        base: Mapping[str, np.ndarray],
+        change: np.ndarray,
+        scale: float = 1.0,
+        out: Mapping[str, np.ndarray] | None = None,
     ) -> Weights:
         """``base + scale * change`` as a model with the layout's shapes and dtypes (cast
         like the base: integer tensors rounded); ``change`` may be integer (the summed
         levels of secure aggregation, ``scale`` their step over the total weight).
+        A tensor goes into ``out``'s of its name when that one is writable and of its
+        shape and dtype (the next model's message: no fresh pages), else into a new one.
 
         Computed in float64 a chunk at a time in a reused buffer, each element
         rounded as ``base + change.astype(float64) * scale`` would round it: one pass,
@@ -104,14 +136,26 @@ class Layout:
         for name, shape, dtype, where in self._slices():
             flat = np.asarray(base[name]).reshape(-1)
             part = change[where]
-            tensor = np.empty(shape, dtype)
-            out = tensor.reshape(-1)
-            for lo in range(0, len(out), _CHUNK):
-                values = buffer[: len(out[lo : lo + _CHUNK])]
+            tensor = None if out is None else out.get(name)
+            if tensor is None or not _fits(tensor, shape, dtype):
+                tensor = np.empty(shape, dtype)
+            into = tensor.reshape(-1)
+            for lo in range(0, len(into), _CHUNK):
+                values = buffer[: len(into[lo : lo + _CHUNK])]
                 np.multiply(part[lo : lo + _CHUNK], scale, out=values)
                 np.add(values, flat[lo : lo + _CHUNK], out=values)
                 if dtype.kind in "iub":
                     np.rint(values, out=values)
-                np.copyto(out[lo : lo + _CHUNK], values, casting="unsafe")
+                np.copyto(into[lo : lo + _CHUNK], values, casting="unsafe")
             model[name] = tensor
         return model
+
+
+def _fits(tensor: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Whether ``tensor`` can take a result of ``shape`` and ``dtype`` in place."""
+    return (
+        tensor.shape == shape
+        and tensor.dtype == dtype
+        and tensor.flags.writeable
+        and tensor.flags.c_contiguous
+    )

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from fl_kubeflow import protocol, strategies, wire
 from fl_kubeflow.protocol import Phase, SecAggStage
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.secagg.vector import Layout
 from fl_kubeflow.server import checkpoint, checkpoint_state, history, updates
 from fl_kubeflow.server.clients import Clients
@@ -101,14 +102,18 @@ class Federation:
         self.config = config
         self.strategy = strategy
         lock = threading.RLock()
-        # Model long-polls wait apart, woken only when an answer may have changed
-        # (server/model_waits.py); every other wait is on _cond.
+        # Model long-polls and secure stages' long-polls wait apart, each woken only when
+        # its answer may have changed (server/model_waits.py); every other wait is on _cond.
         self._model_waits = ModelWaits(lock, self._model_epoch)
-        self._cond = NotifyingCondition(lock, self._model_waits.changed)
+        self._stage_waits = ModelWaits(lock, self._stage_epoch)
+        self._cond = NotifyingCondition(lock, self._epochs_may_have_changed)
         self._phase = Phase.WAITING
         self._round = 0
         self._clients = Clients(config)
         self._model = GlobalModel(config.wire_dtype)
+        # The secure rounds' running sums: one round's memory is the next one's (a round
+        # drops its sum before the next makes one).
+        self._secure_sums = Recycler(per_kind=1)
         self._current: RoundRecord | None = None
         # The round being aggregated and saved: closed, not yet in _rounds.
         self._closing: RoundRecord | None = None
@@ -255,6 +260,21 @@ class Federation:
         if type(self)._try_model is not Federation._try_model:
             return ANY_CHANGE
         return (self._phase, self._round, len(self._revoked))
+
+    def _stage_epoch(self) -> Hashable:
+        """What a secure stage's long-poll answer (roster, inbox, unmask request) depends
+        on besides its own requests (under the lock): the run's phase and round,
+        revocations, and the open round's stage. Without it, each of a stage's N
+        messages woke the N clients waiting for the stage's end (N squared wake-ups)."""
+        current = self._current
+        secure = None if current is None else current.secure
+        stage = None if secure is None else (secure.stage, secure.closed)
+        return (self._phase, self._round, len(self._revoked), stage)
+
+    def _epochs_may_have_changed(self) -> None:
+        """Every notify_all of _cond (under the lock): wake the waits apart whose epoch changed."""
+        self._model_waits.changed()
+        self._stage_waits.changed()
 
     def wait_sampled(self, server_round: int, wait: float) -> dict[str, Any] | None:
         """Who round ``server_round`` (or a later one) asks to train, once it is open; at the
@@ -831,7 +851,7 @@ class Federation:
                 remaining = deadline - time.monotonic()
                 if answer is not None or remaining <= 0:
                     return answer
-                self._cond.wait(remaining)
+                self._stage_waits.wait(remaining)
 
     def _secure_config(self) -> dict[str, Any]:
         """The round config's secure-aggregation entry ({} in a plain run)."""
@@ -874,15 +894,16 @@ class Federation:
         self._cond.notify_all()
         return "aggregate" if secure.closed else None
 
-    def _unmask(self, current: RoundRecord, old_global: Weights) -> Weights:
-        """The secure round's aggregate (outside the lock): unmask, then the strategy's
+    def _unmask(self, current: RoundRecord, old_global: Weights, out: Weights) -> Weights:
+        """The secure round's aggregate (outside the lock): unmask (the mean written into
+        ``out``, the next message's tensors, where they fit), then the strategy's
         ``secure_aggregate``."""
         secure = current.secure
         assert secure is not None
         # The base is the round's message as clients decoded it: exact to the bound
         # with half-precision wire too.
         base = wire.decode(self._model.body, wire_dtype=self.config.wire_dtype)
-        mean, total = secure.unmask(base)
+        mean, total = secure.unmask(base, out)
         aggregate = self.strategy.secure_aggregate(current.number, old_global, mean, len(secure.u3))
         current.secure_report = secure.report()
         current.num_examples = total if secure.weighting == protocol.SECAGG_BY_EXAMPLES else None
@@ -1020,7 +1041,7 @@ class Federation:
         frame = self._model.frame(old_global)
         if current.secure is not None:
             try:
-                aggregate = self._unmask(current, old_global)
+                aggregate = self._unmask(current, old_global, frame.tensors)
             except SecureRoundFailed as exc:
                 with self._cond:
                     self._fail(str(exc))
@@ -1097,6 +1118,7 @@ class Federation:
                 Layout.of(self._model.weights),
                 opened=started,
                 round_timeout=self.config.round_timeout,
+                arrays=self._secure_sums,
             )
         self._phase = Phase.FIT
         self._adopt_announced(self._current, started)

@@ -7,7 +7,9 @@ times N updates a round made N squared wake-ups (benchmarks/load.md: 59 s rounds
 1,000 clients, the server's CPU growing with N squared). Here the model waiters wait
 on a condition of their own, on the same lock, notified only when the federation's
 *model epoch* (what any waiter's answer depends on besides its own requests: phase,
-round, revocations) differs from the last one seen: a few times a round.
+round, revocations) differs from the last one seen: a few times a round. A secure
+round's stage long-polls (roster, inbox, unmask request) wait the same way on a
+second one, with the stage in their epoch (``Federation._stage_epoch``).
 """
 
 from __future__ import annotations

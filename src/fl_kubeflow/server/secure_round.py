@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from fl_kubeflow.protocol import SECAGG_MASKED_TENSOR, SecAggStage
+from fl_kubeflow.recycling import Recycler
 from fl_kubeflow.secagg import graph, keys, masks, messages, shamir
 from fl_kubeflow.secagg.params import MIN_CLIENTS, GraphParams, SecAggParams, choose_graph
 from fl_kubeflow.secagg.quantise import Quantiser, WeightError
@@ -49,10 +50,21 @@ class ModularSum:
 
     Several request threads may fold at once; each stripe of the vector has its
     own lock, and numpy's unsigned addition wraps, which is the modular sum.
+
+    Args:
+        size: The vector's length.
+        dtype: uint32 or uint64.
+        arrays: Where the vector's memory comes from: an earlier round's, zeroed
+            (fresh pages cost a page fault each on the first fold: recycling.py); None:
+            new.
     """
 
-    def __init__(self, size: int, dtype: np.dtype) -> None:
-        self.vector = np.zeros(size, dtype)
+    def __init__(self, size: int, dtype: np.dtype, arrays: Recycler | None = None) -> None:
+        if arrays is None:
+            self.vector = np.zeros(size, dtype)
+        else:
+            self.vector = arrays.empty((size,), dtype)
+            self.vector.fill(0)
         self._locks = [threading.Lock() for _ in range(0, size, STRIPE)]
 
     def add(self, values: np.ndarray) -> None:
@@ -97,6 +109,8 @@ class SecureRound:
         layout: The global model as one vector (``Layout.of(global)``).
         opened: When the round opened (monotonic).
         round_timeout: Seconds from then the key stage may take (clients train first).
+        arrays: Where the running sum's memory comes from (the run's, reused round
+            after round); None: new memory.
     """
 
     def __init__(
@@ -107,8 +121,10 @@ class SecureRound:
         layout: Layout,
         opened: float,
         round_timeout: float,
+        arrays: Recycler | None = None,
     ) -> None:
         self.number = number
+        self._arrays = arrays
         self.params = params
         self.quantiser = Quantiser(params)
         self.weighting = weighting
@@ -251,7 +267,7 @@ class SecureRound:
             self.stage, self.deadline = SecAggStage.SHARES, after
         elif stage is SecAggStage.SHARES:
             self.u2 = sorted(self.shared)
-            self.sum = ModularSum(self.layout.size, self.quantiser.dtype)
+            self.sum = ModularSum(self.layout.size, self.quantiser.dtype, self._arrays)
             self.stage, self.deadline = SecAggStage.MASKED, after
         elif stage is SecAggStage.MASKED:
             self.u3 = sorted(self.masked)
@@ -555,7 +571,7 @@ class SecureRound:
 
     # ----------------------------------------------------------------- unmask
 
-    def unmask(self, base: Weights) -> tuple[Weights, int]:
+    def unmask(self, base: Weights, out: Weights | None = None) -> tuple[Weights, int]:
         """The survivors' weighted mean model and its total weight (outside the lock).
 
         Rebuilds each survivor's self-mask seed and each dropped client's masking key
@@ -566,6 +582,8 @@ class SecureRound:
 
         Args:
             base: The round's global model as the clients decoded it from its message.
+            out: Tensors the model may be written into (``Layout.apply``'s ``out``: the
+                next model's message), or None.
 
         Raises:
             SecureRoundFailed: a secret with too few (or inconsistent) shares, a masking
@@ -609,7 +627,7 @@ class SecureRound:
         except WeightError as exc:
             raise SecureRoundFailed(f"round {self.number}: {exc}") from None
         self.total_weight = total
-        model = self.layout.apply(base, levels, scale)
+        model = self.layout.apply(base, levels, scale, out=out)
         self.unmask_s = time.monotonic() - started
         return model, total
 

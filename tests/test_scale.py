@@ -1,7 +1,8 @@
 """A server that scales in clients: long-polls parked without threads, many clients.
 
-Real server processes on loopback. The server's worker pool is fixed (32 threads,
-ServerConfig.server_threads) whatever N is: held model long-polls must not take them.
+Real server processes on loopback. The server's worker pool is 32 threads plus one per
+update that may wait for the next model (ServerConfig.server_threads, update_holds, at
+most MAX_UPDATE_HOLDS) whatever N is: held model long-polls must not take them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from pathlib import Path
 
 from fl_kubeflow import files, wire
 from fl_kubeflow.client.numpy_trainers import random_weights
-from fl_kubeflow.server.config import PARKED_SERVER_THREADS
+from fl_kubeflow.server.config import MAX_UPDATE_HOLDS, PARKED_SERVER_THREADS
 from tests.fl_processes import ServerProcess, start_server
 
 SHAPES = [(8, 4), (4,)]
 # Beyond the worker pool: the socket loops, the run's driver, the guard, the parker...
 OTHER_THREADS = 24
 HELD = 200
+
+
+def _pool(clients: int) -> int:
+    """The server's worker threads for ``clients`` (started with it; none are added)."""
+    from fl_kubeflow.server.config import ServerConfig
+
+    return ServerConfig(num_clients=clients, num_rounds=1).server_threads
 
 
 def _threads(pid: int) -> int:
@@ -61,7 +69,7 @@ def _ask_model(conn: http.client.HTTPConnection, client_id: str, wait: float) ->
 
 
 def test_held_long_polls_take_no_worker_thread(tmp_path):
-    """200 long-polls held at once on a 32-thread pool: other requests are still served at
+    """200 long-polls held at once, none in a worker thread: other requests are still served at
     once, a poll whose wait ends gets its 204, and when the round opens every held poll
     gets the model."""
     server = _server(tmp_path, HELD + 2, 1)
@@ -78,7 +86,7 @@ def test_held_long_polls_take_no_worker_thread(tmp_path):
         assert response.status == 204, response.read()
         response.read()
         assert time.monotonic() - started < 30
-        assert _threads(server.proc.pid) <= PARKED_SERVER_THREADS + OTHER_THREADS
+        assert _threads(server.proc.pid) <= _pool(HELD + 2) + OTHER_THREADS
         # The last client's join opens round 1 (all joined): every held poll is answered.
         _ask_model(last, "last", 60)
         _join(server.port, "opener")
@@ -106,7 +114,8 @@ sys.exit(1 if result.errors else 0)
 
 
 def test_three_hundred_clients_from_three_processes(tmp_path):
-    """300 clients (three load processes) train two rounds on the fixed pool."""
+    """300 clients (three load processes) train two rounds on the pool started with the
+    server (no thread added however many wait)."""
     clients, processes = 300, 3
     server = _server(tmp_path, clients, 2)
     try:
@@ -137,7 +146,7 @@ def test_three_hundred_clients_from_three_processes(tmp_path):
         assert server.wait(120) == 0, server.log()[-2000:]
     finally:
         server.kill()
-    assert peak <= PARKED_SERVER_THREADS + OTHER_THREADS
+    assert peak <= _pool(clients) + OTHER_THREADS
     history = server.history()
     assert [len(r["contributors"]) for r in history["rounds"][1:]] == [clients] * 2
     final = server.final_weights()
@@ -145,14 +154,19 @@ def test_three_hundred_clients_from_three_processes(tmp_path):
         assert abs(float((final[name] - w0).mean()) - 2.0) < 1e-4
 
 
-def test_updates_waiting_for_the_next_model_leave_half_the_fixed_pool() -> None:
-    """An update sent with next=1 waits in a worker thread: on the fixed pool only half
-    of it may (the 300-client run above stalls for minutes if every worker waits), where
-    threads grow with N every client may."""
+def test_updates_waiting_for_the_next_model_have_threads_beside_the_pool() -> None:
+    """An update sent with next=1 waits in a worker thread of its own beside the 32 that
+    answer at once (the 300-client run above stalls for minutes if every worker waits),
+    up to MAX_UPDATE_HOLDS; where threads grow with N every client may."""
     from fl_kubeflow.secagg.params import SecAggParams
     from fl_kubeflow.server.config import ServerConfig
 
-    assert ServerConfig(num_clients=300, num_rounds=1).update_holds == PARKED_SERVER_THREADS // 2
+    run = ServerConfig(num_clients=300, num_rounds=1)
+    assert run.update_holds == 300
+    assert run.server_threads == PARKED_SERVER_THREADS + 300
+    large = ServerConfig(num_clients=10 * MAX_UPDATE_HOLDS, num_rounds=1)
+    assert large.update_holds == MAX_UPDATE_HOLDS
+    assert large.server_threads == PARKED_SERVER_THREADS + MAX_UPDATE_HOLDS
     assert ServerConfig(num_clients=8, num_rounds=1).update_holds == 8
     secure = ServerConfig(num_clients=300, num_rounds=1, secure_aggregation=SecAggParams())
     assert secure.update_holds == 300

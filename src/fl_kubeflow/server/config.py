@@ -20,6 +20,8 @@ MAX_IO_THREADS = 64
 MAX_RECEIVE_SLOTS = 64
 # Worker threads when model long-polls are parked without one (server_threads).
 PARKED_SERVER_THREADS = 32
+# Most updates waiting for the next model in worker threads of their own (update_holds).
+MAX_UPDATE_HOLDS = 1024
 # Below 2**53: every count, and the sum of a round's counts, stays exact as a float64 weight.
 MAX_EXAMPLES_CEILING = 10**15
 
@@ -219,25 +221,33 @@ class ServerConfig:
         round's model at once; the others are answered at once (202) and their clients
         long-poll, which on waitress holds no thread (server/parking.py).
 
-        Where threads grow with N every client may hold one. The fixed pool of parked
-        runs keeps half its threads for requests that answer at once: with every worker
-        waiting, no update could be received and the round would never close.
+        Where threads grow with N every client may hold one. On the parked pool each
+        hold has a thread of its own beside the ``PARKED_SERVER_THREADS`` that answer at
+        once (with every worker waiting no update could be received and the round would
+        never close), up to ``MAX_UPDATE_HOLDS``: an update answered with the model costs
+        the client and the server one request less than a 202 and a long-poll (1,000
+        clients at P = 100,000: 1.9-2.1 s -> 1.5 s a round, benchmarks/load.md), and a
+        thread waiting on the model's condition costs about 0.1 MB and one wake-up a round.
         """
-        if self.server_threads > PARKED_SERVER_THREADS:
+        if self._threads_grow_with_clients:
             return self.num_clients
-        return min(self.num_clients, self.server_threads // 2)
+        return min(self.num_clients, MAX_UPDATE_HOLDS)
 
     @property
     def server_threads(self) -> int:
         """Worker threads of the WSGI server.
 
         On waitress, model long-polls wait without a thread (server/parking.py): the
-        workers only run requests that answer at once, a pool that need not grow with
-        N. With TLS (cheroot) or secure aggregation (whose stage long-polls wait in
-        threads) every client may hold a long-poll while others submit: threads grow
-        with N.
+        workers are ``PARKED_SERVER_THREADS`` for requests that answer at once plus one
+        per ``update_holds`` (at most ``MAX_UPDATE_HOLDS`` whatever N). With TLS
+        (cheroot) or secure aggregation (whose stage long-polls wait in threads) every
+        client may hold a long-poll while others submit: threads grow with N.
         """
-        every_client = 2 * self.num_clients + 8
-        if self.tls_cert is not None or self.secure_aggregation is not None:
-            return every_client
-        return min(every_client, PARKED_SERVER_THREADS)
+        if self._threads_grow_with_clients:
+            return 2 * self.num_clients + 8
+        return PARKED_SERVER_THREADS + self.update_holds
+
+    @property
+    def _threads_grow_with_clients(self) -> bool:
+        """TLS (cheroot) and secure aggregation keep a thread per waiting request."""
+        return self.tls_cert is not None or self.secure_aggregation is not None

@@ -99,8 +99,8 @@ def _sockets(pid: int) -> int:
     return count
 
 
-def test_idle_clients_hold_no_connections(tmp_path: Path) -> None:
-    simulation = Simulation(numpy_options(tmp_path, 1000, 0.01, 3), lambda line: None)
+def _run_in_background(simulation: Simulation) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``simulation.run()`` on a daemon thread; what it raised lands in the list."""
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -111,6 +111,12 @@ def test_idle_clients_hold_no_connections(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    return thread, failure
+
+
+def test_idle_clients_hold_no_connections(tmp_path: Path) -> None:
+    simulation = Simulation(numpy_options(tmp_path, 1000, 0.01, 3), lambda line: None)
+    thread, failure = _run_in_background(simulation)
     most = samples = 0
     deadline = time.monotonic() + RUN_TIMEOUT
     while thread.is_alive() and time.monotonic() < deadline:
@@ -162,16 +168,7 @@ def test_a_worker_killed_mid_run_fails_the_simulation_and_stops_everything(
     tmp_path: Path,
 ) -> None:
     simulation = Simulation(numpy_options(tmp_path, 200, 0.1, 1000), lambda line: None)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            simulation.run()
-        except BaseException as exc:  # reported by the test thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, failure = _run_in_background(simulation)
     deadline = time.monotonic() + RUN_TIMEOUT
     # Once round 1 opened (the history's rounds start), the workers are in the run.
     while not list((tmp_path / "logs").glob("worker-1.log")) or "round 1" not in (

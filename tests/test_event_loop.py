@@ -20,13 +20,15 @@ import threading
 import time
 
 import pytest
+from waitress import wasyncore
 
 from fl_kubeflow import protocol, wire
 from fl_kubeflow.client.numpy_trainers import DeltaTrainer, random_weights
 from fl_kubeflow.client.swarm import run_swarm
+from fl_kubeflow.server import event_loop
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
-from fl_kubeflow.server.event_loop import HAS_EPOLL, RESCAN_EVERY
+from fl_kubeflow.server.event_loop import HAS_EPOLL, RESCAN_EVERY, EpollLoop, InterestMap
 from fl_kubeflow.server.federation import Federation
 from fl_kubeflow.server.header_check import check_request_head
 from fl_kubeflow.server.http_server import RunningServer, start_http_server
@@ -236,3 +238,44 @@ def test_a_response_a_worker_finishes_goes_out_at_once():
         _assert_nothing_missed(server)
     finally:
         server.close()
+
+
+class _Idle(wasyncore.dispatcher):
+    """A marking channel whose read interest the test switches (no data ever comes)."""
+
+    marks_interest_changes = True
+
+    def __init__(self, sock: socket.socket, map: InterestMap) -> None:
+        super().__init__(sock, map=map)
+        self.wants_read = False
+
+    def readable(self) -> bool:
+        return self.wants_read
+
+    def writable(self) -> bool:
+        return False
+
+    def polled_each_turn(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_rescan_counts_a_change_as_missed_only_if_nothing_marked_it(monkeypatch, marked):
+    """A change marked just before a rescan turn (its mark taken by that turn) is not a
+    miss; the same change with no mark is, once the next rescan finds none came."""
+    monkeypatch.setattr(event_loop, "RESCAN_EVERY", 0.0)  # every turn rescans
+    ours, theirs = socket.socketpair()
+    interest = InterestMap()
+    channel = _Idle(ours, interest)
+    loop = EpollLoop(interest, wake=lambda: None)
+    try:
+        loop.turn()  # registered, wanting nothing
+        channel.wants_read = True
+        if marked:
+            interest.changed(ours.fileno())
+        loop.turn()  # the rescan finds the new interest
+        loop.turn()  # the next one settles whether a mark came
+        assert loop.missed == (0 if marked else 1)
+    finally:
+        channel.close()
+        theirs.close()

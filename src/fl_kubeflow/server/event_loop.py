@@ -153,7 +153,7 @@ class EpollLoop:
         changed = self._map.take_changed()
         self._suspects -= changed  # their marks came, if late
         if self._maintained() or now >= self._next_rescan:
-            self._rescan()
+            self._rescan(changed)
             self._next_rescan = now + RESCAN_EVERY
         else:
             for fd in changed | self._each_turn:
@@ -186,10 +186,11 @@ class EpollLoop:
                 self._servers[fd] = cleanup
         return ran
 
-    def _rescan(self) -> None:
+    def _rescan(self, marked: set[int]) -> None:
         # A socket found wanting more than it was registered for may have been marked
         # a moment later (the rescan ran between a worker's change and its mark): a
-        # miss only if no mark came by the next rescan.
+        # miss only if no mark came by the next rescan. One marked before this turn
+        # (``marked``, taken already) was not missed: its change is simply asked here.
         for fd in self._suspects:
             self.missed += 1
             log.warning("socket %d's interest changed with nothing marking it", fd)
@@ -197,7 +198,12 @@ class EpollLoop:
         for fd in list(self._map):
             before = self._registered.get(fd)
             after = self._update(fd)
-            if before is not None and after & ~before and fd not in self._each_turn:
+            if (
+                before is not None
+                and after & ~before
+                and fd not in self._each_turn
+                and fd not in marked
+            ):
                 self._suspects.add(fd)
         for fd in [fd for fd in list(self._registered) if fd not in self._map]:
             self._forget(fd)

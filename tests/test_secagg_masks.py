@@ -1,4 +1,4 @@
-"""The masks: AES-256-CTR streams added modulo 2**bits, and that a masked input looks uniform."""
+"""The masks: AES-128-CTR streams added modulo 2**bits, and that a masked input looks uniform."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def _pair(label: str) -> keys.KeyPair:
 
 
 def _stream(seed: bytes, nbytes: int) -> bytes:
-    """The doc's PRG written out in one call: AES-256-CTR, key HKDF(seed), counter 0."""
-    info = b"fl-kubeflow secagg mask stream v1"
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed)
+    """The doc's PRG written out in one call: AES-128-CTR, key HKDF(seed), counter 0."""
+    info = b"fl-kubeflow secagg mask stream v2"
+    key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=info).derive(seed)
     encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
     return encryptor.update(bytes(nbytes)) + encryptor.finalize()
 

@@ -8,6 +8,6 @@ stream (``masks``), the model as one vector (``vector``), fixed-point quantisati
 (``quantise``) and the JSON encoding of binary values (``messages``).
 
 The primitives are the ``cryptography`` package's (X25519, HKDF-SHA256,
-AES-256-GCM, AES-256-CTR); secrets come from ``secrets``. Imports neither the
+AES-256-GCM, AES-128-CTR); secrets come from ``secrets``. Imports neither the
 server nor the client, nor any ML framework.
 """

@@ -1,10 +1,13 @@
-"""The masks: AES-256-CTR keystreams, read as unsigned integers, added in place.
+"""The masks: AES-128-CTR keystreams, read as unsigned integers, added in place.
 
-A mask is PRG(seed): AES-256-CTR under a key derived from the seed (HKDF, a label
+A mask is PRG(seed): AES-128-CTR under a key derived from the seed (HKDF, a label
 of its own), nonce zero (each key is used for one stream), over as many bytes as
-the vector has. It is made a chunk at a time into a reused buffer and added to (or
-subtracted from) the vector with numpy's wrapping unsigned arithmetic: modulo
-2**32 for uint32, 2**64 for uint64. Nothing model-sized is allocated.
+the vector has. A 128-bit key matches the X25519 agreement the seeds come from
+(about 128-bit security), and AES-128 has 10 rounds to AES-256's 14: a mask of 1M
+elements 0.52 instead of 0.80 ms here, and the masks are most of a secure round's
+CPU (benchmarks/secagg_primitives.py). It is made a chunk at a time into a reused
+buffer and added to (or subtracted from) the vector with numpy's wrapping unsigned
+arithmetic: modulo 2**32 for uint32, 2**64 for uint64. Nothing model-sized is allocated.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 # Elements per chunk of keystream: a few hundred KiB, in cache while it is added.
 CHUNK = 1 << 16
 SEED_BYTES = 32
-_LABEL = b"fl-kubeflow secagg mask stream v1"
+STREAM_KEY_BYTES = 16  # AES-128
+STREAM_LABEL = b"fl-kubeflow secagg mask stream v2"  # v1 was AES-256
 _BLOCK = 16
 # Offsets into a masked vector are whole AES blocks of uint32 (and of uint64) elements.
 ALIGN = _BLOCK // 4
@@ -97,9 +101,11 @@ def mask(length: int, dtype: np.dtype, seed: bytes) -> np.ndarray:
 
 
 def _cipher(seed: bytes, counter: bytes) -> Cipher:
-    """AES-256-CTR under HKDF(seed), from block ``counter`` of its one stream (each key
+    """AES-128-CTR under HKDF(seed), from block ``counter`` of its one stream (each key
     makes one stream, which starts at block zero)."""
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
         raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL).derive(seed)
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=STREAM_KEY_BYTES, salt=None, info=STREAM_LABEL
+    ).derive(seed)
     return Cipher(algorithms.AES(key), modes.CTR(counter))

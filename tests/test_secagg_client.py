@@ -64,6 +64,10 @@ class ScriptedRound:
         self.masked: np.ndarray | None = None
         self.reveals: list[dict[str, Any]] = []
         self.unmask_requests = 0
+        # Keys the client announced with its masked input, and round 2's scripted peers.
+        self.next_keys: dict[str, str] | None = None
+        self.next_peers: dict[str, ClientRound] = {}
+        self.next_roster: dict[str, Any] | None = None
 
     def roster(self) -> list[dict[str, str]]:
         entries = [self.client_keys] + [peer.keys_message() for peer in self.peers.values()]
@@ -167,6 +171,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         state, script = self.server.state, self.server.script
         if path == protocol.SECAGG_MASKED_PATH:
             state.masked = wire.decode(body)[protocol.SECAGG_MASKED_TENSOR]
+            state.next_keys = json.loads(self.headers.get(protocol.SECAGG_NEXT_KEYS_HEADER, "null"))
             return self._json(script["unmask"](state))
         payload = json.loads(body)
         if path == protocol.JOIN_PATH:
@@ -366,3 +371,61 @@ def test_the_cli_client_exits_non_zero_with_the_reason() -> None:
     assert done.returncode == 1, done.stderr
     assert "refused" in done.stderr and "both survived and dropped" in done.stderr
     assert server.state.reveals == []
+
+
+def next_roster(own_keys: bool) -> Script:
+    """An unmask request with round 2's roster: the client's announced keys (or, not
+    ``own_keys``, other keys under its id) and four fresh peers'."""
+
+    def unmask(state: ScriptedRound) -> dict[str, Any]:
+        answer = state.unmask_answer()
+        assert state.next_keys is not None  # announced with the masked input
+        state.next_peers = {
+            peer: ClientRound(peer, 2, state.params, protocol.SECAGG_BY_EXAMPLES) for peer in PEERS
+        }
+        mine = {"client_id": CLIENT, **state.next_keys}
+        if not own_keys:
+            mine = {**mine, "masking_key": messages.encode(keys.generate().public)}
+        fields = ("client_id", "encryption_key", "masking_key")
+        peers = [{f: p.keys_message()[f] for f in fields} for p in state.next_peers.values()]
+        graph = choose_graph(
+            len(PEERS) + 1, state.params.dropout_fraction, state.params.corrupt_fraction
+        )
+        state.next_roster = {
+            "round": 2,
+            "stage": "shares",
+            "roster": sorted([mine, *peers], key=lambda e: e["client_id"]),
+            "neighbours": graph.k,
+            "threshold": graph.t,
+        }
+        return {**answer, protocol.SECAGG_NEXT_ROSTER_FIELD: state.next_roster}
+
+    return unmask
+
+
+def test_the_reveal_carries_shares_for_the_next_rounds_roster_neighbours() -> None:
+    with scripted_server(unmask=next_roster(own_keys=True)) as server:
+        summary = run_client(server)
+    state = server.state
+    assert summary.rounds_trained == [1]
+    (reveal,) = state.reveals
+    # The keys went with the masked input; the reveal has the shares made with them.
+    assert protocol.SECAGG_NEXT_KEYS_FIELD not in reveal
+    shares = reveal[protocol.SECAGG_NEXT_SHARES_FIELD]
+    for peer in state.next_peers.values():
+        peer.accept_roster(state.next_roster)
+    holders = sorted(name for name, peer in state.next_peers.items() if CLIENT in peer.neighbours)
+    assert sorted(shares) == holders and len(holders) >= state.next_peers["0"].threshold
+    for name in holders:
+        peer = state.next_peers[name]
+        ciphertext = messages.decode(shares[name], keys.CIPHERTEXT_BYTES, "share")
+        # Sealed for this peer, round 2, from this client: it opens there, nowhere else.
+        self_mask, mask_key = keys.open_shares(peer._share_key(CLIENT), 2, CLIENT, name, ciphertext)
+        assert len(self_mask) == len(mask_key) == shamir.SHARE_BYTES
+
+
+def test_refuses_a_next_roster_without_its_announced_keys_before_revealing() -> None:
+    state = refused(
+        "does not list this client with its own keys", unmask=next_roster(own_keys=False)
+    )
+    assert state.reveals == []

@@ -302,10 +302,12 @@ def requests_of(record: Path) -> list[tuple[str, str, int, str]]:
     return [(r["method"], r["path"], r["status"], r["type"]) for r in lines]
 
 
-def test_reveals_bring_the_next_model_and_announce_the_next_rounds_keys(tmp_path):
+def test_later_rounds_share_ahead_and_take_two_posts(tmp_path):
     # Three clients, three rounds: round 1 is the model GET, keys, shares, masked and
-    # reveal; the reveal's answer is the next round's model, and the keys announced in it
-    # make round 2's (and 3's) key stage, closed as the round opens: no keys POST, no
+    # reveal. The masked input announces the next round's keys, the unmask request
+    # brings that round's roster, the reveal carries the shares for it, and the reveal's
+    # answer is the next round's model with the inbox: rounds 2 and 3 open past their
+    # key and share stages, two POSTs each (masked, reveal): no keys or shares POST, no
     # roster GET, no model GET after round 1's (the final model comes in the last reveal).
     rounds, deltas, counts = 3, [0.1, -0.2, 0.3], [2, 3, 5]
     server = start_server(tmp_path, "--clients", "3", "--rounds", str(rounds), *secure_options())
@@ -321,7 +323,9 @@ def test_reveals_bring_the_next_model_and_announce_the_next_rounds_keys(tmp_path
         made = requests_of(record)
         paths = [(method, path) for method, path, _, _ in made]
         assert paths.count(("POST", "/v1/secagg/keys")) == 1, made
-        assert paths.count(("GET", "/v1/secagg/roster")) == 0, made
+        assert paths.count(("POST", "/v1/secagg/shares")) == 1, made
+        assert paths.count(("POST", "/v1/secagg/masked")) == rounds, made
+        assert not [p for p in paths if p[0] == "GET" and p[1].startswith("/v1/secagg/")], made
         assert [r for r in made if r[:2] == ("GET", model) and r[2] == 200] == [
             ("GET", model, 200, safetensors)
         ], made
@@ -329,6 +333,8 @@ def test_reveals_bring_the_next_model_and_announce_the_next_rounds_keys(tmp_path
         assert reveals == [("POST", "/v1/secagg/reveal", 200, safetensors)] * rounds, made
     history = server.history()
     assert [r["secure_aggregation"]["keys_announced"] for r in history["rounds"][1:]] == [0, 3, 3]
+    ahead = [r["secure_aggregation"]["shares_ahead"] for r in history["rounds"][1:]]
+    assert ahead == [False, True, True]
     for record in history["rounds"][1:]:
         assert record["secure_aggregation"]["survivors"] == 3, record
     bound = Quantiser(SecAggParams()).error_bound
@@ -366,29 +372,50 @@ def test_clients_not_sampled_the_round_before_send_keys_beside_announced_ones(tm
     assert_model_moved_by(server.final_weights(), moved, rounds * (bound + 1e-6))
 
 
-def test_a_client_lost_after_announcing_its_keys_is_recovered_at_the_shares(tmp_path):
-    # Six clients tolerating two drop-outs, two rounds: client 5 dies once its round-1
-    # reveal is answered (with round 2's model). Its announced keys are on round 2's
-    # roster (the key stage closed as the round opened); it sends no shares, and round 2
-    # closes without it, its masks never added by anyone.
+def lose_client_5_in_round_1(tmp_path: Path, stage: str, *options: str) -> list[dict]:
+    """Six clients tolerating two drop-outs, two rounds; client 5 dies once its round-1
+    POST to ``stage`` is answered. The rounds' secure-aggregation records, once the
+    final model is checked: round 1's mean of all six, round 2's of the other five."""
     n, dropout_fraction, rounds = 6, 0.35, 2
     deltas, counts = [0.1, -0.2, 0.3, 0.05, 0.7, -0.6], [5, 10, 20, 40, 80, 160]
     server = start_server(
         tmp_path,
         *("--clients", str(n), "--rounds", str(rounds), "--min-clients", "4"),
-        # Round 2's shares stage gives its clients the training's time: this long.
-        *("--round-timeout", str(2 * STAGE_TIMEOUT), "--grace-period", "2"),
+        *("--grace-period", "2", *options),
         *secure_options(dropout_fraction=dropout_fraction),
     )
     steady = start_delta_clients(tmp_path, server.url, deltas[:5], counts[:5], *SHAPES_ARG)
-    lost = start_dropout_client(tmp_path, server.url, 5, "reveal", deltas[5], counts[5])
+    lost = start_dropout_client(tmp_path, server.url, 5, stage, deltas[5], counts[5])
     assert lost.wait() == DIED, lost.log()
     assert wait_all(steady) == [0] * 5, [c.log() for c in steady]
     assert server.wait() == 0, server.log()
-    first, second = (r["secure_aggregation"] for r in server.history()["rounds"][1:])
-    assert (first["roster"], first["survivors"], first["keys_announced"]) == (6, 6, 0)
-    assert (second["roster"], second["keys_announced"], second["survivors"]) == (6, 6, 5)
-    assert second["dropped_at_shares"] == ["5"] and second["dropped_at_masked"] == []
     step = fedavg_step(deltas, counts, 1.0) + fedavg_step(deltas[:5], counts[:5], 1.0)
     bound = Quantiser(SecAggParams()).error_bound
     assert_model_moved_by(server.final_weights(), step, rounds * (bound + 1e-6))
+    return [r["secure_aggregation"] for r in server.history()["rounds"][1:]]
+
+
+def test_a_client_lost_after_sharing_ahead_is_recovered_at_the_masked_stage(tmp_path):
+    # Client 5's round-1 reveal carried its shares for round 2 and was answered (with
+    # round 2's model). Round 2 opens with its key and share stages done in round 1,
+    # client 5 in U2; its masked input never comes, and its neighbours' shares of its
+    # key remove its masks. The masked stage gives its clients the training's time:
+    # the round timeout.
+    first, second = lose_client_5_in_round_1(
+        tmp_path, "reveal", "--round-timeout", str(2 * STAGE_TIMEOUT)
+    )
+    assert (first["roster"], first["survivors"], first["shares_ahead"]) == (6, 6, False)
+    assert (second["roster"], second["keys_announced"], second["shares_ahead"]) == (6, 6, True)
+    assert second["dropped_at_shares"] == [] and second["dropped_at_masked"] == ["5"]
+    assert second["survivors"] == 5
+
+
+def test_a_client_lost_before_sharing_ahead_is_recovered_at_the_shares(tmp_path):
+    # Client 5 dies once its round-1 masked input is answered: its round-1 reveal, with
+    # its shares for round 2, never comes. Round 1 closes without its reveal; round 2
+    # still opens with the shares the other five sent ahead (client 5 on the roster, by
+    # the keys its masked input announced, dropped at the shares: no one adds its masks).
+    first, second = lose_client_5_in_round_1(tmp_path, "masked")
+    assert (first["survivors"], first["dropped_at_reveal"]) == (6, ["5"])
+    assert (second["roster"], second["shares_ahead"], second["survivors"]) == (6, True, 5)
+    assert second["dropped_at_shares"] == ["5"] and second["dropped_at_masked"] == []

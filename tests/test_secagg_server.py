@@ -735,3 +735,118 @@ def test_announced_keys_are_checked_and_make_the_next_rounds_keys(serve: Any) ->
     roster = c0.answer(c0.get("/v1/secagg/roster"), "/v1/secagg/roster")
     assert sorted(e["client_id"] for e in roster["roster"]) == ["c0", "c1", "c2"]
     assert second.report()["keys_announced"] == 2
+
+
+def test_shares_ahead_are_checked_and_open_the_next_round_at_its_masked_stage(
+    serve: Any,
+) -> None:
+    """Keys announced in the masked inputs' ``X-FL-Next-Keys`` make round 2's roster,
+    which comes with each unmask request; a reveal's ``next_shares`` is refused (and the
+    reveal with it) unless it holds exactly the client's round-2 neighbours, each a
+    ciphertext of the right size; round 2 then opens past its key and share stages, each
+    client's inbox in its round config, and its masked inputs make the weighted mean."""
+    server = serve(3, num_rounds=2)
+    clients = join_all(server, 3, seed=5)
+    first = server.secure_round()
+    run_all(clients, {c.cid: "shares" for c in clients}, leave=False)
+    announced = {c.cid: (keys.generate(), keys.generate()) for c in clients}
+
+    def masked_announcing(client: Scripted) -> None:
+        enc, mask = announced[client.cid]
+        next_keys = {
+            "encryption_key": messages.encode(enc.public),
+            "masking_key": messages.encode(mask.public),
+        }
+        headers = client.raw._h(
+            {"X-FL-Round": "1", "X-FL-Metrics": "{}", "X-FL-Next-Keys": json.dumps(next_keys)}
+        )
+        response = client.raw.session.post(
+            f"{client.raw.url}/v1/secagg/masked",
+            params={"wait": WAIT},
+            data=masked(client.masked_vector()),
+            headers=headers,
+            timeout=WAIT + 30,
+        )
+        client.unmask = client.answer(response, "/v1/secagg/unmask")
+
+    # A malformed header is refused before the masked input counts.
+    bad = clients[0].raw._h({"X-FL-Round": "1", "X-FL-Next-Keys": "{not json"})
+    response = clients[0].raw.session.post(
+        f"{server.url}/v1/secagg/masked", data=masked(clients[0].masked_vector()), headers=bad
+    )
+    expect(response, 400, "bad_request")
+    assert "c0" not in first.masked
+    threads = [threading.Thread(target=masked_announcing, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 2)
+    rosters = [c.unmask["next_roster"] for c in clients]
+    assert all(r == rosters[0] for r in rosters) and rosters[0]["round"] == 2
+    assert [e["client_id"] for e in rosters[0]["roster"]] == ["c0", "c1", "c2"]
+    reveals, next_shares = {}, {}
+    for client in clients:
+        reveals[client.cid] = client.reveal_body(client.unmask)
+        # From here on the client is its round-2 self: that round's keys and roster.
+        client.round, (client.c, client.s) = 2, announced[client.cid]
+        client.take_roster(client.unmask["next_roster"])
+        next_shares[client.cid] = client.ciphertexts()
+    c0 = clients[0]
+    shares = next_shares["c0"]
+    one = next(iter(shares))
+    for wrong in (
+        {one: shares[one]},  # not every neighbour
+        {**shares, "c9": shares[one]},  # a stranger
+        {**shares, one: messages.encode(b"short")},  # a ciphertext of the wrong size
+        "not a map",
+    ):
+        response = c0.post("/v1/secagg/reveal", {**reveals["c0"], "next_shares": wrong})
+        expect(response, 400, "bad_request")
+        assert "c0" not in first.reveals
+    for client in clients:
+        body = {**reveals[client.cid], "next_shares": next_shares[client.cid]}
+        response = client.post("/v1/secagg/reveal", body)
+        assert response.status_code == 200, response.text
+    after_one = None
+    for client in clients:
+        client.fetch(2)
+        assert client.config["secagg_keys_announced"] is True
+        client.take_inbox(client.config["secagg_inbox"])
+        assert sorted(client.inbox) == sorted(client.neighbours)
+        after_one = client.base
+    second = server.secure_round()
+    assert second.number == 2 and second.ahead and second.stage.value == "masked"
+    assert second.u2 == ["c0", "c1", "c2"]
+    assert after_one is not None
+    bound = Quantiser(first.params).error_bound
+    assert_close(after_one, expected_model(clients), bound)
+    rng = np.random.default_rng(6)
+    for client in clients:
+        client.change = rng.uniform(-1, 1, second.layout.size - 1)
+    threads = [threading.Thread(target=c.masked_stage) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 2)
+    for client in clients:
+        assert "next_roster" not in client.unmask  # no round 3
+        client.reveal_stage()
+    assert_close(
+        final_model(server, clients[0], after=2), expected_model(clients, after_one), bound
+    )
+    report = server.federation.history()["rounds"][2]["secure_aggregation"]
+    assert report["shares_ahead"] is True and report["survivors"] == 3
+    assert report["keys_announced"] == 3
+
+
+def test_next_shares_without_a_round_made_ahead_are_refused(serve: Any) -> None:
+    """A reveal's ``next_shares`` when no masked input announced keys: 409, and the
+    reveal does not count."""
+    server = serve(3, num_rounds=2)
+    clients = join_all(server, 3, seed=7)
+    first = server.secure_round()
+    run_all(clients, {c.cid: "masked" for c in clients}, leave=False)
+    assert "next_roster" not in clients[0].unmask
+    body = {**clients[0].reveal_body(clients[0].unmask), "next_shares": {}}
+    expect(clients[0].post("/v1/secagg/reveal", body), 409, "wrong_round")
+    assert "c0" not in first.reveals

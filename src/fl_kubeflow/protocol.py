@@ -100,6 +100,15 @@ SECAGG_NEXT_KEYS_FIELD = "next_keys"
 # announced are the round's (it sends no keys); the roster, when it is fixed already.
 SECAGG_ANNOUNCED_KEY = "secagg_keys_announced"
 SECAGG_ROSTER_KEY = "secagg_roster"
+# Shares ahead (docs/secure_aggregation.md): a masked input's header announcing the
+# client's keys for the next round (the JSON object of ``next_keys``); the unmask
+# request's field with the next round's roster of those keys; the reveal's field with
+# the client's shares for that round; and the round-config key of the next round's
+# model answer with the inbox those shares made (its share stage is over as it opens).
+SECAGG_NEXT_KEYS_HEADER = "X-FL-Next-Keys"
+SECAGG_NEXT_ROSTER_FIELD = "next_roster"
+SECAGG_NEXT_SHARES_FIELD = "next_shares"
+SECAGG_INBOX_KEY = "secagg_inbox"
 
 
 # A client id: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.

@@ -68,18 +68,21 @@ class RoundAbandoned(Exception):
 
 @dataclass
 class AnnouncedKeys:
-    """Two fresh key pairs a client announces in its reveal, for the next round alone."""
+    """Two fresh key pairs a client announces with its masked input, for the next round
+    alone; and that round, made with them, once the unmask request brought its roster
+    and this client's reveal carried its shares (``ahead``: docs/secure_aggregation.md)."""
 
     server_round: int
     encryption: keys.KeyPair
     masking: keys.KeyPair
+    ahead: ClientRound | None = None
 
     @classmethod
     def fresh(cls, server_round: int) -> AnnouncedKeys:
         return cls(server_round, keys.generate(), keys.generate())
 
     def message(self) -> dict[str, str]:
-        """The reveal's ``next_keys`` field: the two public keys."""
+        """The two public keys (``next_keys``; the masked input's header holds it as JSON)."""
         return {
             "encryption_key": messages.encode(self.encryption.public),
             "masking_key": messages.encode(self.masking.public),
@@ -136,8 +139,13 @@ class ClientRound:
         self._encryption = announced.encryption if announced else keys.generate()
         self._masking = announced.masking if announced else keys.generate()
         self.given_roster = roster if announced else None
-        # The keys announced in this round's reveal for the next (made at the first reveal).
+        # The inbox the model answer carried, for a round whose shares went ahead.
+        self.given_inbox: Any = None
+        # The keys announced in this round for the next (``announce_next``), and this
+        # client's shares for the next round's neighbours once its roster came
+        # (``accept_next_roster``).
         self.next_keys: AnnouncedKeys | None = None
+        self._next_shares: dict[str, str] = {}
         self._self_mask: bytes | None = None
         # client id -> (encryption key, masking key), and each one's share x (1-based).
         self._roster: dict[str, tuple[bytes, bytes]] = {}
@@ -166,11 +174,12 @@ class ClientRound:
     ) -> ClientRound:
         """The round a round config's ``protocol.SECAGG_CONFIG_KEY`` entry describes; with
         ``announced`` keys if they are for this round and the config says they were taken."""
-        if not (
-            announced is not None
-            and announced.server_round == server_round
+        if announced is not None and not (
+            announced.server_round == server_round
             and config.get(protocol.SECAGG_ANNOUNCED_KEY) is True
         ):
+            if announced.ahead is not None:
+                announced.ahead.close()  # its secrets go with the keys
             announced = None
         entry = config[protocol.SECAGG_CONFIG_KEY]
         try:
@@ -179,6 +188,18 @@ class ClientRound:
             raise SecAggViolation(
                 f"round {server_round}: bad secure-aggregation config: {exc}"
             ) from None
+        ahead = None if announced is None else announced.ahead
+        if ahead is not None:
+            weighting = entry.get(protocol.SECAGG_WEIGHTING_KEY, protocol.SECAGG_BY_EXAMPLES)
+            inbox = config.get(protocol.SECAGG_INBOX_KEY)
+            if inbox is not None and (ahead.params, ahead.weighting) == (params, weighting):
+                # The round this client shared for in the previous one: its roster checked
+                # then, its shares sent; the server's inbox of it came with the model.
+                ahead.given_inbox = inbox
+                return ahead
+            # The server took the keys without those shares: new shares, a new self mask.
+            ahead.close()
+            announced = AnnouncedKeys(server_round, announced.encryption, announced.masking)
         return cls(
             client_id,
             server_round,
@@ -419,6 +440,40 @@ class ClientRound:
             raise RuntimeError("masked_vector before shares_message")
         return self._self_mask
 
+    # ------------------------------------------------------------------ the next round, ahead
+
+    def announce_next(self) -> dict[str, str]:
+        """The masked input's ``X-FL-Next-Keys`` header: fresh keys for the next round alone."""
+        self.next_keys = AnnouncedKeys.fresh(self.server_round + 1)
+        return {protocol.SECAGG_NEXT_KEYS_HEADER: json.dumps(self.next_keys.message())}
+
+    def accept_next_roster(self, request: Any) -> None:
+        """Take the next round's roster an unmask request carries (none: nothing to do):
+        checked as any roster, by that round's ``ClientRound`` of the announced keys,
+        which splits and encrypts its secrets now; the reveal then carries them.
+
+        Raises:
+            SecAggViolation: the roster fails ``accept_roster``'s checks, or came without
+                keys announced.
+        """
+        if not isinstance(request, dict):
+            return  # reveal_message refuses it
+        roster = request.get(protocol.SECAGG_NEXT_ROSTER_FIELD)
+        if roster is None or (self.next_keys is not None and self.next_keys.ahead is not None):
+            return
+        if self.next_keys is None:
+            raise self._refuse("the unmask request has a next roster; no keys were announced")
+        ahead = ClientRound(
+            self.client_id,
+            self.server_round + 1,
+            self.params,
+            self.weighting,
+            self.next_keys,
+        )
+        ahead.accept_roster(roster)
+        self._next_shares = ahead.shares_message()["shares"]
+        self.next_keys.ahead = ahead
+
     # ------------------------------------------------------------------ unmask, reveal
 
     def reveal_message(self, request: Any) -> dict[str, Any]:
@@ -472,15 +527,19 @@ class ClientRound:
                 f"survived; the threshold is {self.threshold}"
             )
         self.asked.update(kinds)
-        if self.next_keys is None:
-            self.next_keys = AnnouncedKeys.fresh(self.server_round + 1)
         reveal: dict[str, Any] = {
             "client_id": self.client_id,
             "round": self.server_round,
             SELF_MASK: {},
             MASK_KEY: {},
-            protocol.SECAGG_NEXT_KEYS_FIELD: self.next_keys.message(),
         }
+        if self.next_keys is None:
+            # Not announced with the masked input (a client that sends one without
+            # them): announced here, for the next round's key stage.
+            self.next_keys = AnnouncedKeys.fresh(self.server_round + 1)
+            reveal[protocol.SECAGG_NEXT_KEYS_FIELD] = self.next_keys.message()
+        elif self.next_keys.ahead is not None:
+            reveal[protocol.SECAGG_NEXT_SHARES_FIELD] = self._next_shares
         for peer, kind in kinds.items():
             self_mask_share, mask_key_share = self._inbox[peer]
             share = self_mask_share if kind == SELF_MASK else mask_key_share
@@ -543,20 +602,12 @@ def run_secure_round(
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"secagg-{secure.client_id}")
     try:
         encoded = worker.submit(secure.encode, trained, base, num_examples, arrays)
-        if not secure.announced:
-            roster = stages.post(
-                protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()
-            )
-        elif secure.given_roster is None:
-            roster = stages.get(protocol.SECAGG_ROSTER_PATH)
+        if secure.given_inbox is not None:
+            # Roster and shares went in the previous round: the inbox came with the model.
+            premasked = worker.submit(_premask, secure, encoded)
+            secure.accept_inbox(secure.given_inbox)
         else:
-            roster = secure.given_roster
-        secure.accept_roster(roster)
-        shares = secure.shares_message()
-        premasked = worker.submit(_premask, secure, encoded)
-        secure.accept_inbox(
-            stages.post(protocol.SECAGG_SHARES_PATH, protocol.SECAGG_INBOX_PATH, json=shares)
-        )
+            premasked = _share(stages, secure, worker, encoded)
         vector, clipped = premasked.result(timeout=stages.remaining())
         secure.finish_mask(vector)
         metrics = {**metrics, "secagg_clipped": float(clipped)}
@@ -564,6 +615,7 @@ def run_secure_round(
             protocol.ROUND_HEADER: str(secure.server_round),
             protocol.METRICS_HEADER: json.dumps(metrics),
             "Content-Type": wire.CONTENT_TYPE,
+            **secure.announce_next(),
         }
         body = BufferBody(wire.encode_parts({protocol.SECAGG_MASKED_TENSOR: vector}))
         request = stages.post(
@@ -574,6 +626,7 @@ def run_secure_round(
         # when that came in time; one that answers with another unmask request gets the
         # same shares again, or a refusal if a peer's kind changed.
         while True:
+            secure.accept_next_roster(request)
             response = stages.post_last(
                 protocol.SECAGG_REVEAL_PATH, json=secure.reveal_message(request)
             )
@@ -592,6 +645,31 @@ def run_secure_round(
         # The worker uses the round's secrets: it ends before they are dropped.
         worker.shutdown(wait=True, cancel_futures=True)
         secure.close()
+
+
+def _share(
+    stages: _Stages,
+    secure: ClientRound,
+    worker: ThreadPoolExecutor,
+    encoded: Future[tuple[np.ndarray, int]],
+) -> Future[tuple[np.ndarray, int]]:
+    """The key and share stages (the roster asked for or given, the shares sent, the inbox
+    taken); the input is masked on ``worker`` meanwhile."""
+    if not secure.announced:
+        roster = stages.post(
+            protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()
+        )
+    elif secure.given_roster is None:
+        roster = stages.get(protocol.SECAGG_ROSTER_PATH)
+    else:
+        roster = secure.given_roster
+    secure.accept_roster(roster)
+    shares = secure.shares_message()
+    premasked = worker.submit(_premask, secure, encoded)
+    secure.accept_inbox(
+        stages.post(protocol.SECAGG_SHARES_PATH, protocol.SECAGG_INBOX_PATH, json=shares)
+    )
+    return premasked
 
 
 def _premask(

@@ -274,9 +274,10 @@ def create_app(
         client_id = _client_id()
         server_round = _int_header(protocol.ROUND_HEADER)
         metrics = _metrics_header()
+        next_keys = _next_keys_header()
         with bodies_in_memory:
             accepted = federation.submit_masked(
-                client_id, server_round, metrics, _weights_body(config)
+                client_id, server_round, metrics, _weights_body(config), next_keys
             )
         # The answer waits for the stage's end: the folded body's receive slot must not,
         # or the other clients' masked inputs queue behind it for --slot-patience.
@@ -302,6 +303,7 @@ def create_app(
             _binary_map(body, "self_mask_shares", shamir.SHARE_BYTES),
             _binary_map(body, "mask_key_shares", shamir.SHARE_BYTES),
             _next_keys(body),
+            _next_shares(body),
         )
         # The round's last message from this client: with ``next=1`` its answer is the
         # next round's model, as an update's is (docs/protocol.md, Update and next model).
@@ -502,6 +504,26 @@ def _next_keys(body: dict[str, Any]) -> tuple[bytes, bytes] | None:
         _binary_field(value, "encryption_key", keys.KEY_BYTES),
         _binary_field(value, "masking_key", keys.KEY_BYTES),
     )
+
+
+def _next_keys_header() -> tuple[bytes, bytes] | None:
+    """A masked input's optional announced keys for the next round (a header holding the
+    JSON object of a reveal's ``next_keys``); 400 if malformed."""
+    text = request.headers.get(protocol.SECAGG_NEXT_KEYS_HEADER)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise BadRequest(f"header {protocol.SECAGG_NEXT_KEYS_HEADER} is not JSON") from None
+    return _next_keys({protocol.SECAGG_NEXT_KEYS_FIELD: value})
+
+
+def _next_shares(body: dict[str, Any]) -> dict[str, bytes] | None:
+    """A reveal's optional shares for the next round's neighbours; 400 if malformed."""
+    if body.get(protocol.SECAGG_NEXT_SHARES_FIELD) is None:
+        return None
+    return _binary_map(body, protocol.SECAGG_NEXT_SHARES_FIELD, keys.CIPHERTEXT_BYTES)
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:

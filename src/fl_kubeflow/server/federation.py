@@ -129,10 +129,13 @@ class Federation:
         self._counters = Counters()
         # Client ids revoked during the run, joined or not: refused from then on.
         self._revoked: set[str] = set()
-        # Secure runs: public keys clients announced in their reveals for the round after
-        # (client -> (encryption key, masking key)), and that round's number.
+        # Secure runs: public keys clients announced (in their masked inputs or reveals)
+        # for the round after (client -> (encryption key, masking key)), and that round's
+        # number; and that round made from them, its shares collected in this round's
+        # reveals (SecureRound.ahead_of), until it opens.
         self._announced: dict[str, tuple[bytes, bytes]] = {}
         self._announced_round = 0
+        self._ahead: SecureRound | None = None
         if config.secure_aggregation is not None:
             # Refused at start, not in round 1: a rule that needs every update, or a
             # federation the options cannot serve (ValueError saying why).
@@ -641,9 +644,16 @@ class Federation:
         )
 
     def submit_masked(
-        self, client_id: str, server_round: int, metrics: dict[str, float], body: wire.Buffer
+        self,
+        client_id: str,
+        server_round: int,
+        metrics: dict[str, float],
+        body: wire.Buffer,
+        next_keys: tuple[bytes, bytes] | None = None,
     ) -> dict[str, Any]:
-        """Check a masked input and fold it into the round's running sum, once per client.
+        """Check a masked input and fold it into the round's running sum, once per client;
+        with ``next_keys``, the client's public keys for the next round, whose roster the
+        masked stage's end then makes (shares ahead: docs/secure_aggregation.md).
 
         Like ``submit_update``: checked outside the lock, folded outside it alongside
         others (the stage cannot close meanwhile), a resend of the same bytes answered
@@ -664,6 +674,8 @@ class Federation:
             # Checked again: the run may have failed, or the stage closed, meanwhile.
             self._secure_round(client_id, server_round)
             with self._secure_refusals(client_id, server_round):
+                if next_keys is not None:
+                    self._check_announced(client_id, next_keys)
                 if not secure.add_masked(client_id, digest):
                     self._counters.updates_duplicate += 1
                     return {**answer, "duplicate": True}
@@ -676,6 +688,8 @@ class Federation:
             raise
         with self._cond:
             secure.folded(client_id, digest)
+            if next_keys is not None:
+                self._announce(client_id, server_round + 1, next_keys)
             current = self._current
             assert current is not None
             # Example counts are private: the round's total is all the server learns.
@@ -690,10 +704,40 @@ class Federation:
         return {**answer, "duplicate": False}
 
     def wait_unmask(self, client_id: str, server_round: int, wait: float) -> dict[str, Any] | None:
-        """Who survived and who dropped, once the masked stage closed; None if not yet."""
+        """Who survived and who dropped, once the masked stage closed, with the next
+        round's roster if it was made ahead; None if not yet."""
         return self._wait_secure(
-            client_id, server_round, wait, lambda s, _: s.unmask_answer(client_id)
+            client_id,
+            server_round,
+            wait,
+            lambda s, _: self._with_next_roster(client_id, s.unmask_answer(client_id)),
         )
+
+    def _with_next_roster(
+        self, client_id: str, answer: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """An unmask request with the next round's roster, for a client on it (under the lock)."""
+        ahead = self._ahead
+        if answer is None or ahead is None or client_id not in ahead.roster:
+            return answer
+        roster = ahead.roster_answer(client_id, ahead.roster)
+        return {**answer, protocol.SECAGG_NEXT_ROSTER_FIELD: roster}
+
+    def _shares_ahead(self, current: RoundRecord, now: float) -> SecureRound | None:
+        """The next round made from the keys the survivors announced in their masked inputs
+        (under the lock, as the masked stage closes), if its shares can travel in this
+        round's reveals: every client trains in every round (no sampling), a next round,
+        a roster short enough for the model answer's header."""
+        secure = current.secure
+        assert secure is not None
+        if (
+            getattr(self.strategy, "fraction_fit", 1.0) < 1.0
+            or current.number >= self.config.num_rounds
+            or len(secure.u3) > ROSTER_IN_ANSWER_CLIENTS
+            or self._announced_round != current.number + 1
+        ):
+            return None
+        return SecureRound.ahead_of(secure, self._announced, now)
 
     def submit_reveal(
         self,
@@ -702,10 +746,13 @@ class Federation:
         self_mask_shares: Mapping[str, bytes],
         mask_key_shares: Mapping[str, bytes],
         next_keys: tuple[bytes, bytes] | None = None,
+        next_shares: Mapping[str, bytes] | None = None,
     ) -> None:
         """A survivor's shares that remove the masks: self masks of surviving neighbours,
         masking keys of dropped ones; and, optionally, its two public keys for the next
-        round (``next_keys``: that round's key stage then needs nothing from it).
+        round (``next_keys``: that round's key stage then needs nothing from it), or its
+        encrypted shares for the next round's neighbours (``next_shares``, once the
+        unmask request brought that round's roster: its share stage, ahead).
 
         The self masks these shares complete (t in) are taken out of the sum here,
         outside the lock, while other reveals come in: the unmask after the stage has
@@ -716,6 +763,17 @@ class Federation:
         def reveal(secure: SecureRound, _: list[str]) -> None:
             if next_keys is not None:
                 self._check_announced(client_id, next_keys)
+            if next_shares is not None:
+                ahead = self._ahead
+                if ahead is None or ahead.number != server_round + 1:
+                    raise WrongRound(
+                        f"round {server_round + 1} was not made ahead: its shares go in its "
+                        "own share stage",
+                        current_round=server_round,
+                    )
+                # Checked (and routed: the same again is no change) before the reveal
+                # counts, so a refused reveal leaves nothing of either.
+                ahead.add_shares(client_id, next_shares)
             secure.add_reveal(client_id, self_mask_shares, mask_key_shares)
             if next_keys is not None:
                 self._announce(client_id, server_round + 1, next_keys)
@@ -754,6 +812,15 @@ class Federation:
         secure = current.secure
         announced = self._announced if self._announced_round == current.number else {}
         self._announced, self._announced_round = {}, 0
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.number == current.number:
+            if ahead.open_ahead(now, current.sampled, self.config.quorum):
+                # Its key and share stages ran in the previous round: the clients get
+                # their inbox with the model and go straight to their masked input.
+                current.secure = ahead
+                return
+            # Its keys made shares for a roster that did not come about: fresh keys.
+            announced = {c: pair for c, pair in announced.items() if c not in ahead.keys}
         if secure is None or not announced:
             return
         taken = secure.adopt_announced(announced, current.sampled)
@@ -770,6 +837,8 @@ class Federation:
         config: dict[str, Any] = {protocol.SECAGG_ANNOUNCED_KEY: True}
         if secure.stage is not SecAggStage.KEYS and len(secure.roster) <= ROSTER_IN_ANSWER_CLIENTS:
             config[protocol.SECAGG_ROSTER_KEY] = secure.roster_answer(client_id, current.sampled)
+        if secure.ahead and client_id in secure.u2:
+            config[protocol.SECAGG_INBOX_KEY] = secure.inbox_answer(client_id)
         return config
 
     def _close_stage_if_done(self, current: RoundRecord) -> None:
@@ -891,6 +960,8 @@ class Federation:
             log.warning("round %d: %s stage closed without %s", current.number, stage.value, step)
         if stage is SecAggStage.KEYS:
             current.timed_out = step
+        if stage is SecAggStage.MASKED:
+            self._ahead = self._shares_ahead(current, now)
         self._cond.notify_all()
         return "aggregate" if secure.closed else None
 
@@ -1258,11 +1329,15 @@ def _keys_open(record: RoundRecord) -> bool:
 
 def _may_train(record: RoundRecord, client_id: str) -> bool:
     """Whether ``client_id`` may have ``record``'s model to train: as ``_keys_open``, or
-    it is on a secure round's roster by keys it announced and the shares stage is open."""
+    it is on a secure round's roster by keys it announced and the shares stage is open,
+    or the round's shares came ahead, this client's among them, and the masked stage is
+    open."""
     secure = record.secure
     if _keys_open(record):
         return True
     assert secure is not None
+    if secure.ahead:
+        return secure.stage is SecAggStage.MASKED and client_id in secure.u2
     return secure.stage is SecAggStage.SHARES and client_id in secure.announced
 
 

@@ -137,9 +137,12 @@ class SecureRound:
         self.closed = False
         # Keys: client -> (encryption key, masking key), U1 once the stage closed.
         self.keys: dict[str, tuple[bytes, bytes]] = {}
-        # Those whose keys were announced in the previous round's reveal: they train after
-        # the key stage, not before it.
+        # Those whose keys were announced in the previous round: they train after the key
+        # stage, not before it.
         self.announced: set[str] = set()
+        # Whether the key and share stages ran during the previous round (``open_ahead``):
+        # the clients then train during the masked stage.
+        self.ahead = False
         self.roster: list[str] = []
         self._roster_entries: list[dict[str, str]] | None = None
         self.graph: GraphParams | None = None
@@ -267,6 +270,10 @@ class SecureRound:
             self.stage, self.deadline = SecAggStage.SHARES, after
         elif stage is SecAggStage.SHARES:
             self.u2 = sorted(self.shared)
+            if self.ahead:
+                # The shares came in the previous round: the clients train now, and the
+                # masked stage gives them the training's time.
+                after = max(after, self.opened + self.round_timeout)
             self.sum = ModularSum(self.layout.size, self.quantiser.dtype, self._arrays)
             self.stage, self.deadline = SecAggStage.MASKED, after
         elif stage is SecAggStage.MASKED:
@@ -313,6 +320,56 @@ class SecureRound:
             current_round=self.number,
             stage=self.stage.value,
         )
+
+    # ------------------------------------------------------------------ ahead
+
+    @classmethod
+    def ahead_of(
+        cls,
+        previous: SecureRound,
+        announced: Mapping[str, tuple[bytes, bytes]],
+        now: float,
+    ) -> SecureRound | None:
+        """The next round's key stage, closed now with the keys ``previous``'s survivors
+        announced in their masked inputs, so that its shares travel in ``previous``'s
+        reveals; None unless every survivor announced and the roster makes a graph."""
+        survivors = previous.u3
+        if len(survivors) < MIN_CLIENTS or any(c not in announced for c in survivors):
+            return None
+        ahead = cls(
+            previous.number + 1,
+            previous.params,
+            previous.weighting,
+            previous.layout,
+            opened=now,
+            round_timeout=previous.round_timeout,
+            arrays=previous._arrays,
+        )
+        try:
+            for client_id in survivors:
+                ahead.add_keys(client_id, *announced[client_id], survivors)
+            ahead.close_stage(now)
+        except (BadRequest, Conflict, WrongRound, SecureRoundFailed):
+            return None
+        ahead.announced = set(ahead.roster)
+        return ahead
+
+    def open_ahead(self, now: float, sampled: Sequence[str], quorum: int) -> bool:
+        """Open this round made by ``ahead_of`` as the one it was made for: its share stage
+        closes now with the shares the previous round's reveals brought. False (nothing
+        changed) unless the round samples the roster, but for clients that sent no shares
+        (lost in the previous round's reveal stage: dropped at this one's shares), and
+        at least ``quorum`` sent shares."""
+        if self.stage is not SecAggStage.SHARES:
+            return False
+        chosen, roster = set(sampled), set(self.roster)
+        if not chosen <= roster or (roster - chosen) & self.shared:
+            return False
+        if len(self.shared) < max(quorum, MIN_CLIENTS):
+            return False
+        self.opened, self.ahead = now, True
+        self.close_stage(now)
+        return True
 
     # ------------------------------------------------------------------- keys
 
@@ -664,6 +721,7 @@ class SecureRound:
             "threshold": self.graph.t if self.graph else None,
             "roster": len(self.roster),
             "keys_announced": len(self.announced),
+            "shares_ahead": self.ahead,
             "survivors": len(self.u3),
             "revealed": len(self.u4),
             "dropped_at_shares": [c for c in self.roster if c not in u2],

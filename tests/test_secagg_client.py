@@ -429,3 +429,26 @@ def test_refuses_a_next_roster_without_its_announced_keys_before_revealing() -> 
         "does not list this client with its own keys", unmask=next_roster(own_keys=False)
     )
     assert state.reveals == []
+
+
+def test_a_refused_round_drops_the_next_rounds_secrets_made_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The unmask request brings round 2's roster (the client makes its round-2 secrets
+    # and shares), then the reveal's answer flips a peer: the client refuses, and its
+    # round-2 state is closed as its round-1 state is, not left to the garbage collector.
+    closed: list[tuple[int, bool]] = []
+    close = ClientRound.close
+
+    def recording_close(self: ClientRound) -> None:
+        close(self)
+        closed.append((self.server_round, self._self_mask is None))
+
+    monkeypatch.setattr(ClientRound, "close", recording_close)
+    state = refused(
+        "other share",
+        unmask=next_roster(own_keys=True),
+        reveal=lambda state: state.unmask_answer(dropped=("3",)),
+    )
+    assert protocol.SECAGG_NEXT_SHARES_FIELD in state.reveals[0]
+    assert sorted(closed) == [(1, True), (2, True)]

@@ -9,6 +9,7 @@ is tested in test_secagg_client.py; real processes in test_secagg_runs.py.
 
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
 import socket
@@ -35,7 +36,7 @@ from fl_kubeflow.secagg.vector import Layout
 from fl_kubeflow.server import checkpoint, checkpoint_state
 from fl_kubeflow.server.app import create_app
 from fl_kubeflow.server.config import ServerConfig
-from fl_kubeflow.server.federation import Federation
+from fl_kubeflow.server.federation import ROSTER_IN_ANSWER_CLIENTS, Federation
 from fl_kubeflow.server.header_check import check_request_head
 from fl_kubeflow.server.http_server import start_http_server
 from fl_kubeflow.server.identity import identities_for
@@ -850,3 +851,33 @@ def test_next_shares_without_a_round_made_ahead_are_refused(serve: Any) -> None:
     body = {**clients[0].reveal_body(clients[0].unmask), "next_shares": {}}
     expect(clients[0].post("/v1/secagg/reveal", body), 409, "wrong_round")
     assert "c0" not in first.reveals
+
+
+def test_the_largest_roster_made_ahead_and_its_inboxes_fit_one_header_line() -> None:
+    """At the most clients a round's roster travels with the model (ids of the longest
+    kind), the round config of a round whose shares went ahead, roster and inbox, is
+    one ``X-FL-Config`` line within what the client's HTTP parser reads (http.client's
+    line limit)."""
+    n = ROSTER_IN_ANSWER_CLIENTS
+    ids = [f"{i:03d}" + "x" * 60 for i in range(n)]  # 63 characters: the longest id
+    layout = Layout.of(W0)
+    previous = SecureRound(1, SecAggParams(), "examples", layout, opened=0.0, round_timeout=60)
+    previous.u3 = ids
+    announced = {c: (keys.generate().public, keys.generate().public) for c in ids}
+    ahead = SecureRound.ahead_of(previous, announced, now=0.0)
+    assert ahead is not None and ahead.graph is not None and ahead.graph.k > n // 3
+    for client_id in ids:
+        shares = {
+            j: secrets.token_bytes(keys.CIPHERTEXT_BYTES) for j in ahead.neighbours[client_id]
+        }
+        ahead.add_shares(client_id, shares)
+    assert ahead.open_ahead(0.0, ids, quorum=3)
+    longest = 0
+    for client_id in ids:
+        config = {
+            "secagg_keys_announced": True,
+            "secagg_roster": ahead.roster_answer(client_id, ids),
+            "secagg_inbox": ahead.inbox_answer(client_id),
+        }
+        longest = max(longest, len(f"X-FL-Config: {json.dumps(config)}\r\n"))
+    assert longest < http.client._MAXLINE, longest

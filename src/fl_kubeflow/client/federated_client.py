@@ -287,18 +287,24 @@ class FederatedClient:
         secure = ClientRound.from_config(
             self.client_id, model.server_round, model.config, announced
         )
-        outcome = run_secure_round(
-            self._call,
-            secure,
-            result.weights,
-            model.weights,
-            result.num_examples,
-            result.metrics,
-            poll_wait=self.poll_wait,
-            request_timeout=self.transport.request_timeout,
-            timeout=self.round_wait_timeout,
-            arrays=self._secure_vectors,
-        )
+        try:
+            outcome = run_secure_round(
+                self._call,
+                secure,
+                result.weights,
+                model.weights,
+                result.num_examples,
+                result.metrics,
+                poll_wait=self.poll_wait,
+                request_timeout=self.transport.request_timeout,
+                timeout=self.round_wait_timeout,
+                arrays=self._secure_vectors,
+            )
+        except BaseException:
+            # The next round's secrets, if made, go with this round's failure.
+            if secure.next_keys is not None and secure.next_keys.ahead is not None:
+                secure.next_keys.ahead.close()
+            raise
         self._announced = outcome.next_keys
         answered = None if outcome.next_model is None else self._model_from(outcome.next_model)
         return FitResult(result.weights, result.num_examples, outcome.metrics), answered

@@ -146,8 +146,16 @@ class Scripted:
             timeout=wait + 30,
         )
 
-    def post_masked(self, server_round: int, body: bytes, wait: float = WAIT) -> requests.Response:
-        headers = self.raw._h({"X-FL-Round": str(server_round), "X-FL-Metrics": '{"loss": 1}'})
+    def post_masked(
+        self,
+        server_round: int,
+        body: bytes,
+        wait: float = WAIT,
+        extra: dict[str, str] | None = None,
+    ) -> requests.Response:
+        headers = self.raw._h(
+            {"X-FL-Round": str(server_round), "X-FL-Metrics": '{"loss": 1}', **(extra or {})}
+        )
         return self.raw.session.post(
             f"{self.raw.url}/v1/secagg/masked",
             params={"wait": wait},
@@ -758,22 +766,13 @@ def test_shares_ahead_are_checked_and_open_the_next_round_at_its_masked_stage(
             "encryption_key": messages.encode(enc.public),
             "masking_key": messages.encode(mask.public),
         }
-        headers = client.raw._h(
-            {"X-FL-Round": "1", "X-FL-Metrics": "{}", "X-FL-Next-Keys": json.dumps(next_keys)}
-        )
-        response = client.raw.session.post(
-            f"{client.raw.url}/v1/secagg/masked",
-            params={"wait": WAIT},
-            data=masked(client.masked_vector()),
-            headers=headers,
-            timeout=WAIT + 30,
-        )
+        extra = {"X-FL-Next-Keys": json.dumps(next_keys)}
+        response = client.post_masked(1, masked(client.masked_vector()), extra=extra)
         client.unmask = client.answer(response, "/v1/secagg/unmask")
 
     # A malformed header is refused before the masked input counts.
-    bad = clients[0].raw._h({"X-FL-Round": "1", "X-FL-Next-Keys": "{not json"})
-    response = clients[0].raw.session.post(
-        f"{server.url}/v1/secagg/masked", data=masked(clients[0].masked_vector()), headers=bad
+    response = clients[0].post_masked(
+        1, masked(clients[0].masked_vector()), extra={"X-FL-Next-Keys": "{not json"}
     )
     expect(response, 400, "bad_request")
     assert "c0" not in first.masked

@@ -302,8 +302,8 @@ class FederatedClient:
             )
         except BaseException:
             # The next round's secrets, if made, go with this round's failure.
-            if secure.next_keys is not None and secure.next_keys.ahead is not None:
-                secure.next_keys.ahead.close()
+            if secure.next_keys is not None:
+                secure.next_keys.close_ahead()
             raise
         self._announced = outcome.next_keys
         answered = None if outcome.next_model is None else self._model_from(outcome.next_model)

@@ -81,6 +81,12 @@ class AnnouncedKeys:
     def fresh(cls, server_round: int) -> AnnouncedKeys:
         return cls(server_round, keys.generate(), keys.generate())
 
+    def close_ahead(self) -> None:
+        """Drop the round made ahead with these keys, if any: its secrets go unused."""
+        if self.ahead is not None:
+            self.ahead.close()
+            self.ahead = None
+
     def message(self) -> dict[str, str]:
         """The two public keys (``next_keys``; the masked input's header holds it as JSON)."""
         return {
@@ -178,8 +184,7 @@ class ClientRound:
             announced.server_round == server_round
             and config.get(protocol.SECAGG_ANNOUNCED_KEY) is True
         ):
-            if announced.ahead is not None:
-                announced.ahead.close()  # its secrets go with the keys
+            announced.close_ahead()  # its secrets go with the keys
             announced = None
         entry = config[protocol.SECAGG_CONFIG_KEY]
         try:
@@ -188,9 +193,10 @@ class ClientRound:
             raise SecAggViolation(
                 f"round {server_round}: bad secure-aggregation config: {exc}"
             ) from None
+        weighting = entry.get(protocol.SECAGG_WEIGHTING_KEY, protocol.SECAGG_BY_EXAMPLES)
         ahead = None if announced is None else announced.ahead
         if ahead is not None:
-            weighting = entry.get(protocol.SECAGG_WEIGHTING_KEY, protocol.SECAGG_BY_EXAMPLES)
+            assert announced is not None
             inbox = config.get(protocol.SECAGG_INBOX_KEY)
             if inbox is not None and (ahead.params, ahead.weighting) == (params, weighting):
                 # The round this client shared for in the previous one: its roster checked
@@ -198,13 +204,12 @@ class ClientRound:
                 ahead.given_inbox = inbox
                 return ahead
             # The server took the keys without those shares: new shares, a new self mask.
-            ahead.close()
-            announced = AnnouncedKeys(server_round, announced.encryption, announced.masking)
+            announced.close_ahead()
         return cls(
             client_id,
             server_round,
             params,
-            entry.get(protocol.SECAGG_WEIGHTING_KEY, protocol.SECAGG_BY_EXAMPLES),
+            weighting,
             announced,
             config.get(protocol.SECAGG_ROSTER_KEY),
         )
@@ -602,12 +607,14 @@ def run_secure_round(
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"secagg-{secure.client_id}")
     try:
         encoded = worker.submit(secure.encode, trained, base, num_examples, arrays)
-        if secure.given_inbox is not None:
-            # Roster and shares went in the previous round: the inbox came with the model.
-            premasked = worker.submit(_premask, secure, encoded)
-            secure.accept_inbox(secure.given_inbox)
-        else:
-            premasked = _share(stages, secure, worker, encoded)
+        # Roster and shares went in the previous round if the inbox came with the model.
+        shares = None if secure.given_inbox is not None else _roster_and_shares(stages, secure)
+        premasked = worker.submit(_premask, secure, encoded)
+        secure.accept_inbox(
+            secure.given_inbox
+            if shares is None
+            else stages.post(protocol.SECAGG_SHARES_PATH, protocol.SECAGG_INBOX_PATH, json=shares)
+        )
         vector, clipped = premasked.result(timeout=stages.remaining())
         secure.finish_mask(vector)
         metrics = {**metrics, "secagg_clipped": float(clipped)}
@@ -647,14 +654,9 @@ def run_secure_round(
         secure.close()
 
 
-def _share(
-    stages: _Stages,
-    secure: ClientRound,
-    worker: ThreadPoolExecutor,
-    encoded: Future[tuple[np.ndarray, int]],
-) -> Future[tuple[np.ndarray, int]]:
-    """The key and share stages (the roster asked for or given, the shares sent, the inbox
-    taken); the input is masked on ``worker`` meanwhile."""
+def _roster_and_shares(stages: _Stages, secure: ClientRound) -> dict[str, Any]:
+    """The key stage (the roster asked for or given, and checked) and the share stage's
+    message: ``b`` drawn, the shares sealed to the neighbours."""
     if not secure.announced:
         roster = stages.post(
             protocol.SECAGG_KEYS_PATH, protocol.SECAGG_ROSTER_PATH, json=secure.keys_message()
@@ -664,12 +666,7 @@ def _share(
     else:
         roster = secure.given_roster
     secure.accept_roster(roster)
-    shares = secure.shares_message()
-    premasked = worker.submit(_premask, secure, encoded)
-    secure.accept_inbox(
-        stages.post(protocol.SECAGG_SHARES_PATH, protocol.SECAGG_INBOX_PATH, json=shares)
-    )
-    return premasked
+    return secure.shares_message()
 
 
 def _premask(

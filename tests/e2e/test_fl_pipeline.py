@@ -269,6 +269,10 @@ def test_async_run_completes_with_staleness_recorded(env):
         for client_id, base in bases.items():
             assert 0 <= base < version["round"], version
             assert staleness[client_id] == version["round"] - 1 - base, version
+    # All three start from version 0 and K = 2: the third update in cannot be in version
+    # 1, so it lands in a later version, stale (a run that was synchronous in disguise,
+    # every update fresh, fails here).
+    assert any(s > 0 for v in record["rounds"][1:] for s in v["staleness"].values()), record
 
 
 # --- no Role: the permission error, fast, and the cleanup still runs --------------------

@@ -53,9 +53,6 @@ def test_an_async_local_run_makes_versions_of_k_updates_and_reports_their_stalen
         assert sorted(v["staleness"]) == v["contributors"] == sorted(v["base_versions"])
         for client, tau in v["staleness"].items():
             assert tau == v["round"] - 1 - v["base_versions"][client] >= 0, v
-    # Client 0 trains at half speed: its update from version 0 comes after the other two
-    # made version 1, so it counts, stale, in a later version.
-    assert any(v["staleness"].get("0", 0) > 0 for v in versions), versions
     first = history["rounds"][0]["evaluate"]["metrics"]["loss"]
     last = next(r for r in reversed(history["rounds"]) if r.get("evaluate"))["evaluate"]
     assert last["metrics"]["loss"] < first  # the linear model learns

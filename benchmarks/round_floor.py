@@ -31,11 +31,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from perf_common import PYTHON, load_average
 
 from fl_kubeflow.strategies.fedavg import WeightedSum
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 DELTA = np.float32(0.001)
 OVER = {
@@ -45,6 +50,8 @@ OVER = {
     "fl-kubeflow": "fl-kubeflow server and clients (round_overhead.py)",
 }
 FRAME = struct.Struct("!Q")  # body length, then the float32 body
+# Longest a round may take in any of the ways: a client that died or hung fails the run.
+ROUND_TIMEOUT = 60.0
 
 
 def recv_exactly(sock: socket.socket, view: memoryview) -> None:
@@ -112,8 +119,12 @@ def serve(listener: socket.socket, num_params: int, num_clients: int, rounds: in
             peer.reset(frame, memoryview(model).cast("B"))
             selector.register(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, peer)
         pending = num_clients
+        deadline = time.monotonic() + ROUND_TIMEOUT
         while pending:
-            for key, events in selector.select():
+            ready = selector.select(timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError(f"no round within {ROUND_TIMEOUT:g}s: a client hung")
+            for key, events in ready:
                 peer = key.data
                 if events & selectors.EVENT_WRITE and peer.outgoing:
                     sent = peer.sock.send(peer.outgoing[0])
@@ -172,7 +183,7 @@ class BarrierApp:
         self.finished_at: list[float] = []
         self.done = threading.Event()
 
-    def __call__(self, environ: dict, start_response) -> list[bytes]:
+    def __call__(self, environ: dict, start_response: Callable[..., object]) -> list[bytes]:
         if environ["REQUEST_METHOD"] == "POST":
             length = int(environ["CONTENT_LENGTH"])
             self.fold(environ["wsgi.input"].read(length))
@@ -183,7 +194,7 @@ class BarrierApp:
         )
         return [model]
 
-    def flask_app(self):
+    def flask_app(self) -> Flask:
         """The same two routes in Flask."""
         from flask import Flask, Response, request
 
@@ -214,8 +225,8 @@ class BarrierApp:
                 self.condition.notify_all()
                 if self.round == self.rounds:
                     self.done.set()
-            while self.round == server_round:
-                self.condition.wait(60)
+            if not self.condition.wait_for(lambda: self.round != server_round, ROUND_TIMEOUT):
+                raise TimeoutError(f"no round within {ROUND_TIMEOUT:g}s: a client hung")
 
 
 def serve_waitress(
@@ -239,8 +250,11 @@ def serve_waitress(
     cpu_started = time.process_time()
     loop = threading.Thread(target=server.run, daemon=True)
     loop.start()
-    barrier.done.wait(600)
+    finished = barrier.done.wait(rounds * ROUND_TIMEOUT)
     cpu = time.process_time() - cpu_started
+    if not finished:
+        server.close()
+        raise TimeoutError(f"{rounds} rounds not done within {rounds * ROUND_TIMEOUT:g}s")
     clients_done.wait(60)  # their last answers are still being sent
     server.close()
     ends = barrier.finished_at
@@ -289,7 +303,10 @@ def run(num_params: int, num_clients: int, rounds: int, over: str = "sockets") -
             )
         )
         thread.start()
+        started = time.monotonic()
         while not ports:
+            if not thread.is_alive() or time.monotonic() - started > ROUND_TIMEOUT:
+                raise RuntimeError("the waitress server did not start")
             time.sleep(0.01)
         port, role = ports[0], "http-client"
     clients = [
@@ -305,7 +322,9 @@ def run(num_params: int, num_clients: int, rounds: int, over: str = "sockets") -
             proc.wait(timeout=60)
     if over != "sockets":
         clients_done.set()
-        thread.join(600)
+        thread.join(rounds * ROUND_TIMEOUT)
+        if not result:
+            raise RuntimeError("the waitress run did not finish (its error is above)")
         served = result
     after = os.times()
     durations = served["durations"][1:]  # the first round pays for the clients' start

@@ -88,7 +88,7 @@ class Peer:
     def __init__(self, sock: socket.socket, num_params: int) -> None:
         self.sock = sock
         self.update = np.empty(num_params, np.float32)
-        self.inbox = memoryview(bytearray(FRAME.size) + b"").cast("B")
+        self.inbox = memoryview(bytearray(FRAME.size))
         self.incoming = memoryview(self.update).cast("B")
         self.outgoing: list[memoryview] = []
         self.received = 0
@@ -255,14 +255,39 @@ def serve_waitress(
     if not finished:
         server.close()
         raise TimeoutError(f"{rounds} rounds not done within {rounds * ROUND_TIMEOUT:g}s")
-    clients_done.wait(60)  # their last answers are still being sent
+    clients_done.wait(ROUND_TIMEOUT)  # their last answers are still being sent
     server.close()
     ends = barrier.finished_at
     return {"durations": [b - a for a, b in itertools.pairwise(ends)], "server_cpu_s": cpu}
 
 
+def row(
+    over: str,
+    num_params: int,
+    num_clients: int,
+    rounds: int,
+    durations: list[float],
+    server_cpu_s: float | None = None,
+    clients_cpu_s: float | None = None,
+) -> dict:
+    """One way's result line; the first round is left out (it pays for the clients' start)."""
+    kept = durations[1:]
+    return {
+        "over": over,
+        "params": num_params,
+        "clients": num_clients,
+        "rounds": rounds,
+        "median_round_s": statistics.median(kept),
+        "best_round_s": min(kept),
+        "server_cpu_per_round_s": None if server_cpu_s is None else server_cpu_s / rounds,
+        # Children's CPU includes their start (imports): an upper bound per round.
+        "clients_cpu_per_round_s": None if clients_cpu_s is None else clients_cpu_s / rounds,
+    }
+
+
 def run_server(num_params: int, num_clients: int, rounds: int) -> dict:
-    """The real thing for comparison: round_overhead.py's run (``fl-kubeflow server``)."""
+    """The real thing for comparison: round_overhead.py's run (``fl-kubeflow server``);
+    its CPU is request_costs.py's to measure."""
     import tempfile
     from pathlib import Path
 
@@ -270,17 +295,55 @@ def run_server(num_params: int, num_clients: int, rounds: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="round-floor-") as folder:
         result = round_overhead.run_one(num_params, num_clients, Path(folder), rounds=rounds)
-    durations = result["round_s"][1:]
-    return {
-        "over": "fl-kubeflow",
-        "params": num_params,
-        "clients": num_clients,
-        "rounds": rounds,
-        "median_round_s": statistics.median(durations),
-        "best_round_s": min(durations),
-        "server_cpu_per_round_s": None,  # request_costs.py measures it
-        "clients_cpu_per_round_s": None,
-    }
+    return row("fl-kubeflow", num_params, num_clients, rounds, result["round_s"])
+
+
+def start_clients(role: str, port: int, num_params: int, num_clients: int, rounds: int) -> list:
+    """This module's client processes (``client`` or ``http-client``)."""
+    return [
+        subprocess.Popen([PYTHON, __file__, role, str(port), str(num_params), str(rounds)])
+        for _ in range(num_clients)
+    ]
+
+
+def wait_for(clients: list) -> None:
+    for proc in clients:
+        proc.wait(timeout=ROUND_TIMEOUT)
+
+
+def run_sockets(num_params: int, num_clients: int, rounds: int) -> dict:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=num_clients)
+    clients = start_clients("client", listener.getsockname()[1], num_params, num_clients, rounds)
+    try:
+        return serve(listener, num_params, num_clients, rounds)
+    finally:
+        listener.close()
+        wait_for(clients)
+
+
+def run_waitress(num_params: int, num_clients: int, rounds: int, flask: bool) -> dict:
+    ports: list[int] = []
+    result: dict = {}
+    clients_done = threading.Event()
+    thread = threading.Thread(
+        target=lambda: result.update(
+            serve_waitress(ports, num_params, num_clients, rounds, clients_done, flask)
+        )
+    )
+    thread.start()
+    started = time.monotonic()
+    while not ports:
+        if not thread.is_alive() or time.monotonic() - started > ROUND_TIMEOUT:
+            raise RuntimeError("the waitress server did not start")
+        time.sleep(0.01)
+    try:
+        wait_for(start_clients("http-client", ports[0], num_params, num_clients, rounds))
+    finally:
+        clients_done.set()
+    thread.join(rounds * ROUND_TIMEOUT)
+    if not result:
+        raise RuntimeError("the waitress run did not finish (its error is above)")
+    return result
 
 
 def run(num_params: int, num_clients: int, rounds: int, over: str = "sockets") -> dict:
@@ -288,61 +351,22 @@ def run(num_params: int, num_clients: int, rounds: int, over: str = "sockets") -
         return run_server(num_params, num_clients, rounds)
     before = os.times()
     if over == "sockets":
-        listener = socket.create_server(("127.0.0.1", 0), backlog=num_clients)
-        port = listener.getsockname()[1]
-        role = "client"
+        served = run_sockets(num_params, num_clients, rounds)
     else:
-        ports: list[int] = []
-        result: dict = {}
-        clients_done = threading.Event()
-        thread = threading.Thread(
-            target=lambda: result.update(
-                serve_waitress(
-                    ports, num_params, num_clients, rounds, clients_done, over == "flask"
-                )
-            )
-        )
-        thread.start()
-        started = time.monotonic()
-        while not ports:
-            if not thread.is_alive() or time.monotonic() - started > ROUND_TIMEOUT:
-                raise RuntimeError("the waitress server did not start")
-            time.sleep(0.01)
-        port, role = ports[0], "http-client"
-    clients = [
-        subprocess.Popen([PYTHON, __file__, role, str(port), str(num_params), str(rounds)])
-        for _ in range(num_clients)
-    ]
-    try:
-        if over == "sockets":
-            served = serve(listener, num_params, num_clients, rounds)
-            listener.close()
-    finally:
-        for proc in clients:
-            proc.wait(timeout=60)
-    if over != "sockets":
-        clients_done.set()
-        thread.join(rounds * ROUND_TIMEOUT)
-        if not result:
-            raise RuntimeError("the waitress run did not finish (its error is above)")
-        served = result
+        served = run_waitress(num_params, num_clients, rounds, flask=over == "flask")
     after = os.times()
-    durations = served["durations"][1:]  # the first round pays for the clients' start
-    return {
-        "over": over,
-        "params": num_params,
-        "clients": num_clients,
-        "rounds": rounds,
-        "median_round_s": statistics.median(durations),
-        "best_round_s": min(durations),
-        "server_cpu_per_round_s": served["server_cpu_s"] / rounds,
-        # Children's CPU includes their start (imports): an upper bound per round.
-        "clients_cpu_per_round_s": (
-            (after.children_user + after.children_system)
-            - (before.children_user + before.children_system)
-        )
-        / rounds,
-    }
+    clients_cpu = (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
+    return row(
+        over,
+        num_params,
+        num_clients,
+        rounds,
+        served["durations"],
+        served["server_cpu_s"],
+        clients_cpu,
+    )
 
 
 def main() -> int:
@@ -356,7 +380,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--over", nargs="+", default=list(OVER), choices=list(OVER), help="what to run"
+        "--over",
+        nargs="+",
+        default=list(OVER),
+        choices=list(OVER),
+        help="what to run: " + "; ".join(f"{name}: {what}" for name, what in OVER.items()),
     )
     args = parser.parse_args()
     for _ in range(args.repeat):
